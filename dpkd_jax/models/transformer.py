@@ -86,8 +86,8 @@ class Config:
         return dataclasses.replace(self, **kw)
 
     # ---- the decoding protocol `sampling` uses: a hashable pure call ----
-    def __call__(self, params, tokens, positions, attention_mask, cache=None, cache_index=0):
-        return forward(self, params, tokens, positions, attention_mask, cache, cache_index)
+    def __call__(self, params, tokens, positions, attention_mask, cache=None, cache_index=0, logits_range=None):
+        return forward(self, params, tokens, positions, attention_mask, cache, cache_index, logits_range)
 
     def init_cache(self, batch, length):
         return init_cache(self, batch, length)
@@ -260,9 +260,16 @@ def lm_head(cfg: Config, params, x):
     return x @ params["embed/tokens"].astype(dt).T
 
 
-def forward(cfg: Config, params, tokens, positions, attention_mask, cache=None, cache_index=0):
-    """Logits ``[B, T, V]`` and the updated cache (None without one)."""
+def forward(cfg: Config, params, tokens, positions, attention_mask, cache=None, cache_index=0, logits_range=None):
+    """Logits ``[B, T, V]`` and the updated cache (None without one).
+
+    ``logits_range=(start, stop)`` (static) projects only those positions to the
+    vocabulary: scoring a response needs its positions only, and the ``[B, T, V]``
+    projection is the largest tensor of the forward.
+    """
     x, cache = hidden_states(cfg, params, tokens, positions, attention_mask, cache, cache_index)
+    if logits_range is not None:
+        x = x[:, logits_range[0]:logits_range[1]]
     return lm_head(cfg, params, x), cache
 
 
@@ -303,7 +310,7 @@ class CausalLM(nnx.Module):
 
     def arrays(self) -> dict[str, jax.Array]:
         """The parameters as a plain dict of arrays (what pure functions take)."""
-        return {k: v.value for k, v in self.params.items()}
+        return {k: v[...] for k, v in self.params.items()}
 
     def decoder(self):
         """(hashable pure call, params) for `sampling`."""

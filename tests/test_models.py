@@ -1,0 +1,218 @@
+"""GPT-2 / OPT modules against PyTorch transformers, and HF checkpoint import/export."""
+
+import json
+import os
+import shutil
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+from safetensors.numpy import load_file, save_file
+from transformers import AutoModelForCausalLM
+
+from conftest import MODEL_KINDS, VOCAB, hf_model, make_tokenizer
+from dpkd_jax import models
+from dpkd_jax.models import gpt2
+
+
+def left_padded(rng, b=3, t=10, vocab=VOCAB):
+    ids = rng.integers(1, vocab, (b, t))
+    mask = np.ones((b, t), np.int64)
+    for r in range(1, b):
+        mask[r, : 2 * r] = 0
+    return ids, mask
+
+
+def torch_logits(m, ids, mask):
+    kw = {}
+    if m.config.model_type == "gpt2":  # HF GPT-2 does not derive positions from the mask
+        kw["position_ids"] = torch.tensor(np.maximum(mask.cumsum(1) - 1, 0))
+    with torch.no_grad():
+        return m(torch.tensor(ids), attention_mask=torch.tensor(mask), **kw).logits.float().numpy()
+
+
+@pytest.mark.parametrize("kind", MODEL_KINDS)
+def test_logits_parity_float32(checkpoints, kind, rng):
+    path, ref = checkpoints[kind]
+    model = models.from_pretrained(path)
+    ids, mask = left_padded(rng)
+    ours = np.asarray(model(ids, attention_mask=mask))
+    want = torch_logits(ref, ids, mask)
+    assert ours.shape == want.shape == (3, 10, VOCAB)
+    np.testing.assert_allclose(ours[mask == 1], want[mask == 1], atol=2e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "opt"])
+def test_logits_parity_bfloat16(checkpoints, kind, rng):
+    path, ref = checkpoints[kind]
+    model = models.from_pretrained(path, dtype=jnp.bfloat16)
+    assert model.arrays()["embed/tokens"].dtype == jnp.bfloat16
+    ids, mask = left_padded(rng)
+    ours = np.asarray(model(ids, attention_mask=mask).astype(jnp.float32))
+    want = torch_logits(ref, ids, mask)
+    # bf16 has an 8-bit mantissa: documented tolerance 0.05 absolute on logits of magnitude ~1
+    np.testing.assert_allclose(ours[mask == 1], want[mask == 1], atol=5e-2)
+
+
+def test_bf16_compute_with_f32_master_weights(checkpoints, rng):
+    path, ref = checkpoints["gpt2"]
+    model = models.from_pretrained(path, dtype=jnp.float32, compute_dtype=jnp.bfloat16)
+    assert model.arrays()["blocks/fc_w"].dtype == jnp.float32
+    ids, mask = left_padded(rng)
+    out = model(ids, attention_mask=mask)
+    assert out.dtype == jnp.bfloat16
+    np.testing.assert_allclose(np.asarray(out, np.float32)[mask == 1], torch_logits(ref, ids, mask)[mask == 1],
+                               atol=5e-2)
+
+
+@pytest.mark.parametrize("kind", MODEL_KINDS)
+def test_left_padding_invariance_and_scan_equivalence(checkpoints, kind, rng):
+    model = models.from_pretrained(checkpoints[kind][0])
+    ids, mask = left_padded(rng)
+    batch = np.asarray(model(ids, attention_mask=mask))
+    for r in range(3):
+        real = ids[r][mask[r] == 1][None]
+        alone = np.asarray(model(real))
+        np.testing.assert_allclose(batch[r][mask[r] == 1], alone[0], atol=1e-5)
+    unrolled = models.CausalLM(model.config.replace(scan_layers=False), model.arrays())
+    np.testing.assert_allclose(np.asarray(unrolled(ids, attention_mask=mask)), batch, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", MODEL_KINDS)
+def test_cached_decoding_equals_recomputation(checkpoints, kind, rng):
+    model = models.from_pretrained(checkpoints[kind][0])
+    ids, mask = left_padded(rng, t=12)
+    P = 7
+    full = np.asarray(model(ids, attention_mask=mask))
+    cache = model.config.init_cache(3, 12)
+    pos = models.positions_from_mask(mask)
+    logits, cache = model(ids[:, :P], attention_mask=mask, positions=pos[:, :P], cache=cache, cache_index=0)
+    got = [np.asarray(logits)]
+    for t in range(P, 12):
+        logits, cache = model(ids[:, t:t + 1], attention_mask=mask, positions=pos[:, t:t + 1], cache=cache,
+                              cache_index=t)
+        got.append(np.asarray(logits))
+    got = np.concatenate(got, axis=1)
+    np.testing.assert_allclose(got[mask == 1], full[mask == 1], atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", MODEL_KINDS)
+def test_export_round_trip_through_transformers(checkpoints, kind, rng, tmp_path):
+    path, ref = checkpoints[kind]
+    model = models.from_pretrained(path)
+    models.save_pretrained(model, str(tmp_path))
+    back = AutoModelForCausalLM.from_pretrained(str(tmp_path)).eval()
+    ids, mask = left_padded(rng)
+    np.testing.assert_allclose(torch_logits(back, ids, mask)[mask == 1], torch_logits(ref, ids, mask)[mask == 1],
+                               atol=1e-6)
+    again = models.from_pretrained(str(tmp_path))
+    for k, v in model.arrays().items():
+        np.testing.assert_array_equal(np.asarray(again.arrays()[k]), np.asarray(v), err_msg=k)
+
+
+def test_model_built_from_scratch_exports_to_transformers(tmp_path, rng):
+    cfg = gpt2.tiny_config(vocab_size=80, d_model=32, n_layers=2, n_heads=2, d_ff=64, max_positions=32)
+    model = models.CausalLM(cfg, rngs=__import__("flax").nnx.Rngs(3))
+    models.save_pretrained(model, str(tmp_path), max_shard_bytes=20_000)  # forces several shards + index
+    assert os.path.isfile(tmp_path / "model.safetensors.index.json")
+    back = AutoModelForCausalLM.from_pretrained(str(tmp_path)).eval()
+    ids = rng.integers(0, 80, (2, 9))
+    with torch.no_grad():
+        want = back(torch.tensor(ids)).logits.numpy()
+    np.testing.assert_allclose(np.asarray(model(ids)), want, atol=2e-5)
+
+
+def test_sharded_hf_checkpoint_with_index_loads(tmp_path, rng):
+    ref = hf_model("opt")
+    ref.save_pretrained(str(tmp_path), max_shard_size="30KB")
+    assert os.path.isfile(tmp_path / "model.safetensors.index.json")
+    assert len([f for f in os.listdir(tmp_path) if f.endswith(".safetensors")]) > 2
+    ids, mask = left_padded(rng)
+    ours = np.asarray(models.from_pretrained(str(tmp_path))(ids, attention_mask=mask))
+    np.testing.assert_allclose(ours[mask == 1], torch_logits(ref, ids, mask)[mask == 1], atol=2e-5)
+
+
+def test_pickle_checkpoint_refused_unless_allowed(tmp_path, rng):
+    ref = hf_model("gpt2")
+    ref.save_pretrained(str(tmp_path), safe_serialization=False)
+    if not os.path.isfile(tmp_path / "pytorch_model.bin"):  # transformers 5 may always write safetensors
+        for f in os.listdir(tmp_path):
+            if f.endswith(".safetensors"):
+                os.remove(tmp_path / f)
+        torch.save(ref.state_dict(), tmp_path / "pytorch_model.bin")
+    with pytest.raises(ValueError, match="allow_pickle=True"):
+        models.from_pretrained(str(tmp_path))
+    ids, mask = left_padded(rng)
+    ours = np.asarray(models.from_pretrained(str(tmp_path), allow_pickle=True)(ids, attention_mask=mask))
+    np.testing.assert_allclose(ours[mask == 1], torch_logits(ref, ids, mask)[mask == 1], atol=2e-5)
+
+
+def _copy(checkpoints, kind, tmp_path):
+    dst = str(tmp_path / kind)
+    shutil.copytree(checkpoints[kind][0], dst)
+    return dst
+
+
+def test_missing_unexpected_and_misshapen_weights_are_named(checkpoints, tmp_path):
+    dst = _copy(checkpoints, "gpt2", tmp_path)
+    f = os.path.join(dst, "model.safetensors")
+    tensors = load_file(f)
+    good = dict(tensors)
+    del tensors["transformer.h.1.mlp.c_fc.bias"]
+    save_file(tensors, f)
+    with pytest.raises(ValueError, match=r"missing weights \['transformer.h.1.mlp.c_fc.bias'\]"):
+        models.from_pretrained(dst)
+    tensors = dict(good, **{"transformer.h.7.mlp.c_fc.bias": good["transformer.h.1.mlp.c_fc.bias"]})
+    save_file(tensors, f)
+    with pytest.raises(ValueError, match=r"unexpected weights \['transformer.h.7.mlp.c_fc.bias'\]"):
+        models.from_pretrained(dst)
+    tensors = dict(good, **{"transformer.h.2.attn.c_proj.weight": np.zeros((32, 31), np.float32)})
+    save_file(tensors, f)
+    with pytest.raises(ValueError, match=r"transformer.h.2.attn.c_proj.weight has shape \(32, 31\)"):
+        models.from_pretrained(dst)
+
+
+def test_bad_config_is_named(checkpoints, tmp_path):
+    dst = _copy(checkpoints, "opt", tmp_path)
+    cfg_file = os.path.join(dst, "config.json")
+    cfg = json.load(open(cfg_file))
+    json.dump(dict(cfg, model_type="llama"), open(cfg_file, "w"))
+    with pytest.raises(ValueError, match="model_type 'llama' is not supported"):
+        models.from_pretrained(dst)
+    json.dump({k: v for k, v in cfg.items() if k != "ffn_dim"}, open(cfg_file, "w"))
+    with pytest.raises(ValueError, match="config.json: field 'ffn_dim' is missing"):
+        models.from_pretrained(dst)
+    with pytest.raises(FileNotFoundError, match="no config.json"):
+        models.from_pretrained(str(tmp_path / "nowhere"))
+
+
+def test_vocabulary_check(checkpoints, tmp_path):
+    models.check_same_vocabulary(checkpoints["gpt2"][0], checkpoints["opt"][0])  # same tokenizer, same size
+    small = str(tmp_path / "small")
+    hf_model("gpt2", vocab_size=VOCAB - 1).save_pretrained(small)
+    make_tokenizer(small, vocab_size=VOCAB - 1)
+    with pytest.raises(ValueError, match=f"vocab_size={VOCAB}.*vocab_size={VOCAB - 1}"):
+        models.check_same_vocabulary(checkpoints["gpt2"][0], small)
+    other = str(tmp_path / "other")
+    hf_model("gpt2").save_pretrained(other)
+    make_tokenizer(other, corpus=["completely different words in this corpus zebra quartz"] * 20)
+    with pytest.raises(ValueError, match="tokenizers differ"):
+        models.check_same_vocabulary(checkpoints["gpt2"][0], other)
+    tok = models.load_tokenizer(checkpoints["gpt2"][0])
+    assert tok.eos_token == "<|endoftext|>" and len(tok) <= VOCAB
+
+
+def test_param_metadata_and_flops(checkpoints):
+    model = models.from_pretrained(checkpoints["opt_proj"][0])
+    axes = {k: v.get_metadata()["logical_axes"] for k, v in model.params.items()}
+    assert axes["blocks/qkv_w"] == ("layers", "embed", None, "heads", "head_dim")
+    assert axes["embed/tokens"] == ("vocab", "embed")
+    for k, v in model.arrays().items():
+        assert len(axes[k]) == v.ndim, k
+    n = model.num_params()
+    assert n == sum(v.size for v in model.arrays().values())
+    f = model.flops_per_token(32)
+    assert 6 * (n - model.arrays()["embed/positions"].size) <= f * 1.5 and f > 0
+    assert model.flops_per_token(64) > f  # attention term grows with context

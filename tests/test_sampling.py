@@ -1,0 +1,134 @@
+"""Generation under lax.scan and teacher-forced scoring."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import VOCAB
+from dpkd_jax import models, sampling
+
+
+@pytest.fixture(scope="module")
+def model(checkpoints):
+    return models.from_pretrained(checkpoints["gpt2"][0])
+
+
+def prompts(rng, b=4, p=6):
+    ids = rng.integers(1, VOCAB, (b, p))
+    mask = np.ones((b, p), np.int32)
+    mask[1, :2] = 0
+    mask[3, :4] = 0
+    return ids, mask
+
+
+def test_greedy_equals_no_cache_argmax_loop(model, rng):
+    ids, mask = prompts(rng)
+    toks, tmask = sampling.generate(model, ids, mask, max_new_tokens=8, greedy=True, eos_token_id=-1,
+                                    pad_token_id=0)
+    assert toks.shape == tmask.shape == (4, 8) and np.all(np.asarray(tmask) == 1)
+    for r in range(4):
+        seq = list(ids[r][mask[r] == 1])
+        for _ in range(8):
+            seq.append(int(np.argmax(np.asarray(model(np.array([seq])))[0, -1])))
+        assert list(np.asarray(toks[r])) == seq[-8:]
+
+
+def test_eos_ends_a_row_and_pads_the_rest(model, rng):
+    ids, mask = prompts(rng)
+    first, _ = sampling.generate(model, ids, mask, max_new_tokens=5, greedy=True, eos_token_id=-1, pad_token_id=0)
+    eos = int(first[0, 1])  # make row 0's second token the EOS
+    toks, tmask = sampling.generate(model, ids, mask, max_new_tokens=5, greedy=True, eos_token_id=eos,
+                                    pad_token_id=7)
+    toks, tmask = np.asarray(toks), np.asarray(tmask)
+    row = toks[0]
+    cut = int(np.argmax(row == eos))
+    assert cut <= 1 and row[cut] == eos
+    assert list(tmask[0]) == [1] * (cut + 1) + [0] * (4 - cut)
+    assert np.all(row[cut + 1:] == 7)
+    for r in range(4):  # every row: mask is 1 up to and including its first EOS, then 0 with pad tokens
+        hits = np.nonzero(toks[r] == eos)[0]
+        end = hits[0] + 1 if len(hits) else 5
+        assert np.all(tmask[r, :end] == 1) and np.all(tmask[r, end:] == 0) and np.all(toks[r, end:] == 7)
+
+
+def test_sampling_frequencies_match_softmax(model):
+    n = 20000
+    ids = np.tile(np.array([[5, 9, 13, 2]]), (n, 1))
+    mask = np.ones_like(ids)
+    want = np.asarray(jax.nn.softmax(model(ids[:1])[0, -1] / 0.7))
+    for kw, support in [({}, None), ({"top_k": 5}, 5)]:
+        toks, _ = sampling.generate(model, ids, mask, max_new_tokens=1, temperature=0.7, rng=jax.random.PRNGKey(1),
+                                    eos_token_id=-1, pad_token_id=0, **kw)
+        freq = np.bincount(np.asarray(toks[:, 0]), minlength=VOCAB) / n
+        p = want.copy()
+        if support:
+            keep = np.argsort(-p)[:support]
+            p = np.where(np.isin(np.arange(VOCAB), keep), p, 0)
+            p /= p.sum()
+            assert set(np.nonzero(freq)[0]) <= set(keep)
+        tv = 0.5 * np.abs(freq - p).sum()
+        assert tv < 0.03, (kw, tv)
+
+
+def test_rows_sample_independently_and_steps_differ(model):
+    ids = np.tile(np.array([[5, 9, 13, 2]]), (64, 1))
+    toks, _ = sampling.generate(model, ids, np.ones_like(ids), max_new_tokens=6, rng=jax.random.PRNGKey(0),
+                                eos_token_id=-1, pad_token_id=0)
+    assert len({tuple(r) for r in np.asarray(toks)}) > 48
+    again, _ = sampling.generate(model, ids, np.ones_like(ids), max_new_tokens=6, rng=jax.random.PRNGKey(0),
+                                 eos_token_id=-1, pad_token_id=0)
+    np.testing.assert_array_equal(toks, again)  # same key, same samples
+
+
+@pytest.mark.parametrize("top_k,top_p", [(0, 1.0), (3, 1.0), (0, 0.5), (0, 0.9), (4, 0.6), (1, 1.0)])
+def test_top_k_top_p_keep_exactly_the_right_support(top_k, top_p):
+    rng = np.random.default_rng(top_k + int(10 * top_p))
+    logits = rng.normal(size=(5, 30)).astype(np.float32) * 2
+    out = np.asarray(sampling.process_logits(jnp.asarray(logits), top_k=top_k, top_p=top_p))
+    for r in range(5):
+        order = np.argsort(-logits[r])
+        keep = order[:top_k] if top_k else order
+        probs = np.exp(logits[r][keep] - logits[r][keep].max())
+        probs /= probs.sum()
+        before = np.cumsum(probs) - probs
+        keep = keep[before < top_p]
+        kept = np.nonzero(out[r] > np.finfo(np.float32).min)[0]
+        assert set(kept) == set(keep)
+
+
+def test_compiled_once_per_shape(model, rng):
+    sampling._generate_jit.clear_cache() if hasattr(sampling._generate_jit, "clear_cache") else None
+    kw = dict(max_new_tokens=4, eos_token_id=-1, pad_token_id=0)
+    for seed in range(3):
+        ids, mask = prompts(np.random.default_rng(seed))
+        sampling.generate(model, ids, mask, rng=jax.random.PRNGKey(seed), temperature=0.5 + seed, **kw)
+    assert sampling._generate_jit._cache_size() == 1
+    jaxpr = str(jax.make_jaxpr(lambda p, i, m: sampling.sample(
+        model.config, p, i, m, jax.random.PRNGKey(0), **kw))(model.arrays(), ids, mask))
+    assert "scan" in jaxpr
+
+
+def test_score_matches_full_forward(model, rng):
+    ids, mask = prompts(rng)
+    resp, rmask = sampling.generate(model, ids, mask, max_new_tokens=5, rng=jax.random.PRNGKey(2),
+                                    eos_token_id=3, pad_token_id=0)
+    logps, m = sampling.score(model.config, model.arrays(), ids, mask, resp, rmask)
+    full = np.concatenate([ids, np.asarray(resp)], 1)
+    fmask = np.concatenate([mask, np.asarray(rmask)], 1)
+    lsm = np.asarray(jax.nn.log_softmax(model(full, attention_mask=fmask), -1))
+    P = ids.shape[1]
+    for r in range(4):
+        for i in range(5):
+            if rmask[r, i]:
+                np.testing.assert_allclose(logps[r, i], lsm[r, P - 1 + i, resp[r, i]], atol=1e-5)
+
+
+def test_bad_arguments(model, rng):
+    ids, mask = prompts(rng)
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        sampling.generate(model, ids, mask, max_new_tokens=0, eos_token_id=0, pad_token_id=0)
+    with pytest.raises(ValueError, match="top_p"):
+        sampling.generate(model, ids, mask, max_new_tokens=2, top_p=0.0, eos_token_id=0, pad_token_id=0)
+    with pytest.raises(ValueError, match="prompt_mask"):
+        sampling.generate(model, ids, mask[:, 1:], max_new_tokens=2, eos_token_id=0, pad_token_id=0)

@@ -1,0 +1,213 @@
+"""Instruction data in the Dolly format: reading, templating, filtering, batching.
+
+A line is a JSON object with ``instruction``, ``context`` or ``input``,
+``response`` or ``output`` (optional ``category``). Malformed lines are
+skipped, counted and reported by line number; prompts longer than the limit
+are dropped and counted; responses longer than the room left are truncated
+and counted. Nothing is lost silently.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+
+import numpy as np
+
+PROMPT_NO_INPUT = ("Below is an instruction that describes a task. Write a response that appropriately "
+                   "completes the request.\n\n### Instruction:\n{instruction}\n\n### Response:\n")
+PROMPT_WITH_INPUT = ("Below is an instruction that describes a task, paired with an input that provides further "
+                     "context. Write a response that appropriately completes the request.\n\n### Instruction:\n"
+                     "{instruction}\n\n### Input:\n{input}\n\n### Response:\n")
+
+
+def format_prompt(instruction: str, input_text: str = "") -> str:
+    """The reference code's template (method.md)."""
+    if input_text and input_text.strip():
+        return PROMPT_WITH_INPUT.format(instruction=instruction, input=input_text)
+    return PROMPT_NO_INPUT.format(instruction=instruction)
+
+
+@dataclasses.dataclass
+class Report:
+    """What loading did to a file: counts, and the first few bad line numbers."""
+    source: str
+    read: int = 0
+    malformed: int = 0
+    malformed_lines: list = dataclasses.field(default_factory=list)
+    prompt_too_long: int = 0
+    response_truncated: int = 0
+    kept: int = 0
+
+    def bad(self, lineno, why):
+        self.malformed += 1
+        if len(self.malformed_lines) < 5:
+            self.malformed_lines.append(f"line {lineno}: {why}")
+
+    def __str__(self):
+        s = (f"{self.source}: read {self.read}, kept {self.kept}, malformed {self.malformed}, "
+             f"prompt too long (dropped) {self.prompt_too_long}, response truncated {self.response_truncated}")
+        if self.malformed_lines:
+            s += " [" + "; ".join(self.malformed_lines) + (" …" if self.malformed > 5 else "") + "]"
+        return s
+
+
+def read_jsonl(path: str, report: Report) -> list[dict]:
+    """Records ``{prompt, response, category}`` from a Dolly-format JSONL file."""
+    out = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            report.read += 1
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as e:
+                report.bad(lineno, f"bad JSON ({e.msg})")
+                continue
+            if not isinstance(rec, dict):
+                report.bad(lineno, "not a JSON object")
+                continue
+            ins = rec.get("instruction")
+            resp = rec.get("response", rec.get("output"))
+            if not isinstance(ins, str) or not ins.strip():
+                report.bad(lineno, "missing or empty field 'instruction'")
+                continue
+            if not isinstance(resp, str):
+                report.bad(lineno, "missing field 'response' (or 'output')")
+                continue
+            ctx = rec.get("context", rec.get("input", "")) or ""
+            out.append({"prompt": format_prompt(ins, ctx), "response": resp, "category": rec.get("category", "")})
+    return out
+
+
+def load_records(source: str, report: Report) -> list[dict]:
+    """A local JSONL path, ``hf:<dataset name>`` (HF datasets) or ``tfds:<name>`` (TFDS)."""
+    if source.startswith("hf:"):
+        import datasets
+        rows = datasets.load_dataset(source[3:], split="train")
+    elif source.startswith("tfds:"):
+        import tensorflow_datasets as tfds
+        rows = ({k: (v.decode() if isinstance(v, bytes) else v) for k, v in ex.items()}
+                for ex in tfds.as_numpy(tfds.load(source[5:], split="train")))
+    else:
+        return read_jsonl(source, report)
+    tmp = []
+    for i, row in enumerate(rows, 1):
+        report.read += 1
+        ins, resp = row.get("instruction"), row.get("response", row.get("output"))
+        if not ins or resp is None:
+            report.bad(i, "missing instruction or response")
+            continue
+        tmp.append({"prompt": format_prompt(ins, row.get("context", row.get("input", "")) or ""),
+                    "response": resp, "category": row.get("category", "")})
+    return tmp
+
+
+@dataclasses.dataclass
+class Tokenized:
+    """Static-shape arrays: left-padded prompts, right-padded gold responses (with EOS)."""
+    prompt_ids: np.ndarray      # [n, P]
+    prompt_mask: np.ndarray     # [n, P]
+    response_ids: np.ndarray    # [n, R]
+    response_mask: np.ndarray   # [n, R]
+    references: list            # gold response text per example
+    prompts: list               # prompt text per example
+
+    def __len__(self):
+        return len(self.prompts)
+
+    def take(self, idx):
+        return Tokenized(self.prompt_ids[idx], self.prompt_mask[idx], self.response_ids[idx],
+                         self.response_mask[idx], [self.references[i] for i in idx], [self.prompts[i] for i in idx])
+
+
+def tokenize(records, tokenizer, *, max_prompt_length: int, max_length: int, report: Report,
+             pad_token_id: int) -> Tokenized:
+    if not 0 < max_prompt_length < max_length:
+        raise ValueError(f"max_prompt_length={max_prompt_length} must be in (0, max_length={max_length})")
+    P, R = max_prompt_length, max_length - max_prompt_length
+    eos = tokenizer.eos_token_id
+    rows = []
+    for rec in records:
+        p = tokenizer(rec["prompt"], add_special_tokens=False)["input_ids"]
+        if len(p) > P:
+            report.prompt_too_long += 1
+            continue
+        r = tokenizer(rec["response"], add_special_tokens=False)["input_ids"] + [eos]
+        if len(r) > R:
+            report.response_truncated += 1
+            r = r[:R]
+        rows.append((p, r, rec))
+    report.kept = len(rows)
+    if not rows:
+        raise ValueError(f"{report.source}: no usable examples after filtering ({report})")
+    n = len(rows)
+    out = Tokenized(np.full((n, P), pad_token_id, np.int32), np.zeros((n, P), np.int32),
+                    np.full((n, R), pad_token_id, np.int32), np.zeros((n, R), np.int32), [], [])
+    for i, (p, r, rec) in enumerate(rows):
+        out.prompt_ids[i, P - len(p):] = p
+        out.prompt_mask[i, P - len(p):] = 1
+        out.response_ids[i, :len(r)] = r
+        out.response_mask[i, :len(r)] = 1
+        out.references.append(rec["response"])
+        out.prompts.append(rec["prompt"])
+    return out
+
+
+def load_instructions(source, tokenizer, *, max_prompt_length, max_length, pad_token_id, log=True):
+    report = Report(source)
+    records = load_records(source, report)
+    data = tokenize(records, tokenizer, max_prompt_length=max_prompt_length, max_length=max_length,
+                    report=report, pad_token_id=pad_token_id)
+    if log:
+        logging.info("%s", report)
+    return data, report
+
+
+def split_dev(data: Tokenized, dev_num: int, seed: int):
+    """(train, dev): ``dev_num`` examples held out, chosen by the seed."""
+    if dev_num >= len(data):
+        raise ValueError(f"dev_num={dev_num} leaves no training data ({len(data)} examples)")
+    perm = np.random.default_rng(seed).permutation(len(data))
+    return data.take(np.sort(perm[dev_num:])), data.take(np.sort(perm[:dev_num]))
+
+
+class Batches:
+    """Deterministic shuffled batches of fixed size with a savable position.
+
+    Order depends on (seed, epoch) only; ``state()``/``restore()`` give exact resume.
+    The last partial batch of an epoch is dropped (static shapes); the count is
+    ``len(data) % batch_size`` examples per epoch, reported by ``dropped_per_epoch``.
+    """
+
+    def __init__(self, data, batch_size, seed, extra=None):
+        if batch_size > len(data):
+            raise ValueError(f"batch_size={batch_size} is larger than the data set ({len(data)} examples)")
+        self.data, self.batch_size, self.seed, self.extra = data, batch_size, seed, extra
+        self.epoch, self.index = 0, 0
+        self.dropped_per_epoch = len(data) % batch_size
+
+    def state(self):
+        return {"epoch": self.epoch, "index": self.index}
+
+    def restore(self, state):
+        self.epoch, self.index = int(state["epoch"]), int(state["index"])
+
+    def _order(self):
+        return np.random.default_rng([self.seed, self.epoch]).permutation(len(self.data))
+
+    def next(self):
+        n = len(self.data) // self.batch_size
+        if self.index >= n:
+            self.epoch, self.index = self.epoch + 1, 0
+        idx = self._order()[self.index * self.batch_size:(self.index + 1) * self.batch_size]
+        self.index += 1
+        d = self.data
+        batch = {"prompt_ids": d.prompt_ids[idx], "prompt_mask": d.prompt_mask[idx],
+                 "response_ids": d.response_ids[idx], "response_mask": d.response_mask[idx],
+                 "example_ids": idx.astype(np.int32)}
+        if self.extra is not None:
+            batch.update({k: v[idx] for k, v in self.extra.items()})
+        return batch

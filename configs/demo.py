@@ -1,0 +1,36 @@
+"""The embedded default: no download, a 2-core CPU, minutes. See dpkd_jax/demo.py."""
+
+import ml_collections
+
+from dpkd_jax.config import default_config
+
+
+def get_config():
+    c = default_config()
+    c.workdir = "work_dirs/demo"
+    c.resume = False
+    c.teacher.dtype = "float32"
+    c.student.compute_dtype = "float32"
+    c.data.dev_num = 100
+    c.data.max_prompt_length = 96
+    c.data.max_length = 136
+    c.data.lm_seq_len = 64
+    c.train.batch_size = 16
+    c.train.log_every = 10
+    c.train.save_every = 10**9
+    c.train.warmup_steps = 10
+    c.gen.max_new_tokens = 40
+    c.eval.max_new_tokens = 40
+    c.eval.batch_size = 50
+    c.eval.seeds = (10, 20)
+    c.eval.max_examples = 100
+    c.demo = ml_collections.ConfigDict({
+        "enabled": True, "vocab_size": 384,
+        "teacher": {"d_model": 128, "n_layers": 4, "n_heads": 4, "d_ff": 512},
+        "student": {"d_model": 64, "n_layers": 2, "n_heads": 2, "d_ff": 256},
+        "teacher_steps": 400, "teacher_lr": 2e-3,
+        "student_steps": 100, "student_lr": 2e-3,
+        "distill_steps": 60, "distill_lr": 5e-4,
+        "methods": ("sft", "kd", "seqkd", "dpkd"),
+    })
+    return c

@@ -1,0 +1,82 @@
+"""The default experiment config (ml_collections) and its start-up validation.
+
+Every ``configs/*.py`` starts from :func:`default_config`; ``--config.a.b=v``
+overrides on the command line. A key that is not here is an error (ml_collections
+refuses unknown keys), so a typo cannot be silently ignored.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from .methods import METHODS
+from .losses import DPKD_FORMS
+
+
+def default_config():
+    c = ml_collections.ConfigDict()
+    c.method = "dpkd"
+    c.mode = "train"            # train | eval | generate
+    c.seed = 0
+    c.workdir = "work_dirs/run"
+    c.resume = True
+    c.teacher = ml_collections.ConfigDict({"path": "", "dtype": "bfloat16"})
+    c.student = ml_collections.ConfigDict({"path": "", "dtype": "float32", "compute_dtype": "bfloat16"})
+    c.data = ml_collections.ConfigDict({
+        "train": "", "dev_num": 500, "eval_sets": ml_collections.ConfigDict(), "pretrain": "",
+        "max_prompt_length": 256, "max_length": 512, "lm_seq_len": 512})
+    c.train = ml_collections.ConfigDict({
+        "steps": 1000, "batch_size": 8, "grad_accum": 1, "lr": 5e-4, "weight_decay": 0.01, "warmup_steps": 0,
+        "schedule": "cosine", "min_lr_ratio": 0.0, "grad_clip": 1.0, "adam_b1": 0.9, "adam_b2": 0.999,
+        "adam_eps": 1e-8, "log_every": 10, "eval_every": 0, "save_every": 500, "keep": 2})
+    c.loss = ml_collections.ConfigDict({
+        "kd_ratio": 0.5, "lm_coef": 0.5, "beta": 0.1, "form": "sigmoid", "length_normalize": True,
+        "label_smoothing": 0.0, "reference_free": False, "simpo_gamma": 0.5, "dpop_lambda": 50.0, "cpo_alpha": 1.0,
+        "temperature": 1.0, "jsd_beta": 0.5, "skew_alpha": 0.1, "akl_mu": 0.5, "plad_margin": 1.0,
+        "plad_smooth": False, "plad_alpha": 0.0, "dadpo_alpha": 1.0})
+    c.gen = ml_collections.ConfigDict({
+        "max_new_tokens": 256, "temperature": 1.0, "top_k": 0, "top_p": 1.0, "teacher_mode": "online",
+        "eos_token_id": -1, "pad_token_id": -1})  # -1: taken from the tokenizer
+    c.eval = ml_collections.ConfigDict({
+        "max_new_tokens": 256, "seeds": (10, 20, 30, 40, 50), "batch_size": 8, "temperature": 1.0, "top_k": 0,
+        "top_p": 1.0, "greedy": False, "max_examples": 0, "eval_teacher": True})
+    c.generate = ml_collections.ConfigDict({"prompt": "", "input_file": "", "output_file": ""})
+    c.demo = ml_collections.ConfigDict({"enabled": False})
+    return c
+
+
+def validate(c):
+    """Stop at start-up with one message naming the field."""
+    import jax
+
+    def fail(field, msg):
+        raise ValueError(f"config.{field}: {msg}")
+    if c.method not in METHODS:
+        fail("method", f"unknown method {c.method!r}; choose from {sorted(METHODS)}")
+    if c.mode not in ("train", "eval", "generate"):
+        fail("mode", f"must be train, eval or generate, got {c.mode!r}")
+    if c.loss.form not in DPKD_FORMS:
+        fail("loss.form", f"unknown form {c.loss.form!r}; choose from {DPKD_FORMS}")
+    if c.loss.beta <= 0:
+        fail("loss.beta", f"must be > 0, got {c.loss.beta}")
+    if not 0 <= c.loss.kd_ratio <= 1:
+        fail("loss.kd_ratio", f"must be in [0, 1], got {c.loss.kd_ratio}")
+    if c.data.max_prompt_length >= c.data.max_length:
+        fail("data.max_prompt_length", f"{c.data.max_prompt_length} must be < data.max_length={c.data.max_length}")
+    if c.gen.teacher_mode not in ("online", "offline"):
+        fail("gen.teacher_mode", f"must be online or offline, got {c.gen.teacher_mode!r}")
+    if c.train.batch_size % jax.device_count():
+        fail("train.batch_size", f"{c.train.batch_size} is not divisible by the device count {jax.device_count()}")
+    if c.train.steps < 1:
+        fail("train.steps", f"must be >= 1, got {c.train.steps}")
+    if not c.demo.enabled:
+        import os
+        for field in ("teacher.path", "student.path"):
+            path = c.teacher.path if field == "teacher.path" else c.student.path
+            if not path:
+                fail(field, "is empty: point it at a local Hugging Face checkpoint folder")
+            if not os.path.isdir(path):
+                fail(field, f"{path!r} is not a directory")
+        if c.mode == "train" and not c.data.train:
+            fail("data.train", "is empty: a Dolly-format JSONL path, hf:<name> or tfds:<name>")
+    return c

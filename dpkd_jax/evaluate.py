@@ -1,0 +1,111 @@
+"""Generation-based evaluation: RougeL and exact match, as the paper computes them."""
+
+from __future__ import annotations
+
+import json
+import os
+import string
+
+import jax
+import numpy as np
+from rouge_score import rouge_scorer
+from tqdm import tqdm
+
+from . import sampling
+
+_SCORER = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+BUCKETS = (("<=30", 0, 30), ("30-70", 31, 69), (">=70", 70, 10**9))
+
+
+def normalize_answer(s: str) -> str:
+    """SQuAD-style normalisation, articles kept (method.md): lower-case, strip
+    punctuation, collapse white space."""
+    s = s.lower()
+    s = "".join(ch for ch in s if ch not in set(string.punctuation))
+    return " ".join(s.split())
+
+
+def exact_match(prediction: str, references) -> float:
+    refs = [references] if isinstance(references, str) else references
+    return 100.0 * max(float(normalize_answer(prediction) == normalize_answer(r)) for r in refs)
+
+
+def rouge_l(prediction: str, references) -> float:
+    refs = [references] if isinstance(references, str) else references
+    return 100.0 * max(_SCORER.score(r, prediction)["rougeL"].fmeasure for r in refs)
+
+
+def bucket_of(reference: str) -> str:
+    n = len(reference.split())
+    return next(name for name, lo, hi in BUCKETS if lo <= n <= hi)
+
+
+def score_answers(predictions, references):
+    """Mean RougeL and EM (×100), overall and per gold-length bucket."""
+    rows = [(rouge_l(p, r), exact_match(p, r), bucket_of(r if isinstance(r, str) else r[0]))
+            for p, r in zip(predictions, references)]
+    out = {"rougeL": float(np.mean([r[0] for r in rows])), "exact_match": float(np.mean([r[1] for r in rows])),
+           "n": len(rows)}
+    for name, _, _ in BUCKETS:
+        sel = [r for r in rows if r[2] == name]
+        if sel:
+            out[f"rougeL_{name}"] = float(np.mean([r[0] for r in sel]))
+            out[f"n_{name}"] = len(sel)
+    return out
+
+
+def decode_responses(tokenizer, tokens, mask, eos_token_id):
+    """Text of each generated row, cut at EOS (the EOS itself dropped)."""
+    out = []
+    for row, m in zip(np.asarray(tokens), np.asarray(mask)):
+        ids = [int(t) for t, k in zip(row, m) if k and t != eos_token_id]
+        out.append(tokenizer.decode(ids, skip_special_tokens=True).strip())
+    return out
+
+
+def generate_answers(decode, params, data, tokenizer, *, batch_size, max_new_tokens, seed, temperature=1.0,
+                     top_k=0, top_p=1.0, greedy=False, eos_token_id, pad_token_id, desc="generate"):
+    """Answers for every prompt of ``data`` (a data.Tokenized), in order."""
+    import functools
+    fn = jax.jit(functools.partial(sampling.sample, decode, max_new_tokens=max_new_tokens, temperature=temperature,
+                                   top_k=top_k, top_p=top_p, greedy=greedy, eos_token_id=eos_token_id,
+                                   pad_token_id=pad_token_id))
+    answers = []
+    n = len(data)
+    for i in tqdm(range(0, n, batch_size), desc=desc, leave=False):
+        sl = np.arange(i, min(i + batch_size, n))
+        idx = np.concatenate([sl, np.full(batch_size - len(sl), sl[0])])  # static shape
+        toks, m = fn(params, data.prompt_ids[idx], data.prompt_mask[idx], jax.random.PRNGKey(seed * 100003 + i))
+        answers.extend(decode_responses(tokenizer, toks, m, eos_token_id)[: len(sl)])
+    return answers
+
+
+def evaluate(decode, params, eval_sets: dict, tokenizer, ec, gc, out_dir=None, tag="student"):
+    """Generate on each eval set for each seed; RougeL/EM averaged over seeds.
+    Writes ``{tag}_{set}_answers.jsonl`` and ``{tag}_scores.json`` under ``out_dir``."""
+    results = {}
+    for name, data in eval_sets.items():
+        per_seed = []
+        answers_all = []
+        for seed in ec.seeds:
+            answers = generate_answers(decode, params, data, tokenizer, batch_size=ec.batch_size,
+                                       max_new_tokens=ec.max_new_tokens, seed=seed, temperature=ec.temperature,
+                                       top_k=ec.top_k, top_p=ec.top_p, greedy=ec.greedy,
+                                       eos_token_id=gc.eos_token_id, pad_token_id=gc.pad_token_id,
+                                       desc=f"eval {tag}/{name} seed {seed}")
+            per_seed.append(score_answers(answers, data.references))
+            answers_all.append(answers)
+        res = {k: float(np.mean([s[k] for s in per_seed])) for k in per_seed[0]}
+        res["rougeL_std_over_seeds"] = float(np.std([s["rougeL"] for s in per_seed]))
+        results[name] = res
+        if out_dir:
+            os.makedirs(out_dir, exist_ok=True)
+            with open(os.path.join(out_dir, f"{tag}_{name}_answers.jsonl"), "w") as f:
+                for i, prompt in enumerate(data.prompts):
+                    f.write(json.dumps({"prompt": prompt, "reference": data.references[i],
+                                        "answers": [a[i] for a in answers_all], "seeds": list(ec.seeds)}) + "\n")
+    if out_dir:
+        with open(os.path.join(out_dir, f"{tag}_scores.json"), "w") as f:
+            json.dump(results, f, indent=1)
+    return results
+

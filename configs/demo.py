@@ -28,9 +28,9 @@ def get_config():
         "enabled": True, "vocab_size": 384,
         "teacher": {"d_model": 128, "n_layers": 4, "n_heads": 4, "d_ff": 512},
         "student": {"d_model": 64, "n_layers": 2, "n_heads": 2, "d_ff": 256},
-        "teacher_steps": 400, "teacher_lr": 2e-3,
-        "student_steps": 100, "student_lr": 2e-3,
-        "distill_steps": 60, "distill_lr": 5e-4,
+        "teacher_steps": 300, "teacher_lr": 2e-3,
+        "student_steps": 80, "student_lr": 2e-3,
+        "distill_steps": 40, "distill_lr": 5e-4,
         "methods": ("sft", "kd", "seqkd", "dpkd"),
     })
     return c

@@ -105,7 +105,7 @@ def make_step(cfg, student, teacher, tx, teacher_params, ref_params=None):
         fkl, rkl = first_token_kls(student, params, teacher, teacher_params, batch["prompt_ids"],
                                    batch["prompt_mask"])
         metrics.update({"kl/first_token_forward": fkl.mean(), "kl/first_token_reverse": rkl.mean(),
-                        "grad_norm": optax.global_norm(grads), "lr": jnp.asarray(schedule(state["step"])
+                        "grad_norm": optax.tree.norm(grads) if hasattr(optax, "tree") else optax.global_norm(grads), "lr": jnp.asarray(schedule(state["step"])
                                                                                if callable(schedule) else schedule),
                         "length/gold": batch["response_mask"].sum(1).mean()})
         for name, (_, m) in samples.items():

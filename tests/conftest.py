@@ -18,7 +18,7 @@ def make_tokenizer(path, vocab_size=VOCAB, corpus=None):
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<|endoftext|>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet()[:60])
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet()[:60] if vocab_size < 128 else pre_tokenizers.ByteLevel.alphabet())
     tok.train_from_iterator(corpus or ["the quick brown fox jumps over the lazy dog"] * 20, trainer)
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", pad_token="<|endoftext|>")
     fast.save_pretrained(path)

@@ -14,7 +14,7 @@ import orbax.checkpoint as ocp
 
 
 class Checkpoints:
-    def __init__(self, directory, keep=2, save_every=None):
+    def __init__(self, directory, keep=2):
         directory = os.path.abspath(directory)
         self.latest = ocp.CheckpointManager(
             os.path.join(directory, "latest"),
@@ -46,14 +46,6 @@ class Checkpoints:
                              f"({type(e).__name__}: {str(e)[:300]}). Start fresh with --config.resume=False or "
                              "another --config.workdir.") from e
         return out["state"], out["extra"]
-
-    def best_state(self, like_state):
-        step = self.best.best_step()
-        if step is None:
-            return None
-        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like_state)
-        return self.best.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
-                                                                extra=ocp.args.JsonRestore()))["state"]
 
     def wait(self):
         self.latest.wait_until_finished()

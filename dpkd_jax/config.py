@@ -45,6 +45,28 @@ def default_config():
     return c
 
 
+def paper_config(teacher_path, student_path, workdir):
+    """The paper's Dolly setup and the reference code's DPKD hyperparameters (method.md);
+    the paper configs set only their models, paths and what differs."""
+    c = default_config()
+    c.method = "dpkd"
+    c.workdir = workdir
+    c.teacher.path, c.teacher.dtype = teacher_path, "bfloat16"
+    c.student.path, c.student.dtype, c.student.compute_dtype = student_path, "float32", "bfloat16"
+    c.data.train = "data/dolly/train.jsonl"
+    c.data.dev_num = 500
+    c.data.eval_sets = {"dolly": "data/dolly/valid.jsonl", "self_inst": "data/self-inst/valid.jsonl",
+                        "sinst": "data/sinst/valid.jsonl"}
+    c.data.pretrain = "data/openwebtext/train.txt"
+    c.data.max_prompt_length, c.data.max_length, c.data.lm_seq_len = 256, 512, 512
+    c.train.steps, c.train.batch_size, c.train.lr, c.train.weight_decay = 5000, 8, 5e-4, 0.01
+    c.train.grad_clip, c.train.schedule, c.train.eval_every, c.train.save_every = 1.0, "cosine", 500, 500
+    c.loss.kd_ratio, c.loss.lm_coef, c.loss.beta = 0.5, 0.5, 0.1
+    c.gen.max_new_tokens, c.gen.temperature, c.gen.top_k, c.gen.top_p = 256, 1.0, 0, 1.0
+    c.eval.seeds = (10, 20, 30, 40, 50)
+    return c
+
+
 def validate(c):
     """Stop at start-up with one message naming the field."""
     import jax

@@ -79,8 +79,8 @@ def run_demo(cfg):
     sets = load_eval_sets(cfg, tokenizer, dev)
 
     vocab = len(tokenizer)
-    mk = lambda size, seed: gpt2.tiny_config(vocab_size=vocab, max_positions=cfg.data.max_length, **size)
-    t_cfg, s_cfg = mk(dict(d.teacher), 1), mk(dict(d.student), 2)
+    mk = lambda size: gpt2.tiny_config(vocab_size=vocab, max_positions=cfg.data.max_length, **size)
+    t_cfg, s_cfg = mk(dict(d.teacher)), mk(dict(d.student))
     t_params = models.init_params(t_cfg, jax.random.PRNGKey(cfg.seed + 1))
     s_params = models.init_params(s_cfg, jax.random.PRNGKey(cfg.seed + 2))
     print(f"teacher: {models.CausalLM(t_cfg, t_params).num_params():,} params; "

@@ -66,16 +66,15 @@ def decode_responses(tokenizer, tokens, mask, eos_token_id):
 def generate_answers(decode, params, data, tokenizer, *, batch_size, max_new_tokens, seed, temperature=1.0,
                      top_k=0, top_p=1.0, greedy=False, eos_token_id, pad_token_id, desc="generate"):
     """Answers for every prompt of ``data`` (a data.Tokenized), in order."""
-    import functools
-    fn = jax.jit(functools.partial(sampling.sample, decode, max_new_tokens=max_new_tokens, temperature=temperature,
-                                   top_k=top_k, top_p=top_p, greedy=greedy, eos_token_id=eos_token_id,
-                                   pad_token_id=pad_token_id))
+    kw = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, greedy=greedy,
+              eos_token_id=eos_token_id, pad_token_id=pad_token_id)
     answers = []
     n = len(data)
     for i in tqdm(range(0, n, batch_size), desc=desc, leave=False):
         sl = np.arange(i, min(i + batch_size, n))
         idx = np.concatenate([sl, np.full(batch_size - len(sl), sl[0])])  # static shape
-        toks, m = fn(params, data.prompt_ids[idx], data.prompt_mask[idx], jax.random.PRNGKey(seed * 100003 + i))
+        toks, m = sampling.sample_jit(decode, params, data.prompt_ids[idx], data.prompt_mask[idx],
+                                      jax.random.PRNGKey(seed * 100003 + i), **kw)
         answers.extend(decode_responses(tokenizer, toks, m, eos_token_id)[: len(sl)])
     return answers
 

@@ -34,7 +34,7 @@ def resolve_token_ids(cfg, tokenizer):
 def load_eval_sets(cfg, tokenizer, dev):
     sets = {"dev": dev}
     for name, path in cfg.data.eval_sets.items():
-        sets[name], report = data_lib.load_instructions(
+        sets[name], _ = data_lib.load_instructions(
             path, tokenizer, max_prompt_length=cfg.data.max_prompt_length, max_length=cfg.data.max_length,
             pad_token_id=cfg.gen.pad_token_id)
     if cfg.eval.max_examples:
@@ -57,9 +57,7 @@ def train_loop(cfg, student, params, teacher, teacher_params, train_data, lm_row
         extra = precompute_teacher_samples(cfg, teacher, teacher_params, train_data,
                                            os.path.join(workdir, "teacher_samples.npz"))
     batches = data_lib.Batches(train_data, t.batch_size, cfg.seed, extra)
-    lm_batches = None
-    if lm_rows is not None and cfg.loss.lm_coef > 0:
-        lm_batches = np.random.default_rng(cfg.seed + 1)
+    use_lm = lm_rows is not None and cfg.loss.lm_coef > 0
     ckpt = Checkpoints(os.path.join(workdir, "checkpoints"), keep=t.keep)
     history, start = [], 0
     if cfg.resume:
@@ -76,10 +74,9 @@ def train_loop(cfg, student, params, teacher, teacher_params, train_data, lm_row
                             t.batch_size * (cfg.data.max_length + cfg.gen.max_new_tokens))
     base_rng = jax.random.PRNGKey(cfg.seed)
     pbar = tqdm(range(start, t.steps), initial=start, total=t.steps, desc=desc or cfg.method, leave=False)
-    pending = None
     for step in pbar:
         batch = batches.next()
-        if lm_batches is not None:
+        if use_lm:
             # Deterministic per step, so a resumed run sees the same text.
             rows = np.random.default_rng([cfg.seed, step]).integers(0, len(lm_rows), t.batch_size)
             batch["lm_ids"] = lm_rows[rows]
@@ -103,8 +100,6 @@ def train_loop(cfg, student, params, teacher, teacher_params, train_data, lm_row
                 writer.add_scalar("eval/dev_rougeL", best, done)
         if done % t.save_every == 0 or done == t.steps or best is not None:
             ckpt.save(done, state, {"data": batches.state(), "history": history}, best_metric=best)
-        pending = metrics
-    del pending
     ckpt.wait()
     ckpt.close()
     if writer:

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 
 from . import losses
 
-__all__ = ["generate", "sample", "score", "response_logits", "process_logits"]
+__all__ = ["generate", "sample", "sample_jit", "score", "response_logits", "process_logits"]
 
 
 def process_logits(logits, *, temperature=1.0, top_k=0, top_p=1.0):
@@ -95,6 +95,15 @@ def _generate_jit(decode, params, prompt_ids, prompt_mask, rng, temperature, **s
     return sample(decode, params, prompt_ids, prompt_mask, rng, temperature=temperature, **static)
 
 
+def sample_jit(decode, params, prompt_ids, prompt_mask, rng, *, max_new_tokens, temperature=1.0, top_k=0,
+               top_p=1.0, greedy=False, eos_token_id, pad_token_id):
+    """:func:`sample` compiled once per (decode, shapes, static options) and cached
+    across calls: what evaluation and offline teacher sampling loop over."""
+    return _generate_jit(decode, params, prompt_ids, prompt_mask, rng, jnp.float32(temperature),
+                         max_new_tokens=int(max_new_tokens), top_k=int(top_k), top_p=float(top_p),
+                         greedy=bool(greedy), eos_token_id=int(eos_token_id), pad_token_id=int(pad_token_id))
+
+
 def generate(model, prompt_ids, prompt_mask, *, max_new_tokens, rng=None, temperature=1.0, top_k=0, top_p=1.0,
              greedy=False, eos_token_id, pad_token_id):
     """Sample ``max_new_tokens`` after left-padded prompts.
@@ -115,10 +124,10 @@ def generate(model, prompt_ids, prompt_mask, *, max_new_tokens, rng=None, temper
     if jnp.shape(prompt_ids) != jnp.shape(prompt_mask):
         raise ValueError(f"prompt_mask has shape {jnp.shape(prompt_mask)}, prompt_ids {jnp.shape(prompt_ids)}")
     decode, params = model.decoder()
-    return _generate_jit(decode, params, jnp.asarray(prompt_ids), jnp.asarray(prompt_mask),
-                         jax.random.PRNGKey(0) if rng is None else rng, jnp.float32(temperature),
-                         max_new_tokens=int(max_new_tokens), top_k=int(top_k), top_p=float(top_p),
-                         greedy=bool(greedy), eos_token_id=int(eos_token_id), pad_token_id=int(pad_token_id))
+    return sample_jit(decode, params, jnp.asarray(prompt_ids), jnp.asarray(prompt_mask),
+                      jax.random.PRNGKey(0) if rng is None else rng, max_new_tokens=max_new_tokens,
+                      temperature=temperature, top_k=top_k, top_p=top_p, greedy=greedy,
+                      eos_token_id=eos_token_id, pad_token_id=pad_token_id)
 
 
 def response_logits(decode, params, prompt_ids, prompt_mask, response_ids, response_mask):

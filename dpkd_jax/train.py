@@ -7,7 +7,6 @@ with the current student (no gradient), score, mix the losses, one optax update.
 
 from __future__ import annotations
 
-import functools
 import logging
 import time
 
@@ -147,15 +146,15 @@ def precompute_teacher_samples(cfg, teacher, teacher_params, data, path=None):
             return {"teacher_ids": z["ids"], "teacher_mask": z["mask"]}
     g = cfg.gen
     bs = cfg.train.batch_size
-    fn = jax.jit(functools.partial(sampling.sample, teacher, max_new_tokens=g.max_new_tokens,
-                                   temperature=g.temperature, top_k=g.top_k, top_p=g.top_p,
-                                   eos_token_id=g.eos_token_id, pad_token_id=g.pad_token_id))
+    kw = dict(max_new_tokens=g.max_new_tokens, temperature=g.temperature, top_k=g.top_k, top_p=g.top_p,
+              eos_token_id=g.eos_token_id, pad_token_id=g.pad_token_id)
     ids, mask = [], []
     n = len(data)
     for i in range(0, n, bs):
         sl = np.arange(i, min(i + bs, n))
         pad = np.concatenate([sl, np.zeros(bs - len(sl), int)])  # static batch shape
-        t, m = fn(teacher_params, data.prompt_ids[pad], data.prompt_mask[pad], jax.random.PRNGKey(cfg.seed + i))
+        t, m = sampling.sample_jit(teacher, teacher_params, data.prompt_ids[pad], data.prompt_mask[pad],
+                                   jax.random.PRNGKey(cfg.seed + i), **kw)
         ids.append(np.asarray(t)[: len(sl)])
         mask.append(np.asarray(m)[: len(sl)])
     out = {"teacher_ids": np.concatenate(ids), "teacher_mask": np.concatenate(mask)}

@@ -28,7 +28,13 @@ def default_config():
     c.train = ml_collections.ConfigDict({
         "steps": 1000, "batch_size": 8, "grad_accum": 1, "lr": 5e-4, "weight_decay": 0.01, "warmup_steps": 0,
         "schedule": "cosine", "min_lr_ratio": 0.0, "grad_clip": 1.0, "adam_b1": 0.9, "adam_b2": 0.999,
-        "adam_eps": 1e-8, "log_every": 10, "eval_every": 0, "save_every": 500, "keep": 2})
+        "adam_eps": 1e-8, "log_every": 10, "eval_every": 0, "save_every": 500, "keep": 2, "max_bad_steps": 10})
+    # Device mesh (sharding.py): -1 takes the remaining devices. shard_student=False keeps a
+    # small student whole on every device (pure data parallel); the teacher is always split.
+    c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1, "shard_student": True})
+    # Multi-host: jax.distributed.initialize(); empty fields are auto-detected (TPU pods, SLURM).
+    c.distributed = ml_collections.ConfigDict({"enabled": False, "coordinator_address": "", "num_processes": 0,
+                                               "process_id": -1})
     c.loss = ml_collections.ConfigDict({
         "kd_ratio": 0.5, "lm_coef": 0.5, "beta": 0.1, "form": "sigmoid", "length_normalize": True,
         "label_smoothing": 0.0, "reference_free": False, "simpo_gamma": 0.5, "dpop_lambda": 50.0, "cpo_alpha": 1.0,
@@ -87,8 +93,17 @@ def validate(c):
         fail("data.max_prompt_length", f"{c.data.max_prompt_length} must be < data.max_length={c.data.max_length}")
     if c.gen.teacher_mode not in ("online", "offline"):
         fail("gen.teacher_mode", f"must be online or offline, got {c.gen.teacher_mode!r}")
-    if c.train.batch_size % jax.device_count():
-        fail("train.batch_size", f"{c.train.batch_size} is not divisible by the device count {jax.device_count()}")
+    from . import sharding
+    try:
+        mesh = sharding.mesh_shape(dict(c.mesh), jax.device_count())
+    except ValueError as e:
+        fail("mesh", str(e).removeprefix("config.mesh: "))
+    dp = mesh["data"] * mesh["fsdp"]
+    if c.train.batch_size % dp:
+        fail("train.batch_size", f"{c.train.batch_size} is not divisible by the data-parallel size {dp} "
+                                 f"(mesh data={mesh['data']} x fsdp={mesh['fsdp']})")
+    if c.train.max_bad_steps < 1:
+        fail("train.max_bad_steps", f"must be >= 1, got {c.train.max_bad_steps}")
     if c.train.steps < 1:
         fail("train.steps", f"must be >= 1, got {c.train.steps}")
     if not c.demo.enabled:

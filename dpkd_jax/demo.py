@@ -16,9 +16,10 @@ import jax
 
 from . import data as data_lib
 from . import evaluate as eval_lib
-from . import models
+from . import models, sharding
+from .loop import train_loop
 from .models import gpt2
-from .pipeline import load_eval_sets, plot_history, print_table, resolve_token_ids, train_loop
+from .pipeline import check_workdir, export, load_eval_sets, plot_history, print_table, resolve_token_ids
 
 DEMO_DIR = os.path.join(os.path.dirname(__file__), "data", "demo")
 
@@ -63,9 +64,15 @@ def _stage_cfg(cfg, method, steps, lr, workdir):
 def run_demo(cfg):
     d = cfg.demo
     wd = cfg.workdir
-    os.makedirs(wd, exist_ok=True)
-    tokenizer = train_tokenizer(os.path.join(wd, "tokenizer"), d.vocab_size,
-                                [cfg.data.train or demo_file("train.jsonl"), demo_file("pretrain.txt")])
+    check_workdir(wd)
+    mesh = sharding.make_mesh(cfg.mesh)
+    tok_dir = os.path.join(wd, "tokenizer")
+    if jax.process_index() == 0:
+        train_tokenizer(tok_dir, d.vocab_size, [cfg.data.train or demo_file("train.jsonl"), demo_file("pretrain.txt")])
+    if jax.process_count() > 1:  # the others read what process 0 wrote
+        from jax.experimental import multihost_utils
+        multihost_utils.sync_global_devices("demo tokenizer")
+    tokenizer = models.load_tokenizer(tok_dir)
     resolve_token_ids(cfg, tokenizer)
     dl = dict(max_prompt_length=cfg.data.max_prompt_length, max_length=cfg.data.max_length,
               pad_token_id=cfg.gen.pad_token_id)
@@ -91,8 +98,8 @@ def run_demo(cfg):
     def stage(name, c, params, teacher, teacher_params, ref=None):
         out_dir = os.path.join(wd, name)
         student_cfg = teacher if name == "teacher_sft" else s_cfg
-        params, history = train_loop(c, student_cfg, params, teacher, teacher_params, train_data, lm_rows, out_dir,
-                                     dev=dev, tokenizer=tokenizer, ref_params=ref, desc=name)
+        params, history, _ = train_loop(c, student_cfg, params, teacher, teacher_params, train_data, lm_rows,
+                                        out_dir, dev=dev, tokenizer=tokenizer, ref_params=ref, desc=name, mesh=mesh)
         if history:
             plot_history(history, os.path.join(out_dir, "curves.png"), name)
             final = history[-1]
@@ -108,18 +115,19 @@ def run_demo(cfg):
     results = {}
     ec = cfg.eval
     results["teacher"] = eval_lib.evaluate(t_cfg, t_params, sets, tokenizer, ec, cfg.gen,
-                                           os.path.join(wd, "eval"), "teacher")
+                                           os.path.join(wd, "eval"), "teacher", mesh=mesh)
     results["student init (SFT)"] = eval_lib.evaluate(s_cfg, s_init, sets, tokenizer, ec, cfg.gen,
-                                                      os.path.join(wd, "eval"), "student_init")
+                                                      os.path.join(wd, "eval"), "student_init", mesh=mesh)
     for method in d.methods:
         c = _stage_cfg(cfg, method, d.distill_steps, d.distill_lr, os.path.join(wd, method))
         params = stage(method, c, s_init, t_cfg, t_params, ref=s_init if method == "dadpo" else None)
         results[method] = eval_lib.evaluate(s_cfg, params, sets, tokenizer, ec, cfg.gen, os.path.join(wd, "eval"),
-                                            method)
+                                            method, mesh=mesh)
+        host = jax.tree.map(sharding.to_host, params)
         if jax.process_index() == 0:
-            export = os.path.join(wd, method, "export")
-            models.save_pretrained(models.CausalLM(s_cfg, params), export)
-            tokenizer.save_pretrained(export)
+            export(s_cfg, host, tokenizer, os.path.join(wd, method, "export"))
+    if jax.process_index() != 0:
+        return results
     table = print_table(results)
     with open(os.path.join(wd, "table.md"), "w") as f:
         f.write(table + "\n")

@@ -11,7 +11,7 @@ import numpy as np
 from rouge_score import rouge_scorer
 from tqdm import tqdm
 
-from . import sampling
+from . import sampling, sharding
 
 _SCORER = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
 BUCKETS = (("<=30", 0, 30), ("30-70", 31, 69), (">=70", 70, 10**9))
@@ -64,8 +64,9 @@ def decode_responses(tokenizer, tokens, mask, eos_token_id):
 
 
 def generate_answers(decode, params, data, tokenizer, *, batch_size, max_new_tokens, seed, temperature=1.0,
-                     top_k=0, top_p=1.0, greedy=False, eos_token_id, pad_token_id, desc="generate"):
-    """Answers for every prompt of ``data`` (a data.Tokenized), in order."""
+                     top_k=0, top_p=1.0, greedy=False, eos_token_id, pad_token_id, desc="generate", mesh=None):
+    """Answers for every prompt of ``data`` (a data.Tokenized), in order. With ``mesh``,
+    each batch is split over its batch axes (every process gets every answer)."""
     kw = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, greedy=greedy,
               eos_token_id=eos_token_id, pad_token_id=pad_token_id)
     answers = []
@@ -73,15 +74,19 @@ def generate_answers(decode, params, data, tokenizer, *, batch_size, max_new_tok
     for i in tqdm(range(0, n, batch_size), desc=desc, leave=False):
         sl = np.arange(i, min(i + batch_size, n))
         idx = np.concatenate([sl, np.full(batch_size - len(sl), sl[0])])  # static shape
-        toks, m = sampling.sample_jit(decode, params, data.prompt_ids[idx], data.prompt_mask[idx],
-                                      jax.random.PRNGKey(seed * 100003 + i), **kw)
+        ids, mask = sharding.put_batch((data.prompt_ids[idx], data.prompt_mask[idx]), mesh)
+        toks, m = sampling.sample_jit(decode, params, ids, mask, jax.random.PRNGKey(seed * 100003 + i), **kw)
+        toks, m = sharding.to_host(toks), sharding.to_host(m)
         answers.extend(decode_responses(tokenizer, toks, m, eos_token_id)[: len(sl)])
     return answers
 
 
-def evaluate(decode, params, eval_sets: dict, tokenizer, ec, gc, out_dir=None, tag="student"):
+def evaluate(decode, params, eval_sets: dict, tokenizer, ec, gc, out_dir=None, tag="student", mesh=None):
     """Generate on each eval set for each seed; RougeL/EM averaged over seeds.
-    Writes ``{tag}_{set}_answers.jsonl`` and ``{tag}_scores.json`` under ``out_dir``."""
+    Writes ``{tag}_{set}_answers.jsonl`` and ``{tag}_scores.json`` under ``out_dir``
+    (process 0 only)."""
+    if jax.process_index() != 0:
+        out_dir = None
     results = {}
     for name, data in eval_sets.items():
         per_seed = []
@@ -91,7 +96,7 @@ def evaluate(decode, params, eval_sets: dict, tokenizer, ec, gc, out_dir=None, t
                                        max_new_tokens=ec.max_new_tokens, seed=seed, temperature=ec.temperature,
                                        top_k=ec.top_k, top_p=ec.top_p, greedy=ec.greedy,
                                        eos_token_id=gc.eos_token_id, pad_token_id=gc.pad_token_id,
-                                       desc=f"eval {tag}/{name} seed {seed}")
+                                       desc=f"eval {tag}/{name} seed {seed}", mesh=mesh)
             per_seed.append(score_answers(answers, data.references))
             answers_all.append(answers)
         res = {k: float(np.mean([s[k] for s in per_seed])) for k in per_seed[0]}

@@ -1,7 +1,5 @@
-"""The run a user starts: load models and data, train with one method, evaluate, export.
-
-``train_loop`` is shared by `main` (paper configs) and the demo (several stages).
-"""
+"""The run a user starts: load models (sharded on the mesh) and data, train with
+one method (`loop.train_loop`), evaluate, export the final and best students."""
 
 from __future__ import annotations
 
@@ -16,10 +14,9 @@ from tqdm import tqdm
 
 from . import data as data_lib
 from . import evaluate as eval_lib
-from . import models
-from .checkpoint import Checkpoints
+from . import models, sharding
+from .loop import train_loop
 from .methods import METHODS
-from .train import Throughput, init_state, make_optimizer, make_step, precompute_teacher_samples, step_flops
 
 
 def resolve_token_ids(cfg, tokenizer):
@@ -34,84 +31,14 @@ def resolve_token_ids(cfg, tokenizer):
 def load_eval_sets(cfg, tokenizer, dev):
     sets = {"dev": dev}
     for name, path in cfg.data.eval_sets.items():
-        sets[name], _ = data_lib.load_instructions(
+        sets[name], report = data_lib.load_instructions(
             path, tokenizer, max_prompt_length=cfg.data.max_prompt_length, max_length=cfg.data.max_length,
             pad_token_id=cfg.gen.pad_token_id)
+        if jax.process_index() == 0:
+            print(report)
     if cfg.eval.max_examples:
         sets = {k: v.take(np.arange(min(len(v), cfg.eval.max_examples))) for k, v in sets.items()}
     return sets
-
-
-def train_loop(cfg, student, params, teacher, teacher_params, train_data, lm_rows, workdir, *, dev=None,
-               tokenizer=None, ref_params=None, desc=None):
-    """Train ``params`` with ``cfg.method``; checkpoints, logs, resume. Returns (params, history)."""
-    from tensorboardX import SummaryWriter
-    t = cfg.train
-    tx = make_optimizer(t)
-    # The step donates its state: train on a copy so the caller's arrays (a shared
-    # start, or the teacher itself) stay valid.
-    state = init_state(jax.tree.map(jnp.copy, params), tx)
-    method = METHODS[cfg.method]
-    extra = None
-    if method.teacher_samples and cfg.gen.teacher_mode == "offline":
-        extra = precompute_teacher_samples(cfg, teacher, teacher_params, train_data,
-                                           os.path.join(workdir, "teacher_samples.npz"))
-    batches = data_lib.Batches(train_data, t.batch_size, cfg.seed, extra)
-    use_lm = lm_rows is not None and cfg.loss.lm_coef > 0
-    ckpt = Checkpoints(os.path.join(workdir, "checkpoints"), keep=t.keep)
-    history, start = [], 0
-    if cfg.resume:
-        restored = ckpt.restore_latest(state)
-        if restored is not None:
-            state, ext = restored
-            batches.restore(ext["data"])
-            history = ext.get("history", [])
-            start = int(state["step"])
-            logging.info("resumed from step %d", start)
-    step_fn = make_step(cfg, student, teacher, tx, teacher_params, ref_params)
-    writer = SummaryWriter(os.path.join(workdir, "tb")) if jax.process_index() == 0 else None
-    throughput = Throughput(step_flops(cfg, student, teacher, t.batch_size),
-                            t.batch_size * (cfg.data.max_length + cfg.gen.max_new_tokens))
-    base_rng = jax.random.PRNGKey(cfg.seed)
-    pbar = tqdm(range(start, t.steps), initial=start, total=t.steps, desc=desc or cfg.method, leave=False)
-    for step in pbar:
-        batch = batches.next()
-        if use_lm:
-            # Deterministic per step, so a resumed run sees the same text.
-            rows = np.random.default_rng([cfg.seed, step]).integers(0, len(lm_rows), t.batch_size)
-            batch["lm_ids"] = lm_rows[rows]
-        batch.pop("example_ids")
-        state, metrics = step_fn(state, batch, jax.random.fold_in(base_rng, step))
-        done = step + 1
-        if done % t.log_every == 0 or done == t.steps:
-            metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
-            metrics.update(throughput(t.log_every if done % t.log_every == 0 else done % t.log_every))
-            metrics["step"] = done
-            history.append(metrics)
-            pbar.set_postfix(loss=f"{metrics['loss/total']:.3f}")
-            if writer:
-                for k, v in metrics.items():
-                    writer.add_scalar(k, v, done)
-        best = None
-        if t.eval_every and done % t.eval_every == 0 and dev is not None:
-            res = eval_lib.evaluate(student, state["params"], {"dev": dev}, tokenizer, _quick_eval(cfg), cfg.gen)
-            best = res["dev"]["rougeL"]
-            if writer:
-                writer.add_scalar("eval/dev_rougeL", best, done)
-        if done % t.save_every == 0 or done == t.steps or best is not None:
-            ckpt.save(done, state, {"data": batches.state(), "history": history}, best_metric=best)
-    ckpt.wait()
-    ckpt.close()
-    if writer:
-        writer.close()
-    return state["params"], history
-
-
-def _quick_eval(cfg):
-    ec = cfg.eval.copy_and_resolve_references()
-    with ec.unlocked():
-        ec.seeds = ec.seeds[:1]
-    return ec
 
 
 def plot_history(history, path, title=""):
@@ -136,19 +63,41 @@ def plot_history(history, path, title=""):
     plt.close(fig)
 
 
+def check_workdir(path):
+    """Create the work dir and prove it writable, or stop naming config.workdir."""
+    try:
+        os.makedirs(path, exist_ok=True)
+        probe = os.path.join(path, f".write_test_{jax.process_index()}")
+        with open(probe, "w") as f:
+            f.write("ok")
+        os.remove(probe)
+    except OSError as e:
+        raise ValueError(f"config.workdir: {path!r} is not writable ({e.strerror or e})") from e
+
+
+def load_models(cfg, mesh):
+    """Teacher and student from their HF folders, each parameter placed on its shard."""
+    def load(path, dtype, compute_dtype, rules):
+        mc = models.load_config(path, dtype=jnp.dtype(dtype), compute_dtype=jnp.dtype(compute_dtype))
+        shardings = sharding.param_shardings(mc, mesh, rules)
+        return models.from_pretrained(path, dtype=jnp.dtype(dtype), compute_dtype=jnp.dtype(compute_dtype),
+                                      shardings=shardings).decoder()
+    t = load(cfg.teacher.path, cfg.teacher.dtype, cfg.teacher.dtype, None)
+    s = load(cfg.student.path, cfg.student.dtype, cfg.student.compute_dtype,
+             None if cfg.mesh.shard_student else {"embed": None})
+    return t, s
+
+
 def run(cfg):
     """Train (or evaluate, or generate) with the models and data the config names."""
-    os.makedirs(cfg.workdir, exist_ok=True)
+    check_workdir(cfg.workdir)
     models.check_same_vocabulary(cfg.teacher.path, cfg.student.path)
     tokenizer = models.load_tokenizer(cfg.student.path)
     resolve_token_ids(cfg, tokenizer)
-    teacher = models.from_pretrained(cfg.teacher.path, dtype=jnp.dtype(cfg.teacher.dtype))
-    student = models.from_pretrained(cfg.student.path, dtype=jnp.dtype(cfg.student.dtype),
-                                     compute_dtype=jnp.dtype(cfg.student.compute_dtype))
-    s_cfg, params = student.decoder()
-    t_cfg, t_params = teacher.decoder()
+    mesh = sharding.make_mesh(cfg.mesh)
+    (t_cfg, t_params), (s_cfg, params) = load_models(cfg, mesh)
     if cfg.mode == "generate":
-        return generate_mode(cfg, s_cfg, params, tokenizer)
+        return generate_mode(cfg, s_cfg, params, tokenizer, mesh)
     dl = dict(max_prompt_length=cfg.data.max_prompt_length, max_length=cfg.data.max_length,
               pad_token_id=cfg.gen.pad_token_id)
     full, report = data_lib.load_instructions(cfg.data.train, tokenizer, **dl)
@@ -158,23 +107,34 @@ def run(cfg):
     results = {}
     if cfg.mode == "train":
         ref = params if METHODS[cfg.method].needs_reference else None
-        params, history = train_loop(cfg, s_cfg, params, t_cfg, t_params, train_data, lm_rows, cfg.workdir,
-                                     dev=dev, tokenizer=tokenizer, ref_params=ref)
+        params, history, best = train_loop(cfg, s_cfg, params, t_cfg, t_params, train_data, lm_rows, cfg.workdir,
+                                           dev=dev, tokenizer=tokenizer, ref_params=ref, mesh=mesh)
+        exports = {"final": params, "best": best} if best is not None else {"final": params}
+        for name, p in exports.items():
+            host = jax.tree.map(sharding.to_host, p)  # every process takes part in the gather
+            if jax.process_index() == 0:
+                export(s_cfg, host, tokenizer, os.path.join(cfg.workdir, "export", name))
         if jax.process_index() == 0 and history:
             plot_history(history, os.path.join(cfg.workdir, "curves.png"), cfg.method)
-            models.save_pretrained(models.CausalLM(s_cfg, params), os.path.join(cfg.workdir, "export", "final"))
-            tokenizer.save_pretrained(os.path.join(cfg.workdir, "export", "final"))
     sets = load_eval_sets(cfg, tokenizer, dev)
     out_dir = os.path.join(cfg.workdir, "eval")
-    results[cfg.method] = eval_lib.evaluate(s_cfg, params, sets, tokenizer, cfg.eval, cfg.gen, out_dir, "student")
+    results[cfg.method] = eval_lib.evaluate(s_cfg, params, sets, tokenizer, cfg.eval, cfg.gen, out_dir, "student",
+                                            mesh=mesh)
     if cfg.eval.eval_teacher:
         results["teacher"] = eval_lib.evaluate(t_cfg, t_params, sets, tokenizer, cfg.eval, cfg.gen, out_dir,
-                                               "teacher")
-    print_table(results)
+                                               "teacher", mesh=mesh)
+    if jax.process_index() == 0:
+        print_table(results)
     return results
 
 
-def generate_mode(cfg, s_cfg, params, tokenizer):
+def export(model_cfg, params, tokenizer, path):
+    """A Hugging Face folder (config, safetensors, tokenizer) that transformers loads."""
+    models.save_pretrained(models.CausalLM(model_cfg, params), path)
+    tokenizer.save_pretrained(path)
+
+
+def generate_mode(cfg, s_cfg, params, tokenizer, mesh=None):
     g = cfg.generate
     if g.prompt:
         records = [{"prompt": data_lib.format_prompt(g.prompt), "response": "", "category": ""}]
@@ -185,13 +145,15 @@ def generate_mode(cfg, s_cfg, params, tokenizer):
     rep = data_lib.Report(g.input_file or "prompt")
     data = data_lib.tokenize(records, tokenizer, max_prompt_length=cfg.data.max_prompt_length,
                              max_length=cfg.data.max_length, report=rep, pad_token_id=cfg.gen.pad_token_id)
-    answers = eval_lib.generate_answers(s_cfg, params, data, tokenizer, batch_size=min(cfg.eval.batch_size,
-                                                                                       len(data)),
+    answers = eval_lib.generate_answers(s_cfg, params, data, tokenizer, mesh=mesh,
+                                        batch_size=min(cfg.eval.batch_size, len(data)),
                                         max_new_tokens=cfg.eval.max_new_tokens, seed=cfg.seed,
                                         temperature=cfg.eval.temperature, top_k=cfg.eval.top_k,
                                         top_p=cfg.eval.top_p, greedy=cfg.eval.greedy,
                                         eos_token_id=cfg.gen.eos_token_id, pad_token_id=cfg.gen.pad_token_id)
     out = g.output_file or os.path.join(cfg.workdir, "answers.jsonl")
+    if jax.process_index() != 0:
+        return answers
     with open(out, "w") as f:
         for p, a in zip(data.prompts, answers):
             f.write(json.dumps({"prompt": p, "answer": a}) + "\n")

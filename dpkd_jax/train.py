@@ -23,6 +23,10 @@ PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "TPU v4": 275e12, 
               "TPU v5p": 459e12, "TPU v6 lite": 918e12}
 
 
+# optax >= 0.2.5 names it optax.tree.norm; older releases only have global_norm.
+_global_norm = getattr(getattr(optax, "tree", None), "norm", None) or optax.global_norm
+
+
 def peak_flops(device=None):
     kind = (device or jax.devices()[0]).device_kind
     return next((v for k, v in PEAK_FLOPS.items() if k in kind), None)
@@ -44,19 +48,45 @@ def make_schedule(t):
 
 
 def make_optimizer(t):
-    """AdamW (decay masked off biases/norms), global-norm clipping, gradient accumulation."""
+    """AdamW (decay masked off biases/norms), global-norm clipping, gradient accumulation;
+    outermost, ``apply_if_finite`` skips any step whose gradients hold a NaN or Inf
+    (counted in its state; the loop stops after ``train.max_bad_steps`` in a row)."""
     tx = optax.chain(optax.clip_by_global_norm(t.grad_clip) if t.grad_clip > 0 else optax.identity(),
                      optax.adamw(make_schedule(t), b1=t.adam_b1, b2=t.adam_b2, eps=t.adam_eps,
                                  weight_decay=t.weight_decay, mask=_decay_mask))
-    return optax.MultiSteps(tx, t.grad_accum) if t.grad_accum > 1 else tx
+    tx = optax.MultiSteps(tx, t.grad_accum) if t.grad_accum > 1 else tx
+    # Never let optax apply a bad update itself: the loop decides when to stop.
+    return optax.apply_if_finite(tx, max_consecutive_errors=2**30)
 
 
 def init_state(params, tx):
     return {"params": params, "opt_state": tx.init(params), "step": jnp.zeros((), jnp.int32)}
 
 
-def make_step(cfg, student, teacher, tx, teacher_params, ref_params=None):
-    """The compiled step. ``student``/``teacher`` are model Configs (hashable decode calls)."""
+def step_shardings(mesh, student, teacher, tx, student_params, rules=None, teacher_rules=None):
+    """Shardings of everything the step takes, from the rules in ``sharding.py``."""
+    from . import sharding
+    p_sh = sharding.param_shardings(student, mesh, rules)
+    opt = sharding.like_params(jax.eval_shape(tx.init, student_params), student_params, p_sh, mesh)
+    rep = sharding.replicated(mesh)
+    return {"params": p_sh, "state": {"params": p_sh, "opt_state": opt, "step": rep},
+            "teacher": sharding.param_shardings(teacher, mesh, teacher_rules), "ref": p_sh,
+            "batch": sharding.batch_sharding(mesh), "replicated": rep}
+
+
+def place_state(params, tx, shardings):
+    """A fresh train state (a copy of ``params``, so donation leaves the caller's arrays
+    valid) on the step's shardings."""
+    from .sharding import copy_to
+    params = copy_to(params, shardings["params"])
+    return jax.jit(lambda p: init_state(p, tx), out_shardings=shardings["state"])(params)
+
+
+def make_step(cfg, student, teacher, tx, teacher_params, ref_params=None, shardings=None):
+    """The compiled step. ``student``/``teacher`` are model Configs (hashable decode calls).
+
+    ``shardings`` (from :func:`step_shardings`) compiles it over a mesh: state, batch,
+    teacher and reference parameters in and out on their rules' shardings."""
     method = METHODS[cfg.method]
     c, g = cfg.loss, cfg.gen
     gen_kw = dict(max_new_tokens=g.max_new_tokens, temperature=g.temperature, top_k=g.top_k, top_p=g.top_p,
@@ -74,8 +104,11 @@ def make_step(cfg, student, teacher, tx, teacher_params, ref_params=None):
                 samples["teacher"] = sampling.sample(teacher, teacher_params, batch["prompt_ids"],
                                                      batch["prompt_mask"], rng_t, **gen_kw)
         if method.student_samples:
-            samples["student"] = sampling.sample(student, jax.lax.stop_gradient(params), batch["prompt_ids"],
-                                                 batch["prompt_mask"], rng_s, **gen_kw)
+            if "student_ids" in batch:  # given by the caller (bench/train_step.py times the step without generation)
+                samples["student"] = (batch["student_ids"], batch["student_mask"])
+            else:
+                samples["student"] = sampling.sample(student, jax.lax.stop_gradient(params), batch["prompt_ids"],
+                                                     batch["prompt_mask"], rng_s, **gen_kw)
 
         def loss_fn(p):
             ctx = Context(student, p, teacher, teacher_params, batch, samples, ref_params)
@@ -101,17 +134,31 @@ def make_step(cfg, student, teacher, tx, teacher_params, ref_params=None):
         (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
         updates, opt_state = tx.update(grads, state["opt_state"], params)
         new_params = optax.apply_updates(params, updates)
-        fkl, rkl = first_token_kls(student, params, teacher, teacher_params, batch["prompt_ids"],
-                                   batch["prompt_mask"])
+        # Two extra prompt forwards: only on the steps the loop logs.
+        done = state["step"] + 1
+        log_step = (done % cfg.train.log_every == 0) | (done == cfg.train.steps)
+        zeros = jnp.zeros(batch["prompt_ids"].shape[:1], jnp.float32)
+        fkl, rkl = jax.lax.cond(
+            log_step, lambda: first_token_kls(student, params, teacher, teacher_params, batch["prompt_ids"],
+                                              batch["prompt_mask"]), lambda: (zeros, zeros))
+        lr = schedule(state["step"]) if callable(schedule) else schedule
+        metrics["nonfinite/streak"] = opt_state.notfinite_count
+        metrics["nonfinite/skipped"] = opt_state.total_notfinite
         metrics.update({"kl/first_token_forward": fkl.mean(), "kl/first_token_reverse": rkl.mean(),
-                        "grad_norm": optax.tree.norm(grads) if hasattr(optax, "tree") else optax.global_norm(grads), "lr": jnp.asarray(schedule(state["step"])
-                                                                               if callable(schedule) else schedule),
+                        "grad_norm": _global_norm(grads), "lr": jnp.asarray(lr, jnp.float32),
                         "length/gold": batch["response_mask"].sum(1).mean()})
         for name, (_, m) in samples.items():
             metrics[f"length/{name}_response"] = m.sum(1).mean()
         return {"params": new_params, "opt_state": opt_state, "step": state["step"] + 1}, metrics
 
-    jitted = jax.jit(_step, donate_argnums=(0,))
+    if shardings is None:
+        jitted = jax.jit(_step, donate_argnums=(0,))
+    else:
+        sh = shardings
+        jitted = jax.jit(_step, donate_argnums=(0,),
+                         in_shardings=(sh["state"], sh["batch"], sh["replicated"], sh["teacher"],
+                                       sh["ref"] if ref_params is not None else None),
+                         out_shardings=(sh["state"], sh["replicated"]))
 
     def step(state, batch, rng):
         return jitted(state, batch, rng, teacher_params, ref_params)
@@ -136,30 +183,56 @@ def step_flops(cfg, student, teacher, batch_size):
     return f
 
 
-def precompute_teacher_samples(cfg, teacher, teacher_params, data, path=None):
-    """Offline mode: y_t for every training prompt, once, cached as .npz at ``path``."""
+def teacher_cache_key(cfg, teacher, teacher_params, data) -> str:
+    """What made an offline teacher-sample cache: prompts, generation settings, seed,
+    batch size (it sets the RNG per chunk), teacher architecture and a fingerprint of
+    its weights (sum and sum of squares of each array, computed on device)."""
+    import hashlib
+    import json
+    h = hashlib.sha256()
+    h.update(np.ascontiguousarray(data.prompt_ids).tobytes())
+    h.update(np.ascontiguousarray(data.prompt_mask).tobytes())
+    h.update(json.dumps({"gen": cfg.gen.to_dict(), "seed": cfg.seed, "batch": cfg.train.batch_size,
+                         "teacher": repr(teacher)}, sort_keys=True, default=str).encode())
+    fp = jax.jit(lambda p: {k: jnp.stack([v.astype(jnp.float32).sum(), jnp.square(v.astype(jnp.float32)).sum()])
+                            for k, v in p.items()})(teacher_params)
+    from .sharding import to_host
+    h.update(np.concatenate([to_host(fp[k]) for k in sorted(fp)]).astype(np.float32).tobytes())
+    return h.hexdigest()
+
+
+def precompute_teacher_samples(cfg, teacher, teacher_params, data, path=None, mesh=None):
+    """Offline mode: y_t for every training prompt, once, cached as .npz at ``path``.
+    The cache is reused only when its key (:func:`teacher_cache_key`) matches this run;
+    a stale one is rebuilt."""
     import os
+    from .sharding import put_batch, to_host
+    key = teacher_cache_key(cfg, teacher, teacher_params, data)
     if path and os.path.isfile(path):
         z = np.load(path)
-        if z["ids"].shape[0] == len(data):
+        if "key" in z and str(z["key"]) == key:
             logging.info("teacher samples: reusing %s", path)
             return {"teacher_ids": z["ids"], "teacher_mask": z["mask"]}
+        print(f"teacher samples: {path} was made by another config, teacher or data; rebuilding it")
     g = cfg.gen
     bs = cfg.train.batch_size
     kw = dict(max_new_tokens=g.max_new_tokens, temperature=g.temperature, top_k=g.top_k, top_p=g.top_p,
               eos_token_id=g.eos_token_id, pad_token_id=g.pad_token_id)
     ids, mask = [], []
     n = len(data)
-    for i in range(0, n, bs):
+    from tqdm import tqdm
+    for i in tqdm(range(0, n, bs), desc="teacher samples (offline)", leave=False):
         sl = np.arange(i, min(i + bs, n))
         pad = np.concatenate([sl, np.zeros(bs - len(sl), int)])  # static batch shape
-        t, m = sampling.sample_jit(teacher, teacher_params, data.prompt_ids[pad], data.prompt_mask[pad],
-                                   jax.random.PRNGKey(cfg.seed + i), **kw)
-        ids.append(np.asarray(t)[: len(sl)])
-        mask.append(np.asarray(m)[: len(sl)])
+        p_ids, p_mask = put_batch((data.prompt_ids[pad], data.prompt_mask[pad]), mesh)
+        t, m = sampling.sample_jit(teacher, teacher_params, p_ids, p_mask, jax.random.PRNGKey(cfg.seed + i), **kw)
+        ids.append(to_host(t)[: len(sl)])
+        mask.append(to_host(m)[: len(sl)])
     out = {"teacher_ids": np.concatenate(ids), "teacher_mask": np.concatenate(mask)}
-    if path:
-        np.savez(path, ids=out["teacher_ids"], mask=out["teacher_mask"])
+    if path and jax.process_index() == 0:
+        tmp = path + ".tmp.npz"  # written whole, then renamed: never a half cache
+        np.savez(tmp, ids=out["teacher_ids"], mask=out["teacher_mask"], key=np.asarray(key))
+        os.replace(tmp, path)
     return out
 
 

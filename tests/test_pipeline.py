@@ -16,7 +16,7 @@ from dpkd_jax import models
 from dpkd_jax.config import default_config, validate
 from dpkd_jax.methods import METHODS
 from dpkd_jax.models import gpt2
-from dpkd_jax.pipeline import train_loop
+from dpkd_jax.loop import train_loop
 
 ROOT = os.path.dirname(os.path.dirname(__file__))
 VOCAB = 700  # enough merges that the long template becomes ~30-50 tokens
@@ -176,7 +176,7 @@ def test_every_method_trains(method, tmp_path, tok):
     cfg.train.steps = 2
     lm = np.tile(np.arange(17, dtype=np.int32) % VOCAB, (8, 1))
     cfg.loss.lm_coef = 0.5
-    params, hist = train_loop(cfg, s_cfg, s_params, t_cfg, t_params, data, lm, str(tmp_path / "w"),
+    params, hist, _ = train_loop(cfg, s_cfg, s_params, t_cfg, t_params, data, lm, str(tmp_path / "w"),
                               ref_params=s_params if method == "dadpo" else None)
     assert len(hist) == 2 and all(np.isfinite(h["loss/total"]) for h in hist)
     assert f"loss/{method}" in hist[-1] and "loss/lm" in hist[-1] and "kl/first_token_forward" in hist[-1]
@@ -205,11 +205,11 @@ def test_overfit_loss_decreases_and_no_recompilation(tmp_path, tok):
 def test_checkpoint_resume_gives_the_same_run(tmp_path, tok):
     cfg, data, (t_cfg, t_params), (s_cfg, s_params) = tiny_setup(tmp_path, tok)
     cfg.method, cfg.train.steps = "dpkd", 4
-    straight, h1 = train_loop(cfg, s_cfg, s_params, t_cfg, t_params, data, None, str(tmp_path / "a"))
+    straight, h1, _ = train_loop(cfg, s_cfg, s_params, t_cfg, t_params, data, None, str(tmp_path / "a"))
     cfg.train.steps = 2
     train_loop(cfg, s_cfg, s_params, t_cfg, t_params, data, None, str(tmp_path / "b"))
     cfg.train.steps = 4
-    resumed, h2 = train_loop(cfg, s_cfg, s_params, t_cfg, t_params, data, None, str(tmp_path / "b"))
+    resumed, h2, _ = train_loop(cfg, s_cfg, s_params, t_cfg, t_params, data, None, str(tmp_path / "b"))
     assert [h["step"] for h in h2] == [1, 2, 3, 4]
     for k in straight:
         np.testing.assert_allclose(resumed[k], straight[k], rtol=1e-6, atol=1e-7, err_msg=k)

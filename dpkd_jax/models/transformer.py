@@ -164,11 +164,12 @@ def init_cache(cfg: Config, batch: int, length: int):
     return {"k": jnp.zeros(shape, dt), "v": jnp.zeros(shape, dt)}
 
 
-def _block(cfg: Config, p, x, key_mask, q_slots, k_cache=None, v_cache=None, cache_index=0):
+def _block(cfg: Config, p, x, key_mask, q_slots, cache=None, cache_index=0):
     """One transformer block. ``x`` [B, T, D]; ``key_mask`` [B, S]; ``q_slots`` [T]
-    the cache slots of x. With ``k_cache``/``v_cache`` [B, S, H, K] the new keys
-    and values are written at ``cache_index`` and attention reads the cache;
-    without them (training, scoring) it attends over x itself (S = T)."""
+    the cache slots of x. With ``cache=(k, v, layer)`` (k, v ``[L, B, S, H, K]``,
+    all layers) the new keys and values are written in place at
+    ``[layer, :, cache_index]`` and attention reads that layer's slots; without it
+    (training, scoring) it attends over x itself (S = T)."""
     dt = x.dtype
     act = ACTIVATIONS[cfg.activation]
     ln = lambda y, s, b: _layer_norm(y, p[s], p[b], cfg.layer_norm_eps)
@@ -177,10 +178,16 @@ def _block(cfg: Config, p, x, key_mask, q_slots, k_cache=None, v_cache=None, cac
     h = ln(x, "ln1_scale", "ln1_bias") if cfg.pre_layer_norm else x
     qkv = jnp.einsum("btd,dchk->btchk", h, p["qkv_w"].astype(dt)) + bias("qkv_b")
     q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
-    if k_cache is not None:
-        k_cache = jax.lax.dynamic_update_slice_in_dim(k_cache, k.astype(k_cache.dtype), cache_index, axis=1)
-        v_cache = jax.lax.dynamic_update_slice_in_dim(v_cache, v.astype(v_cache.dtype), cache_index, axis=1)
-        k, v = k_cache.astype(dt), v_cache.astype(dt)
+    if cache is not None:
+        # Write only the new slots into the whole cache (in place in the scan carry),
+        # then read this layer's keys/values: no per-layer copy of the cache in and out.
+        kc, vc, layer = cache
+        start = (layer, 0, cache_index, 0, 0)
+        kc = jax.lax.dynamic_update_slice(kc, k[None].astype(kc.dtype), start)
+        vc = jax.lax.dynamic_update_slice(vc, v[None].astype(vc.dtype), start)
+        k = jax.lax.dynamic_index_in_dim(kc, layer, keepdims=False).astype(dt)
+        v = jax.lax.dynamic_index_in_dim(vc, layer, keepdims=False).astype(dt)
+        cache = (kc, vc, layer)
     scores = jnp.einsum("bthk,bshk->bhts", q, k).astype(jnp.float32)
     scores = scores / math.sqrt(cfg.head_dim)
     k_slots = jnp.arange(k.shape[1])
@@ -198,7 +205,7 @@ def _block(cfg: Config, p, x, key_mask, q_slots, k_cache=None, v_cache=None, cac
     x = x + jnp.einsum("btf,fd->btd", h, p["proj_w"].astype(dt)) + bias("proj_b")
     if not cfg.pre_layer_norm:
         x = ln(x, "ln2_scale", "ln2_bias")
-    return x, k_cache, v_cache
+    return x, cache
 
 
 def hidden_states(cfg: Config, params, tokens, positions, attention_mask, cache=None, cache_index=0):
@@ -227,11 +234,7 @@ def hidden_states(cfg: Config, params, tokens, positions, attention_mask, cache=
         def body(carry, layer):
             x, kc, vc = carry
             p, i = layer
-            k_i = jax.lax.dynamic_index_in_dim(kc, i, keepdims=False)
-            v_i = jax.lax.dynamic_index_in_dim(vc, i, keepdims=False)
-            x, k_i, v_i = _block(cfg, p, x, attention_mask, q_slots, k_i, v_i, cache_index)
-            kc = jax.lax.dynamic_update_index_in_dim(kc, k_i, i, axis=0)
-            vc = jax.lax.dynamic_update_index_in_dim(vc, v_i, i, axis=0)
+            x, (kc, vc, _) = _block(cfg, p, x, attention_mask, q_slots, (kc, vc, i), cache_index)
             return (x, kc, vc), None
         carry = (x, cache["k"], cache["v"])
         blocks = (blocks, jnp.arange(cfg.n_layers))

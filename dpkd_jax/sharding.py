@@ -1,0 +1,175 @@
+"""One device mesh, one table of logical-axis -> mesh-axis rules, and the shardings
+of params, optimizer state and batches derived from them.
+
+The mesh has three named axes: ``data`` (pure data parallel), ``fsdp`` (data
+parallel whose members also split the parameters, ZeRO-3 style) and ``tensor``
+(Megatron-style splitting of heads, MLP and vocabulary). A batch is split over
+``data`` x ``fsdp``. Every parameter is sharded by the logical axis names that
+``models.param_shapes`` gives it, through :data:`RULES`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from .models.transformer import param_shapes
+
+AXES = ("data", "fsdp", "tensor")
+BATCH = ("data", "fsdp")
+
+# logical axis -> mesh axis (None: replicated along it). One table for every model.
+RULES = {
+    "batch": BATCH,
+    "vocab": "tensor",
+    "embed": "fsdp",
+    "heads": "tensor",
+    "mlp": "tensor",
+    "head_dim": None,
+    "layers": None,
+}
+# Axes that fall back to replication (with a log line) when the mesh does not divide them:
+# GPT-2's vocabulary (50257) is odd. Any other indivisible axis is a config error.
+SOFT = {"vocab"}
+
+
+def mesh_shape(sizes: dict, n_devices: int) -> dict:
+    """Resolve ``{"data": -1, "fsdp": 2, "tensor": 1}`` (-1: the rest) against ``n_devices``."""
+    sizes = {a: int(sizes.get(a, 1)) for a in AXES}
+    free = [a for a, s in sizes.items() if s == -1]
+    if len(free) > 1:
+        raise ValueError(f"config.mesh: at most one axis may be -1, got {sizes}")
+    fixed = math.prod(s for s in sizes.values() if s != -1)
+    if any(s == 0 or s < -1 for s in sizes.values()):
+        raise ValueError(f"config.mesh: sizes must be positive or -1, got {sizes}")
+    if free:
+        if n_devices % fixed:
+            raise ValueError(f"config.mesh: {n_devices} devices are not divisible by the fixed axes {sizes}")
+        sizes[free[0]] = n_devices // fixed
+    if math.prod(sizes.values()) != n_devices:
+        raise ValueError(f"config.mesh: {sizes} has {math.prod(sizes.values())} devices but there are {n_devices}")
+    return sizes
+
+
+def make_mesh(sizes: dict | None = None, devices=None) -> Mesh:
+    devices = list(devices if devices is not None else jax.devices())
+    shape = mesh_shape(dict(sizes or {"data": -1}), len(devices))
+    try:
+        from jax.experimental import mesh_utils
+        arr = mesh_utils.create_device_mesh(tuple(shape[a] for a in AXES), devices=devices)
+    except Exception:  # unusual topologies: plain order
+        arr = np.array(devices).reshape(tuple(shape[a] for a in AXES))
+    return Mesh(arr, AXES)
+
+
+def spec_for(logical_axes, shape, mesh: Mesh, rules=None, name="") -> P:
+    """The PartitionSpec of one array from its logical axes, checking divisibility."""
+    rules = {**RULES, **(rules or {})}
+    out, used = [], set()
+    for dim, ax in zip(shape, logical_axes):
+        mesh_ax = rules.get(ax) if ax else None
+        axes = tuple(a for a in ((mesh_ax,) if isinstance(mesh_ax, str) else (mesh_ax or ())) if a not in used)
+        size = math.prod(mesh.shape[a] for a in axes)
+        if axes and dim % size:
+            if ax in SOFT:
+                logging.info("sharding: %s axis %r (%d) is not divisible by mesh %s=%d; replicated", name, ax, dim,
+                             axes, size)
+                axes = ()
+            else:
+                raise ValueError(f"sharding: {name or 'array'} axis {ax!r} has size {dim}, which mesh axes {axes} "
+                                 f"(size {size}) do not divide; change config.mesh")
+        used.update(axes)
+        out.append(axes[0] if len(axes) == 1 else (axes or None))
+    return P(*out)
+
+
+def param_shardings(model_cfg, mesh: Mesh, rules=None) -> dict[str, NamedSharding]:
+    """Our parameter name -> NamedSharding, from the model's table of logical axes."""
+    return {name: NamedSharding(mesh, spec_for(axes, shape, mesh, rules, name))
+            for name, (shape, axes) in param_shapes(model_cfg).items()}
+
+
+def like_params(tree, params: dict, params_sharding: dict, mesh: Mesh):
+    """Shardings for a tree (optimizer state) whose leaves mirror the params: a leaf under
+    a dict key naming a param, with that param's shape, gets the param's sharding;
+    anything else (step counts, scalars) is replicated."""
+    rep = NamedSharding(mesh, P())
+
+    def pick(path, leaf):
+        for k in reversed(path):
+            name = getattr(k, "key", None)
+            if name in params_sharding and tuple(leaf.shape) == tuple(params[name].shape):
+                return params_sharding[name]
+        return rep
+    return jax.tree_util.tree_map_with_path(pick, tree)
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, P(BATCH))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, P())
+
+
+def data_parallel_size(mesh: Mesh) -> int:
+    return math.prod(mesh.shape[a] for a in BATCH)
+
+
+def check_batch(batch_size: int, mesh: Mesh, field="train.batch_size"):
+    dp = data_parallel_size(mesh)
+    if batch_size % dp:
+        raise ValueError(f"config.{field}: {batch_size} is not divisible by the data-parallel size {dp} "
+                         f"(mesh data={mesh.shape['data']} x fsdp={mesh.shape['fsdp']})")
+
+
+def check_heads(model_cfg, mesh: Mesh, which="model"):
+    t = mesh.shape["tensor"]
+    if model_cfg.n_heads % t:
+        raise ValueError(f"config.mesh.tensor: {t} does not divide the {which}'s {model_cfg.n_heads} attention heads")
+
+
+def put(tree, shardings):
+    """Place host or device arrays onto global ``shardings`` (a matching tree or one
+    sharding for all). Works with several processes: each supplies the same global
+    values and only its addressable shards are transferred."""
+    def one(x, s):
+        if isinstance(x, jax.Array):
+            if x.sharding == s:
+                return x
+            if not x.is_fully_addressable:
+                return jax.jit(lambda y: y, out_shardings=s)(x)
+            if jax.process_count() == 1:
+                return jax.device_put(x, s)
+        x = np.asarray(x)
+        return jax.make_array_from_callback(x.shape, s, lambda idx: x[idx])
+    if isinstance(shardings, jax.sharding.Sharding):
+        return jax.tree.map(lambda x: one(x, shardings), tree)
+    return jax.tree.map(one, tree, shardings)
+
+
+def copy_to(tree, shardings):
+    """A fresh copy of ``tree`` on ``shardings`` (safe to donate; the input stays valid)."""
+    import jax.numpy as jnp
+    return jax.jit(lambda t: jax.tree.map(jnp.copy, t), out_shardings=shardings)(tree)
+
+
+def to_host(x) -> np.ndarray:
+    """A global array as one numpy array on every process."""
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+        from jax.experimental import multihost_utils
+        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return np.asarray(x)
+
+
+def put_batch(tree, mesh: Mesh | None):
+    """Host batch arrays -> global arrays split over the batch axes (replicated when the
+    batch does not divide). Without a mesh, returned as they are."""
+    if mesh is None:
+        return tree
+    n = jax.tree.leaves(tree)[0].shape[0]
+    return put(tree, batch_sharding(mesh) if n % data_parallel_size(mesh) == 0 else replicated(mesh))

@@ -1,0 +1,148 @@
+"""Memory plan: compile the DPKD train step for a config on abstract shapes over a
+simulated mesh of N devices (no weights allocated) and report per-device memory.
+
+  python -m dpkd_jax.tools.plan --config=configs/opt13b_to_1p3b.py --devices=8,32,64 \
+      --mesh=data:1,fsdp:-1,tensor:1
+
+Runs on CPU (it sets ``--xla_force_host_platform_device_count``), so the figures are
+XLA:CPU's buffer assignment for the same partitioned program: parameters and
+optimizer state are exact; temporaries (activations, both generators' KV caches,
+logits) are the compiler's and close to, not identical with, a TPU/GPU build.
+Model sizes come from ``teacher.path``/``student.path`` when those folders exist,
+otherwise from the public configs of the paper's models (:data:`KNOWN`) by folder name.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+GiB = 2**30
+
+# Public Hugging Face config.json fields of the paper's models (no download needed).
+_GPT2 = lambda d, L, H: {"model_type": "gpt2", "vocab_size": 50257, "n_embd": d, "n_layer": L, "n_head": H,
+                         "n_positions": 1024}
+_OPT = lambda d, L, H: {"model_type": "opt", "vocab_size": 50272, "hidden_size": d, "num_hidden_layers": L,
+                        "num_attention_heads": H, "ffn_dim": 4 * d, "max_position_embeddings": 2048,
+                        "word_embed_proj_dim": d}
+KNOWN = {"gpt2-base": _GPT2(768, 12, 12), "gpt2": _GPT2(768, 12, 12), "gpt2-medium": _GPT2(1024, 24, 16),
+         "gpt2-large": _GPT2(1280, 36, 20), "gpt2-xlarge": _GPT2(1600, 48, 25), "gpt2-xl": _GPT2(1600, 48, 25),
+         "opt-1.3b": _OPT(2048, 24, 32), "opt-2.7b": _OPT(2560, 32, 32), "opt-6.7b": _OPT(4096, 32, 32),
+         "opt-13b": _OPT(5120, 40, 40)}
+
+# HBM per device, for the "fits" column.
+DEVICES = {"TPU v5e": 16, "TPU v4": 32, "A100-40G": 40, "H100": 80, "TPU v5p": 95}
+
+
+def model_config(path, dtype, compute_dtype, field):
+    import jax.numpy as jnp
+    from ..models import gpt2, hf, opt
+    if os.path.isfile(os.path.join(path, "config.json")):
+        return hf.load_config(path, dtype=jnp.dtype(dtype), compute_dtype=jnp.dtype(compute_dtype))
+    name = os.path.basename(os.path.normpath(path)).lower().removesuffix("-sft")
+    if name not in KNOWN:
+        raise ValueError(f"config.{field}: {path!r} has no config.json and {name!r} is not one of {sorted(KNOWN)}")
+    known = KNOWN[name]
+    fam = gpt2 if known["model_type"] == "gpt2" else opt
+    return fam.config_from_hf(known, param_dtype=jnp.dtype(dtype).name, compute_dtype=jnp.dtype(compute_dtype).name)
+
+
+def parse_mesh(text):
+    return {k: int(v) for k, v in (kv.split(":") for kv in text.split(","))}
+
+
+def plan_one(cfg, mesh_sizes, n_devices):
+    """Per-device bytes of one compiled train step on ``n_devices`` simulated devices."""
+    import jax
+    import numpy as np
+    from .. import sharding
+    from ..train import make_optimizer, make_step, step_shardings
+    from ..models.transformer import param_shapes, DTYPES
+    t_cfg = model_config(cfg.teacher.path, cfg.teacher.dtype, cfg.teacher.dtype, "teacher.path")
+    s_cfg = model_config(cfg.student.path, cfg.student.dtype, cfg.student.compute_dtype, "student.path")
+    with cfg.unlocked():
+        cfg.gen.eos_token_id, cfg.gen.pad_token_id = 2, 1
+    mesh = sharding.make_mesh(mesh_sizes, devices=jax.devices()[:n_devices])
+    sharding.check_batch(cfg.train.batch_size, mesh)
+    sharding.check_heads(t_cfg, mesh, "teacher")
+    sharding.check_heads(s_cfg, mesh, "student")
+    tx = make_optimizer(cfg.train)
+
+    def abstract(model_cfg, shardings):
+        dt = DTYPES[model_cfg.param_dtype]
+        return {n: jax.ShapeDtypeStruct(s, dt, sharding=shardings[n]) for n, (s, _) in param_shapes(model_cfg).items()}
+    rules = None if cfg.mesh.shard_student else {"embed": None}
+    s_abs = abstract(s_cfg, sharding.param_shardings(s_cfg, mesh, rules))
+    sh = step_shardings(mesh, s_cfg, t_cfg, tx, s_abs, rules=rules)
+    t_abs = abstract(t_cfg, sh["teacher"])
+    state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                         jax.eval_shape(lambda p: {"params": p, "opt_state": tx.init(p),
+                                                   "step": jax.numpy.zeros((), jax.numpy.int32)}, s_abs),
+                         sh["state"])
+    B, P, L = cfg.train.batch_size, cfg.data.max_prompt_length, cfg.data.max_length
+    i32 = lambda *shape: jax.ShapeDtypeStruct(shape, np.int32, sharding=sh["batch"])
+    batch = {"prompt_ids": i32(B, P), "prompt_mask": i32(B, P), "response_ids": i32(B, L - P),
+             "response_mask": i32(B, L - P)}
+    if cfg.loss.lm_coef > 0 and cfg.data.pretrain:
+        batch["lm_ids"] = i32(B, cfg.data.lm_seq_len)
+    rng = jax.ShapeDtypeStruct((2,), np.uint32, sharding=sh["replicated"])
+    step = make_step(cfg, s_cfg, t_cfg, tx, None, None, sh)
+    compiled = step.jitted.lower(state, batch, rng, t_abs, None).compile()
+    mem = compiled.memory_analysis()
+
+    def per_device(tree):
+        return sum(int(np.prod(x.sharding.shard_shape(x.shape))) * np.dtype(x.dtype).itemsize
+                   for x in jax.tree.leaves(tree))
+    n_gen = cfg.gen.max_new_tokens
+    dp = sharding.data_parallel_size(mesh)
+
+    def kv(model_cfg):  # [2, L, B/dp, P+N, H/tensor, K] in the compute dtype
+        return (2 * model_cfg.n_layers * (B // dp) * (P + n_gen) * (model_cfg.n_heads // mesh.shape["tensor"])
+                * model_cfg.head_dim * np.dtype(DTYPES[model_cfg.compute_dtype]).itemsize)
+    return {"devices": n_devices, "mesh": "x".join(f"{a}{mesh.shape[a]}" for a in sharding.AXES),
+            "teacher_params": per_device(t_abs), "student_params": per_device(state["params"]),
+            "opt_state": per_device(state["opt_state"]), "kv_caches": kv(t_cfg) + kv(s_cfg),
+            "temp": int(mem.temp_size_in_bytes),
+            "total": int(mem.argument_size_in_bytes + mem.output_size_in_bytes - mem.alias_size_in_bytes
+                         + mem.temp_size_in_bytes)}
+
+
+def table(rows):
+    head = ("| devices | mesh | teacher params | student params | optimizer state | KV caches (both) | "
+            "temporaries (all activations) | total per device | fits |")
+    lines = [head, "|" + "---|" * 9]
+    for r in rows:
+        fits = ", ".join(k for k, gib in DEVICES.items() if r["total"] < 0.9 * gib * GiB) or "none listed"
+        g = lambda k: f"{r[k] / GiB:.2f}"
+        lines.append(f"| {r['devices']} | {r['mesh']} | {g('teacher_params')} | {g('student_params')} | "
+                     f"{g('opt_state')} | {g('kv_caches')} | {g('temp')} | **{g('total')}** | {fits} |")
+    return "\n".join(lines) + "\n\nGiB per device; 'fits' leaves 10% headroom."
+
+
+def main(argv=None):
+    from absl import app, flags
+    from ml_collections import config_flags
+    flags.DEFINE_string("devices", "8,32,64", "comma-separated simulated device counts")
+    flags.DEFINE_string("mesh", "", "e.g. data:1,fsdp:-1,tensor:1 (default: the config's mesh)")
+    config_flags.DEFINE_config_file("config", "configs/opt13b_to_1p3b.py", "experiment config")
+    FLAGS = flags.FLAGS
+
+    def run(_):
+        cfg = FLAGS.config
+        counts = [int(x) for x in FLAGS.devices.split(",")]
+        mesh = parse_mesh(FLAGS.mesh) if FLAGS.mesh else {a: cfg.mesh[a] for a in ("data", "fsdp", "tensor")}
+        rows = []
+        for n in counts:
+            rows.append(plan_one(cfg.copy_and_resolve_references(), mesh, n))
+            print(f"{n} devices: total {rows[-1]['total'] / GiB:.2f} GiB per device", file=sys.stderr, flush=True)
+        print(table(rows))
+    # The simulated devices must exist before JAX starts.
+    counts = [a for a in (argv or sys.argv) if a.startswith("--devices=")]
+    n_max = max(int(x) for x in (counts[-1].split("=", 1)[1] if counts else "8,32,64").split(","))
+    os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={n_max}"
+    os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    app.run(run, argv)
+
+
+if __name__ == "__main__":
+    main()

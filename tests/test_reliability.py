@@ -1,0 +1,331 @@
+"""Long runs and failures: exact resume after SIGKILL, SIGTERM, NaN guards, broken
+checkpoints, a full disk, an unwritable work dir, a stale teacher cache, host memory."""
+
+import copy
+import dataclasses
+import errno
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from dpkd_jax import data as D
+from dpkd_jax import methods as M
+from dpkd_jax import train as T
+from dpkd_jax.loop import Diverged, train_loop
+from test_pipeline import VOCAB, tiny_setup, tok  # noqa: F401  (tok is a fixture)
+
+ROOT = os.path.dirname(os.path.dirname(__file__))
+DEMO = os.path.join(ROOT, "dpkd_jax", "data", "demo")
+
+
+# ------------------------------------------------ the real command, killed
+
+@pytest.fixture(scope="module")
+def hf_pair(tmp_path_factory):
+    """Tiny GPT-2 teacher and student folders sharing a tokenizer trained on the demo data."""
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+    from dpkd_jax.demo import train_tokenizer
+    root = tmp_path_factory.mktemp("hf_pair")
+    tok = train_tokenizer(str(root / "tok"), 384, [os.path.join(DEMO, "train.jsonl")])
+    out = []
+    for name, (d, L) in {"teacher": (32, 2), "student": (16, 1)}.items():
+        torch.manual_seed(len(name))
+        m = GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_embd=d, n_layer=L, n_head=2, n_positions=160,
+                                       bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id))
+        m.save_pretrained(str(root / name))
+        tok.save_pretrained(str(root / name))
+        out.append(str(root / name))
+    rows = open(os.path.join(DEMO, "train.jsonl")).readlines()[:200]
+    (root / "train.jsonl").write_text("".join(rows))
+    return out[0], out[1], str(root / "train.jsonl")
+
+
+def write_config(path, teacher, student, train, workdir, steps):
+    path.write_text(textwrap.dedent(f"""
+        from dpkd_jax.config import default_config
+        def get_config():
+            c = default_config()
+            c.teacher.path, c.student.path, c.data.train = {teacher!r}, {student!r}, {train!r}
+            c.teacher.dtype, c.student.compute_dtype = "float32", "float32"
+            c.workdir = {workdir!r}
+            c.data.dev_num, c.data.max_prompt_length, c.data.max_length = 20, 96, 128
+            c.data.pretrain, c.data.lm_seq_len = {os.path.join(DEMO, "pretrain.txt")!r}, 32
+            c.train.steps, c.train.batch_size, c.train.save_every, c.train.log_every = {steps}, 4, 4, 2
+            c.train.lr = 1e-3
+            c.gen.max_new_tokens = 6
+            c.eval.max_new_tokens, c.eval.seeds, c.eval.max_examples, c.eval.batch_size = 6, (1,), 4, 4
+            c.eval.eval_teacher = False
+            return c
+        """))
+    return str(path)
+
+
+def cli(config, *extra):
+    env = dict(os.environ, PYTHONUNBUFFERED="1", JAX_PLATFORMS="cpu")
+    return subprocess.Popen([sys.executable, "-m", "dpkd_jax.main", f"--config={config}", *extra], cwd=ROOT,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def steps_saved(workdir):
+    d = os.path.join(workdir, "checkpoints", "latest")
+    return sorted(int(n) for n in os.listdir(d) if n.isdigit()) if os.path.isdir(d) else []
+
+
+def wait_for_checkpoint(proc, workdir, at_least, timeout=240):
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        if any(s >= at_least for s in steps_saved(workdir)):
+            return
+        if proc.poll() is not None:
+            raise AssertionError(f"run ended (rc {proc.returncode}) before a checkpoint:\n{proc.stdout.read()}")
+        time.sleep(0.02)
+    raise AssertionError("no checkpoint in time")
+
+
+def final_state(workdir, step):
+    import orbax.checkpoint as ocp
+    path = os.path.join(workdir, "checkpoints", "latest", str(step))
+    state = ocp.StandardCheckpointer().restore(os.path.join(path, "state"))
+    with ocp.CheckpointManager(os.path.join(workdir, "checkpoints", "latest")) as m:
+        extra = m.restore(step, args=ocp.args.Composite(extra=ocp.args.JsonRestore()))["extra"]
+    return state, extra
+
+
+def test_sigkill_mid_run_then_same_command_gives_the_uninterrupted_result(hf_pair, tmp_path):
+    """Killed at an arbitrary step (possibly inside a save); the rerun ends bitwise equal."""
+    teacher, student, train = hf_pair
+    steps = 40
+    straight = write_config(tmp_path / "a.py", teacher, student, train, str(tmp_path / "a"), steps)
+    killed = write_config(tmp_path / "b.py", teacher, student, train, str(tmp_path / "b"), steps)
+    p = cli(straight)
+    out_a = p.communicate(timeout=400)[0]
+    assert p.returncode == 0, out_a
+    p = cli(killed)
+    wait_for_checkpoint(p, str(tmp_path / "b"), 4)
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    at_kill = steps_saved(str(tmp_path / "b"))
+    assert at_kill and at_kill[-1] < steps, at_kill
+    p = cli(killed)
+    out_b = p.communicate(timeout=400)[0]
+    assert p.returncode == 0, out_b
+    assert f"resumed from step {at_kill[-1]}" in out_b
+    (sa, ea), (sb, eb) = final_state(str(tmp_path / "a"), steps), final_state(str(tmp_path / "b"), steps)
+    leaves_a, leaves_b = jax.tree.leaves_with_path(sa), jax.tree.leaves_with_path(sb)
+    assert [k for k, _ in leaves_a] == [k for k, _ in leaves_b]
+    for (k, a), (_, b) in zip(leaves_a, leaves_b):  # params, optimizer state, step: bitwise
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=jax.tree_util.keystr(k))
+    strip = lambda h: [{k: v for k, v in m.items() if not k.startswith("perf/")} for m in h]
+    assert strip(ea["history"]) == strip(eb["history"]) and len(ea["history"]) == steps // 2
+    assert ea["data"] == eb["data"]
+    from safetensors.numpy import load_file
+    fa, fb = (load_file(str(tmp_path / w / "export" / "final" / "model.safetensors")) for w in "ab")
+    assert fa.keys() == fb.keys() and all(np.array_equal(fa[k], fb[k]) for k in fa)
+    sa_scores = json.load(open(tmp_path / "a" / "eval" / "student_scores.json"))
+    assert sa_scores == json.load(open(tmp_path / "b" / "eval" / "student_scores.json"))
+
+
+def test_sigterm_checkpoints_and_exits_zero_then_resumes(hf_pair, tmp_path):
+    teacher, student, train = hf_pair
+    cfg = write_config(tmp_path / "c.py", teacher, student, train, str(tmp_path / "w"), 100000)
+    p = cli(cfg)
+    wait_for_checkpoint(p, str(tmp_path / "w"), 4)
+    p.send_signal(signal.SIGTERM)
+    out = p.communicate(timeout=120)[0]
+    assert p.returncode == 0, out
+    assert "preempted (SIGTERM): checkpoint of step" in out
+    last = steps_saved(str(tmp_path / "w"))[-1]
+    assert f"checkpoint of step {last} " in out
+    p = cli(cfg, f"--config.train.steps={last + 2}")
+    out = p.communicate(timeout=400)[0]
+    assert p.returncode == 0 and f"resumed from step {last}" in out, out
+    assert steps_saved(str(tmp_path / "w"))[-1] == last + 2
+
+
+def test_second_sigterm_exits_at_once():
+    code = ("import os, signal, time\nfrom dpkd_jax.loop import SigtermGuard\n"
+            "with SigtermGuard() as g:\n"
+            "    os.kill(os.getpid(), signal.SIGTERM); time.sleep(0.2); assert g.requested\n"
+            "    os.kill(os.getpid(), signal.SIGTERM); time.sleep(30); print('not reached')\n")
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 128 + signal.SIGTERM, r
+    assert "second SIGTERM" in r.stderr and "not reached" not in r.stdout
+
+
+# ---------------------------------------------------------------- NaN guard
+
+def poisoned(monkeypatch, bad_steps):
+    """Make the kd loss NaN on the given (1-based) steps, through a float batch field."""
+    calls = {"n": 0}
+    real_next = D.Batches.next
+
+    def next_(self):
+        b = real_next(self)
+        calls["n"] += 1
+        b["poison"] = np.full((len(b["prompt_ids"]),), np.nan if calls["n"] in bad_steps else 0.0, np.float32)
+        return b
+    monkeypatch.setattr(D.Batches, "next", next_)
+    kd = M.METHODS["kd"]
+    monkeypatch.setitem(M.METHODS, "kd", dataclasses.replace(
+        kd, fn=lambda ctx, c: (lambda l, m: (l + ctx.batch["poison"], m))(*kd.fn(ctx, c))))
+
+
+def run_kd(tmp_path, tok, steps, **train):  # noqa: F811
+    cfg, data, (t_cfg, t_params), (s_cfg, s_params) = tiny_setup(tmp_path, tok)
+    cfg.method, cfg.train.steps = "kd", steps
+    for k, v in train.items():
+        setattr(cfg.train, k, v)
+    seen = {}
+    cb = lambda step, state, m: seen.__setitem__(step, np.asarray(state["params"]["blocks/fc_w"]).copy())
+    return cfg, seen, lambda: train_loop(cfg, s_cfg, s_params, t_cfg, t_params, data, None, str(tmp_path / "w"),
+                                         callback=cb)
+
+
+def test_a_nan_step_is_skipped_and_counted(monkeypatch, tmp_path, tok):  # noqa: F811
+    poisoned(monkeypatch, {3})
+    cfg, seen, go = run_kd(tmp_path, tok, 5)
+    params, hist, _ = go()
+    np.testing.assert_array_equal(seen[3], seen[2])  # the bad update was not applied
+    assert not np.array_equal(seen[4], seen[3])
+    assert hist[-1]["nonfinite/skipped"] == 1 and hist[2]["nonfinite/streak"] == 1 and hist[3]["nonfinite/streak"] == 0
+    assert all(np.isfinite(v).all() for v in jax.tree.leaves(params))
+
+
+def test_consecutive_nan_steps_stop_the_run_with_the_last_good_state_saved(monkeypatch, tmp_path, tok):  # noqa
+    poisoned(monkeypatch, set(range(3, 100)))
+    cfg, seen, go = run_kd(tmp_path, tok, 20, max_bad_steps=3, save_every=100)
+    with pytest.raises(Diverged, match=r"3 consecutive steps .* train.max_bad_steps=3.*saved as step 5"):
+        go()
+    from dpkd_jax.checkpoint import Checkpoints
+    state = jax.tree.map(np.asarray, {"params": None})
+    ck = Checkpoints(str(tmp_path / "w" / "checkpoints"))
+    assert ck.latest.latest_step() == 5
+    restored = ck.latest.restore(5)
+    ck.close()
+    np.testing.assert_array_equal(np.asarray(restored["state"]["params"]["blocks/fc_w"]), seen[2])
+    del state
+
+
+# ------------------------------------------------------- checkpoints break
+
+def short_run(tmp_path, tok, steps=2, **over):  # noqa: F811
+    cfg, data, (t_cfg, t_params), (s_cfg, s_params) = tiny_setup(tmp_path, tok)
+    cfg.method, cfg.train.steps = "sft", steps
+    for k, v in over.items():
+        setattr(cfg.train, k, v)
+    return lambda s=s_cfg, p=s_params, c=cfg: train_loop(c, s, p, t_cfg, t_params, data, None,
+                                                         str(tmp_path / "w"))
+
+
+def test_corrupt_or_foreign_checkpoint_is_named_not_ignored(tmp_path, tok):  # noqa: F811
+    from dpkd_jax.models import gpt2
+    from dpkd_jax import models
+    short_run(tmp_path, tok)()
+    other = gpt2.tiny_config(vocab_size=VOCAB, d_model=24, n_layers=1, n_heads=2, d_ff=48, max_positions=72)
+    with pytest.raises(ValueError, match=r"checkpoints/latest/2 cannot be restored.*resume=False"):
+        short_run(tmp_path, tok, 4)(s=other, p=models.init_params(other, jax.random.PRNGKey(0)))
+    # Damage every array file of the saved state.
+    for root, _, files in os.walk(tmp_path / "w" / "checkpoints" / "latest" / "2" / "state"):
+        for f in files:
+            if not f.startswith("_") and not f.endswith(".json"):
+                with open(os.path.join(root, f), "r+b") as fh:
+                    fh.truncate(3)
+    with pytest.raises(ValueError, match=r"checkpoints/latest/2 cannot be restored"):
+        short_run(tmp_path, tok, 4)()
+
+
+def test_a_half_written_checkpoint_is_not_used(tmp_path, tok):  # noqa: F811
+    short_run(tmp_path, tok)()
+    tmp = tmp_path / "w" / "checkpoints" / "latest" / "4.orbax-checkpoint-tmp-1234"
+    (tmp / "state").mkdir(parents=True)
+    (tmp / "state" / "junk").write_bytes(b"\0" * 10)
+    _, hist, _ = short_run(tmp_path, tok, 4)()
+    assert [h["step"] for h in hist] == [1, 2, 3, 4]  # resumed from the complete step 2
+
+
+def test_disk_full_during_save_names_the_directory_and_keeps_the_last_checkpoint(monkeypatch, tmp_path, tok):  # noqa
+    import orbax.checkpoint as ocp
+    real = ocp.CheckpointManager.save
+
+    def save(self, step, *a, **k):
+        if step == 4:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(self, step, *a, **k)
+    monkeypatch.setattr(ocp.CheckpointManager, "save", save)
+    with pytest.raises(RuntimeError, match=r"checkpoints/latest \(step 4\) failed.*No space left.*step 2"):
+        short_run(tmp_path, tok, 6, save_every=2)()
+    monkeypatch.setattr(ocp.CheckpointManager, "save", real)
+    _, hist, _ = short_run(tmp_path, tok, 6, save_every=2)()
+    assert [h["step"] for h in hist] == [1, 2, 3, 4, 5, 6]
+
+
+def test_unwritable_workdir_is_named(tmp_path):
+    from dpkd_jax.pipeline import check_workdir
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ValueError, match=r"config.workdir: .*file/run.* is not writable"):
+        check_workdir(str(tmp_path / "file" / "run"))
+
+
+def test_typo_in_a_config_flag_is_an_error():
+    from absl import flags
+    from ml_collections import config_flags
+    fv = flags.FlagValues()
+    config_flags.DEFINE_config_file("config", os.path.join(ROOT, "configs", "demo.py"), flag_values=fv,
+                                    lock_config=True)
+    with pytest.raises(Exception, match="trian"):
+        fv(["prog", f"--config={os.path.join(ROOT, 'configs', 'demo.py')}", "--config.trian.steps=3"])
+        fv.config  # noqa: B018  (the override is applied on first access in some versions)
+
+
+# --------------------------------------------------- bounded resources
+
+def test_offline_teacher_cache_is_reused_only_for_the_config_that_made_it(monkeypatch, tmp_path, tok, capsys):  # noqa
+    cfg, data, (t_cfg, t_params), _ = tiny_setup(tmp_path, tok)
+    path = str(tmp_path / "teacher_samples.npz")
+    first = T.precompute_teacher_samples(cfg, t_cfg, t_params, data, path)
+    assert first["teacher_ids"].shape == (len(data), cfg.gen.max_new_tokens)
+    real = T.sampling.sample_jit
+
+    def refuse(*a, **k):
+        raise AssertionError("sampled again")
+    monkeypatch.setattr(T.sampling, "sample_jit", refuse)
+    again = T.precompute_teacher_samples(cfg, t_cfg, t_params, data, path)
+    np.testing.assert_array_equal(again["teacher_ids"], first["teacher_ids"])
+    monkeypatch.setattr(T.sampling, "sample_jit", real)
+    for change in ("gen", "teacher"):
+        c, tp = copy.deepcopy(cfg), t_params
+        if change == "gen":
+            c.gen.temperature = 0.5
+        else:
+            tp = dict(t_params, **{"final_ln/bias": t_params["final_ln/bias"] + 1})
+        T.precompute_teacher_samples(c, t_cfg, tp, data, path)
+        assert "was made by another config, teacher or data; rebuilding" in capsys.readouterr().out
+
+
+def test_offline_teacher_mode_trains(tmp_path, tok):  # noqa: F811
+    cfg, data, (t_cfg, t_params), (s_cfg, s_params) = tiny_setup(tmp_path, tok)
+    cfg.method, cfg.gen.teacher_mode = "seqkd", "offline"
+    _, hist, _ = train_loop(cfg, s_cfg, s_params, t_cfg, t_params, data, None, str(tmp_path / "w"))
+    assert os.path.isfile(tmp_path / "w" / "teacher_samples.npz") and len(hist) == 3
+
+
+def test_host_memory_does_not_grow_per_step(tmp_path, tok):  # noqa: F811
+    cfg, data, (t_cfg, t_params), (s_cfg, s_params) = tiny_setup(tmp_path, tok)
+    cfg.method, cfg.train.steps, cfg.train.log_every, cfg.train.save_every = "sft", 400, 10, 100
+    rss = {}
+
+    def cb(step, state, m):
+        if step in (100, 400):
+            with open("/proc/self/statm") as f:
+                rss[step] = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    train_loop(cfg, s_cfg, s_params, t_cfg, t_params, data, None, str(tmp_path / "w"), callback=cb)
+    assert rss[400] - rss[100] < 25, rss  # MiB over 300 steps (4 checkpoints, 30 log rows)

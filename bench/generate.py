@@ -27,7 +27,7 @@ PEAK_HBM = {"H100": 3.35e12, "H200": 4.8e12, "A100": 2.0e12}  # bytes/s (SXM)
 def build(args, layers=None):
     cfg = gpt2.tiny_config(vocab_size=args.vocab, d_model=args.width, n_layers=layers or args.layers,
                            n_heads=args.heads, d_ff=4 * args.width, max_positions=1024,
-                           param_dtype=args.dtype, compute_dtype=args.dtype)
+                           param_dtype=args.dtype, compute_dtype=args.dtype, scan_layers=not args.unroll)
     return models.CausalLM(cfg, models.init_params(cfg, jax.random.PRNGKey(0)))
 
 
@@ -51,6 +51,7 @@ def main():
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--no-torch", action="store_true")
+    ap.add_argument("--unroll", action="store_true", help="unrolled layers instead of lax.scan")
     ap.add_argument("--scaling", action="store_true", help="time per token at 64..512 and compile 12 vs 48 layers")
     args = ap.parse_args()
     dev = jax.devices()[0]

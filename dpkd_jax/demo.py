@@ -97,6 +97,8 @@ def run_demo(cfg):
 
     def stage(name, c, params, teacher, teacher_params, ref=None):
         out_dir = os.path.join(wd, name)
+        if c.train.steps == 0:  # a stage can be switched off (tests, or a teacher already trained)
+            return params
         student_cfg = teacher if name == "teacher_sft" else s_cfg
         params, history, _ = train_loop(c, student_cfg, params, teacher, teacher_params, train_data, lm_rows,
                                         out_dir, dev=dev, tokenizer=tokenizer, ref_params=ref, desc=name, mesh=mesh)

@@ -10,14 +10,13 @@ parallel whose members also split the parameters, ZeRO-3 style) and ``tensor``
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
-
-from .models.transformer import param_shapes
 
 AXES = ("data", "fsdp", "tensor")
 BATCH = ("data", "fsdp")
@@ -33,7 +32,7 @@ RULES = {
     "layers": None,
 }
 # Axes that fall back to replication (with a log line) when the mesh does not divide them:
-# GPT-2's vocabulary (50257) is odd. Any other indivisible axis is a config error.
+# GPT-2's vocabulary (50257) is odd. Any other indivisible parameter axis is a config error.
 SOFT = {"vocab"}
 
 
@@ -66,8 +65,9 @@ def make_mesh(sizes: dict | None = None, devices=None) -> Mesh:
     return Mesh(arr, AXES)
 
 
-def spec_for(logical_axes, shape, mesh: Mesh, rules=None, name="") -> P:
-    """The PartitionSpec of one array from its logical axes, checking divisibility."""
+def spec_for(logical_axes, shape, mesh: Mesh, rules=None, name="", soft=False) -> P:
+    """The PartitionSpec of one array from its logical axes, checking divisibility
+    (``soft``: replicate any axis that does not divide, as for activations)."""
     rules = {**RULES, **(rules or {})}
     out, used = [], set()
     for dim, ax in zip(shape, logical_axes):
@@ -75,7 +75,9 @@ def spec_for(logical_axes, shape, mesh: Mesh, rules=None, name="") -> P:
         axes = tuple(a for a in ((mesh_ax,) if isinstance(mesh_ax, str) else (mesh_ax or ())) if a not in used)
         size = math.prod(mesh.shape[a] for a in axes)
         if axes and dim % size:
-            if ax in SOFT:
+            if soft:
+                axes = ()
+            elif ax in SOFT:
                 logging.info("sharding: %s axis %r (%d) is not divisible by mesh %s=%d; replicated", name, ax, dim,
                              axes, size)
                 axes = ()
@@ -89,6 +91,7 @@ def spec_for(logical_axes, shape, mesh: Mesh, rules=None, name="") -> P:
 
 def param_shardings(model_cfg, mesh: Mesh, rules=None) -> dict[str, NamedSharding]:
     """Our parameter name -> NamedSharding, from the model's table of logical axes."""
+    from .models.transformer import param_shapes
     return {name: NamedSharding(mesh, spec_for(axes, shape, mesh, rules, name))
             for name, (shape, axes) in param_shapes(model_cfg).items()}
 
@@ -173,3 +176,28 @@ def put_batch(tree, mesh: Mesh | None):
         return tree
     n = jax.tree.leaves(tree)[0].shape[0]
     return put(tree, batch_sharding(mesh) if n % data_parallel_size(mesh) == 0 else replicated(mesh))
+
+
+# Activations: the model marks its hidden states, heads and KV caches with logical
+# axes through :func:`constrain`; inside :func:`activation_sharding` (the train step
+# traces under it) they become sharding constraints, so XLA keeps the batch split
+# over data x fsdp and gathers FSDP weights instead of replicating activations.
+_ACTIVE: list = []
+
+
+@contextlib.contextmanager
+def activation_sharding(mesh: Mesh, rules=None):
+    _ACTIVE.append((mesh, {**RULES, **(rules or {})}))
+    try:
+        yield
+    finally:
+        _ACTIVE.pop()
+
+
+def constrain(x, logical_axes):
+    """``x`` constrained to its logical axes on the active mesh; unchanged outside one."""
+    if not _ACTIVE:
+        return x
+    mesh, rules = _ACTIVE[-1]
+    spec = spec_for(logical_axes, x.shape, mesh, rules, soft=True)
+    return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))

@@ -16,6 +16,7 @@ import numpy as np
 import optax
 
 from . import losses, sampling
+from . import sharding as sharding_lib
 from .methods import METHODS, Context, first_token_kls
 
 # Peak dense bf16 FLOP/s per device, for MFU. Unknown devices (CPU) report no MFU.
@@ -94,6 +95,12 @@ def make_step(cfg, student, teacher, tx, teacher_params, ref_params=None, shardi
     schedule = make_schedule(cfg.train)
 
     def _step(state, batch, rng, teacher_params, ref_params):
+        if shardings is None:
+            return _body(state, batch, rng, teacher_params, ref_params)
+        with sharding_lib.activation_sharding(shardings["replicated"].mesh):
+            return _body(state, batch, rng, teacher_params, ref_params)
+
+    def _body(state, batch, rng, teacher_params, ref_params):
         params = state["params"]
         rng_t, rng_s = jax.random.split(rng)
         samples = {}
@@ -131,7 +138,10 @@ def make_step(cfg, student, teacher, tx, teacher_params, ref_params=None, shardi
             metrics["loss/total"] = total
             return total, metrics
 
-        (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+        (total, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+        # A NaN/Inf loss can leave the gradients finite (e.g. through an additive term):
+        # poison them so apply_if_finite skips the step either way.
+        grads = jax.tree.map(lambda g: jnp.where(jnp.isfinite(total), g, jnp.nan), grads)
         updates, opt_state = tx.update(grads, state["opt_state"], params)
         new_params = optax.apply_updates(params, updates)
         # Two extra prompt forwards: only on the steps the loop logs.
@@ -230,6 +240,7 @@ def precompute_teacher_samples(cfg, teacher, teacher_params, data, path=None, me
         mask.append(to_host(m)[: len(sl)])
     out = {"teacher_ids": np.concatenate(ids), "teacher_mask": np.concatenate(mask)}
     if path and jax.process_index() == 0:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         tmp = path + ".tmp.npz"  # written whole, then renamed: never a half cache
         np.savez(tmp, ids=out["teacher_ids"], mask=out["teacher_mask"], key=np.asarray(key))
         os.replace(tmp, path)

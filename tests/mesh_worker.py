@@ -72,7 +72,7 @@ def main():
     assert adam.count.sharding.spec == P()
     # Each device holds 1/4 of qkv (fsdp x tensor) and all 8 hold something.
     shard = s8["params"]["blocks/qkv_w"].addressable_shards[0].data.shape
-    assert shard == (2, 16, 3, 1, 16), shard
+    assert shard == (2, 8, 3, 1, 8), shard  # student: L=2, D=16/fsdp, 3, H=2/tensor, K=8
     print("OK", l8, l1)
 
 

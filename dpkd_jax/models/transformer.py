@@ -26,6 +26,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from ..sharding import constrain
+
 ACTIVATIONS = {
     "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
     "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
@@ -36,6 +38,11 @@ ACTIVATIONS = {
 }
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+# Logical axes of activations (mapped to the mesh by sharding.RULES under a train step).
+ACT = ("batch", None, None)                          # hidden states [B, T, D]
+HEADS = ("batch", None, "heads", None)               # q, k, v [B, T, H, K]
+CACHE = ("layers", "batch", None, "heads", None)     # KV cache [L, B, S, H, K]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -161,7 +168,7 @@ def init_cache(cfg: Config, batch: int, length: int):
     """Empty KV cache: k and v ``[layers, B, S, heads, head_dim]`` in the compute dtype."""
     shape = (cfg.n_layers, batch, length, cfg.n_heads, cfg.head_dim)
     dt = DTYPES[cfg.compute_dtype]
-    return {"k": jnp.zeros(shape, dt), "v": jnp.zeros(shape, dt)}
+    return {"k": constrain(jnp.zeros(shape, dt), CACHE), "v": constrain(jnp.zeros(shape, dt), CACHE)}
 
 
 def _block(cfg: Config, p, x, key_mask, q_slots, cache=None, cache_index=0):
@@ -177,7 +184,7 @@ def _block(cfg: Config, p, x, key_mask, q_slots, cache=None, cache_index=0):
 
     h = ln(x, "ln1_scale", "ln1_bias") if cfg.pre_layer_norm else x
     qkv = jnp.einsum("btd,dchk->btchk", h, p["qkv_w"].astype(dt)) + bias("qkv_b")
-    q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+    q, k, v = (constrain(qkv[:, :, i], HEADS) for i in range(3))
     if cache is not None:
         # Write only the new slots into the whole cache (in place in the scan carry),
         # then read this layer's keys/values: no per-layer copy of the cache in and out.
@@ -221,13 +228,14 @@ def hidden_states(cfg: Config, params, tokens, positions, attention_mask, cache=
     if cfg.projected:
         x = x @ params["embed/proj_in"].astype(dt)
     x = x + params["embed/positions"][positions + cfg.position_offset].astype(dt)
+    x = constrain(x, ACT)
 
     q_slots = cache_index + jnp.arange(T)
     blocks = {k.split("/", 1)[1]: v for k, v in params.items() if k.startswith("blocks/")}
 
     if cache is None:
         def body(x, p):
-            return _block(cfg, p, x, attention_mask, q_slots)[0], None
+            return constrain(_block(cfg, p, x, attention_mask, q_slots)[0], ACT), None
         carry = x
     else:
         # The cache rides in the carry and is updated in place, layer by layer.
@@ -235,7 +243,7 @@ def hidden_states(cfg: Config, params, tokens, positions, attention_mask, cache=
             x, kc, vc = carry
             p, i = layer
             x, (kc, vc, _) = _block(cfg, p, x, attention_mask, q_slots, (kc, vc, i), cache_index)
-            return (x, kc, vc), None
+            return (constrain(x, ACT), kc, vc), None
         carry = (x, cache["k"], cache["v"])
         blocks = (blocks, jnp.arange(cfg.n_layers))
 
@@ -260,7 +268,7 @@ def lm_head(cfg: Config, params, x):
     x = x.astype(dt)
     if cfg.projected:
         x = x @ params["embed/proj_out"].astype(dt)
-    return x @ params["embed/tokens"].astype(dt).T
+    return constrain(x @ params["embed/tokens"].astype(dt).T, ("batch", None, "vocab"))
 
 
 def forward(cfg: Config, params, tokens, positions, attention_mask, cache=None, cache_index=0, logits_range=None):

@@ -51,8 +51,9 @@ def parse_mesh(text):
     return {k: int(v) for k, v in (kv.split(":") for kv in text.split(","))}
 
 
-def plan_one(cfg, mesh_sizes, n_devices):
-    """Per-device bytes of one compiled train step on ``n_devices`` simulated devices."""
+def plan_one(cfg, mesh_sizes, n_devices, batch_per_replica=0):
+    """Per-device bytes of one compiled train step on ``n_devices`` simulated devices.
+    ``batch_per_replica`` > 0 sets the global batch to that times the data-parallel size."""
     import jax
     import numpy as np
     from .. import sharding
@@ -63,6 +64,9 @@ def plan_one(cfg, mesh_sizes, n_devices):
     with cfg.unlocked():
         cfg.gen.eos_token_id, cfg.gen.pad_token_id = 2, 1
     mesh = sharding.make_mesh(mesh_sizes, devices=jax.devices()[:n_devices])
+    if batch_per_replica:
+        with cfg.unlocked():
+            cfg.train.batch_size = batch_per_replica * sharding.data_parallel_size(mesh)
     sharding.check_batch(cfg.train.batch_size, mesh)
     sharding.check_heads(t_cfg, mesh, "teacher")
     sharding.check_heads(s_cfg, mesh, "student")
@@ -99,7 +103,7 @@ def plan_one(cfg, mesh_sizes, n_devices):
     def kv(model_cfg):  # [2, L, B/dp, P+N, H/tensor, K] in the compute dtype
         return (2 * model_cfg.n_layers * (B // dp) * (P + n_gen) * (model_cfg.n_heads // mesh.shape["tensor"])
                 * model_cfg.head_dim * np.dtype(DTYPES[model_cfg.compute_dtype]).itemsize)
-    return {"devices": n_devices, "mesh": "x".join(f"{a}{mesh.shape[a]}" for a in sharding.AXES),
+    return {"devices": n_devices, "batch": B, "mesh": "x".join(f"{a}{mesh.shape[a]}" for a in sharding.AXES),
             "teacher_params": per_device(t_abs), "student_params": per_device(state["params"]),
             "opt_state": per_device(state["opt_state"]), "kv_caches": kv(t_cfg) + kv(s_cfg),
             "temp": int(mem.temp_size_in_bytes),
@@ -108,13 +112,13 @@ def plan_one(cfg, mesh_sizes, n_devices):
 
 
 def table(rows):
-    head = ("| devices | mesh | teacher params | student params | optimizer state | KV caches (both) | "
+    head = ("| devices | mesh | global batch | teacher params | student params | optimizer state | KV caches (both) | "
             "temporaries (all activations) | total per device | fits |")
-    lines = [head, "|" + "---|" * 9]
+    lines = [head, "|" + "---|" * 10]
     for r in rows:
         fits = ", ".join(k for k, gib in DEVICES.items() if r["total"] < 0.9 * gib * GiB) or "none listed"
         g = lambda k: f"{r[k] / GiB:.2f}"
-        lines.append(f"| {r['devices']} | {r['mesh']} | {g('teacher_params')} | {g('student_params')} | "
+        lines.append(f"| {r['devices']} | {r['mesh']} | {r['batch']} | {g('teacher_params')} | {g('student_params')} | "
                      f"{g('opt_state')} | {g('kv_caches')} | {g('temp')} | **{g('total')}** | {fits} |")
     return "\n".join(lines) + "\n\nGiB per device; 'fits' leaves 10% headroom."
 
@@ -124,6 +128,7 @@ def main(argv=None):
     from ml_collections import config_flags
     flags.DEFINE_string("devices", "8,32,64", "comma-separated simulated device counts")
     flags.DEFINE_string("mesh", "", "e.g. data:1,fsdp:-1,tensor:1 (default: the config's mesh)")
+    flags.DEFINE_integer("batch_per_replica", 0, "global batch = this x data-parallel size (0: the config's)")
     config_flags.DEFINE_config_file("config", "configs/opt13b_to_1p3b.py", "experiment config")
     FLAGS = flags.FLAGS
 
@@ -133,7 +138,7 @@ def main(argv=None):
         mesh = parse_mesh(FLAGS.mesh) if FLAGS.mesh else {a: cfg.mesh[a] for a in ("data", "fsdp", "tensor")}
         rows = []
         for n in counts:
-            rows.append(plan_one(cfg.copy_and_resolve_references(), mesh, n))
+            rows.append(plan_one(cfg.copy_and_resolve_references(), mesh, n, FLAGS.batch_per_replica))
             print(f"{n} devices: total {rows[-1]['total'] / GiB:.2f} GiB per device", file=sys.stderr, flush=True)
         print(table(rows))
     # The simulated devices must exist before JAX starts.

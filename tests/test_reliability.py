@@ -203,16 +203,14 @@ def test_a_nan_step_is_skipped_and_counted(monkeypatch, tmp_path, tok):  # noqa:
 def test_consecutive_nan_steps_stop_the_run_with_the_last_good_state_saved(monkeypatch, tmp_path, tok):  # noqa
     poisoned(monkeypatch, set(range(3, 100)))
     cfg, seen, go = run_kd(tmp_path, tok, 20, max_bad_steps=3, save_every=100)
-    with pytest.raises(Diverged, match=r"3 consecutive steps .* train.max_bad_steps=3.*saved as step 5"):
+    with pytest.raises(Diverged, match=r"3 consecutive steps .*\(train.max_bad_steps=3\).*saved as step 5"):
         go()
     from dpkd_jax.checkpoint import Checkpoints
-    state = jax.tree.map(np.asarray, {"params": None})
     ck = Checkpoints(str(tmp_path / "w" / "checkpoints"))
     assert ck.latest.latest_step() == 5
     restored = ck.latest.restore(5)
     ck.close()
     np.testing.assert_array_equal(np.asarray(restored["state"]["params"]["blocks/fc_w"]), seen[2])
-    del state
 
 
 # ------------------------------------------------------- checkpoints break

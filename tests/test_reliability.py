@@ -106,9 +106,7 @@ def test_sigkill_mid_run_then_same_command_gives_the_uninterrupted_result(hf_pai
     steps = 40
     straight = write_config(tmp_path / "a.py", teacher, student, train, str(tmp_path / "a"), steps)
     killed = write_config(tmp_path / "b.py", teacher, student, train, str(tmp_path / "b"), steps)
-    p = cli(straight)
-    out_a = p.communicate(timeout=400)[0]
-    assert p.returncode == 0, out_a
+    pa = cli(straight)  # runs alongside the killed one
     p = cli(killed)
     wait_for_checkpoint(p, str(tmp_path / "b"), 4)
     p.send_signal(signal.SIGKILL)
@@ -118,6 +116,8 @@ def test_sigkill_mid_run_then_same_command_gives_the_uninterrupted_result(hf_pai
     p = cli(killed)
     out_b = p.communicate(timeout=400)[0]
     assert p.returncode == 0, out_b
+    out_a = pa.communicate(timeout=400)[0]
+    assert pa.returncode == 0, out_a
     assert f"resumed from step {at_kill[-1]}" in out_b
     (sa, ea), (sb, eb) = final_state(str(tmp_path / "a"), steps), final_state(str(tmp_path / "b"), steps)
     leaves_a, leaves_b = jax.tree.leaves_with_path(sa), jax.tree.leaves_with_path(sb)

@@ -5,6 +5,7 @@ ours vs the same step in PyTorch + transformers written the reference code's way
     python bench/train_step.py                                  # CPU: small GPT-2 shapes
     python bench/train_step.py --gpt2-xl-to-base --batch 8 --prompt 256 --new 256   # GPU, bf16
     python bench/train_step.py --growth --no-torch --plot bench/results/step_growth.png
+    python bench/train_step.py --mesh data:1,fsdp:2,tensor:2 --no-torch   # sharded step (8 devices)
 
 Also: the step without generation (samples given), a breakdown of our step's parts
 (teacher sampling, student sampling, scoring + update), MFU on a known accelerator,
@@ -21,10 +22,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dpkd_jax import models, sampling
+from dpkd_jax import models, sampling, sharding
 from dpkd_jax.config import default_config
 from dpkd_jax.models import gpt2
-from dpkd_jax.train import init_state, make_optimizer, make_step, peak_flops, step_flops
+from dpkd_jax.tools import plan
+from dpkd_jax.train import (init_state, make_optimizer, make_step, peak_flops, place_state, step_flops,
+                            step_shardings)
 
 
 def build(args):
@@ -61,11 +64,20 @@ class Ours:
         self.cfg = config(args, new)
         (self.t_cfg, self.t_params), (self.s_cfg, s_params) = teacher, student
         self.tx = make_optimizer(self.cfg.train)
-        self.step = make_step(self.cfg, self.s_cfg, self.t_cfg, self.tx, self.t_params)
-        self.state = init_state(jax.tree.map(jnp.copy, s_params), self.tx)
+        self.sh = None
+        if args.mesh:  # compiled over a mesh with the rules' shardings, as the trainer does
+            mesh = sharding.make_mesh(plan.parse_mesh(args.mesh))
+            self.sh = step_shardings(mesh, self.s_cfg, self.t_cfg, self.tx, s_params)
+            self.t_params = sharding.copy_to(self.t_params, self.sh["teacher"])
+            self.state = place_state(s_params, self.tx, self.sh)
+        else:
+            self.state = init_state(jax.tree.map(jnp.copy, s_params), self.tx)
+        self.step = make_step(self.cfg, self.s_cfg, self.t_cfg, self.tx, self.t_params, shardings=self.sh)
         self.flops = step_flops(self.cfg, self.s_cfg, self.t_cfg, args.batch)
 
     def __call__(self, batch, seed):
+        if self.sh is not None:
+            batch = jax.device_put(batch, self.sh["batch"])
         t = time.perf_counter()
         self.state, m = self.step(self.state, batch, jax.random.PRNGKey(seed))
         jax.block_until_ready((self.state, m))
@@ -152,6 +164,7 @@ def main():
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--gpt2-xl-to-base", action="store_true", help="GPT-2 XL teacher, GPT-2 base student, bf16")
     ap.add_argument("--no-torch", action="store_true")
+    ap.add_argument("--mesh", default="", help="e.g. data:-1,fsdp:1,tensor:1: compile our step over a device mesh")
     ap.add_argument("--growth", action="store_true", help="step time at 64..512 new tokens and batch x1, x2, x4")
     ap.add_argument("--plot", default="")
     ap.add_argument("--out", default="")
@@ -193,6 +206,7 @@ def main():
     parts["score_and_update"] = med["ours_nogen"]
     out["ours_parts_s"] = parts
     peak = peak_flops(dev)
+    peak = peak and peak * (jax.device_count() if args.mesh else 1)
     out["model_flops_per_step"] = ours.flops
     if peak:
         out["mfu_full_step"] = ours.flops / med["ours"] / peak

@@ -1,13 +1,16 @@
 """Memory plan: compile the DPKD train step for a config on abstract shapes over a
-simulated mesh of N devices (no weights allocated) and report per-device memory.
+mesh of N devices (no weights allocated) and report per-device memory.
 
-  python -m dpkd_jax.tools.plan --config=configs/opt13b_to_1p3b.py --devices=8,32,64 \
-      --mesh=data:1,fsdp:-1,tensor:1
+  python -m dpkd_jax.tools.plan --config=configs/opt13b_to_1p3b.py --topology=v5e:2x4,v5e:4x8 \
+      --mesh=data:1,fsdp:-1,tensor:8
+  python -m dpkd_jax.tools.plan --config=configs/opt13b_to_1p3b.py --devices=8,32,64
 
-Runs on CPU (it sets ``--xla_force_host_platform_device_count``), so the figures are
-XLA:CPU's buffer assignment for the same partitioned program: parameters and
-optimizer state are exact; temporaries (activations, both generators' KV caches,
-logits) are the compiler's and close to, not identical with, a TPU/GPU build.
+``--topology`` compiles for a real TPU slice with XLA's TPU compiler on this host
+(``pip install libtpu``; no TPU needed): the figures are the TPU build's. ``--devices``
+compiles for simulated CPU devices instead: parameters and optimizer state are still
+exact, but XLA:CPU's temporaries are not a GPU/TPU build's: it upcasts bf16 matmul
+operands to float32 and keeps such copies of the teacher's weights (about 11 GiB
+extra for the bf16 GPT-2 XL teacher).
 Model sizes come from ``teacher.path``/``student.path`` when those folders exist,
 otherwise from the public configs of the paper's models (:data:`KNOWN`) by folder name.
 """
@@ -32,6 +35,9 @@ KNOWN = {"gpt2-base": _GPT2(768, 12, 12), "gpt2": _GPT2(768, 12, 12), "gpt2-medi
 
 # HBM per device, for the "fits" column.
 DEVICES = {"TPU v5e": 16, "TPU v4": 32, "A100-40G": 40, "H100": 80, "TPU v5p": 95}
+# device_kind of a deviceless TPU compile -> its HBM (GiB): the plan is then for that chip.
+TPU_HBM = {"TPU v5 lite": ("TPU v5e", 16), "TPU v6 lite": ("TPU v6e", 32), "TPU v4": ("TPU v4", 32),
+           "TPU v5": ("TPU v5p", 95)}
 
 
 def model_config(path, dtype, compute_dtype, field):
@@ -51,8 +57,21 @@ def parse_mesh(text):
     return {k: int(v) for k, v in (kv.split(":") for kv in text.split(","))}
 
 
-def plan_one(cfg, mesh_sizes, n_devices, batch_per_replica=0):
-    """Per-device bytes of one compiled train step on ``n_devices`` simulated devices.
+def topology_devices(name):
+    """The devices of a TPU slice such as ``v5e:2x4`` for deviceless compilation: XLA's TPU
+    compiler runs on this host (``pip install libtpu``), no TPU needed."""
+    os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")  # no metadata server off Google Cloud
+    from jax.experimental.topologies import get_topology_desc
+    try:
+        return get_topology_desc(platform="tpu", topology_name=name).devices
+    except Exception as e:  # noqa: BLE001 - libtpu raises several types
+        raise ValueError(f"--topology: cannot describe TPU slice {name!r}: {e}. It needs libtpu "
+                         "(pip install libtpu) and a name like v5e:2x4, v4:2x2x2 or v5p:2x2x2") from e
+
+
+def plan_one(cfg, mesh_sizes, devices, batch_per_replica=0):
+    """Per-device bytes of one compiled train step on ``devices``: a count of this host's
+    (simulated) devices, or a list such as :func:`topology_devices` gives.
     ``batch_per_replica`` > 0 sets the global batch to that times the data-parallel size."""
     import jax
     import numpy as np
@@ -63,7 +82,8 @@ def plan_one(cfg, mesh_sizes, n_devices, batch_per_replica=0):
     s_cfg = model_config(cfg.student.path, cfg.student.dtype, cfg.student.compute_dtype, "student.path")
     with cfg.unlocked():
         cfg.gen.eos_token_id, cfg.gen.pad_token_id = 2, 1
-    mesh = sharding.make_mesh(mesh_sizes, devices=jax.devices()[:n_devices])
+    devices = jax.devices()[:devices] if isinstance(devices, int) else list(devices)
+    mesh = sharding.make_mesh(mesh_sizes, devices=devices)
     if batch_per_replica:
         with cfg.unlocked():
             cfg.train.batch_size = batch_per_replica * sharding.data_parallel_size(mesh)
@@ -103,7 +123,7 @@ def plan_one(cfg, mesh_sizes, n_devices, batch_per_replica=0):
     def kv(model_cfg):  # [2, L, B/dp, P+N, H/tensor, K] in the compute dtype
         return (2 * model_cfg.n_layers * (B // dp) * (P + n_gen) * (model_cfg.n_heads // mesh.shape["tensor"])
                 * model_cfg.head_dim * np.dtype(DTYPES[model_cfg.compute_dtype]).itemsize)
-    return {"devices": n_devices, "batch": B, "mesh": "x".join(f"{a}{mesh.shape[a]}" for a in sharding.AXES),
+    return {"devices": len(devices), "kind": devices[0].device_kind, "batch": B, "mesh": "x".join(f"{a}{mesh.shape[a]}" for a in sharding.AXES),
             "teacher_params": per_device(t_abs), "student_params": per_device(state["params"]),
             "opt_state": per_device(state["opt_state"]), "kv_caches": kv(t_cfg) + kv(s_cfg),
             "temp": int(mem.temp_size_in_bytes),
@@ -116,9 +136,15 @@ def table(rows):
             "temporaries (all activations) | total per device | fits |")
     lines = [head, "|" + "---|" * 10]
     for r in rows:
-        fits = ", ".join(k for k, gib in DEVICES.items() if r["total"] < 0.9 * gib * GiB) or "none listed"
+        room = lambda gib: r["total"] < 0.9 * gib * GiB
+        if r["kind"] in TPU_HBM:  # compiled for that chip: say whether it fits that chip
+            name, gib = TPU_HBM[r["kind"]]
+            devices, fits = f"{r['devices']} × {name}", f"{'yes' if room(gib) else 'no'} ({gib} GiB)"
+        else:
+            devices = f"{r['devices']} (XLA:CPU)"
+            fits = ", ".join(k for k, gib in DEVICES.items() if room(gib)) or "none listed"
         g = lambda k: f"{r[k] / GiB:.2f}"
-        lines.append(f"| {r['devices']} | {r['mesh']} | {r['batch']} | {g('teacher_params')} | {g('student_params')} | "
+        lines.append(f"| {devices} | {r['mesh']} | {r['batch']} | {g('teacher_params')} | {g('student_params')} | "
                      f"{g('opt_state')} | {g('kv_caches')} | {g('temp')} | **{g('total')}** | {fits} |")
     return "\n".join(lines) + "\n\nGiB per device; 'fits' leaves 10% headroom."
 
@@ -128,18 +154,22 @@ def main(argv=None):
     from ml_collections import config_flags
     flags.DEFINE_string("devices", "8,32,64", "comma-separated simulated device counts")
     flags.DEFINE_string("mesh", "", "e.g. data:1,fsdp:-1,tensor:1 (default: the config's mesh)")
+    flags.DEFINE_string("topology", "", "comma-separated TPU slices, e.g. v5e:2x4,v5e:4x8: compile with XLA's TPU "
+                        "compiler on this host (pip install libtpu; no TPU needed) instead of simulated CPU devices")
     flags.DEFINE_integer("batch_per_replica", 0, "global batch = this x data-parallel size (0: the config's)")
     config_flags.DEFINE_config_file("config", "configs/opt13b_to_1p3b.py", "experiment config")
     FLAGS = flags.FLAGS
 
     def run(_):
         cfg = FLAGS.config
-        counts = [int(x) for x in FLAGS.devices.split(",")]
+        targets = ([topology_devices(t) for t in FLAGS.topology.split(",")] if FLAGS.topology
+                   else [int(x) for x in FLAGS.devices.split(",")])
         mesh = parse_mesh(FLAGS.mesh) if FLAGS.mesh else {a: cfg.mesh[a] for a in ("data", "fsdp", "tensor")}
         rows = []
-        for n in counts:
-            rows.append(plan_one(cfg.copy_and_resolve_references(), mesh, n, FLAGS.batch_per_replica))
-            print(f"{n} devices: total {rows[-1]['total'] / GiB:.2f} GiB per device", file=sys.stderr, flush=True)
+        for devices in targets:
+            rows.append(plan_one(cfg.copy_and_resolve_references(), mesh, devices, FLAGS.batch_per_replica))
+            print(f"{rows[-1]['devices']} devices: total {rows[-1]['total'] / GiB:.2f} GiB per device",
+                  file=sys.stderr, flush=True)
         print(table(rows))
     # The simulated devices must exist before JAX starts.
     counts = [a for a in (argv or sys.argv) if a.startswith("--devices=")]

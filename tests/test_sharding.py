@@ -136,7 +136,12 @@ def test_memory_plan_counts_shards_exactly(checkpoints):
     assert row["student_params"] == 4 * n and row["teacher_params"] == 2 * n
     assert row["opt_state"] >= 2 * 4 * n  # Adam's two moments, float32
     assert row["total"] >= row["student_params"] + row["teacher_params"] + row["opt_state"] and row["temp"] > 0
-    assert "| 1 | data1xfsdp1xtensor1 | 2 |" in plan.table([row])
+    assert "| 1 (XLA:CPU) | data1xfsdp1xtensor1 | 2 |" in plan.table([row])
+    # A row compiled for a TPU chip says whether it fits that chip.
+    tpu = dict(row, kind="TPU v5 lite", devices=8, total=15 * 2**30)
+    assert "| 8 × TPU v5e |" in plan.table([tpu]) and "| no (16 GiB) |" in plan.table([tpu])
+    with pytest.raises(ValueError, match="--topology: cannot describe TPU slice 'v9z:1x1'"):
+        plan.topology_devices("v9z:1x1")
     with pytest.raises(ValueError, match="config.teacher.path: 'nowhere/opt-99b' has no config.json"):
         plan.model_config("nowhere/opt-99b", "float32", "float32", "teacher.path")
     assert plan.model_config("checkpoints/opt-13b-sft", "bfloat16", "bfloat16", "teacher.path").n_layers == 40

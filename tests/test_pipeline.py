@@ -211,10 +211,12 @@ def test_checkpoint_resume_gives_the_same_run(tmp_path, tok):
     cfg.train.steps = 4
     resumed, h2, _ = train_loop(cfg, s_cfg, s_params, t_cfg, t_params, data, None, str(tmp_path / "b"))
     assert [h["step"] for h in h2] == [1, 2, 3, 4]
-    # Bitwise on CPU (see test_reliability); GPU reductions may reorder, so allow float noise here.
+    # CPU keeps the old tight tolerance (the CLI resume test is bitwise there); GPU reductions may
+    # reorder, and on the H100 the values differed by ~1e-9.
+    tol = dict(rtol=1e-6, atol=1e-7) if jax.default_backend() == "cpu" else dict(rtol=1e-5, atol=1e-6)
     for k in straight:
-        np.testing.assert_allclose(resumed[k], straight[k], rtol=1e-5, atol=1e-6, err_msg=k)
-    np.testing.assert_allclose(h2[-1]["loss/total"], h1[-1]["loss/total"], rtol=1e-5)
+        np.testing.assert_allclose(resumed[k], straight[k], err_msg=k, **tol)
+    np.testing.assert_allclose(h2[-1]["loss/total"], h1[-1]["loss/total"], rtol=tol["rtol"])
 
 
 def test_shortened_demo_runs_end_to_end(tmp_path, capsys):

@@ -123,7 +123,8 @@ def plan_one(cfg, mesh_sizes, devices, batch_per_replica=0):
     def kv(model_cfg):  # [2, L, B/dp, P+N, H/tensor, K] in the compute dtype
         return (2 * model_cfg.n_layers * (B // dp) * (P + n_gen) * (model_cfg.n_heads // mesh.shape["tensor"])
                 * model_cfg.head_dim * np.dtype(DTYPES[model_cfg.compute_dtype]).itemsize)
-    return {"devices": len(devices), "kind": devices[0].device_kind, "batch": B, "mesh": "x".join(f"{a}{mesh.shape[a]}" for a in sharding.AXES),
+    return {"devices": len(devices), "kind": devices[0].device_kind, "batch": B,
+            "mesh": "x".join(f"{a}{mesh.shape[a]}" for a in sharding.AXES),
             "teacher_params": per_device(t_abs), "student_params": per_device(state["params"]),
             "opt_state": per_device(state["opt_state"]), "kv_caches": kv(t_cfg) + kv(s_cfg),
             "temp": int(mem.temp_size_in_bytes),

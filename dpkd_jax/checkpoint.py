@@ -8,6 +8,7 @@ to a temporary directory and renames on commit).
 from __future__ import annotations
 
 import contextlib
+import copy
 import os
 
 import jax
@@ -28,6 +29,9 @@ class Checkpoints:
     def save(self, step, state, extra: dict, best_metric=None):
         """Asynchronous save; a failure (a full disk) names the directory and leaves the
         previous checkpoint as the latest (orbax commits a step only once it is whole)."""
+        # The JSON is written in the background: snapshot it, or rows the loop appends while the
+        # save is in flight land in this step's checkpoint (and repeat after a resume).
+        extra = copy.deepcopy(extra)
         args = ocp.args.Composite(state=ocp.args.StandardSave(state), extra=ocp.args.JsonSave(extra))
         with self._errors("save", step):
             self.latest.save(step, args=args, force=True)

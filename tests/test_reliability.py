@@ -266,6 +266,20 @@ def test_disk_full_during_save_names_the_directory_and_keeps_the_last_checkpoint
     assert [h["step"] for h in hist] == [1, 2, 3, 4, 5, 6]
 
 
+def test_checkpoint_keeps_the_metadata_as_it_was_at_save_time(tmp_path):
+    """Saves are asynchronous; the loop goes on appending to its history meanwhile."""
+    from dpkd_jax.checkpoint import Checkpoints
+    ck = Checkpoints(str(tmp_path / "c"))
+    state = {"params": {"w": jax.numpy.ones((256, 256))}, "step": jax.numpy.array(2)}
+    history = [{"step": 1}, {"step": 2}]
+    ck.save(2, state, {"history": history, "data": {"pos": 2}})
+    history.append({"step": 3})  # before the background write has finished, or just after
+    ck.wait()
+    _, extra = ck.restore_latest(state)
+    ck.close()
+    assert extra["history"] == [{"step": 1}, {"step": 2}]
+
+
 def test_unwritable_workdir_is_named(tmp_path):
     from dpkd_jax.pipeline import check_workdir
     (tmp_path / "file").write_text("x")

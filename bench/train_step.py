@@ -66,8 +66,8 @@ class Ours:
         self.tx = make_optimizer(self.cfg.train)
         self.sh = None
         if args.mesh:  # compiled over a mesh with the rules' shardings, as the trainer does
-            mesh = sharding.make_mesh(plan.parse_mesh(args.mesh))
-            self.sh = step_shardings(mesh, self.s_cfg, self.t_cfg, self.tx, s_params)
+            self.sh = step_shardings(sharding.Placement(plan.parse_mesh(args.mesh)), self.s_cfg, self.t_cfg, self.tx,
+                                     s_params)
             self.t_params = sharding.copy_to(self.t_params, self.sh["teacher"])
             self.state = place_state(s_params, self.tx, self.sh)
         else:

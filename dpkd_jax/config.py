@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import ml_collections
 
-from .methods import METHODS
 from .losses import DPKD_FORMS
+from .methods import METHODS
+from .sharding import DEFAULT_RULES
 
 
 def default_config():
@@ -31,7 +32,12 @@ def default_config():
         "adam_eps": 1e-8, "log_every": 10, "eval_every": 0, "save_every": 500, "keep": 2, "max_bad_steps": 10})
     # Device mesh (sharding.py): -1 takes the remaining devices. shard_student=False keeps a
     # small student whole on every device (pure data parallel); the teacher is always split.
-    c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1, "shard_student": True})
+    # rules: logical axis -> mesh axes (sharding.DEFAULT_RULES), overridable per run, e.g.
+    # --config.mesh.rules.kv_heads=None to replicate KV heads.
+    c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1, "shard_student": True,
+                                        "rules": dict(DEFAULT_RULES)})
+    # Model execution: remat none | full | dots (save matmul outputs) for long sequences; scan over layers.
+    c.model = ml_collections.ConfigDict({"remat": "none", "scan_layers": True})
     # Multi-host: jax.distributed.initialize(); empty fields are auto-detected (TPU pods, SLURM).
     c.distributed = ml_collections.ConfigDict({"enabled": False, "coordinator_address": "", "num_processes": 0,
                                                "process_id": -1})

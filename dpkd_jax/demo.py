@@ -65,7 +65,8 @@ def run_demo(cfg):
     d = cfg.demo
     wd = cfg.workdir
     check_workdir(wd)
-    mesh = sharding.make_mesh(cfg.mesh)
+    placement = sharding.Placement(cfg.mesh)
+    mesh = placement.mesh
     tok_dir = os.path.join(wd, "tokenizer")
     if jax.process_index() == 0:
         train_tokenizer(tok_dir, d.vocab_size, [cfg.data.train or demo_file("train.jsonl"), demo_file("pretrain.txt")])
@@ -86,8 +87,9 @@ def run_demo(cfg):
     sets = load_eval_sets(cfg, tokenizer, dev)
 
     vocab = len(tokenizer)
-    mk = lambda size: gpt2.tiny_config(vocab_size=vocab, max_positions=cfg.data.max_length, **size)
-    t_cfg, s_cfg = mk(dict(d.teacher)), mk(dict(d.student))
+    mk = lambda size, role: gpt2.tiny_config(vocab_size=vocab, max_positions=cfg.data.max_length,
+                                             rules=placement.rules(role), **size)
+    t_cfg, s_cfg = mk(dict(d.teacher), "teacher"), mk(dict(d.student), "student")
     t_params = models.init_params(t_cfg, jax.random.PRNGKey(cfg.seed + 1))
     s_params = models.init_params(s_cfg, jax.random.PRNGKey(cfg.seed + 2))
     print(f"teacher: {models.CausalLM(t_cfg, t_params).num_params():,} params; "
@@ -101,7 +103,8 @@ def run_demo(cfg):
             return params
         student_cfg = teacher if name == "teacher_sft" else s_cfg
         params, history, _ = train_loop(c, student_cfg, params, teacher, teacher_params, train_data, lm_rows,
-                                        out_dir, dev=dev, tokenizer=tokenizer, ref_params=ref, desc=name, mesh=mesh)
+                                        out_dir, dev=dev, tokenizer=tokenizer, ref_params=ref, desc=name,
+                                        placement=placement)
         if history:
             plot_history(history, os.path.join(out_dir, "curves.png"), name)
             final = history[-1]

@@ -70,8 +70,8 @@ class SigtermGuard:
 
 
 def train_loop(cfg, student, params, teacher, teacher_params, train_data, lm_rows, workdir, *, dev=None,
-               tokenizer=None, ref_params=None, desc=None, mesh=None, callback=None):
-    """Train ``params`` with ``cfg.method`` on ``mesh`` (from ``cfg.mesh`` by default).
+               tokenizer=None, ref_params=None, desc=None, placement=None, callback=None):
+    """Train ``params`` with ``cfg.method`` on ``placement`` (from ``cfg.mesh`` by default).
 
     Returns :class:`Trained`. ``callback(step, state, metrics)``, if given, runs after
     every step. Raises :class:`Preempted` after a SIGTERM (checkpoint written) and
@@ -79,13 +79,13 @@ def train_loop(cfg, student, params, teacher, teacher_params, train_data, lm_row
     """
     from tensorboardX import SummaryWriter
     t = cfg.train
-    mesh = mesh or sharding.make_mesh(cfg.mesh)
+    placement = placement or sharding.Placement(cfg.mesh)
+    mesh = placement.mesh
     sharding.check_batch(t.batch_size, mesh)
-    sharding.check_heads(student, mesh, "student")
-    sharding.check_heads(teacher, mesh, "teacher")
+    sharding.check_heads(student.n_heads, mesh, "student")
+    sharding.check_heads(teacher.n_heads, mesh, "teacher")
     tx = make_optimizer(t)
-    sh = step_shardings(mesh, student, teacher, tx, params,
-                        rules=None if cfg.mesh.shard_student else {"embed": None})
+    sh = step_shardings(placement, student, teacher, tx, params)
     teacher_params = sharding.put(teacher_params, sh["teacher"])
     if ref_params is not None:
         ref_params = sharding.put(ref_params, sh["params"])

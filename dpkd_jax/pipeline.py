@@ -75,27 +75,29 @@ def check_workdir(path):
         raise ValueError(f"config.workdir: {path!r} is not writable ({e.strerror or e})") from e
 
 
-def load_models(cfg, mesh):
-    """Teacher and student from their HF folders, each parameter placed on its shard."""
-    def load(path, dtype, compute_dtype, rules):
-        mc = models.load_config(path, dtype=jnp.dtype(dtype), compute_dtype=jnp.dtype(compute_dtype))
-        shardings = sharding.param_shardings(mc, mesh, rules)
-        return models.from_pretrained(path, dtype=jnp.dtype(dtype), compute_dtype=jnp.dtype(compute_dtype),
-                                      shardings=shardings).decoder()
-    t = load(cfg.teacher.path, cfg.teacher.dtype, cfg.teacher.dtype, None)
-    s = load(cfg.student.path, cfg.student.dtype, cfg.student.compute_dtype,
-             None if cfg.mesh.shard_student else {"embed": None})
+def load_models(cfg, placement, vocab):
+    """Teacher and student from their HF folders or GGUF files, each parameter placed on
+    its shard; logits over the tokenizer's ``vocab`` real tokens (padded rows dropped)."""
+    def load(role, path, dtype, compute_dtype):
+        kw = dict(dtype=jnp.dtype(dtype), compute_dtype=jnp.dtype(compute_dtype), rules=placement.rules(role),
+                  output_vocab=vocab, remat=cfg.model.remat, scan_layers=cfg.model.scan_layers)
+        mc = models.load_config(path, **kw)
+        return models.from_pretrained(path, shardings=placement.params(models.param_table(mc), role),
+                                      **kw).decoder()
+    t = load("teacher", cfg.teacher.path, cfg.teacher.dtype, cfg.teacher.dtype)
+    s = load("student", cfg.student.path, cfg.student.dtype, cfg.student.compute_dtype)
     return t, s
 
 
 def run(cfg):
     """Train (or evaluate, or generate) with the models and data the config names."""
     check_workdir(cfg.workdir)
-    models.check_same_vocabulary(cfg.teacher.path, cfg.student.path)
     tokenizer = models.load_tokenizer(cfg.student.path)
+    vocab = models.check_same_vocabulary(cfg.teacher.path, cfg.student.path, student_tok=tokenizer)
     resolve_token_ids(cfg, tokenizer)
-    mesh = sharding.make_mesh(cfg.mesh)
-    (t_cfg, t_params), (s_cfg, params) = load_models(cfg, mesh)
+    placement = sharding.Placement(cfg.mesh)
+    mesh = placement.mesh
+    (t_cfg, t_params), (s_cfg, params) = load_models(cfg, placement, vocab)
     if cfg.mode == "generate":
         return generate_mode(cfg, s_cfg, params, tokenizer, mesh)
     dl = dict(max_prompt_length=cfg.data.max_prompt_length, max_length=cfg.data.max_length,
@@ -108,7 +110,8 @@ def run(cfg):
     if cfg.mode == "train":
         ref = params if METHODS[cfg.method].needs_reference else None
         params, history, best = train_loop(cfg, s_cfg, params, t_cfg, t_params, train_data, lm_rows, cfg.workdir,
-                                           dev=dev, tokenizer=tokenizer, ref_params=ref, mesh=mesh)
+                                           dev=dev, tokenizer=tokenizer, ref_params=ref,
+                                           placement=placement)
         exports = {"final": params, "best": best} if best is not None else {"final": params}
         for name, p in exports.items():
             host = jax.tree.map(sharding.to_host, p)  # every process takes part in the gather

@@ -4,13 +4,16 @@ of params, optimizer state and batches derived from them.
 The mesh has three named axes: ``data`` (pure data parallel), ``fsdp`` (data
 parallel whose members also split the parameters, ZeRO-3 style) and ``tensor``
 (Megatron-style splitting of heads, MLP and vocabulary). A batch is split over
-``data`` x ``fsdp``. Every parameter is sharded by the logical axis names that
-``models.param_shapes`` gives it, through :data:`RULES`.
+``data`` x ``fsdp``. Every parameter is sharded by the logical axis names of the
+parameter table the caller passes (``models.param_table``), through rules that
+are data (:data:`DEFAULT_RULES`, overridable per run with ``config.mesh.rules``).
+
+A leaf module: it imports no model. Activation constraints read the mesh from
+JAX's own mesh context (``jax.set_mesh``), never from a module global.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 
@@ -21,19 +24,33 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 AXES = ("data", "fsdp", "tensor")
 BATCH = ("data", "fsdp")
 
-# logical axis -> mesh axis (None: replicated along it). One table for every model.
-RULES = {
-    "batch": BATCH,
-    "vocab": "tensor",
-    "embed": "fsdp",
-    "heads": "tensor",
-    "mlp": "tensor",
-    "head_dim": None,
-    "layers": None,
-}
+# logical axis -> mesh axes (None: replicated along it). One table for every model, as a
+# hashable tuple of pairs so it can sit in a model Config (the static part of a jit).
+DEFAULT_RULES = (
+    ("batch", BATCH),
+    ("vocab", "tensor"),
+    ("embed", "fsdp"),
+    ("heads", "tensor"),
+    ("kv_heads", "tensor"),
+    ("mlp", "tensor"),
+    ("head_dim", None),
+    ("layers", None),
+)
 # Axes that fall back to replication (with a log line) when the mesh does not divide them:
-# GPT-2's vocabulary (50257) is odd. Any other indivisible parameter axis is a config error.
-SOFT = {"vocab"}
+# GPT-2's vocabulary (50257) is odd; KV heads fewer than the tensor axis (GQA/MQA: 2 KV heads
+# on tensor=8) are replicated on every tensor shard, the way Megatron and MaxText do it, while
+# the query heads stay split. Any other indivisible parameter axis is a config error.
+SOFT = {"vocab", "kv_heads"}
+
+
+def make_rules(overrides=None) -> tuple:
+    """DEFAULT_RULES with ``overrides`` (``{"embed": None, ...}``) applied, as a hashable tuple."""
+    rules = dict(DEFAULT_RULES)
+    for k, v in dict(overrides or {}).items():
+        if k not in rules:
+            raise ValueError(f"config.mesh.rules: unknown logical axis {k!r}; known: {sorted(rules)}")
+        rules[k] = tuple(v) if isinstance(v, (list, tuple)) else (v or None)
+    return tuple(rules.items())
 
 
 def mesh_shape(sizes: dict, n_devices: int) -> dict:
@@ -68,7 +85,7 @@ def make_mesh(sizes: dict | None = None, devices=None) -> Mesh:
 def spec_for(logical_axes, shape, mesh: Mesh, rules=None, name="", soft=False) -> P:
     """The PartitionSpec of one array from its logical axes, checking divisibility
     (``soft``: replicate any axis that does not divide, as for activations)."""
-    rules = {**RULES, **(rules or {})}
+    rules = dict(rules or DEFAULT_RULES)
     out, used = [], set()
     for dim, ax in zip(shape, logical_axes):
         mesh_ax = rules.get(ax) if ax else None
@@ -89,11 +106,10 @@ def spec_for(logical_axes, shape, mesh: Mesh, rules=None, name="", soft=False) -
     return P(*out)
 
 
-def param_shardings(model_cfg, mesh: Mesh, rules=None) -> dict[str, NamedSharding]:
-    """Our parameter name -> NamedSharding, from the model's table of logical axes."""
-    from .models.transformer import param_shapes
+def param_shardings(table: dict, mesh: Mesh, rules=None) -> dict[str, NamedSharding]:
+    """Parameter name -> NamedSharding, from a table ``name -> (shape, logical axes)``."""
     return {name: NamedSharding(mesh, spec_for(axes, shape, mesh, rules, name))
-            for name, (shape, axes) in param_shapes(model_cfg).items()}
+            for name, (shape, axes) in table.items()}
 
 
 def like_params(tree, params: dict, params_sharding: dict, mesh: Mesh):
@@ -130,10 +146,10 @@ def check_batch(batch_size: int, mesh: Mesh, field="train.batch_size"):
                          f"(mesh data={mesh.shape['data']} x fsdp={mesh.shape['fsdp']})")
 
 
-def check_heads(model_cfg, mesh: Mesh, which="model"):
+def check_heads(n_heads: int, mesh: Mesh, which="model"):
     t = mesh.shape["tensor"]
-    if model_cfg.n_heads % t:
-        raise ValueError(f"config.mesh.tensor: {t} does not divide the {which}'s {model_cfg.n_heads} attention heads")
+    if n_heads % t:
+        raise ValueError(f"config.mesh.tensor: {t} does not divide the {which}'s {n_heads} attention heads")
 
 
 def put(tree, shardings):
@@ -179,25 +195,39 @@ def put_batch(tree, mesh: Mesh | None):
 
 
 # Activations: the model marks its hidden states, heads and KV caches with logical
-# axes through :func:`constrain`; inside :func:`activation_sharding` (the train step
-# traces under it) they become sharding constraints, so XLA keeps the batch split
-# over data x fsdp and gathers FSDP weights instead of replicating activations.
-_ACTIVE: list = []
+# axes through :func:`constrain`; inside a mesh context (``jax.set_mesh``, which the
+# train step and sampling enter) they become sharding constraints, so XLA keeps the
+# batch split over data x fsdp and gathers FSDP weights instead of replicating activations.
+
+def mesh_context(mesh: Mesh):
+    """JAX's own mesh context (``jax.set_mesh``; ``jax.sharding.use_mesh`` on releases that have it)."""
+    use = getattr(jax, "set_mesh", None) or getattr(jax.sharding, "use_mesh")
+    return use(mesh)
 
 
-@contextlib.contextmanager
-def activation_sharding(mesh: Mesh, rules=None):
-    _ACTIVE.append((mesh, {**RULES, **(rules or {})}))
-    try:
-        yield
-    finally:
-        _ACTIVE.pop()
-
-
-def constrain(x, logical_axes):
-    """``x`` constrained to its logical axes on the active mesh; unchanged outside one."""
-    if not _ACTIVE:
+def constrain(x, logical_axes, rules=DEFAULT_RULES):
+    """``x`` constrained to its logical axes on the context's mesh; unchanged outside one."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty:
         return x
-    mesh, rules = _ACTIVE[-1]
     spec = spec_for(logical_axes, x.shape, mesh, rules, soft=True)
-    return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
+    return jax.lax.with_sharding_constraint(x, spec)
+
+
+class Placement:
+    """Where every model array lives, decided once per run from ``config.mesh``: the mesh,
+    and the rules for the teacher and for the student (``shard_student=False`` replicates
+    a small student's embedding axis, i.e. the whole student, for pure data parallelism)."""
+
+    def __init__(self, mesh_cfg, devices=None):
+        mesh_cfg = dict(mesh_cfg)
+        self.mesh = make_mesh({a: mesh_cfg.get(a, 1) for a in AXES}, devices=devices)
+        self.teacher_rules = make_rules(mesh_cfg.get("rules"))
+        self.student_rules = self.teacher_rules if mesh_cfg.get("shard_student", True) else \
+            make_rules({**dict(mesh_cfg.get("rules") or {}), "embed": None})
+
+    def rules(self, role: str) -> tuple:
+        return self.student_rules if role == "student" else self.teacher_rules
+
+    def params(self, table: dict, role: str) -> dict[str, NamedSharding]:
+        return param_shardings(table, self.mesh, self.rules(role))

@@ -64,14 +64,16 @@ def init_state(params, tx):
     return {"params": params, "opt_state": tx.init(params), "step": jnp.zeros((), jnp.int32)}
 
 
-def step_shardings(mesh, student, teacher, tx, student_params, rules=None, teacher_rules=None):
-    """Shardings of everything the step takes, from the rules in ``sharding.py``."""
+def step_shardings(placement, student, teacher, tx, student_params):
+    """Shardings of everything the step takes, from the run's :class:`sharding.Placement`."""
     from . import sharding
-    p_sh = sharding.param_shardings(student, mesh, rules)
+    from .models import param_table
+    mesh = placement.mesh
+    p_sh = placement.params(param_table(student), "student")
     opt = sharding.like_params(jax.eval_shape(tx.init, student_params), student_params, p_sh, mesh)
     rep = sharding.replicated(mesh)
     return {"params": p_sh, "state": {"params": p_sh, "opt_state": opt, "step": rep},
-            "teacher": sharding.param_shardings(teacher, mesh, teacher_rules), "ref": p_sh,
+            "teacher": placement.params(param_table(teacher), "teacher"), "ref": p_sh,
             "batch": sharding.batch_sharding(mesh), "replicated": rep}
 
 
@@ -97,7 +99,7 @@ def make_step(cfg, student, teacher, tx, teacher_params, ref_params=None, shardi
     def _step(state, batch, rng, teacher_params, ref_params):
         if shardings is None:
             return _body(state, batch, rng, teacher_params, ref_params)
-        with sharding_lib.activation_sharding(shardings["replicated"].mesh):
+        with sharding_lib.mesh_context(shardings["replicated"].mesh):
             return _body(state, batch, rng, teacher_params, ref_params)
 
     def _body(state, batch, rng, teacher_params, ref_params):
@@ -180,7 +182,7 @@ def step_flops(cfg, student, teacher, batch_size):
     """Model FLOPs of one step (for MFU): student train on scored tokens, teacher
     forward scoring, generation forwards of both."""
     method = METHODS[cfg.method]
-    from .models.transformer import flops_per_token, forward_flops_per_token
+    from .models import flops_per_token, forward_flops_per_token
     P, R, N = cfg.data.max_prompt_length, cfg.data.max_length - cfg.data.max_prompt_length, cfg.gen.max_new_tokens
     S = P + max(R, N)
     n_resp = 1 + method.teacher_samples + method.student_samples

@@ -25,9 +25,60 @@ def make_tokenizer(path, vocab_size=VOCAB, corpus=None):
     return fast
 
 
+_LLAMA3 = {"rope_type": "llama3", "rope_theta": 10000.0, "factor": 8.0, "low_freq_factor": 1.0,
+           "high_freq_factor": 4.0, "original_max_position_embeddings": 8}  # tests run past 8 tokens
+_BASE = dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=48, num_hidden_layers=3, num_attention_heads=4,
+             num_key_value_heads=2, max_position_embeddings=64, bos_token_id=0, eos_token_id=0, pad_token_id=0)
+# Tiny random configs of every family, together exercising each option: GQA ratios 1, 3, 4, 8
+# and MQA; RoPE default/linear/llama3 past the original context; qkv and MLP biases; q/k norms;
+# explicit head_dim; tied and untied heads; Gemma soft-caps, (1 + w) norms, sandwich norms,
+# sliding windows (4) shorter than the test sequences (10-12), local and global RoPE.
+FAMILY_VARIANTS = {
+    "llama": ("Llama", dict(num_key_value_heads=4)),
+    "llama3_gqa4_bias": ("Llama", dict(hidden_size=64, num_attention_heads=8, num_key_value_heads=2,
+                                       rope_parameters=_LLAMA3, attention_bias=True, mlp_bias=True,
+                                       tie_word_embeddings=True)),
+    "llama_mqa_linear": ("Llama", dict(num_key_value_heads=1, rope_parameters={
+        "rope_type": "linear", "factor": 2.0, "rope_theta": 500.0})),
+    "mistral_gqa3_window": ("Mistral", dict(hidden_size=48, num_attention_heads=6, num_key_value_heads=2,
+                                            sliding_window=4)),
+    "qwen2": ("Qwen2", dict()),
+    "qwen3_gqa8_headdim": ("Qwen3", dict(num_attention_heads=8, num_key_value_heads=1, head_dim=16)),
+    "gemma2": ("Gemma2", dict(head_dim=16, sliding_window=4, query_pre_attn_scalar=24, attn_logit_softcapping=5.0,
+                              final_logit_softcapping=3.0)),
+    "gemma3": ("Gemma3", dict(num_key_value_heads=1, head_dim=8, sliding_window=4,
+                              layer_types=["sliding_attention", "full_attention", "sliding_attention"],
+                              rope_parameters={"full_attention": {"rope_type": "linear", "factor": 4.0,
+                                                                  "rope_theta": 1e6},
+                                               "sliding_attention": {"rope_type": "default", "rope_theta": 1e4}})),
+}
+
+
+def hf_family_model(kind, **over):
+    import torch
+    import transformers
+    name, kw = FAMILY_VARIANTS[kind]
+    config_cls = getattr(transformers, "Gemma3TextConfig" if name == "Gemma3" else f"{name}Config")
+    model_cls = getattr(transformers, f"{name}ForCausalLM")
+    torch.manual_seed(0)
+    return _spread(model_cls(config_cls(**{**_BASE, **kw, **over})))
+
+
+def _spread(m):
+    import torch
+    # spread the random norm/bias params so parity checks exercise them
+    with torch.no_grad():
+        for n, p in m.named_parameters():
+            if p.ndim == 1:
+                p.add_(0.1 * torch.randn_like(p))
+    return m.eval()
+
+
 def hf_model(kind, **over):
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel, OPTConfig, OPTForCausalLM
+    if kind in FAMILY_VARIANTS:
+        return hf_family_model(kind, **over)
     torch.manual_seed(0)
     if kind == "gpt2":
         cfg = dict(vocab_size=VOCAB, n_embd=32, n_layer=3, n_head=4, n_positions=64, bos_token_id=0, eos_token_id=0)
@@ -41,15 +92,10 @@ def hf_model(kind, **over):
         cfg.update(variants[kind])
         cfg.update(over)
         m = OPTForCausalLM(OPTConfig(**cfg))
-    # spread the random LN/bias params so parity checks exercise them
-    with torch.no_grad():
-        for n, p in m.named_parameters():
-            if p.ndim == 1:
-                p.add_(0.1 * torch.randn_like(p))
-    return m.eval()
+    return _spread(m)
 
 
-MODEL_KINDS = ["gpt2", "opt", "opt_post_ln", "opt_proj"]
+MODEL_KINDS = ["gpt2", "opt", "opt_post_ln", "opt_proj", *FAMILY_VARIANTS]
 
 
 @pytest.fixture(scope="session")

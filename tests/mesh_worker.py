@@ -15,7 +15,7 @@ from jax.sharding import PartitionSpec as P  # noqa: E402
 
 from dpkd_jax import models, sharding  # noqa: E402
 from dpkd_jax.config import default_config  # noqa: E402
-from dpkd_jax.models import gpt2  # noqa: E402
+from dpkd_jax.models import gpt2, llama  # noqa: E402
 from dpkd_jax.train import make_optimizer, make_step, place_state, step_shardings  # noqa: E402
 
 
@@ -25,8 +25,10 @@ def setup():
     cfg.gen.max_new_tokens, cfg.gen.eos_token_id, cfg.gen.pad_token_id = 5, 1, 0
     cfg.train.batch_size, cfg.train.lr, cfg.train.schedule, cfg.train.log_every = 8, 1e-3, "constant", 1
     cfg.loss.lm_coef = 0.5
-    mk = lambda d, L, seed: (lambda c: (c, models.init_params(c, jax.random.PRNGKey(seed))))(
-        gpt2.tiny_config(vocab_size=96, d_model=d, n_layers=L, n_heads=2, d_ff=2 * d, max_positions=32))
+    mk = lambda c, seed: (c, models.init_params(c, jax.random.PRNGKey(seed)))
+    # Teacher: a Llama with one KV head (MQA), so tensor=2 exceeds its KV heads; student: GPT-2.
+    teacher = llama.tiny_config(vocab_size=96, d_model=32, n_layers=2, n_heads=2, n_kv_heads=1, d_ff=64)
+    student = gpt2.tiny_config(vocab_size=96, d_model=16, n_layers=2, n_heads=2, d_ff=32, max_positions=32)
     rng = np.random.default_rng(0)
     B, Pl, R = 8, 10, 6
     mask = np.ones((B, Pl), np.int32)
@@ -34,13 +36,13 @@ def setup():
     batch = {"prompt_ids": (rng.integers(2, 96, (B, Pl)) * mask).astype(np.int32), "prompt_mask": mask,
              "response_ids": rng.integers(2, 96, (B, R)).astype(np.int32), "response_mask": np.ones((B, R), np.int32),
              "lm_ids": rng.integers(0, 96, (B, 9)).astype(np.int32)}
-    return cfg, mk(32, 2, 0), mk(16, 2, 1), batch
+    return cfg, mk(teacher, 0), mk(student, 1), batch
 
 
-def run(mesh, steps=2):
+def run(placement, steps=2):
     cfg, (t_cfg, t_params), (s_cfg, s_params), batch = setup()
     tx = make_optimizer(cfg.train)
-    sh = step_shardings(mesh, s_cfg, t_cfg, tx, s_params)
+    sh = step_shardings(placement, s_cfg, t_cfg, tx, s_params)
     t_params = sharding.put(t_params, sh["teacher"])
     state = place_state(s_params, tx, sh)
     step = make_step(cfg, s_cfg, t_cfg, tx, t_params, shardings=sh)
@@ -48,31 +50,32 @@ def run(mesh, steps=2):
     for i in range(steps):
         state, m = step(state, sharding.put(batch, sh["batch"]), jax.random.PRNGKey(i))
         losses.append(float(m["loss/total"]))
-    return state, losses
+    return state, losses, t_params
 
 
 def main():
     assert jax.device_count() == 8, jax.devices()
-    mesh8 = sharding.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
-    mesh1 = sharding.make_mesh({"data": 1}, devices=jax.devices()[:1])
-    s8, l8 = run(mesh8)
-    s1, l1 = run(mesh1)
+    s8, l8, t8 = run(sharding.Placement({"data": 2, "fsdp": 2, "tensor": 2}))
+    s1, l1, _ = run(sharding.Placement({"data": 1}, devices=jax.devices()[:1]))
     np.testing.assert_allclose(l8, l1, rtol=2e-5)
     for k in s1["params"]:
         np.testing.assert_allclose(np.asarray(s8["params"][k]), np.asarray(s1["params"][k]), rtol=1e-4, atol=1e-6,
                                    err_msg=k)
-    # The rules: qkv [L, D, 3, H, K] -> (None, fsdp, None, tensor, None); vocab over tensor.
-    qkv = s8["params"]["blocks/qkv_w"].sharding.spec
-    assert tuple(qkv) == (None, "fsdp", None, "tensor", None), qkv
+    # The rules: q [L, D, H, K] -> (None, fsdp, tensor, None); vocab over tensor.
+    q = s8["params"]["blocks/q_w"].sharding.spec
+    assert tuple(q) == (None, "fsdp", "tensor", None), q
     assert tuple(s8["params"]["embed/tokens"].sharding.spec) == ("tensor", "fsdp")
-    assert tuple(s8["params"]["blocks/fc_w"].sharding.spec) == (None, "fsdp", "tensor")
+    assert tuple(s8["params"]["blocks/up_w"].sharding.spec) == (None, "fsdp", "tensor")
     adam = s8["opt_state"].inner_state[1][0]  # apply_if_finite -> chain(clip, adamw) -> adam
-    assert adam.mu["blocks/qkv_w"].sharding.spec == s8["params"]["blocks/qkv_w"].sharding.spec
-    assert adam.nu["blocks/proj_w"].sharding.spec == P(None, "tensor", "fsdp")
+    assert adam.mu["blocks/q_w"].sharding.spec == s8["params"]["blocks/q_w"].sharding.spec
+    assert adam.nu["blocks/down_w"].sharding.spec == P(None, "tensor", "fsdp")
     assert adam.count.sharding.spec == P()
-    # Each device holds 1/4 of qkv (fsdp x tensor) and all 8 hold something.
-    shard = s8["params"]["blocks/qkv_w"].addressable_shards[0].data.shape
-    assert shard == (2, 8, 3, 1, 8), shard  # student: L=2, D=16/fsdp, 3, H=2/tensor, K=8
+    # Each device holds 1/4 of q (fsdp x tensor) and all 8 hold something.
+    shard = s8["params"]["blocks/q_w"].addressable_shards[0].data.shape
+    assert shard == (2, 8, 1, 8), shard  # student: L=2, D=16/fsdp, H=2/tensor, K=8
+    # Teacher: 1 KV head on tensor=2 is replicated over tensor (query heads stay split).
+    assert tuple(t8["blocks/k_w"].sharding.spec) == (None, "fsdp", None, None), t8["blocks/k_w"].sharding.spec
+    assert tuple(t8["blocks/q_w"].sharding.spec) == (None, "fsdp", "tensor", None)
     print("OK", l8, l1)
 
 

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import types
 
+import jax
 import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
@@ -35,14 +36,37 @@ def test_mesh_shape_resolves_the_rest_and_names_bad_sizes():
 
 def test_rules_give_the_expected_specs_and_refuse_what_does_not_divide():
     m = fake_mesh(fsdp=2, tensor=2)
-    assert sharding.spec_for(("layers", "embed", None, "heads", "head_dim"), (2, 32, 3, 4, 8), m) == \
-        P(None, "fsdp", None, "tensor", None)
+    assert sharding.spec_for(("layers", "embed", "heads", "head_dim"), (2, 32, 4, 8), m) == \
+        P(None, "fsdp", "tensor", None)
+    # KV heads fewer than the tensor axis (MQA) are replicated; as many or more are split.
+    assert sharding.spec_for(("layers", "embed", "kv_heads", "head_dim"), (2, 32, 1, 8), m) == P(None, "fsdp", None, None)
+    assert sharding.spec_for(("layers", "embed", "kv_heads", "head_dim"), (2, 32, 2, 8), m) == \
+        P(None, "fsdp", "tensor", None)
     # GPT-2's odd vocabulary falls back to replication; an odd embed width is an error.
     assert sharding.spec_for(("vocab", "embed"), (50257, 32), m) == P(None, "fsdp")
     with pytest.raises(ValueError, match=r"blocks/x axis 'embed' has size 33.*\('fsdp',\) \(size 2\)"):
         sharding.spec_for(("layers", "embed"), (2, 33), m, name="blocks/x")
-    # A rule override (student kept whole over fsdp).
-    assert sharding.spec_for(("vocab", "embed"), (64, 32), m, {"embed": None}) == P("tensor", None)
+    # A rule override (student kept whole over fsdp), as data.
+    rules = sharding.make_rules({"embed": None})
+    assert sharding.spec_for(("vocab", "embed"), (64, 32), m, rules) == P("tensor", None)
+    with pytest.raises(ValueError, match="config.mesh.rules: unknown logical axis 'embd'"):
+        sharding.make_rules({"embd": None})
+
+
+def test_placement_is_decided_once_from_the_mesh_config():
+    p = sharding.Placement({"data": 1, "fsdp": 1, "tensor": 1, "shard_student": False,
+                            "rules": {"kv_heads": None}}, devices=jax.devices()[:1])
+    assert dict(p.rules("teacher"))["embed"] == "fsdp" and dict(p.rules("student"))["embed"] is None
+    assert dict(p.rules("teacher"))["kv_heads"] is None and dict(p.rules("student"))["kv_heads"] is None
+
+
+def test_constrain_uses_jax_mesh_context_and_is_a_no_op_outside_it():
+    m = sharding.make_mesh({"data": 1}, devices=jax.devices()[:1])
+    x = jax.numpy.ones((4, 3))
+    assert sharding.constrain(x, ("batch", None)) is x
+    with sharding.mesh_context(m):
+        y = jax.jit(lambda a: sharding.constrain(a, ("batch", None)))(x)
+    assert y.sharding.spec == P(("data", "fsdp"))
 
 
 def test_batch_and_heads_that_do_not_divide_name_both_numbers():
@@ -50,7 +74,7 @@ def test_batch_and_heads_that_do_not_divide_name_both_numbers():
         sharding.check_batch(6, fake_mesh(data=2, fsdp=2))
     cfg = gpt2.tiny_config(vocab_size=64, d_model=50, n_layers=1, n_heads=25, d_ff=64, max_positions=8)
     with pytest.raises(ValueError, match=r"config.mesh.tensor: 2 does not divide the teacher's 25 attention heads"):
-        sharding.check_heads(cfg, fake_mesh(tensor=2), "teacher")
+        sharding.check_heads(cfg.n_heads, fake_mesh(tensor=2), "teacher")
 
 
 def test_validate_refuses_a_batch_the_mesh_cannot_split():
@@ -125,14 +149,14 @@ def test_two_processes_equal_one_process_on_four_devices(tmp_path):
 
 def test_memory_plan_counts_shards_exactly(checkpoints):
     from dpkd_jax.config import default_config
-    from dpkd_jax.models import load_config, param_shapes
+    from dpkd_jax.models import load_config, param_table
     from dpkd_jax.tools import plan
     c = default_config()
     c.teacher.path = c.student.path = checkpoints["gpt2"][0]
     c.teacher.dtype = "bfloat16"
     c.data.max_prompt_length, c.data.max_length, c.gen.max_new_tokens, c.train.batch_size = 16, 32, 8, 2
     row = plan.plan_one(c, {"data": -1}, 1)
-    n = sum(int(np.prod(s)) for s, _ in param_shapes(load_config(c.student.path)).values())
+    n = sum(int(np.prod(s)) for s, _ in param_table(load_config(c.student.path)).values())
     assert row["student_params"] == 4 * n and row["teacher_params"] == 2 * n
     assert row["opt_state"] >= 2 * 4 * n  # Adam's two moments, float32
     assert row["total"] >= row["student_params"] + row["teacher_params"] + row["opt_state"] and row["temp"] > 0

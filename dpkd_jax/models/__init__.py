@@ -1,9 +1,15 @@
-"""Flax NNX GPT-2 and OPT models, with Hugging Face checkpoint import/export."""
+"""Causal LMs as pure functions behind a small typed interface: shared components,
+one file per family (gpt2, opt, llama, mistral, qwen2, qwen3, gemma2, gemma3),
+HF safetensors and GGUF in, HF out."""
 
-from .hf import check_same_vocabulary, from_pretrained, load_config, load_tokenizer, save_pretrained
-from .transformer import (CausalLM, Config, flops_per_token, forward, hidden_states, init_cache, init_params,
-                          lm_head, param_shapes, positions_from_mask)
+from .config import Attention, Config, Mlp, Norm, Rope
+from .hf import from_pretrained, hf_config_dict, is_gguf, load_config, read_hf_config, save_pretrained
+from .registry import FAMILIES, family
+from .tokenizers import check_same_vocabulary, load_tokenizer, real_vocab_size
+from .transformer import (CausalLM, flops_per_token, forward, forward_flops_per_token, hidden_states,
+                          init_cache, init_params, lm_head, param_table, positions_from_mask)
 
-__all__ = ["CausalLM", "Config", "from_pretrained", "save_pretrained", "load_config", "load_tokenizer",
-           "check_same_vocabulary", "forward", "hidden_states", "lm_head", "init_cache", "init_params",
-           "param_shapes", "positions_from_mask", "flops_per_token"]
+__all__ = ["Attention", "Config", "Mlp", "Norm", "Rope", "CausalLM", "FAMILIES", "family", "from_pretrained",
+           "save_pretrained", "load_config", "read_hf_config", "hf_config_dict", "is_gguf", "load_tokenizer",
+           "check_same_vocabulary", "real_vocab_size", "forward", "hidden_states", "lm_head", "init_cache",
+           "init_params", "param_table", "positions_from_mask", "flops_per_token", "forward_flops_per_token"]

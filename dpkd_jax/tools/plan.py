@@ -28,10 +28,24 @@ _GPT2 = lambda d, L, H: {"model_type": "gpt2", "vocab_size": 50257, "n_embd": d,
 _OPT = lambda d, L, H: {"model_type": "opt", "vocab_size": 50272, "hidden_size": d, "num_hidden_layers": L,
                         "num_attention_heads": H, "ffn_dim": 4 * d, "max_position_embeddings": 2048,
                         "word_embed_proj_dim": d}
+_QWEN = lambda d, f, L, H, G, V, tied: {
+    "model_type": "qwen2", "vocab_size": V, "hidden_size": d, "intermediate_size": f, "num_hidden_layers": L,
+    "num_attention_heads": H, "num_key_value_heads": G, "max_position_embeddings": 32768, "rms_norm_eps": 1e-6,
+    "rope_theta": 1e6, "tie_word_embeddings": tied}
+_LLAMA3 = lambda d, f, L, factor, tied: {
+    "model_type": "llama", "vocab_size": 128256, "hidden_size": d, "intermediate_size": f, "num_hidden_layers": L,
+    "num_attention_heads": 32, "num_key_value_heads": 8, "head_dim": d // 32, "max_position_embeddings": 131072,
+    "rms_norm_eps": 1e-5, "tie_word_embeddings": tied,
+    "rope_parameters": {"rope_type": "llama3", "rope_theta": 5e5, "factor": factor, "low_freq_factor": 1.0,
+                        "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}}
 KNOWN = {"gpt2-base": _GPT2(768, 12, 12), "gpt2": _GPT2(768, 12, 12), "gpt2-medium": _GPT2(1024, 24, 16),
          "gpt2-large": _GPT2(1280, 36, 20), "gpt2-xlarge": _GPT2(1600, 48, 25), "gpt2-xl": _GPT2(1600, 48, 25),
          "opt-1.3b": _OPT(2048, 24, 32), "opt-2.7b": _OPT(2560, 32, 32), "opt-6.7b": _OPT(4096, 32, 32),
-         "opt-13b": _OPT(5120, 40, 40)}
+         "opt-13b": _OPT(5120, 40, 40),
+         "qwen2.5-7b-instruct": _QWEN(3584, 18944, 28, 28, 4, 152064, False),
+         "qwen2.5-1.5b-instruct": _QWEN(1536, 8960, 28, 12, 2, 151936, True),
+         "llama-3.1-8b-instruct": _LLAMA3(4096, 14336, 32, 8.0, False),
+         "llama-3.2-1b-instruct": _LLAMA3(2048, 8192, 16, 32.0, True)}
 
 # HBM per device, for the "fits" column.
 DEVICES = {"TPU v5e": 16, "TPU v4": 32, "A100-40G": 40, "H100": 80, "TPU v5p": 95}
@@ -42,15 +56,15 @@ TPU_HBM = {"TPU v5 lite": ("TPU v5e", 16), "TPU v6 lite": ("TPU v6e", 32), "TPU 
 
 def model_config(path, dtype, compute_dtype, field):
     import jax.numpy as jnp
-    from ..models import gpt2, hf, opt
-    if os.path.isfile(os.path.join(path, "config.json")):
+    from ..models import family, hf
+    if os.path.isfile(os.path.join(path, "config.json")) or hf.is_gguf(path):
         return hf.load_config(path, dtype=jnp.dtype(dtype), compute_dtype=jnp.dtype(compute_dtype))
     name = os.path.basename(os.path.normpath(path)).lower().removesuffix("-sft")
     if name not in KNOWN:
         raise ValueError(f"config.{field}: {path!r} has no config.json and {name!r} is not one of {sorted(KNOWN)}")
     known = KNOWN[name]
-    fam = gpt2 if known["model_type"] == "gpt2" else opt
-    return fam.config_from_hf(known, param_dtype=jnp.dtype(dtype).name, compute_dtype=jnp.dtype(compute_dtype).name)
+    return family(known["model_type"]).config_from_hf(known, param_dtype=jnp.dtype(dtype).name,
+                                                       compute_dtype=jnp.dtype(compute_dtype).name)
 
 
 def parse_mesh(text):
@@ -77,27 +91,31 @@ def plan_one(cfg, mesh_sizes, devices, batch_per_replica=0):
     import numpy as np
     from .. import sharding
     from ..train import make_optimizer, make_step, step_shardings
-    from ..models.transformer import param_shapes, DTYPES
+    from ..models import param_table
+    from ..models.config import DTYPES
+    devices = jax.devices()[:devices] if isinstance(devices, int) else list(devices)
+    placement = sharding.Placement({**dict(cfg.mesh), **mesh_sizes}, devices=devices)
+    mesh = placement.mesh
     t_cfg = model_config(cfg.teacher.path, cfg.teacher.dtype, cfg.teacher.dtype, "teacher.path")
     s_cfg = model_config(cfg.student.path, cfg.student.dtype, cfg.student.compute_dtype, "student.path")
+    vocab = min(t_cfg.vocab_size, s_cfg.vocab_size)  # differently padded embeddings share the real vocabulary
+    t_cfg = t_cfg.replace(rules=placement.rules("teacher"), output_vocab=vocab, remat=cfg.model.remat)
+    s_cfg = s_cfg.replace(rules=placement.rules("student"), output_vocab=vocab, remat=cfg.model.remat)
     with cfg.unlocked():
         cfg.gen.eos_token_id, cfg.gen.pad_token_id = 2, 1
-    devices = jax.devices()[:devices] if isinstance(devices, int) else list(devices)
-    mesh = sharding.make_mesh(mesh_sizes, devices=devices)
     if batch_per_replica:
         with cfg.unlocked():
             cfg.train.batch_size = batch_per_replica * sharding.data_parallel_size(mesh)
     sharding.check_batch(cfg.train.batch_size, mesh)
-    sharding.check_heads(t_cfg, mesh, "teacher")
-    sharding.check_heads(s_cfg, mesh, "student")
+    sharding.check_heads(t_cfg.n_heads, mesh, "teacher")
+    sharding.check_heads(s_cfg.n_heads, mesh, "student")
     tx = make_optimizer(cfg.train)
 
     def abstract(model_cfg, shardings):
         dt = DTYPES[model_cfg.param_dtype]
-        return {n: jax.ShapeDtypeStruct(s, dt, sharding=shardings[n]) for n, (s, _) in param_shapes(model_cfg).items()}
-    rules = None if cfg.mesh.shard_student else {"embed": None}
-    s_abs = abstract(s_cfg, sharding.param_shardings(s_cfg, mesh, rules))
-    sh = step_shardings(mesh, s_cfg, t_cfg, tx, s_abs, rules=rules)
+        return {n: jax.ShapeDtypeStruct(s, dt, sharding=shardings[n]) for n, (s, _) in param_table(model_cfg).items()}
+    s_abs = abstract(s_cfg, placement.params(param_table(s_cfg), "student"))
+    sh = step_shardings(placement, s_cfg, t_cfg, tx, s_abs)
     t_abs = abstract(t_cfg, sh["teacher"])
     state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
                          jax.eval_shape(lambda p: {"params": p, "opt_state": tx.init(p),
@@ -120,9 +138,11 @@ def plan_one(cfg, mesh_sizes, devices, batch_per_replica=0):
     n_gen = cfg.gen.max_new_tokens
     dp = sharding.data_parallel_size(mesh)
 
-    def kv(model_cfg):  # [2, L, B/dp, P+N, H/tensor, K] in the compute dtype
-        return (2 * model_cfg.n_layers * (B // dp) * (P + n_gen) * (model_cfg.n_heads // mesh.shape["tensor"])
-                * model_cfg.head_dim * np.dtype(DTYPES[model_cfg.compute_dtype]).itemsize)
+    def kv(model_cfg):  # [2, L, B/dp, P+N, G/tensor (G when replicated), K] in the compute dtype
+        g = model_cfg.kv_heads
+        g = g // mesh.shape["tensor"] if g % mesh.shape["tensor"] == 0 else g
+        return (2 * model_cfg.n_layers * (B // dp) * (P + n_gen) * g * model_cfg.head_size
+                * np.dtype(DTYPES[model_cfg.compute_dtype]).itemsize)
     return {"devices": len(devices), "kind": devices[0].device_kind, "batch": B,
             "mesh": "x".join(f"{a}{mesh.shape[a]}" for a in sharding.AXES),
             "teacher_params": per_device(t_abs), "student_params": per_device(state["params"]),

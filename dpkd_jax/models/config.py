@@ -1,0 +1,147 @@
+"""The architecture description every family translates its HF config into.
+
+One frozen (hashable) dataclass: it is the static part of every jit. Each
+component has its own small spec, so a family says what it is ("RMSNorm with a
+(1 + w) scale, RoPE llama3, gated GELU") rather than flipping switches in the
+forward. Options a family does not support never reach here: the family file
+refuses them by name.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax.numpy as jnp
+
+from ..sharding import DEFAULT_RULES
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+ROPE_TYPES = ("default", "linear", "llama3")
+REMAT = ("none", "full", "dots")
+
+
+@dataclasses.dataclass(frozen=True)
+class Norm:
+    kind: str = "layernorm"     # "layernorm" | "rmsnorm"
+    bias: bool = True           # LayerNorm only
+    eps: float = 1e-5
+    offset: float = 0.0         # Gemma stores w and scales by (1 + w)
+
+    def __post_init__(self):
+        if self.kind not in ("layernorm", "rmsnorm"):
+            raise ValueError(f"norm kind must be layernorm or rmsnorm, got {self.kind!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Rope:
+    theta: float = 10000.0
+    type: str = "default"       # default | linear | llama3 (HF rope_parameters' rope_type)
+    factor: float = 1.0
+    low_freq_factor: float = 1.0
+    high_freq_factor: float = 4.0
+    original_max_positions: int = 8192
+
+    def __post_init__(self):
+        if self.type not in ROPE_TYPES:
+            raise ValueError(f"rope_type {self.type!r} is not supported; supported: {ROPE_TYPES}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Attention:
+    qkv_bias: bool = False
+    out_bias: bool = False
+    qk_norm: bool = False                  # Qwen3 / Gemma3: RMSNorm over head_dim on q and k
+    query_scale: float = 0.0               # 0: head_dim ** -0.5
+    softcap: float = 0.0                   # Gemma 2: tanh soft-capping of scores; 0 = off
+    layer_windows: tuple[int, ...] = ()    # per layer: sliding window (0 = full attention); () = all full
+    rope: Rope | None = None               # None: learned positions (GPT-2/OPT)
+    local_rope: Rope | None = None         # Gemma 3: the RoPE of sliding-window layers
+
+
+@dataclasses.dataclass(frozen=True)
+class Mlp:
+    activation: str = "gelu_new"
+    gated: bool = False                    # SwiGLU / GeGLU: down(act(gate(x)) * up(x))
+    bias: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """Architecture plus numerics; also the hashable decode call ``sampling`` uses."""
+    model_type: str
+    vocab_size: int
+    d_model: int
+    n_layers: int
+    n_heads: int
+    d_ff: int
+    max_positions: int
+    n_kv_heads: int = 0                    # 0: = n_heads
+    head_dim: int = 0                      # 0: d_model // n_heads
+    norm: Norm = Norm()
+    attention: Attention = Attention()
+    mlp: Mlp = Mlp()
+    pre_norm: bool = True                  # OPT-350m is post-norm
+    sandwich_norm: bool = False            # Gemma 2/3: also a norm after attention and after the MLP
+    final_norm: bool = True
+    position_offset: int = 0               # learned positions: OPT's 2
+    embed_dim: int = 0                     # OPT word_embed_proj_dim (projected in and out); 0 = d_model
+    embed_scale: bool = False              # Gemma: embeddings times sqrt(d_model)
+    tied_head: bool = True
+    final_softcap: float = 0.0             # Gemma 2: tanh soft-capping of the logits
+    output_vocab: int = 0                  # logits over the first n rows only (the tokenizer's real vocab); 0 = all
+    hf_config: str = ""                    # the original config.json (JSON text), kept for export
+    # numerics and execution
+    param_dtype: str = "float32"
+    compute_dtype: str = "float32"
+    scan_layers: bool = True
+    remat: str = "none"                    # none | full | dots (save matmul outputs): training memory vs compute
+    rules: tuple = DEFAULT_RULES           # logical axis -> mesh axes, for activation constraints
+
+    def __post_init__(self):
+        from .components import ACTIVATIONS
+        if self.n_heads % self.kv_heads:
+            raise ValueError(f"num_attention_heads={self.n_heads} is not a multiple of num_key_value_heads="
+                             f"{self.kv_heads}")
+        if not self.head_dim and self.d_model % self.n_heads:
+            raise ValueError(f"hidden size {self.d_model} is not divisible by {self.n_heads} heads; set head_dim")
+        if self.mlp.activation not in ACTIVATIONS:
+            raise ValueError(f"activation {self.mlp.activation!r} is not supported; known: {sorted(ACTIVATIONS)}")
+        if self.attention.layer_windows and len(self.attention.layer_windows) != self.n_layers:
+            raise ValueError(f"layer_windows has {len(self.attention.layer_windows)} entries for {self.n_layers} layers")
+        if self.remat not in REMAT:
+            raise ValueError(f"remat must be one of {REMAT}, got {self.remat!r}")
+        for f in ("param_dtype", "compute_dtype"):
+            if getattr(self, f) not in DTYPES:
+                raise ValueError(f"{f} must be one of {sorted(DTYPES)}, got {getattr(self, f)!r}")
+
+    @property
+    def kv_heads(self):
+        return self.n_kv_heads or self.n_heads
+
+    @property
+    def head_size(self):
+        return self.head_dim or self.d_model // self.n_heads
+
+    @property
+    def word_dim(self):
+        return self.embed_dim or self.d_model
+
+    @property
+    def projected(self):
+        return self.word_dim != self.d_model
+
+    @property
+    def logits_vocab(self):
+        return self.output_vocab or self.vocab_size
+
+    def replace(self, **kw):
+        return dataclasses.replace(self, **kw)
+
+    # ---- the decoding protocol `sampling` uses: a hashable pure call ----
+    def __call__(self, params, tokens, positions, attention_mask, cache=None, cache_index=0, logits_range=None):
+        from .transformer import forward
+        return forward(self, params, tokens, positions, attention_mask, cache, cache_index, logits_range)
+
+    def init_cache(self, batch, length):
+        from .transformer import init_cache
+        return init_cache(self, batch, length)

@@ -1,0 +1,81 @@
+"""Helpers the family files share to read and write HF ``config.json`` fields:
+refusing unsupported options by name, RoPE parameters, per-layer sliding windows."""
+
+from __future__ import annotations
+
+import json
+
+from .config import ROPE_TYPES, Rope
+
+
+def refuse(hf: dict, family: str, allowed: dict):
+    """Refuse any option whose value is not the one we implement: ``{key: (default, ok values...)}``."""
+    for key, (default, *ok) in allowed.items():
+        value = hf.get(key, default)
+        if value is None:
+            value = default
+        if value not in ok:
+            raise ValueError(f"config.json: {family} option {key}={value!r} is not supported "
+                             f"(supported: {', '.join(map(repr, ok))})")
+
+
+def rope_from_hf(hf: dict, family: str, params: dict | None = None) -> Rope:
+    """Our Rope from transformers 5's ``rope_parameters`` (or older ``rope_scaling`` + ``rope_theta``)."""
+    p = dict(params if params is not None else (hf.get("rope_parameters") or hf.get("rope_scaling") or {}))
+    theta = p.get("rope_theta", hf.get("rope_theta", 10000.0))
+    kind = p.get("rope_type", p.get("type", "default"))
+    if kind not in ROPE_TYPES:
+        raise ValueError(f"config.json: {family} rope_type={kind!r} is not supported (supported: {ROPE_TYPES})")
+    if p.get("partial_rotary_factor", hf.get("partial_rotary_factor", 1.0)) != 1.0:
+        raise ValueError(f"config.json: {family} option partial_rotary_factor="
+                         f"{p.get('partial_rotary_factor', hf.get('partial_rotary_factor'))} is not supported")
+    kw = dict(theta=float(theta), type=kind)
+    if kind in ("linear", "llama3"):
+        kw["factor"] = float(p["factor"])
+    if kind == "llama3":
+        kw.update(low_freq_factor=float(p["low_freq_factor"]), high_freq_factor=float(p["high_freq_factor"]),
+                  original_max_positions=int(p["original_max_position_embeddings"]))
+    return Rope(**kw)
+
+
+def rope_to_hf(r: Rope) -> dict:
+    out = {"rope_type": r.type, "rope_theta": r.theta}
+    if r.type in ("linear", "llama3"):
+        out["factor"] = r.factor
+    if r.type == "llama3":
+        out.update(low_freq_factor=r.low_freq_factor, high_freq_factor=r.high_freq_factor,
+                   original_max_position_embeddings=r.original_max_positions)
+    return out
+
+
+def layer_windows(hf: dict, n_layers: int, all_sliding: bool = False) -> tuple[int, ...]:
+    """Per-layer sliding window (0 = full attention) from ``layer_types`` and ``sliding_window``;
+    ``all_sliding``: every layer slides when ``sliding_window`` is set (Mistral)."""
+    window = hf.get("sliding_window") or 0
+    types = hf.get("layer_types")
+    if types is not None:
+        if len(types) != n_layers:
+            raise ValueError(f"config.json: layer_types has {len(types)} entries for {n_layers} layers")
+        bad = sorted(set(types) - {"full_attention", "sliding_attention"})
+        if bad:
+            raise ValueError(f"config.json: layer_types {bad} are not supported")
+        if "sliding_attention" in types and not window:
+            raise ValueError("config.json: layer_types has sliding_attention layers but sliding_window is not set")
+        out = tuple(window if t == "sliding_attention" else 0 for t in types)
+    else:
+        out = (window if all_sliding else 0,) * n_layers
+    return out if any(out) else ()
+
+
+def windows_to_hf(cfg) -> dict:
+    w = cfg.attention.layer_windows
+    if not w:
+        return {"sliding_window": None, "layer_types": ["full_attention"] * cfg.n_layers}
+    return {"sliding_window": max(w), "layer_types": ["sliding_attention" if x else "full_attention" for x in w]}
+
+
+def merged(cfg, fields: dict) -> dict:
+    """The original config.json (kept in ``cfg.hf_config``) with our fields written over it."""
+    out = json.loads(cfg.hf_config) if cfg.hf_config else {}
+    out.update(fields)
+    return out

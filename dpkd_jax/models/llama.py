@@ -1,0 +1,98 @@
+"""Llama (2, 3, 3.1, 3.2; SmolLM2, Vicuna, TinyLlama) and the weight table the
+Llama-shaped families share (Mistral, Qwen2, Qwen3): RMSNorm, RoPE (default,
+linear, llama3), grouped-query attention, SwiGLU, tied or untied head."""
+
+from __future__ import annotations
+
+import json
+
+from .config import Attention, Config, Mlp, Norm
+from .hfconfig import layer_windows, merged, refuse, rope_from_hf, rope_to_hf, windows_to_hf
+from .weights import Row
+
+MODEL_TYPES = ("llama",)
+ARCHITECTURE = "LlamaForCausalLM"
+
+_L = "model.layers.{i}."
+WEIGHTS = [
+    Row("model.embed_tokens.weight", "embed/tokens"),
+    Row("model.norm.weight", "final_norm/scale"),
+    Row("lm_head.weight", "head/w", transpose=True),
+    Row(_L + "input_layernorm.weight", "blocks/attn_norm/scale"),
+    Row(_L + "post_attention_layernorm.weight", "blocks/mlp_norm/scale"),
+    Row(_L + "self_attn.q_proj.weight", "blocks/q_w", transpose=True),
+    Row(_L + "self_attn.k_proj.weight", "blocks/k_w", transpose=True),
+    Row(_L + "self_attn.v_proj.weight", "blocks/v_w", transpose=True),
+    Row(_L + "self_attn.o_proj.weight", "blocks/o_w", transpose=True, in_axes=2),
+    Row(_L + "self_attn.q_proj.bias", "blocks/q_b"),
+    Row(_L + "self_attn.k_proj.bias", "blocks/k_b"),
+    Row(_L + "self_attn.v_proj.bias", "blocks/v_b"),
+    Row(_L + "self_attn.o_proj.bias", "blocks/o_b"),
+    Row(_L + "self_attn.q_norm.weight", "blocks/q_norm/scale"),
+    Row(_L + "self_attn.k_norm.weight", "blocks/k_norm/scale"),
+    Row(_L + "mlp.gate_proj.weight", "blocks/gate_w", transpose=True),
+    Row(_L + "mlp.up_proj.weight", "blocks/up_w", transpose=True),
+    Row(_L + "mlp.down_proj.weight", "blocks/down_w", transpose=True),
+    Row(_L + "mlp.gate_proj.bias", "blocks/gate_b"),
+    Row(_L + "mlp.up_proj.bias", "blocks/up_b"),
+    Row(_L + "mlp.down_proj.bias", "blocks/down_b"),
+]
+# Rotary caches some old checkpoints saved; the tied head when tie_word_embeddings is true.
+IGNORED = ("rotary_emb.inv_freq",)
+
+_UNSUPPORTED = {"pretraining_tp": (1, 1)}
+
+
+def weights(cfg: Config):
+    return WEIGHTS
+
+
+def llama_like(hf: dict, family: str, *, qkv_bias: bool, out_bias: bool, qk_norm=False, all_sliding=False,
+               **numerics) -> Config:
+    """The Config of a Llama-shaped model; the family says which biases and norms it has."""
+    refuse(hf, family, _UNSUPPORTED)
+    D, H = hf["hidden_size"], hf["num_attention_heads"]
+    L = hf["num_hidden_layers"]
+    return Config(
+        model_type=hf["model_type"], vocab_size=hf["vocab_size"], d_model=D, n_layers=L, n_heads=H,
+        n_kv_heads=hf.get("num_key_value_heads") or H, head_dim=hf.get("head_dim") or D // H,
+        d_ff=hf["intermediate_size"], max_positions=hf.get("max_position_embeddings", 2048),
+        norm=Norm("rmsnorm", eps=hf.get("rms_norm_eps", 1e-6)),
+        attention=Attention(qkv_bias=qkv_bias, out_bias=out_bias, qk_norm=qk_norm, rope=rope_from_hf(hf, family),
+                            layer_windows=layer_windows(hf, L, all_sliding)),
+        mlp=Mlp(hf.get("hidden_act", "silu"), gated=True, bias=bool(hf.get("mlp_bias", False))),
+        tied_head=bool(hf.get("tie_word_embeddings", False)), final_norm=True,
+        hf_config=json.dumps(hf, sort_keys=True), **numerics)
+
+
+def llama_like_to_hf(cfg: Config, architecture: str) -> dict:
+    return merged(cfg, {
+        "model_type": cfg.model_type, "architectures": [architecture], "vocab_size": cfg.vocab_size,
+        "hidden_size": cfg.d_model, "intermediate_size": cfg.d_ff, "num_hidden_layers": cfg.n_layers,
+        "num_attention_heads": cfg.n_heads, "num_key_value_heads": cfg.kv_heads, "head_dim": cfg.head_size,
+        "max_position_embeddings": cfg.max_positions, "rms_norm_eps": cfg.norm.eps,
+        "hidden_act": cfg.mlp.activation, "tie_word_embeddings": cfg.tied_head,
+        "rope_parameters": rope_to_hf(cfg.attention.rope), **windows_to_hf(cfg)})
+
+
+def config_from_hf(hf: dict, **numerics) -> Config:
+    bias = bool(hf.get("attention_bias", False))
+    return llama_like(hf, "llama", qkv_bias=bias, out_bias=bias, **numerics)
+
+
+def config_to_hf(cfg: Config) -> dict:
+    out = llama_like_to_hf(cfg, ARCHITECTURE)
+    out.update(attention_bias=cfg.attention.qkv_bias, mlp_bias=cfg.mlp.bias)
+    for k in ("sliding_window", "layer_types"):  # Llama has no sliding window
+        out.pop(k, None)
+    return out
+
+
+def tiny_config(**kw) -> Config:
+    """A small Llama-family model (GQA, RoPE, SwiGLU) for tests and benches."""
+    from .config import Rope
+    base = dict(model_type="llama", vocab_size=512, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=128,
+                max_positions=2048, norm=Norm("rmsnorm", eps=1e-5), attention=Attention(rope=Rope()),
+                mlp=Mlp("silu", gated=True, bias=False), tied_head=False)
+    base.update(kw)
+    return Config(**base)

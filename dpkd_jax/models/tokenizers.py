@@ -1,0 +1,55 @@
+"""Tokenizers beside a checkpoint (or inside a GGUF file), through transformers,
+and the check that teacher and student share one vocabulary."""
+
+from __future__ import annotations
+
+import os
+
+from .hf import is_gguf, load_config
+
+TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "tokenizer.model", "tokenizer_config.json")
+
+
+def load_tokenizer(path):
+    """``transformers.AutoTokenizer`` for a checkpoint folder or a ``.gguf`` file (its
+    embedded tokenizer and chat template); a ValueError naming the path if unreadable."""
+    from transformers import AutoTokenizer
+    if is_gguf(path):
+        kw = dict(pretrained_model_name_or_path=os.path.dirname(os.path.abspath(path)),
+                  gguf_file=os.path.basename(path))
+    else:
+        if not any(os.path.isfile(os.path.join(path, f)) for f in TOKENIZER_FILES):
+            raise ValueError(f"{path}: no tokenizer files ({', '.join(TOKENIZER_FILES)}); save the tokenizer "
+                             "beside the checkpoint (tokenizer.save_pretrained)")
+        kw = dict(pretrained_model_name_or_path=path)
+    try:
+        return AutoTokenizer.from_pretrained(**kw, local_files_only=True)
+    except Exception as e:
+        raise ValueError(f"{path}: the tokenizer cannot be loaded ({type(e).__name__}: "
+                         f"{str(e).splitlines()[0] if str(e) else ''}); re-save it with tokenizer.save_pretrained") \
+            from None
+
+
+def real_vocab_size(tokenizer) -> int:
+    """Token ids the tokenizer can produce: embedding matrices are often padded past it."""
+    return len(tokenizer)
+
+
+def check_same_vocabulary(teacher_path, student_path, teacher_tok=None, student_tok=None) -> int:
+    """Teacher and student must map the same ids to the same tokens; their embedding
+    matrices may be padded differently (Qwen2.5-7B 152064 rows, 1.5B 151936). Returns
+    the shared real vocabulary size; raises ValueError explaining any difference."""
+    t_tok = teacher_tok or load_tokenizer(teacher_path)
+    s_tok = student_tok or load_tokenizer(student_path)
+    if t_tok.get_vocab() != s_tok.get_vocab():
+        raise ValueError(
+            f"teacher and student tokenizers differ: the token->id maps of {teacher_path} ({len(t_tok)} tokens) "
+            f"and {student_path} ({len(s_tok)} tokens) are not the same, so the same id means different text in "
+            "the two models; token-level objectives need one vocabulary")
+    n = real_vocab_size(t_tok)
+    for path in (teacher_path, student_path):
+        rows = load_config(path).vocab_size
+        if rows < n:
+            where = path if is_gguf(path) else os.path.join(path, "config.json")
+            raise ValueError(f"{where}: vocab_size={rows} is smaller than the tokenizer's {n} tokens")
+    return n

@@ -8,7 +8,7 @@ from dpkd_jax.config import default_config
 def get_config():
     c = default_config()
     c.workdir = "work_dirs/demo"
-    c.resume = False
+    c.resume = True  # a rerun reuses the stages already finished (printed as it goes)
     c.teacher.dtype = "float32"
     c.student.compute_dtype = "float32"
     c.data.dev_num = 100

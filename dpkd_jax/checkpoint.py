@@ -10,9 +10,11 @@ from __future__ import annotations
 import contextlib
 import copy
 import os
+import shutil
 
 import jax
 import orbax.checkpoint as ocp
+from .errors import InputError
 
 
 class Checkpoints:
@@ -54,7 +56,7 @@ class Checkpoints:
             out = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
                                                                  extra=ocp.args.JsonRestore()))
         except Exception as e:  # a checkpoint from another config, or a corrupt one
-            raise ValueError(f"checkpoint {manager.directory}/{step} cannot be restored into this run's state "
+            raise InputError(f"checkpoint {manager.directory}/{step} cannot be restored into this run's state "
                              f"({type(e).__name__}: {str(e)[:300]}). Start fresh with --config.resume=False or "
                              "another --config.workdir.") from e
         return out["state"], out["extra"]
@@ -78,3 +80,55 @@ class Checkpoints:
     def close(self):
         self.latest.close()
         self.best.close()
+
+
+def check_workdir(path):
+    """Create the work dir and prove it writable, or stop naming config.workdir."""
+    try:
+        os.makedirs(path, exist_ok=True)
+        probe = os.path.join(path, f".write_test_{jax.process_index()}")
+        with open(probe, "w") as f:
+            f.write("ok")
+        os.remove(probe)
+    except OSError as e:
+        raise InputError(f"config.workdir: {path!r} is not writable ({e.strerror or e})") from e
+
+
+def find_checkpoints(workdir) -> list[tuple[str, int]]:
+    """Every ``checkpoints`` folder under ``workdir`` (one per stage) with its latest complete step."""
+    out = []
+    for root, dirs, _ in os.walk(workdir):
+        if os.path.basename(root) == "checkpoints":
+            latest = os.path.join(root, "latest")
+            steps = [int(d) for d in (os.listdir(latest) if os.path.isdir(latest) else []) if d.isdigit()]
+            if steps:
+                out.append((root, max(steps)))
+            dirs[:] = []
+    return sorted(out)
+
+
+def prepare_workdir(cfg) -> list[tuple[str, int]]:
+    """Decide at start-up what earlier checkpoints in the work dir mean, never at the first save:
+    ``resume=True`` continues from them (a finished stage is reused), ``overwrite=True`` clears
+    them, and otherwise the run stops naming the work dir and the ways on."""
+    wd = cfg.workdir
+    check_workdir(wd)
+    found = find_checkpoints(wd)
+    if not found:
+        return found
+    desc = ", ".join(f"{os.path.relpath(d, wd)} at step {s}" for d, s in found)
+    if cfg.resume:
+        print(f"resuming from the checkpoints in {wd}: {desc}")
+        return found
+    if not cfg.overwrite:
+        raise InputError(f"config.workdir: {wd!r} holds checkpoints of an earlier run ({desc}) and resume=False: "
+                         "choose another --config.workdir, or pass --config.overwrite=True to clear them "
+                         "(--config.resume=True continues from them)")
+    if jax.process_index() == 0:
+        for d, _ in found:
+            shutil.rmtree(d)
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+        multihost_utils.sync_global_devices("overwrite checkpoints")
+    print(f"overwrite: cleared the checkpoints in {wd} ({desc}); starting fresh")
+    return []

@@ -12,6 +12,7 @@ import ml_collections
 from .losses import DPKD_FORMS
 from .methods import METHODS
 from .sharding import DEFAULT_RULES
+from .errors import InputError
 
 
 def default_config():
@@ -20,12 +21,15 @@ def default_config():
     c.mode = "train"            # train | eval | generate
     c.seed = 0
     c.workdir = "work_dirs/run"
-    c.resume = True
+    c.resume = True             # continue from checkpoints in workdir (a finished stage is reused)
+    c.overwrite = False         # with resume=False: clear earlier checkpoints in workdir instead of stopping
     c.teacher = ml_collections.ConfigDict({"path": "", "dtype": "bfloat16"})
     c.student = ml_collections.ConfigDict({"path": "", "dtype": "float32", "compute_dtype": "bfloat16"})
     c.data = ml_collections.ConfigDict({
         "train": "", "dev_num": 500, "eval_sets": ml_collections.ConfigDict(), "pretrain": "",
-        "max_prompt_length": 256, "max_length": 512, "lm_seq_len": 512})
+        "max_prompt_length": 256, "max_length": 512, "lm_seq_len": 512,
+        # dolly: the reference code's template; chat: the tokenizer's chat template (instruct models)
+        "template": "dolly"})
     c.train = ml_collections.ConfigDict({
         "steps": 1000, "batch_size": 8, "grad_accum": 1, "lr": 5e-4, "weight_decay": 0.01, "warmup_steps": 0,
         "schedule": "cosine", "min_lr_ratio": 0.0, "grad_clip": 1.0, "adam_b1": 0.9, "adam_b2": 0.999,
@@ -54,6 +58,8 @@ def default_config():
         "top_p": 1.0, "greedy": False, "max_examples": 0, "eval_teacher": True})
     c.generate = ml_collections.ConfigDict({"prompt": "", "input_file": "", "output_file": ""})
     c.demo = ml_collections.ConfigDict({"enabled": False})
+    # mode=check: also compile the step abstractly for a per-device memory estimate (slower)
+    c.check = ml_collections.ConfigDict({"memory": False})
     return c
 
 
@@ -84,11 +90,11 @@ def validate(c):
     import jax
 
     def fail(field, msg):
-        raise ValueError(f"config.{field}: {msg}")
+        raise InputError(f"config.{field}: {msg}")
     if c.method not in METHODS:
         fail("method", f"unknown method {c.method!r}; choose from {sorted(METHODS)}")
-    if c.mode not in ("train", "eval", "generate"):
-        fail("mode", f"must be train, eval or generate, got {c.mode!r}")
+    if c.mode not in ("train", "eval", "generate", "check"):
+        fail("mode", f"must be train, eval, generate or check, got {c.mode!r}")
     if c.loss.form not in DPKD_FORMS:
         fail("loss.form", f"unknown form {c.loss.form!r}; choose from {DPKD_FORMS}")
     if c.loss.beta <= 0:
@@ -97,6 +103,8 @@ def validate(c):
         fail("loss.kd_ratio", f"must be in [0, 1], got {c.loss.kd_ratio}")
     if c.data.max_prompt_length >= c.data.max_length:
         fail("data.max_prompt_length", f"{c.data.max_prompt_length} must be < data.max_length={c.data.max_length}")
+    if c.data.template not in ("dolly", "chat"):
+        fail("data.template", f"must be dolly or chat, got {c.data.template!r}")
     if c.gen.teacher_mode not in ("online", "offline"):
         fail("gen.teacher_mode", f"must be online or offline, got {c.gen.teacher_mode!r}")
     from . import sharding
@@ -117,9 +125,17 @@ def validate(c):
         for field in ("teacher.path", "student.path"):
             path = c.teacher.path if field == "teacher.path" else c.student.path
             if not path:
-                fail(field, "is empty: point it at a local Hugging Face checkpoint folder")
-            if not os.path.isdir(path):
+                fail(field, "is empty: point it at a local Hugging Face checkpoint folder, a .gguf file or "
+                            "asset:<name>")
+            if path.startswith("asset:"):
+                from .assets import ASSETS
+                if path[len("asset:"):] not in ASSETS:
+                    fail(field, f"unknown asset {path!r}; known: {sorted('asset:' + k for k in ASSETS)}")
+            elif path.endswith(".gguf"):
+                if not os.path.isfile(path):
+                    fail(field, f"{path!r}: no such GGUF file")
+            elif not os.path.isdir(path):
                 fail(field, f"{path!r} is not a directory")
-        if c.mode == "train" and not c.data.train:
+        if c.mode in ("train", "check") and not c.data.train:
             fail("data.train", "is empty: a Dolly-format JSONL path, hf:<name> or tfds:<name>")
     return c

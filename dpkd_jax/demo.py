@@ -19,7 +19,9 @@ from . import evaluate as eval_lib
 from . import models, sharding
 from .loop import train_loop
 from .models import gpt2
-from .pipeline import check_workdir, export, load_eval_sets, plot_history, print_table, resolve_token_ids
+from .checkpoint import prepare_workdir
+from .pipeline import (data_options, export, load_eval_sets, plot_history, print_table,
+                       resolve_token_ids)
 
 DEMO_DIR = os.path.join(os.path.dirname(__file__), "data", "demo")
 
@@ -64,7 +66,7 @@ def _stage_cfg(cfg, method, steps, lr, workdir):
 def run_demo(cfg):
     d = cfg.demo
     wd = cfg.workdir
-    check_workdir(wd)
+    prepare_workdir(cfg)
     placement = sharding.Placement(cfg.mesh)
     mesh = placement.mesh
     tok_dir = os.path.join(wd, "tokenizer")
@@ -75,9 +77,8 @@ def run_demo(cfg):
         multihost_utils.sync_global_devices("demo tokenizer")
     tokenizer = models.load_tokenizer(tok_dir)
     resolve_token_ids(cfg, tokenizer)
-    dl = dict(max_prompt_length=cfg.data.max_prompt_length, max_length=cfg.data.max_length,
-              pad_token_id=cfg.gen.pad_token_id)
-    full, report = data_lib.load_instructions(cfg.data.train or demo_file("train.jsonl"), tokenizer, **dl)
+    full, report = data_lib.load_instructions(cfg.data.train or demo_file("train.jsonl"), tokenizer,
+                                              **data_options(cfg))
     print(report)
     train_data, dev = data_lib.split_dev(full, cfg.data.dev_num, cfg.seed)
     lm_rows = data_lib.load_packed(cfg.data.pretrain or demo_file("pretrain.txt"), tokenizer, cfg.data.lm_seq_len)

@@ -109,7 +109,8 @@ def train_loop(cfg, student, params, teacher, teacher_params, train_data, lm_row
             batches.restore(ext["data"])
             history = ext.get("history", [])
             start = int(state["step"])
-            print(f"{desc or cfg.method}: resumed from step {start} ({ckpt.latest.directory})")
+            done_already = " (finished: reusing it)" if start >= t.steps else ""
+            print(f"{desc or cfg.method}: resumed from step {start}{done_already} ({ckpt.latest.directory})")
     step_fn = make_step(cfg, student, teacher, tx, teacher_params, ref_params, sh)
     writer = SummaryWriter(os.path.join(workdir, "tb")) if jax.process_index() == 0 else None
     throughput = Throughput(step_flops(cfg, student, teacher, t.batch_size),

@@ -1,4 +1,9 @@
-"""Command line: ``python -m dpkd_jax.main --config=configs/X.py [--config.a.b=value ...]``."""
+"""Command line: ``python -m dpkd_jax.main --config=configs/X.py [--config.a.b=value ...]``.
+
+Exit statuses: 0 done (or preempted after a checkpoint), 2 configuration or input error
+(one line on stderr, no traceback; ``--traceback`` shows it), 3 divergence, 143 a second
+SIGTERM. Anything else is a bug and keeps its traceback.
+"""
 
 from __future__ import annotations
 
@@ -10,12 +15,15 @@ from absl import app, flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
 
+from .errors import EXIT_DIVERGED, EXIT_INPUT, InputError, one_line
+
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/demo.py", "experiment config file", lock_config=True)
+_TRACEBACK = flags.DEFINE_bool("traceback", False, "show the full traceback of configuration and input errors")
 
 
 def init_distributed(cfg):
     """``jax.distributed.initialize`` when the config or ``DPKD_DISTRIBUTED=1`` asks for it;
-    empty fields are auto-detected by JAX (TPU pod slices, SLURM)."""
+    empty fields are auto-detected by JAX (TPU pods, SLURM)."""
     d = cfg.distributed
     if not (d.enabled or os.environ.get("DPKD_DISTRIBUTED") == "1"):
         return
@@ -35,34 +43,74 @@ def init_distributed(cfg):
                  jax.local_device_count(), jax.device_count())
 
 
+def _process_index():
+    try:
+        import jax
+        return jax.process_index()
+    except Exception:  # noqa: BLE001 - before or without a backend: a single process
+        return 0
+
+
+def fail(message: str, status: int):
+    """One line on stderr (process 0 only in a multi-host run: every process fails alike)
+    and the same exit status on every process."""
+    if _process_index() == 0:
+        print(f"error: {message}", file=sys.stderr, flush=True)
+    sys.exit(status)
+
+
+def run(cfg):
+    from .config import validate
+    cfg = validate(cfg)
+    if cfg.mode == "check":
+        from .preflight import preflight
+        return preflight(cfg)
+    if cfg.demo.enabled:
+        from .demo import run_demo
+        return run_demo(cfg)
+    from .pipeline import run as run_pipeline
+    return run_pipeline(cfg)
+
+
 def main(argv):
     if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+        fail(f"unexpected arguments: {' '.join(argv[1:])}", EXIT_INPUT)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if not flags.FLAGS["verbosity"].present:
         absl_logging.set_verbosity(absl_logging.WARNING)  # orbax logs every save at INFO
     cfg = _CONFIG.value
-    init_distributed(cfg)
-    from .config import validate
     from .loop import Diverged, Preempted
-    cfg = validate(cfg)
     try:
-        if cfg.demo.enabled:
-            from .demo import run_demo
-            run_demo(cfg)
-        else:
-            from .pipeline import run
-            run(cfg)
+        init_distributed(cfg)
+        run(cfg)
     except Preempted as e:
         print(e, flush=True)
         sys.exit(0)
     except Diverged as e:
-        print(f"error: {e}", file=sys.stderr, flush=True)
-        sys.exit(3)
+        fail(str(e), EXIT_DIVERGED)
+    except InputError as e:
+        if _TRACEBACK.value:
+            raise
+        fail(one_line(e), EXIT_INPUT)
+
+
+def parse_flags(argv):
+    """absl's flag parsing, with a bad flag or config override (``--config.trian.steps``)
+    as one line and exit status 2."""
+    try:
+        return flags.FLAGS(argv)
+    except (flags.Error, KeyError, AttributeError, TypeError, ValueError) as e:
+        if "--traceback" in argv:
+            raise
+        msg = one_line(e)
+        key = msg.split("'")[1] if msg.count("'") >= 2 else None
+        culprit = next((a for a in argv[1:] if key and a.startswith("--") and f".{key}" in a), None)
+        print(f"error: {culprit + ': ' if culprit else ''}{msg}", file=sys.stderr, flush=True)
+        sys.exit(EXIT_INPUT)
 
 
 def entry():
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)
 
 
 if __name__ == "__main__":

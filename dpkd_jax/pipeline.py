@@ -15,8 +15,10 @@ from tqdm import tqdm
 from . import data as data_lib
 from . import evaluate as eval_lib
 from . import models, sharding
+from .checkpoint import prepare_workdir
 from .loop import train_loop
 from .methods import METHODS
+from .errors import InputError
 
 
 def resolve_token_ids(cfg, tokenizer):
@@ -28,12 +30,16 @@ def resolve_token_ids(cfg, tokenizer):
             cfg.gen.pad_token_id = int(pad if pad is not None else tokenizer.eos_token_id)
 
 
+def data_options(cfg) -> dict:
+    """The tokenization options every instruction set of a run shares."""
+    return dict(max_prompt_length=cfg.data.max_prompt_length, max_length=cfg.data.max_length,
+                pad_token_id=cfg.gen.pad_token_id, template=cfg.data.template)
+
+
 def load_eval_sets(cfg, tokenizer, dev):
     sets = {"dev": dev}
     for name, path in cfg.data.eval_sets.items():
-        sets[name], report = data_lib.load_instructions(
-            path, tokenizer, max_prompt_length=cfg.data.max_prompt_length, max_length=cfg.data.max_length,
-            pad_token_id=cfg.gen.pad_token_id)
+        sets[name], report = data_lib.load_instructions(path, tokenizer, **data_options(cfg))
         if jax.process_index() == 0:
             print(report)
     if cfg.eval.max_examples:
@@ -63,18 +69,6 @@ def plot_history(history, path, title=""):
     plt.close(fig)
 
 
-def check_workdir(path):
-    """Create the work dir and prove it writable, or stop naming config.workdir."""
-    try:
-        os.makedirs(path, exist_ok=True)
-        probe = os.path.join(path, f".write_test_{jax.process_index()}")
-        with open(probe, "w") as f:
-            f.write("ok")
-        os.remove(probe)
-    except OSError as e:
-        raise ValueError(f"config.workdir: {path!r} is not writable ({e.strerror or e})") from e
-
-
 def load_models(cfg, placement, vocab):
     """Teacher and student from their HF folders or GGUF files, each parameter placed on
     its shard; logits over the tokenizer's ``vocab`` real tokens (padded rows dropped)."""
@@ -91,7 +85,10 @@ def load_models(cfg, placement, vocab):
 
 def run(cfg):
     """Train (or evaluate, or generate) with the models and data the config names."""
-    check_workdir(cfg.workdir)
+    prepare_workdir(cfg)
+    from .assets import resolve
+    with cfg.unlocked():
+        cfg.teacher.path, cfg.student.path = resolve(cfg.teacher.path), resolve(cfg.student.path)
     tokenizer = models.load_tokenizer(cfg.student.path)
     vocab = models.check_same_vocabulary(cfg.teacher.path, cfg.student.path, student_tok=tokenizer)
     resolve_token_ids(cfg, tokenizer)
@@ -100,9 +97,7 @@ def run(cfg):
     (t_cfg, t_params), (s_cfg, params) = load_models(cfg, placement, vocab)
     if cfg.mode == "generate":
         return generate_mode(cfg, s_cfg, params, tokenizer, mesh)
-    dl = dict(max_prompt_length=cfg.data.max_prompt_length, max_length=cfg.data.max_length,
-              pad_token_id=cfg.gen.pad_token_id)
-    full, report = data_lib.load_instructions(cfg.data.train, tokenizer, **dl)
+    full, report = data_lib.load_instructions(cfg.data.train, tokenizer, **data_options(cfg))
     print(report)
     train_data, dev = data_lib.split_dev(full, cfg.data.dev_num, cfg.seed)
     lm_rows = data_lib.load_packed(cfg.data.pretrain, tokenizer, cfg.data.lm_seq_len) if cfg.data.pretrain else None
@@ -140,14 +135,13 @@ def export(model_cfg, params, tokenizer, path):
 def generate_mode(cfg, s_cfg, params, tokenizer, mesh=None):
     g = cfg.generate
     if g.prompt:
-        records = [{"prompt": data_lib.format_prompt(g.prompt), "response": "", "category": ""}]
+        records = [{"instruction": g.prompt, "context": "", "response": "", "category": ""}]
     elif g.input_file:
         records = data_lib.read_jsonl(g.input_file, data_lib.Report(g.input_file))
     else:
-        raise ValueError("config.generate: set generate.prompt or generate.input_file for mode=generate")
+        raise InputError("config.generate: set generate.prompt or generate.input_file for mode=generate")
     rep = data_lib.Report(g.input_file or "prompt")
-    data = data_lib.tokenize(records, tokenizer, max_prompt_length=cfg.data.max_prompt_length,
-                             max_length=cfg.data.max_length, report=rep, pad_token_id=cfg.gen.pad_token_id)
+    data = data_lib.tokenize(records, tokenizer, report=rep, **data_options(cfg))
     answers = eval_lib.generate_answers(s_cfg, params, data, tokenizer, mesh=mesh,
                                         batch_size=min(cfg.eval.batch_size, len(data)),
                                         max_new_tokens=cfg.eval.max_new_tokens, seed=cfg.seed,

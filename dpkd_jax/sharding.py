@@ -20,6 +20,7 @@ import math
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from .errors import InputError
 
 AXES = ("data", "fsdp", "tensor")
 BATCH = ("data", "fsdp")
@@ -48,7 +49,7 @@ def make_rules(overrides=None) -> tuple:
     rules = dict(DEFAULT_RULES)
     for k, v in dict(overrides or {}).items():
         if k not in rules:
-            raise ValueError(f"config.mesh.rules: unknown logical axis {k!r}; known: {sorted(rules)}")
+            raise InputError(f"config.mesh.rules: unknown logical axis {k!r}; known: {sorted(rules)}")
         rules[k] = tuple(v) if isinstance(v, (list, tuple)) else (v or None)
     return tuple(rules.items())
 
@@ -58,16 +59,16 @@ def mesh_shape(sizes: dict, n_devices: int) -> dict:
     sizes = {a: int(sizes.get(a, 1)) for a in AXES}
     free = [a for a, s in sizes.items() if s == -1]
     if len(free) > 1:
-        raise ValueError(f"config.mesh: at most one axis may be -1, got {sizes}")
+        raise InputError(f"config.mesh: at most one axis may be -1, got {sizes}")
     fixed = math.prod(s for s in sizes.values() if s != -1)
     if any(s == 0 or s < -1 for s in sizes.values()):
-        raise ValueError(f"config.mesh: sizes must be positive or -1, got {sizes}")
+        raise InputError(f"config.mesh: sizes must be positive or -1, got {sizes}")
     if free:
         if n_devices % fixed:
-            raise ValueError(f"config.mesh: {n_devices} devices are not divisible by the fixed axes {sizes}")
+            raise InputError(f"config.mesh: {n_devices} devices are not divisible by the fixed axes {sizes}")
         sizes[free[0]] = n_devices // fixed
     if math.prod(sizes.values()) != n_devices:
-        raise ValueError(f"config.mesh: {sizes} has {math.prod(sizes.values())} devices but there are {n_devices}")
+        raise InputError(f"config.mesh: {sizes} has {math.prod(sizes.values())} devices but there are {n_devices}")
     return sizes
 
 
@@ -99,7 +100,7 @@ def spec_for(logical_axes, shape, mesh: Mesh, rules=None, name="", soft=False) -
                              axes, size)
                 axes = ()
             else:
-                raise ValueError(f"sharding: {name or 'array'} axis {ax!r} has size {dim}, which mesh axes {axes} "
+                raise InputError(f"sharding: {name or 'array'} axis {ax!r} has size {dim}, which mesh axes {axes} "
                                  f"(size {size}) do not divide; change config.mesh")
         used.update(axes)
         out.append(axes[0] if len(axes) == 1 else (axes or None))
@@ -142,14 +143,14 @@ def data_parallel_size(mesh: Mesh) -> int:
 def check_batch(batch_size: int, mesh: Mesh, field="train.batch_size"):
     dp = data_parallel_size(mesh)
     if batch_size % dp:
-        raise ValueError(f"config.{field}: {batch_size} is not divisible by the data-parallel size {dp} "
+        raise InputError(f"config.{field}: {batch_size} is not divisible by the data-parallel size {dp} "
                          f"(mesh data={mesh.shape['data']} x fsdp={mesh.shape['fsdp']})")
 
 
 def check_heads(n_heads: int, mesh: Mesh, which="model"):
     t = mesh.shape["tensor"]
     if n_heads % t:
-        raise ValueError(f"config.mesh.tensor: {t} does not divide the {which}'s {n_heads} attention heads")
+        raise InputError(f"config.mesh.tensor: {t} does not divide the {which}'s {n_heads} attention heads")
 
 
 def put(tree, shardings):

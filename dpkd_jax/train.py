@@ -7,6 +7,8 @@ with the current student (no gradient), score, mix the losses, one optax update.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
 import time
 
@@ -96,12 +98,6 @@ def make_step(cfg, student, teacher, tx, teacher_params, ref_params=None, shardi
                   eos_token_id=g.eos_token_id, pad_token_id=g.pad_token_id)
     schedule = make_schedule(cfg.train)
 
-    def _step(state, batch, rng, teacher_params, ref_params):
-        if shardings is None:
-            return _body(state, batch, rng, teacher_params, ref_params)
-        with sharding_lib.mesh_context(shardings["replicated"].mesh):
-            return _body(state, batch, rng, teacher_params, ref_params)
-
     def _body(state, batch, rng, teacher_params, ref_params):
         params = state["params"]
         rng_t, rng_s = jax.random.split(rng)
@@ -164,17 +160,25 @@ def make_step(cfg, student, teacher, tx, teacher_params, ref_params=None, shardi
         return {"params": new_params, "opt_state": opt_state, "step": state["step"] + 1}, metrics
 
     if shardings is None:
-        jitted = jax.jit(_step, donate_argnums=(0,))
+        jitted = jax.jit(_body, donate_argnums=(0,))
+        context = contextlib.nullcontext
     else:
         sh = shardings
-        jitted = jax.jit(_step, donate_argnums=(0,),
+        jitted = jax.jit(_body, donate_argnums=(0,),
                          in_shardings=(sh["state"], sh["batch"], sh["replicated"], sh["teacher"],
                                        sh["ref"] if ref_params is not None else None),
                          out_shardings=(sh["state"], sh["replicated"]))
+        # Traced inside JAX's mesh context, so the models' activation constraints apply.
+        context = functools.partial(sharding_lib.mesh_context, sh["replicated"].mesh)
 
     def step(state, batch, rng):
-        return jitted(state, batch, rng, teacher_params, ref_params)
-    step.jitted = jitted
+        with context():
+            return jitted(state, batch, rng, teacher_params, ref_params)
+
+    def lower(*args):
+        with context():
+            return jitted.lower(*args)
+    step.jitted, step.lower = jitted, lower
     return step
 
 

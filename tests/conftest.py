@@ -115,3 +115,27 @@ def checkpoints(tmp_path_factory):
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
+
+
+DEMO = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "dpkd_jax", "data", "demo")
+
+
+@pytest.fixture(scope="session")
+def hf_pair(tmp_path_factory):
+    """Tiny GPT-2 teacher and student folders sharing a tokenizer trained on the demo data."""
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+    from dpkd_jax.demo import train_tokenizer
+    root = tmp_path_factory.mktemp("hf_pair")
+    tok = train_tokenizer(str(root / "tok"), 384, [os.path.join(DEMO, "train.jsonl")])
+    out = []
+    for name, (d, L) in {"teacher": (32, 2), "student": (16, 1)}.items():
+        torch.manual_seed(len(name))
+        m = GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_embd=d, n_layer=L, n_head=2, n_positions=160,
+                                       bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id))
+        m.save_pretrained(str(root / name))
+        tok.save_pretrained(str(root / name))
+        out.append(str(root / name))
+    rows = open(os.path.join(DEMO, "train.jsonl")).readlines()[:200]
+    (root / "train.jsonl").write_text("".join(rows))
+    return out[0], out[1], str(root / "train.jsonl")

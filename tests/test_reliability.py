@@ -28,27 +28,6 @@ DEMO = os.path.join(ROOT, "dpkd_jax", "data", "demo")
 
 # ------------------------------------------------ the real command, killed
 
-@pytest.fixture(scope="module")
-def hf_pair(tmp_path_factory):
-    """Tiny GPT-2 teacher and student folders sharing a tokenizer trained on the demo data."""
-    import torch
-    from transformers import GPT2Config, GPT2LMHeadModel
-    from dpkd_jax.demo import train_tokenizer
-    root = tmp_path_factory.mktemp("hf_pair")
-    tok = train_tokenizer(str(root / "tok"), 384, [os.path.join(DEMO, "train.jsonl")])
-    out = []
-    for name, (d, L) in {"teacher": (32, 2), "student": (16, 1)}.items():
-        torch.manual_seed(len(name))
-        m = GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_embd=d, n_layer=L, n_head=2, n_positions=160,
-                                       bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id))
-        m.save_pretrained(str(root / name))
-        tok.save_pretrained(str(root / name))
-        out.append(str(root / name))
-    rows = open(os.path.join(DEMO, "train.jsonl")).readlines()[:200]
-    (root / "train.jsonl").write_text("".join(rows))
-    return out[0], out[1], str(root / "train.jsonl")
-
-
 def write_config(path, teacher, student, train, workdir, steps):
     path.write_text(textwrap.dedent(f"""
         from dpkd_jax.config import default_config
@@ -281,7 +260,7 @@ def test_checkpoint_keeps_the_metadata_as_it_was_at_save_time(tmp_path):
 
 
 def test_unwritable_workdir_is_named(tmp_path):
-    from dpkd_jax.pipeline import check_workdir
+    from dpkd_jax.checkpoint import check_workdir
     (tmp_path / "file").write_text("x")
     with pytest.raises(ValueError, match=r"config.workdir: .*file/run.* is not writable"):
         check_workdir(str(tmp_path / "file" / "run"))

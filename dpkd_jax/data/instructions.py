@@ -14,6 +14,7 @@ import json
 import logging
 
 import numpy as np
+from ..errors import InputError
 
 PROMPT_NO_INPUT = ("Below is an instruction that describes a task. Write a response that appropriately "
                    "completes the request.\n\n### Instruction:\n{instruction}\n\n### Response:\n")
@@ -22,11 +23,30 @@ PROMPT_WITH_INPUT = ("Below is an instruction that describes a task, paired with
                      "{instruction}\n\n### Input:\n{input}\n\n### Response:\n")
 
 
+TEMPLATES = ("dolly", "chat")
+
+
 def format_prompt(instruction: str, input_text: str = "") -> str:
     """The reference code's template (method.md)."""
     if input_text and input_text.strip():
         return PROMPT_WITH_INPUT.format(instruction=instruction, input=input_text)
     return PROMPT_NO_INPUT.format(instruction=instruction)
+
+
+def render_prompt(rec: dict, tokenizer, template: str = "dolly") -> str:
+    """A record's prompt text: the Dolly template, or the tokenizer's own chat template
+    (one user turn: the instruction, then its context) with the assistant turn opened."""
+    if template == "dolly":
+        return format_prompt(rec["instruction"], rec.get("context", ""))
+    if template != "chat":
+        raise InputError(f"config.data.template: must be one of {TEMPLATES}, got {template!r}")
+    if not getattr(tokenizer, "chat_template", None):
+        raise InputError("config.data.template: 'chat' needs a tokenizer with a chat template, and this one has "
+                         "none; use data.template=dolly")
+    ctx = rec.get("context", "") or ""
+    user = f"{rec['instruction']}\n\n{ctx}" if ctx.strip() else rec["instruction"]
+    return tokenizer.apply_chat_template([{"role": "user", "content": user}], add_generation_prompt=True,
+                                         tokenize=False)
 
 
 @dataclasses.dataclass
@@ -56,7 +76,11 @@ class Report:
 def read_jsonl(path: str, report: Report) -> list[dict]:
     """Records ``{prompt, response, category}`` from a Dolly-format JSONL file."""
     out = []
-    with open(path, encoding="utf-8") as f:
+    try:
+        f = open(path, encoding="utf-8")
+    except OSError as e:
+        raise InputError(f"{path}: cannot read the instruction file ({e.strerror or e})") from None
+    with f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
                 continue
@@ -78,7 +102,7 @@ def read_jsonl(path: str, report: Report) -> list[dict]:
                 report.bad(lineno, "missing field 'response' (or 'output')")
                 continue
             ctx = rec.get("context", rec.get("input", "")) or ""
-            out.append({"prompt": format_prompt(ins, ctx), "response": resp, "category": rec.get("category", "")})
+            out.append({"instruction": ins, "context": ctx, "response": resp, "category": rec.get("category", "")})
     return out
 
 
@@ -100,7 +124,7 @@ def load_records(source: str, report: Report) -> list[dict]:
         if not ins or resp is None:
             report.bad(i, "missing instruction or response")
             continue
-        tmp.append({"prompt": format_prompt(ins, row.get("context", row.get("input", "")) or ""),
+        tmp.append({"instruction": ins, "context": row.get("context", row.get("input", "")) or "",
                     "response": resp, "category": row.get("category", "")})
     return tmp
 
@@ -124,13 +148,16 @@ class Tokenized:
 
 
 def tokenize(records, tokenizer, *, max_prompt_length: int, max_length: int, report: Report,
-             pad_token_id: int) -> Tokenized:
+             pad_token_id: int, template: str = "dolly") -> Tokenized:
+    """Prompts rendered with ``template`` and left-padded; responses end with the tokenizer's
+    EOS (the chat template's end token, e.g. ``<|im_end|>``, for chat tokenizers)."""
     if not 0 < max_prompt_length < max_length:
-        raise ValueError(f"max_prompt_length={max_prompt_length} must be in (0, max_length={max_length})")
+        raise InputError(f"max_prompt_length={max_prompt_length} must be in (0, max_length={max_length})")
     P, R = max_prompt_length, max_length - max_prompt_length
     eos = tokenizer.eos_token_id
     rows = []
     for rec in records:
+        rec = dict(rec, prompt=render_prompt(rec, tokenizer, template))
         p = tokenizer(rec["prompt"], add_special_tokens=False)["input_ids"]
         if len(p) > P:
             report.prompt_too_long += 1
@@ -142,7 +169,7 @@ def tokenize(records, tokenizer, *, max_prompt_length: int, max_length: int, rep
         rows.append((p, r, rec))
     report.kept = len(rows)
     if not rows:
-        raise ValueError(f"{report.source}: no usable examples after filtering ({report})")
+        raise InputError(f"{report.source}: no usable examples after filtering ({report})")
     n = len(rows)
     out = Tokenized(np.full((n, P), pad_token_id, np.int32), np.zeros((n, P), np.int32),
                     np.full((n, R), pad_token_id, np.int32), np.zeros((n, R), np.int32), [], [])
@@ -156,11 +183,12 @@ def tokenize(records, tokenizer, *, max_prompt_length: int, max_length: int, rep
     return out
 
 
-def load_instructions(source, tokenizer, *, max_prompt_length, max_length, pad_token_id, log=True):
+def load_instructions(source, tokenizer, *, max_prompt_length, max_length, pad_token_id, template="dolly",
+                      log=True):
     report = Report(source)
     records = load_records(source, report)
     data = tokenize(records, tokenizer, max_prompt_length=max_prompt_length, max_length=max_length,
-                    report=report, pad_token_id=pad_token_id)
+                    report=report, pad_token_id=pad_token_id, template=template)
     if log:
         logging.info("%s", report)
     return data, report
@@ -169,7 +197,7 @@ def load_instructions(source, tokenizer, *, max_prompt_length, max_length, pad_t
 def split_dev(data: Tokenized, dev_num: int, seed: int):
     """(train, dev): ``dev_num`` examples held out, chosen by the seed."""
     if dev_num >= len(data):
-        raise ValueError(f"dev_num={dev_num} leaves no training data ({len(data)} examples)")
+        raise InputError(f"dev_num={dev_num} leaves no training data ({len(data)} examples)")
     perm = np.random.default_rng(seed).permutation(len(data))
     return data.take(np.sort(perm[dev_num:])), data.take(np.sort(perm[:dev_num]))
 
@@ -184,7 +212,7 @@ class Batches:
 
     def __init__(self, data, batch_size, seed, extra=None):
         if batch_size > len(data):
-            raise ValueError(f"batch_size={batch_size} is larger than the data set ({len(data)} examples)")
+            raise InputError(f"batch_size={batch_size} is larger than the data set ({len(data)} examples)")
         self.data, self.batch_size, self.seed, self.extra = data, batch_size, seed, extra
         self.epoch, self.index = 0, 0
         self.dropped_per_epoch = len(data) % batch_size

@@ -10,6 +10,7 @@ Llama's q and k projections for its rotary layout; we undo it.
 from __future__ import annotations
 
 import numpy as np
+from ..errors import InputError
 
 # GGUF architecture -> (HF model_type, whether q/k rows were permuted by llama.cpp's converter)
 ARCHES = {"llama": ("llama", True), "qwen2": ("qwen2", False), "qwen3": ("qwen3", False)}
@@ -60,18 +61,18 @@ class GGUFSource:
         try:
             self.reader = GGUFReader(path)
         except Exception as e:  # the package raises ValueError/struct errors/IndexError on bad files
-            raise ValueError(f"{path}: not a readable GGUF file ({type(e).__name__}: {e}); "
+            raise InputError(f"{path}: not a readable GGUF file ({type(e).__name__}: {e}); "
                              "re-download or re-convert it") from None
         arch = self.field("general.architecture")
         if arch not in ARCHES:
-            raise ValueError(f"{path}: GGUF architecture {arch!r} is not supported (supported: {sorted(ARCHES)})")
+            raise InputError(f"{path}: GGUF architecture {arch!r} is not supported (supported: {sorted(ARCHES)})")
         self.arch = arch
         self.model_type, self._permuted = ARCHES[arch]
         self.tensors = {}
         for t in self.reader.tensors:
             hf = _hf_name(t.name)
             if hf is None:
-                raise ValueError(f"{path}: GGUF tensor {t.name!r} has no Hugging Face counterpart we know")
+                raise InputError(f"{path}: GGUF tensor {t.name!r} has no Hugging Face counterpart we know")
             self.tensors[hf] = t
 
     def field(self, key, default=None):
@@ -103,7 +104,7 @@ class GGUFSource:
         scaling = self.field(f"{a}.rope.scaling.type")
         if scaling not in (None, "none"):
             if scaling != "linear":
-                raise ValueError(f"{self.path}: GGUF rope scaling {scaling!r} is not supported (linear only)")
+                raise InputError(f"{self.path}: GGUF rope scaling {scaling!r} is not supported (linear only)")
             cfg["rope_parameters"].update(rope_type="linear", factor=float(self.field(f"{a}.rope.scaling.factor")))
         for key, tok in (("bos_token_id", "bos_token_id"), ("eos_token_id", "eos_token_id"),
                          ("pad_token_id", "padding_token_id")):
@@ -115,7 +116,7 @@ class GGUFSource:
     def _need(self, key):
         v = self.field(key)
         if v is None:
-            raise ValueError(f"{self.path}: GGUF metadata {key!r} is missing")
+            raise InputError(f"{self.path}: GGUF metadata {key!r} is missing")
         return v
 
     def names(self):
@@ -132,7 +133,7 @@ class GGUFSource:
             try:
                 w = quants.dequantize(t.data, t.tensor_type)
             except NotImplementedError:
-                raise ValueError(f"{self.path}: tensor {t.name} has quantization {t.tensor_type.name}, which the "
+                raise InputError(f"{self.path}: tensor {t.name} has quantization {t.tensor_type.name}, which the "
                                  "gguf package cannot dequantize") from None
         w = w.reshape(shape)
         if self._permuted and hf_name.endswith(("q_proj.weight", "k_proj.weight")):

@@ -23,6 +23,7 @@ from .config import DTYPES, Config
 from .registry import family
 from .transformer import CausalLM, param_table
 from .weights import assemble, disassemble, hf_names
+from ..errors import InputError, MissingFile
 
 SAFE_INDEX = "model.safetensors.index.json"
 PICKLE_FILES = ("pytorch_model.bin", "pytorch_model.bin.index.json")
@@ -35,7 +36,7 @@ def is_gguf(path) -> bool:
 def _dtype_name(dtype):
     name = jnp.dtype(dtype).name
     if name not in DTYPES:
-        raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {name}")
+        raise InputError(f"dtype must be one of {sorted(DTYPES)}, got {name}")
     return name
 
 
@@ -45,9 +46,9 @@ def read_json(path, what="file"):
         with open(path) as f:
             return json.load(f)
     except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: {what} not found") from None
+        raise MissingFile(f"{path}: {what} not found") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path}: malformed JSON ({e}); re-download or re-export the checkpoint") from None
+        raise InputError(f"{path}: malformed JSON ({e}); re-download or re-export the checkpoint") from None
 
 
 def read_hf_config(path) -> dict:
@@ -57,10 +58,10 @@ def read_hf_config(path) -> dict:
         return GGUFSource(path).hf_config()
     cfg_file = os.path.join(path, "config.json")
     if not os.path.isfile(cfg_file):
-        raise FileNotFoundError(f"{cfg_file}: no config.json in the checkpoint folder {path!r}")
+        raise MissingFile(f"{cfg_file}: no config.json in the checkpoint folder {path!r}")
     hf = read_json(cfg_file, "config.json")
     if not isinstance(hf, dict) or "model_type" not in hf:
-        raise ValueError(f"{cfg_file}: field 'model_type' is missing")
+        raise InputError(f"{cfg_file}: field 'model_type' is missing")
     return hf
 
 
@@ -74,10 +75,10 @@ def load_config(path, *, dtype=jnp.float32, compute_dtype=None, scan_layers=True
         cfg = fam.config_from_hf(hf, param_dtype=_dtype_name(dtype),
                                  compute_dtype=_dtype_name(compute_dtype or dtype), scan_layers=scan_layers)
     except KeyError as e:
-        raise ValueError(f"{where}: field {e.args[0]!r} is missing") from None
+        raise InputError(f"{where}: field {e.args[0]!r} is missing") from None
     except ValueError as e:
         msg = str(e)
-        raise ValueError(msg if msg.startswith(("config.json", where)) else f"{where}: {msg}") from None
+        raise InputError(msg if msg.startswith(("config.json", where)) else f"{where}: {msg}") from None
     return cfg.replace(**overrides) if overrides else cfg
 
 
@@ -85,9 +86,9 @@ def _safe_open(fn):
     try:
         return safe_open(fn, "np")
     except FileNotFoundError:
-        raise FileNotFoundError(f"{fn}: shard named in the checkpoint's index is missing") from None
+        raise MissingFile(f"{fn}: shard named in the checkpoint's index is missing") from None
     except Exception as e:  # SafetensorError: truncated or corrupt header
-        raise ValueError(f"{fn}: truncated or corrupt safetensors file ({e}); an interrupted copy leaves this: "
+        raise InputError(f"{fn}: truncated or corrupt safetensors file ({e}); an interrupted copy leaves this: "
                          "copy or download it again") from None
 
 
@@ -109,23 +110,23 @@ class _Reader:
         if os.path.isfile(index):
             idx = read_json(index, SAFE_INDEX)
             if not isinstance(idx, dict) or not isinstance(idx.get("weight_map"), dict):
-                raise ValueError(f"{index}: field 'weight_map' is missing; re-download or re-export the checkpoint")
+                raise InputError(f"{index}: field 'weight_map' is missing; re-download or re-export the checkpoint")
             self.files = {name: os.path.join(path, fn) for name, fn in idx["weight_map"].items()}
             for fn in sorted(set(self.files.values())):
                 if not os.path.isfile(fn):
-                    raise FileNotFoundError(f"{fn}: shard named in {index} is missing")
+                    raise MissingFile(f"{fn}: shard named in {index} is missing")
         elif os.path.isfile(single):
             self._open[single] = _safe_open(single)
             self.files = {name: single for name in self._open[single].keys()}
         elif any(os.path.isfile(os.path.join(path, p)) for p in PICKLE_FILES):
             if not allow_pickle:
-                raise ValueError(
+                raise InputError(
                     f"{path}: only a pickle checkpoint (pytorch_model.bin) is here. Unpickling runs arbitrary "
                     "code, so it is refused; convert it to safetensors, or pass allow_pickle=True if you trust it.")
             self._pickled = self._load_pickle(path)
             self.files = {name: None for name in self._pickled}
         else:
-            raise FileNotFoundError(f"{path}: no model.safetensors, {SAFE_INDEX} or pytorch_model.bin")
+            raise MissingFile(f"{path}: no model.safetensors, {SAFE_INDEX} or pytorch_model.bin")
 
     @staticmethod
     def _load_pickle(path):
@@ -151,7 +152,7 @@ class _Reader:
         try:
             return self._open[fn].get_tensor(name)
         except Exception as e:
-            raise ValueError(f"{fn}: tensor {name} cannot be read ({e}); the file is truncated or corrupt: "
+            raise InputError(f"{fn}: tensor {name} cannot be read ({e}); the file is truncated or corrupt: "
                              "copy or download it again") from None
 
 
@@ -159,11 +160,11 @@ def _check_names(path, cfg, rows, present, ignored):
     expected = set(hf_names(rows, cfg.n_layers))
     missing = sorted(expected - present)
     if missing:
-        raise ValueError(f"{path}: missing weights {missing[:5]}{' …' if len(missing) > 5 else ''} "
+        raise InputError(f"{path}: missing weights {missing[:5]}{' …' if len(missing) > 5 else ''} "
                          f"({len(missing)} in all) for a {cfg.model_type} with this config")
     unexpected = sorted(n for n in present - expected if not any(s in n for s in ignored))
     if unexpected:
-        raise ValueError(f"{path}: unexpected weights {unexpected[:5]}{' …' if len(unexpected) > 5 else ''} "
+        raise InputError(f"{path}: unexpected weights {unexpected[:5]}{' …' if len(unexpected) > 5 else ''} "
                          f"({len(unexpected)} in all): the checkpoint does not match its config")
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 from .config import ROPE_TYPES, Rope
+from ..errors import InputError
 
 
 def refuse(hf: dict, family: str, allowed: dict):
@@ -15,7 +16,7 @@ def refuse(hf: dict, family: str, allowed: dict):
         if value is None:
             value = default
         if value not in ok:
-            raise ValueError(f"config.json: {family} option {key}={value!r} is not supported "
+            raise InputError(f"config.json: {family} option {key}={value!r} is not supported "
                              f"(supported: {', '.join(map(repr, ok))})")
 
 
@@ -25,9 +26,9 @@ def rope_from_hf(hf: dict, family: str, params: dict | None = None) -> Rope:
     theta = p.get("rope_theta", hf.get("rope_theta", 10000.0))
     kind = p.get("rope_type", p.get("type", "default"))
     if kind not in ROPE_TYPES:
-        raise ValueError(f"config.json: {family} rope_type={kind!r} is not supported (supported: {ROPE_TYPES})")
+        raise InputError(f"config.json: {family} rope_type={kind!r} is not supported (supported: {ROPE_TYPES})")
     if p.get("partial_rotary_factor", hf.get("partial_rotary_factor", 1.0)) != 1.0:
-        raise ValueError(f"config.json: {family} option partial_rotary_factor="
+        raise InputError(f"config.json: {family} option partial_rotary_factor="
                          f"{p.get('partial_rotary_factor', hf.get('partial_rotary_factor'))} is not supported")
     kw = dict(theta=float(theta), type=kind)
     if kind in ("linear", "llama3"):
@@ -55,12 +56,12 @@ def layer_windows(hf: dict, n_layers: int, all_sliding: bool = False) -> tuple[i
     types = hf.get("layer_types")
     if types is not None:
         if len(types) != n_layers:
-            raise ValueError(f"config.json: layer_types has {len(types)} entries for {n_layers} layers")
+            raise InputError(f"config.json: layer_types has {len(types)} entries for {n_layers} layers")
         bad = sorted(set(types) - {"full_attention", "sliding_attention"})
         if bad:
-            raise ValueError(f"config.json: layer_types {bad} are not supported")
+            raise InputError(f"config.json: layer_types {bad} are not supported")
         if "sliding_attention" in types and not window:
-            raise ValueError("config.json: layer_types has sliding_attention layers but sliding_window is not set")
+            raise InputError("config.json: layer_types has sliding_attention layers but sliding_window is not set")
         out = tuple(window if t == "sliding_attention" else 0 for t in types)
     else:
         out = (window if all_sliding else 0,) * n_layers

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 
 from .hf import is_gguf, load_config
+from ..errors import InputError
 
 TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "tokenizer.model", "tokenizer_config.json")
 
@@ -19,13 +20,13 @@ def load_tokenizer(path):
                   gguf_file=os.path.basename(path))
     else:
         if not any(os.path.isfile(os.path.join(path, f)) for f in TOKENIZER_FILES):
-            raise ValueError(f"{path}: no tokenizer files ({', '.join(TOKENIZER_FILES)}); save the tokenizer "
+            raise InputError(f"{path}: no tokenizer files ({', '.join(TOKENIZER_FILES)}); save the tokenizer "
                              "beside the checkpoint (tokenizer.save_pretrained)")
         kw = dict(pretrained_model_name_or_path=path)
     try:
         return AutoTokenizer.from_pretrained(**kw, local_files_only=True)
     except Exception as e:
-        raise ValueError(f"{path}: the tokenizer cannot be loaded ({type(e).__name__}: "
+        raise InputError(f"{path}: the tokenizer cannot be loaded ({type(e).__name__}: "
                          f"{str(e).splitlines()[0] if str(e) else ''}); re-save it with tokenizer.save_pretrained") \
             from None
 
@@ -42,7 +43,7 @@ def check_same_vocabulary(teacher_path, student_path, teacher_tok=None, student_
     t_tok = teacher_tok or load_tokenizer(teacher_path)
     s_tok = student_tok or load_tokenizer(student_path)
     if t_tok.get_vocab() != s_tok.get_vocab():
-        raise ValueError(
+        raise InputError(
             f"teacher and student tokenizers differ: the token->id maps of {teacher_path} ({len(t_tok)} tokens) "
             f"and {student_path} ({len(s_tok)} tokens) are not the same, so the same id means different text in "
             "the two models; token-level objectives need one vocabulary")
@@ -51,5 +52,5 @@ def check_same_vocabulary(teacher_path, student_path, teacher_tok=None, student_
         rows = load_config(path).vocab_size
         if rows < n:
             where = path if is_gguf(path) else os.path.join(path, "config.json")
-            raise ValueError(f"{where}: vocab_size={rows} is smaller than the tokenizer's {n} tokens")
+            raise InputError(f"{where}: vocab_size={rows} is smaller than the tokenizer's {n} tokens")
     return n

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import sys
+from ..errors import InputError
 
 GiB = 2**30
 
@@ -61,7 +62,7 @@ def model_config(path, dtype, compute_dtype, field):
         return hf.load_config(path, dtype=jnp.dtype(dtype), compute_dtype=jnp.dtype(compute_dtype))
     name = os.path.basename(os.path.normpath(path)).lower().removesuffix("-sft")
     if name not in KNOWN:
-        raise ValueError(f"config.{field}: {path!r} has no config.json and {name!r} is not one of {sorted(KNOWN)}")
+        raise InputError(f"config.{field}: {path!r} has no config.json and {name!r} is not one of {sorted(KNOWN)}")
     known = KNOWN[name]
     return family(known["model_type"]).config_from_hf(known, param_dtype=jnp.dtype(dtype).name,
                                                        compute_dtype=jnp.dtype(compute_dtype).name)
@@ -79,7 +80,7 @@ def topology_devices(name):
     try:
         return get_topology_desc(platform="tpu", topology_name=name).devices
     except Exception as e:  # noqa: BLE001 - libtpu raises several types
-        raise ValueError(f"--topology: cannot describe TPU slice {name!r}: {e}. It needs libtpu "
+        raise InputError(f"--topology: cannot describe TPU slice {name!r}: {e}. It needs libtpu "
                          "(pip install libtpu) and a name like v5e:2x4, v4:2x2x2 or v5p:2x2x2") from e
 
 
@@ -129,7 +130,7 @@ def plan_one(cfg, mesh_sizes, devices, batch_per_replica=0):
         batch["lm_ids"] = i32(B, cfg.data.lm_seq_len)
     rng = jax.ShapeDtypeStruct((2,), np.uint32, sharding=sh["replicated"])
     step = make_step(cfg, s_cfg, t_cfg, tx, None, None, sh)
-    compiled = step.jitted.lower(state, batch, rng, t_abs, None).compile()
+    compiled = step.lower(state, batch, rng, t_abs, None).compile()
     mem = compiled.memory_analysis()
 
     def per_device(tree):

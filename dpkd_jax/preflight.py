@@ -1,0 +1,94 @@
+"""``--config.mode=check``: validate everything a run needs, without loading weights or
+training, in seconds on a CPU, and print a summary. The checks raise the same errors a
+real run would (each an InputError naming its culprit), so a launch script can run this
+on one host before paying start-up on all of them.
+"""
+
+from __future__ import annotations
+
+import os
+
+import jax
+
+
+def _model_summary(role, path, cfg):
+    from . import models
+    table = models.param_table(cfg)
+    n = sum(int(__import__("numpy").prod(s)) for s, _ in table.values())
+    return (f"{role}: {path} ({cfg.model_type}, {cfg.n_layers} layers, width {cfg.d_model}, {cfg.n_heads} heads / "
+            f"{cfg.kv_heads} KV heads, vocab {cfg.vocab_size}, {n / 1e6:.1f}M params)")
+
+
+def check_weights(path):
+    """The weight files' headers and tensor names (no tensor is read)."""
+    from . import models
+    from .models import hf
+    cfg = models.load_config(path)
+    fam = models.family(cfg.model_type)
+    table = models.param_table(cfg)
+    rows = [r for r in fam.weights(cfg) if r.ours in table]
+    reader = hf._Reader(path, allow_pickle=False)
+    hf._check_names(path, cfg, rows, set(reader.files), fam.IGNORED)
+    for fn in sorted({f for f in reader.files.values() if f and f.endswith(".safetensors")}):
+        hf._safe_open(fn)  # a truncated file fails its header check here
+    return cfg
+
+
+def preflight(cfg, out=print):
+    """Run the checks; print one line each. Returns the summary lines."""
+    from . import assets, checkpoint, data as data_lib, models, sharding
+    from .pipeline import data_options, resolve_token_ids
+    lines = []
+    say = lambda s: (lines.append(s), out(f"check: {s}"))
+    say(f"config: method {cfg.method}, {cfg.train.steps} steps, batch {cfg.train.batch_size}, mode check")
+    if cfg.demo.enabled:
+        say("demo: builds its own tokenizer and models from the shipped data; nothing else to check")
+        return lines
+    paths = {}
+    for role in ("teacher", "student"):
+        path = cfg[role].path
+        if path.startswith(assets.PREFIX):
+            name = path[len(assets.PREFIX):]
+            if not os.path.isdir(assets.path_of(name)):
+                say(f"{role}: {path} is not cached yet; the run fetches it (python -m dpkd_jax.assets {name})")
+                return lines
+            path = assets.resolve(path)
+        paths[role] = path
+        say(_model_summary(role, path, check_weights(path)))
+    tokenizer = models.load_tokenizer(paths["student"])
+    vocab = models.check_same_vocabulary(paths["teacher"], paths["student"], student_tok=tokenizer)
+    say(f"vocabulary: shared, {vocab} tokens")
+    resolve_token_ids(cfg, tokenizer)
+    if cfg.mode != "generate" and cfg.data.train:
+        full, report = data_lib.load_instructions(cfg.data.train, tokenizer, **data_options(cfg), log=False)
+        say(f"train data: {report}; {len(full) - min(cfg.data.dev_num, len(full))} train / "
+            f"{min(cfg.data.dev_num, len(full))} dev")
+    for name, path in cfg.data.eval_sets.items():
+        _, report = data_lib.load_instructions(path, tokenizer, **data_options(cfg), log=False)
+        say(f"eval set {name}: {report}")
+    if cfg.data.pretrain:
+        rows = data_lib.load_packed(cfg.data.pretrain, tokenizer, cfg.data.lm_seq_len)
+        say(f"pre-training text: {len(rows)} rows of {cfg.data.lm_seq_len} tokens")
+    placement = sharding.Placement(cfg.mesh)
+    mesh = placement.mesh
+    sharding.check_batch(cfg.train.batch_size, mesh)
+    for role in ("teacher", "student"):
+        sharding.check_heads(models.load_config(paths[role]).n_heads, mesh, role)
+    say(f"mesh: {dict(mesh.shape)} over {jax.device_count()} {jax.devices()[0].platform} devices; batch and heads divide")
+    checkpoint.check_workdir(cfg.workdir)
+    found = checkpoint.find_checkpoints(cfg.workdir)
+    what = "none" if not found else ", ".join(f"{os.path.relpath(d, cfg.workdir)} at step {s}" for d, s in found)
+    action = "" if not found else (" (the run resumes from them)" if cfg.resume else
+                                   " (overwrite=True clears them)" if cfg.overwrite else
+                                   " (resume=False: the run would stop; pass overwrite=True or another workdir)")
+    say(f"work dir: {cfg.workdir} is writable; checkpoints: {what}{action}")
+    if cfg.check.memory:
+        from .tools import plan
+        c = cfg.copy_and_resolve_references()
+        with c.unlocked():
+            c.teacher.path, c.student.path = paths["teacher"], paths["student"]
+        row = plan.plan_one(c, {a: cfg.mesh[a] for a in sharding.AXES}, jax.device_count())
+        say(f"memory: {row['total'] / 2**30:.2f} GiB per device (params, optimizer state, activations; "
+            f"compiled for {row['kind']})")
+    say("ok")
+    return lines

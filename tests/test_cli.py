@@ -1,0 +1,171 @@
+"""The command line as a user meets it: every user error is one line on stderr with exit
+status 2 naming its culprit (no traceback); reruns over a work dir are decided at start-up;
+``--config.mode=check`` validates a run without training."""
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def write_config(path, teacher, student, train, workdir, **over):
+    lines = "\n".join(f"    c.{k} = {v!r}" for k, v in over.items())
+    path.write_text(textwrap.dedent(f"""
+        from dpkd_jax.config import default_config
+        def get_config():
+            c = default_config()
+            c.teacher.path, c.student.path, c.data.train = {teacher!r}, {student!r}, {train!r}
+            c.teacher.dtype, c.student.compute_dtype = "float32", "float32"
+            c.workdir = {workdir!r}
+            c.data.dev_num, c.data.max_prompt_length, c.data.max_length = 20, 96, 128
+            c.train.steps, c.train.batch_size, c.train.save_every, c.train.log_every = 2, 4, 2, 1
+            c.gen.max_new_tokens = 4
+            c.eval.max_new_tokens, c.eval.seeds, c.eval.max_examples, c.eval.batch_size = 4, (1,), 4, 4
+            c.eval.eval_teacher = False
+        """) + lines + "\n    return c\n")
+    return str(path)
+
+
+def run(config, *extra, env=None):
+    env = dict(os.environ, JAX_PLATFORMS="cpu", **(env or {}))
+    return subprocess.run([sys.executable, "-m", "dpkd_jax.main", f"--config={config}", *extra], cwd=ROOT,
+                          env=env, capture_output=True, text=True, timeout=300)
+
+
+def assert_user_error(r, *culprits):
+    assert r.returncode == 2, (r.returncode, r.stderr[-2000:])
+    errors = [line for line in r.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1, r.stderr[-2000:]
+    for c in culprits:
+        assert c in errors[0], (c, errors[0])
+    assert "Traceback" not in r.stderr and "Traceback" not in r.stdout, r.stderr[-2000:]
+
+
+@pytest.fixture
+def good(hf_pair, tmp_path):
+    teacher, student, train = hf_pair
+    return lambda **over: write_config(tmp_path / f"cfg{len(over)}_{abs(hash(str(over)))}.py", teacher, student,
+                                       train, str(tmp_path / "work"), **over)
+
+
+def test_preflight_passes_and_summarises(good):
+    r = run(good(), "--config.mode=check")
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = r.stdout
+    for piece in ("check: teacher:", "gpt2, 2 layers", "check: student:", "check: vocabulary: shared",
+                  "check: train data:", "read 200, kept 200", "check: mesh:", "check: work dir:",
+                  "checkpoints: none", "check: ok"):
+        assert piece in out, (piece, out)
+
+
+@pytest.mark.parametrize("flag, culprit", [
+    ("--config.teacher.path=/nowhere/teacher", "config.teacher.path: '/nowhere/teacher' is not a directory"),
+    ("--config.method=dpkdd", "config.method: unknown method 'dpkdd'"),
+    ("--config.loss.beta=-1.0", "config.loss.beta: must be > 0, got -1.0"),
+    ("--config.trian.steps=3", "--config.trian.steps=3"),
+    ("--config.data.max_prompt_length=200", "config.data.max_prompt_length: 200 must be < data.max_length=128"),
+    ("--config.data.template=alpaca", "config.data.template"),
+])
+def test_config_errors_are_one_line(good, flag, culprit):
+    assert_user_error(run(good(), flag, "--config.mode=check"), culprit)
+
+
+def test_traceback_flag_shows_the_traceback(good):
+    r = run(good(), "--config.loss.beta=-1.0", "--traceback")
+    assert r.returncode != 0 and "Traceback" in r.stderr and "config.loss.beta" in r.stderr
+
+
+def _copy(src, dst):
+    shutil.copytree(src, dst)
+    return str(dst)
+
+
+def test_bad_input_files_are_named_by_preflight_and_by_a_real_run(hf_pair, tmp_path):
+    teacher, student, train = hf_pair
+    work = str(tmp_path / "work")
+    cfg = lambda t=teacher, s=student, d=train, name="c": write_config(tmp_path / f"{name}.py", t, s, d, work)
+    cases = []
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    cases.append(("empty", cfg(d=str(empty), name="empty"), [str(empty), "no usable examples"]))
+    bad_t = _copy(teacher, tmp_path / "truncated")
+    f = os.path.join(bad_t, "model.safetensors")
+    data = open(f, "rb").read()
+    open(f, "wb").write(data[: len(data) // 2])
+    cases.append(("truncated", cfg(t=bad_t, name="trunc"), [f, "truncated or corrupt safetensors"]))
+    pk = _copy(teacher, tmp_path / "pickle")
+    os.remove(os.path.join(pk, "model.safetensors"))
+    open(os.path.join(pk, "pytorch_model.bin"), "wb").write(b"not really")
+    cases.append(("pickle", cfg(t=pk, name="pickle"), [pk, "pickle checkpoint", "allow_pickle"]))
+    cj = _copy(teacher, tmp_path / "badjson")
+    open(os.path.join(cj, "config.json"), "w").write("{ not json")
+    cases.append(("config.json", cfg(t=cj, name="cj"), [os.path.join(cj, "config.json"), "malformed JSON"]))
+    idx = _copy(teacher, tmp_path / "badindex")
+    open(os.path.join(idx, "model.safetensors.index.json"), "w").write("[]")
+    cases.append(("index", cfg(t=idx, name="idx"), ["model.safetensors.index.json", "weight_map"]))
+    shard = _copy(teacher, tmp_path / "noshard")
+    json.dump({"weight_map": {"transformer.wte.weight": "model-00002-of-00002.safetensors"}},
+              open(os.path.join(shard, "model.safetensors.index.json"), "w"))
+    cases.append(("shard", cfg(t=shard, name="shard"), ["model-00002-of-00002.safetensors", "is missing"]))
+    tk = _copy(student, tmp_path / "badtok")
+    open(os.path.join(tk, "tokenizer.json"), "w").write("{ broken")
+    cases.append(("tokenizer", cfg(s=tk, name="tok"), [tk, "tokenizer cannot be loaded"]))
+    other = _copy(student, tmp_path / "othertok")
+    from conftest import make_tokenizer
+    for fn in os.listdir(other):
+        if fn.startswith(("tokenizer", "vocab", "merges", "special")):
+            os.remove(os.path.join(other, fn))
+    make_tokenizer(other, vocab_size=300, corpus=["zebra quartz jumps"] * 10)
+    cases.append(("vocab", cfg(s=other, name="vocab"), ["tokenizers differ"]))
+    gg = tmp_path / "bad.gguf"
+    gg.write_bytes(b"GGUF\x03\x00\x00\x00junk")
+    cases.append(("gguf", cfg(t=str(gg), name="gguf"), [str(gg), "not a readable GGUF file"]))
+    for name, config, culprits in cases:
+        assert_user_error(run(config, "--config.mode=check"), *culprits)
+    # A real run gives the same message as the preflight (here: the truncated teacher).
+    assert_user_error(run(cases[1][1]), *cases[1][2])
+
+
+def test_rerun_with_resume_false_is_decided_at_start_up(good, tmp_path):
+    config = good()
+    r = run(config, "--config.resume=False")
+    assert r.returncode == 0, r.stderr[-3000:]
+    work = str(tmp_path / "work")
+    assert os.path.isdir(os.path.join(work, "checkpoints", "latest", "2"))
+    # Again with resume=False: stops before any training, naming the work dir and the ways on.
+    r = run(config, "--config.resume=False")
+    assert_user_error(r, f"config.workdir: {work!r}", "checkpoints at step 2", "--config.workdir",
+                      "--config.overwrite=True")
+    assert "loss" not in r.stdout
+    # overwrite=True clears them and starts fresh; resume=True (the default) reuses the finished run.
+    r = run(config, "--config.resume=False", "--config.overwrite=True")
+    assert r.returncode == 0 and "overwrite: cleared the checkpoints" in r.stdout, r.stderr[-3000:]
+    r = run(config)
+    assert r.returncode == 0 and "resumed from step 2 (finished: reusing it)" in r.stdout, r.stderr[-3000:]
+
+
+def test_multi_host_error_is_printed_once_and_every_process_exits_2(good):
+    config = good()
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        port = s.getsockname()[1]
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    procs = [subprocess.Popen([sys.executable, "-m", "dpkd_jax.main", f"--config={config}", "--config.loss.beta=-1.0",
+                               "--config.distributed.enabled=True",
+                               f"--config.distributed.coordinator_address=localhost:{port}",
+                               "--config.distributed.num_processes=2", f"--config.distributed.process_id={i}"],
+                              cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for i in range(2)]
+    outs = [p.communicate(timeout=180) for p in procs]
+    assert [p.returncode for p in procs] == [2, 2], outs
+    lines = [l for _, err in outs for l in err.splitlines() if l.startswith("error: ")]
+    assert lines == ["error: config.loss.beta: must be > 0, got -1.0"], outs

@@ -59,7 +59,8 @@ def default_config():
     c.generate = ml_collections.ConfigDict({"prompt": "", "input_file": "", "output_file": ""})
     c.demo = ml_collections.ConfigDict({"enabled": False})
     # mode=check: also compile the step abstractly for a per-device memory estimate (slower)
-    c.check = ml_collections.ConfigDict({"memory": False})
+    # devices: check the mesh for this many devices (a launch script's preflight on one host of many); 0 = here
+    c.check = ml_collections.ConfigDict({"memory": False, "devices": 0})
     return c
 
 
@@ -83,6 +84,13 @@ def paper_config(teacher_path, student_path, workdir):
     c.gen.max_new_tokens, c.gen.temperature, c.gen.top_k, c.gen.top_p = 256, 1.0, 0, 1.0
     c.eval.seeds = (10, 20, 30, 40, 50)
     return c
+
+
+def check_devices(c) -> int:
+    """The device count the mesh is checked against: ``check.devices`` in a preflight
+    (one host speaking for many), else this run's."""
+    import jax
+    return c.check.devices if c.mode == "check" and c.check.devices > 0 else jax.device_count()
 
 
 def validate(c):
@@ -109,7 +117,7 @@ def validate(c):
         fail("gen.teacher_mode", f"must be online or offline, got {c.gen.teacher_mode!r}")
     from . import sharding
     try:
-        mesh = sharding.mesh_shape(dict(c.mesh), jax.device_count())
+        mesh = sharding.mesh_shape(dict(c.mesh), check_devices(c))
     except ValueError as e:
         fail("mesh", str(e).removeprefix("config.mesh: "))
     dp = mesh["data"] * mesh["fsdp"]

@@ -69,12 +69,14 @@ def preflight(cfg, out=print):
     if cfg.data.pretrain:
         rows = data_lib.load_packed(cfg.data.pretrain, tokenizer, cfg.data.lm_seq_len)
         say(f"pre-training text: {len(rows)} rows of {cfg.data.lm_seq_len} tokens")
-    placement = sharding.Placement(cfg.mesh)
-    mesh = placement.mesh
+    from types import SimpleNamespace
+    from .config import check_devices
+    n = check_devices(cfg)
+    mesh = SimpleNamespace(shape=sharding.mesh_shape(dict(cfg.mesh), n))  # arithmetic only: no devices needed
     sharding.check_batch(cfg.train.batch_size, mesh)
     for role in ("teacher", "student"):
         sharding.check_heads(models.load_config(paths[role]).n_heads, mesh, role)
-    say(f"mesh: {dict(mesh.shape)} over {jax.device_count()} {jax.devices()[0].platform} devices; batch and heads divide")
+    say(f"mesh: {mesh.shape} over {n} devices; batch and heads divide")
     checkpoint.check_workdir(cfg.workdir)
     found = checkpoint.find_checkpoints(cfg.workdir)
     what = "none" if not found else ", ".join(f"{os.path.relpath(d, cfg.workdir)} at step {s}" for d, s in found)

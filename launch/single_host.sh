@@ -9,4 +9,6 @@ cd "$(dirname "$0")/.."
 CONFIG=${1:-configs/demo.py}
 shift || true
 export XLA_PYTHON_CLIENT_MEM_FRACTION=${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.9}
+# Preflight: config, models, tokenizers, data, mesh and work dir checked in seconds before the run.
+python -m dpkd_jax.main --config="$CONFIG" "$@" --config.mode=check
 exec python -m dpkd_jax.main --config="$CONFIG" "$@"

@@ -164,7 +164,7 @@ def run_kd(tmp_path, tok, steps, **train):  # noqa: F811
     for k, v in train.items():
         setattr(cfg.train, k, v)
     seen = {}
-    cb = lambda step, state, m: seen.__setitem__(step, np.asarray(state["params"]["blocks/fc_w"]).copy())
+    cb = lambda step, state, m: seen.__setitem__(step, np.asarray(state["params"]["blocks/up_w"]).copy())
     return cfg, seen, lambda: train_loop(cfg, s_cfg, s_params, t_cfg, t_params, data, None, str(tmp_path / "w"),
                                          callback=cb)
 
@@ -189,7 +189,7 @@ def test_consecutive_nan_steps_stop_the_run_with_the_last_good_state_saved(monke
     assert ck.latest.latest_step() == 5
     restored = ck.latest.restore(5)
     ck.close()
-    np.testing.assert_array_equal(np.asarray(restored["state"]["params"]["blocks/fc_w"]), seen[2])
+    np.testing.assert_array_equal(np.asarray(restored["state"]["params"]["blocks/up_w"]), seen[2])
 
 
 # ------------------------------------------------------- checkpoints break
@@ -297,7 +297,7 @@ def test_offline_teacher_cache_is_reused_only_for_the_config_that_made_it(monkey
         if change == "gen":
             c.gen.temperature = 0.5
         else:
-            tp = dict(t_params, **{"final_ln/bias": t_params["final_ln/bias"] + 1})
+            tp = dict(t_params, **{"final_norm/bias": t_params["final_norm/bias"] + 1})
         T.precompute_teacher_samples(c, t_cfg, tp, data, path)
         assert "was made by another config, teacher or data; rebuilding" in capsys.readouterr().out
 

@@ -98,15 +98,70 @@ def test_top_k_top_p_keep_exactly_the_right_support(top_k, top_p):
 
 
 def test_compiled_once_per_shape(model, rng):
-    sampling._generate_jit.clear_cache() if hasattr(sampling._generate_jit, "clear_cache") else None
-    kw = dict(max_new_tokens=4, eos_token_id=-1, pad_token_id=0)
-    for seed in range(3):
+    for f in (sampling._prefill_jit, sampling._chunk_jit, sampling._generate_jit):
+        f.clear_cache()
+    kw = dict(max_new_tokens=40, eos_token_id=-1, pad_token_id=0)
+    for seed in range(3):  # different prompts, padding (real lengths) and temperatures: one shape
         ids, mask = prompts(np.random.default_rng(seed))
+        mask[0, : seed + 1] = 0
         sampling.generate(model, ids, mask, rng=jax.random.PRNGKey(seed), temperature=0.5 + seed, **kw)
+        sampling.sample_jit(model.config, model.arrays(), ids, mask, jax.random.PRNGKey(seed),
+                            temperature=0.5 + seed, **kw)
+    assert sampling._prefill_jit._cache_size() == 1
+    assert sampling._chunk_jit._cache_size() == len(sampling.chunks(40)) == 3  # one per static chunk
     assert sampling._generate_jit._cache_size() == 1
     jaxpr = str(jax.make_jaxpr(lambda p, i, m: sampling.sample(
         model.config, p, i, m, jax.random.PRNGKey(0), **kw))(model.arrays(), ids, mask))
-    assert "scan" in jaxpr
+    assert "scan" in jaxpr and "cond" in jaxpr
+
+
+@pytest.mark.parametrize("n", [5, 40])
+def test_in_jit_sampler_equals_host_driven_and_early_exit_changes_nothing(model, rng, n):
+    ids, mask = prompts(rng)
+    kw = dict(max_new_tokens=n, temperature=1.3, eos_token_id=-1, pad_token_id=0)
+    key = jax.random.PRNGKey(4)
+    full, _ = sampling.sample_jit(model.config, model.arrays(), ids, mask, key, **kw)
+    host, _ = sampling.generate(model, ids, mask, rng=key, **kw)
+    np.testing.assert_array_equal(np.asarray(full), np.asarray(host))
+    # Pick a token every row emits early as EOS: rows stop, later chunks are skipped, and the
+    # tokens equal the run to the maximum cut at each row's first EOS.
+    eos = int(np.asarray(full)[:, 0][0])
+    kw["eos_token_id"] = eos
+    for toks, m in (sampling.sample_jit(model.config, model.arrays(), ids, mask, key, **kw),
+                    sampling.generate(model, ids, mask, rng=key, **kw)):
+        toks, m = np.asarray(toks), np.asarray(m)
+        for r in range(4):
+            end = int(np.argmax(np.asarray(full)[r] == eos)) + 1 if (np.asarray(full)[r] == eos).any() else n
+            np.testing.assert_array_equal(toks[r, :end], np.asarray(full)[r, :end])
+            assert m[r].sum() == end and (toks[r, end:] == 0).all()
+
+
+def test_early_exit_skips_the_remaining_chunks(model, rng, monkeypatch):
+    ids, mask = prompts(rng)
+    calls = []
+    real = sampling._chunk_jit
+    monkeypatch.setattr(sampling, "_chunk_jit", lambda *a, **k: calls.append(k["start"]) or real(*a, **k))
+    greedy, _ = sampling.generate(model, ids, mask, max_new_tokens=64, greedy=True, eos_token_id=-1, pad_token_id=0)
+    assert calls == [s for s, _ in sampling.chunks(64)] and len(calls) == 4
+    calls.clear()
+    firsts = set(np.asarray(greedy)[:, :16].ravel().tolist())  # every row emits one of these in its first chunk
+    row_eos = [t for t in firsts if all(t in np.asarray(greedy)[r, :16] for r in range(4))]
+    assert row_eos, "the fixed test model emits no token common to every row's first chunk"
+    sampling.generate(model, ids, mask, max_new_tokens=64, greedy=True, eos_token_id=row_eos[0], pad_token_id=0)
+    assert calls == [0]
+
+
+def test_chunked_attention_over_the_filled_cache_equals_dense(model, rng, monkeypatch):
+    ids, mask = prompts(rng)
+    kw = dict(max_new_tokens=48, temperature=1.0, eos_token_id=-1, pad_token_id=0)
+    chunked, _ = sampling.sample_jit(model.config, model.arrays(), ids, mask, jax.random.PRNGKey(1), **kw)
+    monkeypatch.setattr(sampling, "MAX_CHUNKS", 1)  # one chunk: every step attends over the whole cache
+    monkeypatch.setattr(sampling, "MIN_CHUNK", 10**6)
+    sampling._generate_jit.clear_cache()
+    dense, _ = sampling.sample_jit(model.config, model.arrays(), ids, mask, jax.random.PRNGKey(1), **kw)
+    sampling._generate_jit.clear_cache()
+    assert len(sampling.chunks(48)) == 1
+    np.testing.assert_array_equal(np.asarray(chunked), np.asarray(dense))
 
 
 def test_score_matches_full_forward(model, rng):

@@ -128,19 +128,20 @@ def project_qkv(cfg: Config, p, h, rope_cs):
 
 
 def attend(cfg: Config, q, k, v, allowed):
-    """Grouped-query attention: q ``[B, T, H, K]`` over k, v ``[B, S, G, K]`` -> ``[B, T, H, K]``.
+    """Grouped-query attention: q ``[B, T, H, K]`` over k, v ``[B, G, S, K]`` (heads before
+    slots: the KV cache's layout, read without a transpose) -> ``[B, T, H, K]``.
     Scores and softmax in float32; optional tanh soft-capping before the mask."""
     a = cfg.attention
     B, T, H, K = q.shape
-    G = k.shape[2]
+    G = k.shape[1]
     qg = q.reshape(B, T, G, H // G, K)
-    scores = jnp.einsum("btgrk,bsgk->bgrts", qg, k).astype(jnp.float32)
+    scores = jnp.einsum("btgrk,bgsk->bgrts", qg, k).astype(jnp.float32)
     scores = scores * (a.query_scale or K ** -0.5)
     if a.softcap:
         scores = jnp.tanh(scores / a.softcap) * a.softcap
     scores = jnp.where(allowed, scores, NEG)
     probs = jax.nn.softmax(scores, axis=-1).astype(q.dtype)
-    return jnp.einsum("bgrts,bsgk->btgrk", probs, v).reshape(B, T, H, K)
+    return jnp.einsum("bgrts,bgsk->btgrk", probs, v).reshape(B, T, H, K)
 
 
 def attention_out(p, attn):

@@ -26,7 +26,7 @@ from .config import DTYPES, Config
 
 # Logical axes of activations (mapped to the mesh by Config.rules inside a mesh context).
 ACT = ("batch", None, None)                                 # hidden states [B, T, D]
-CACHE = ("layers", "batch", None, "kv_heads", "head_dim")   # KV cache [L, B, S, G, K]
+CACHE = ("layers", "batch", "kv_heads", None, "head_dim")   # KV cache [L, B, G, S, K]
 
 
 def block_table(cfg: Config) -> dict:
@@ -89,8 +89,9 @@ def positions_from_mask(attention_mask):
 
 
 def init_cache(cfg: Config, batch: int, length: int):
-    """Empty KV cache: k and v ``[layers, B, S, kv_heads, head_dim]`` in the compute dtype."""
-    shape = (cfg.n_layers, batch, length, cfg.kv_heads, cfg.head_size)
+    """Empty KV cache: k and v ``[layers, B, kv_heads, S, head_dim]`` in the compute dtype
+    (heads before slots, so attention reads a layer's keys without a transpose)."""
+    shape = (cfg.n_layers, batch, cfg.kv_heads, length, cfg.head_size)
     dt = DTYPES[cfg.compute_dtype]
     return {"k": constrain(jnp.zeros(shape, dt), CACHE, cfg.rules),
             "v": constrain(jnp.zeros(shape, dt), CACHE, cfg.rules)}
@@ -123,15 +124,18 @@ def _block(cfg: Config, p, meta, x, ropes, key_mask, q_slots, cache, cache_index
         rope_cs = tuple(jnp.where(local, l, g) for g, l in zip(*ropes))
     h = n("attn_norm", x) if cfg.pre_norm else x
     q, k, v = C.project_qkv(cfg, p, h, rope_cs)
+    k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # [B, G, T, K]: the cache's layout
     if cache is not None:
         kc, vc = cache
-        start = (meta["index"], 0, cache_index, 0, 0)
+        start = (meta["index"], 0, 0, cache_index, 0)
         kc = jax.lax.dynamic_update_slice(kc, k[None].astype(kc.dtype), start)
         vc = jax.lax.dynamic_update_slice(vc, v[None].astype(vc.dtype), start)
-        k = jax.lax.dynamic_index_in_dim(kc, meta["index"], keepdims=False).astype(dt)
-        v = jax.lax.dynamic_index_in_dim(vc, meta["index"], keepdims=False).astype(dt)
+        # Attend over the slots key_mask covers only (static): the filled part, as decoding sets it.
+        read = lambda c: jax.lax.dynamic_slice(c, (meta["index"], 0, 0, 0, 0),
+                                               (1, *c.shape[1:3], key_mask.shape[1], c.shape[4]))[0].astype(dt)
+        k, v = read(kc), read(vc)
         cache = (kc, vc)
-    allowed = C.attention_mask(q_slots, k.shape[1], key_mask, meta["window"])
+    allowed = C.attention_mask(q_slots, k.shape[2], key_mask, meta["window"])
     h = C.attention_out(p, C.attend(cfg, q, k, v, allowed))
     if cfg.sandwich_norm:
         h = n("post_attn_norm", h)
@@ -167,8 +171,9 @@ def hidden_states(cfg: Config, params, tokens, positions, attention_mask, cache=
     """Final hidden states ``[B, T, D]`` (before the head) and the updated cache.
 
     tokens/positions ``[B, T]``; attention_mask ``[B, S]`` marks the valid key
-    slots of the whole cache (``S = T`` without a cache); ``cache_index`` is the
-    slot of ``tokens[:, 0]``. Attention is causal over slots and masked by it.
+    slots (``S = T`` without a cache); with a cache, attention reads its first ``S``
+    slots only, so a caller decoding early in a long cache passes a short mask.
+    ``cache_index`` is the slot of ``tokens[:, 0]``. Attention is causal over slots.
     """
     x = embed(cfg, params, tokens, positions)
     ropes = _rope(cfg, positions)

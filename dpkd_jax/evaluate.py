@@ -75,7 +75,7 @@ def generate_answers(decode, params, data, tokenizer, *, batch_size, max_new_tok
         sl = np.arange(i, min(i + batch_size, n))
         idx = np.concatenate([sl, np.full(batch_size - len(sl), sl[0])])  # static shape
         ids, mask = sharding.put_batch((data.prompt_ids[idx], data.prompt_mask[idx]), mesh)
-        toks, m = sampling.sample_jit(decode, params, ids, mask, jax.random.PRNGKey(seed * 100003 + i), **kw)
+        toks, m = sampling.generate_stepwise(decode, params, ids, mask, jax.random.PRNGKey(seed * 100003 + i), **kw)
         toks, m = sharding.to_host(toks), sharding.to_host(m)
         answers.extend(decode_responses(tokenizer, toks, m, eos_token_id)[: len(sl)])
     return answers

@@ -39,9 +39,19 @@ class Context:
             cfg, params = {"student": (self.student, self.params),
                            "teacher": (self.teacher, self.teacher_params),
                            "reference": (self.student, self.ref_params)}[model]
-            ids, mask = self.response(which)
-            out = sampling.response_logits(cfg, params, self.batch["prompt_ids"], self.batch["prompt_mask"], ids, mask)
-            self._memo[key] = out if model == "student" else jax.lax.stop_gradient(out)
+            # y_t and y_s have the same shape: score both in one forward of 2B rows (bigger
+            # matmuls, one pass over the weights) and memoise each half.
+            whiches = [w for w in ("teacher", "student") if w in self.samples] if which in self.samples else [which]
+            if len(whiches) == 2 and self.samples["teacher"][0].shape != self.samples["student"][0].shape:
+                whiches = [which]
+            ids, mask = (jnp.concatenate(parts, axis=0) for parts in zip(*(self.response(w) for w in whiches)))
+            k = len(whiches)
+            prompt_ids = jnp.concatenate([self.batch["prompt_ids"]] * k, axis=0)
+            prompt_mask = jnp.concatenate([self.batch["prompt_mask"]] * k, axis=0)
+            out = sampling.response_logits(cfg, params, prompt_ids, prompt_mask, ids, mask)
+            out = out if model == "student" else jax.lax.stop_gradient(out)
+            for w, part in zip(whiches, jnp.split(out, k, axis=0)):
+                self._memo[("logits", model, w)] = part
         return self._memo[key]
 
     def logps(self, model, which):

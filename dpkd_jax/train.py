@@ -241,7 +241,8 @@ def precompute_teacher_samples(cfg, teacher, teacher_params, data, path=None, me
         sl = np.arange(i, min(i + bs, n))
         pad = np.concatenate([sl, np.zeros(bs - len(sl), int)])  # static batch shape
         p_ids, p_mask = put_batch((data.prompt_ids[pad], data.prompt_mask[pad]), mesh)
-        t, m = sampling.sample_jit(teacher, teacher_params, p_ids, p_mask, jax.random.PRNGKey(cfg.seed + i), **kw)
+        t, m = sampling.generate_stepwise(teacher, teacher_params, p_ids, p_mask, jax.random.PRNGKey(cfg.seed + i),
+                                          **kw)
         ids.append(to_host(t)[: len(sl)])
         mask.append(to_host(m)[: len(sl)])
     out = {"teacher_ids": np.concatenate(ids), "teacher_mask": np.concatenate(mask)}

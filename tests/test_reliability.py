@@ -284,14 +284,14 @@ def test_offline_teacher_cache_is_reused_only_for_the_config_that_made_it(monkey
     path = str(tmp_path / "teacher_samples.npz")
     first = T.precompute_teacher_samples(cfg, t_cfg, t_params, data, path)
     assert first["teacher_ids"].shape == (len(data), cfg.gen.max_new_tokens)
-    real = T.sampling.sample_jit
+    real = T.sampling.generate_stepwise
 
     def refuse(*a, **k):
         raise AssertionError("sampled again")
-    monkeypatch.setattr(T.sampling, "sample_jit", refuse)
+    monkeypatch.setattr(T.sampling, "generate_stepwise", refuse)
     again = T.precompute_teacher_samples(cfg, t_cfg, t_params, data, path)
     np.testing.assert_array_equal(again["teacher_ids"], first["teacher_ids"])
-    monkeypatch.setattr(T.sampling, "sample_jit", real)
+    monkeypatch.setattr(T.sampling, "generate_stepwise", real)
     for change in ("gen", "teacher"):
         c, tp = copy.deepcopy(cfg), t_params
         if change == "gen":

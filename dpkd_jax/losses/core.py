@@ -1,20 +1,5 @@
-"""Distillation losses as pure JAX functions.
-
-Everything here takes arrays and returns arrays: no model, no config, no I/O,
-so other projects can `import dpkd_jax.losses` alone. The contract, checked by
-`tests/test_losses.py` against independent numpy code:
-
-* per-example outputs of shape ``[B]`` unless a docstring says otherwise;
-* float32 arithmetic whatever the input dtype (bf16 logits are upcast inside
-  fused reductions, not copied as a whole);
-* a fully masked row gives a finite value (token counts clamp at 1);
-* safe under ``jit``, ``vmap`` and ``grad``; hyperparameters that change the
-  computation's structure (``form``, the JSD endpoints) are Python values.
-
-Shapes: ``B`` batch, ``T`` response positions, ``V`` vocabulary. Logits are
-already aligned with their labels: ``logits[b, i]`` predicts ``labels[b, i]``.
-See ``shared/spec/method.md`` for the definitions followed here.
-"""
+"""The sequence-level preference losses (DPKD and its forms, PLaD, daDPO), cross-entropy,
+and the dense token-level divergences. See the package docstring for the contract."""
 
 from __future__ import annotations
 

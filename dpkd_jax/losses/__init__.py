@@ -1,0 +1,26 @@
+"""Distillation losses as pure JAX functions (``import dpkd_jax.losses``).
+
+Everything here takes arrays and returns arrays: no model, no config, no I/O,
+so other projects can `import dpkd_jax.losses` alone. The contract, checked by
+`tests/test_losses.py` against independent numpy code:
+
+* per-example outputs of shape ``[B]`` unless a docstring says otherwise;
+* float32 arithmetic whatever the input dtype (bf16 logits are upcast inside
+  fused reductions, not copied as a whole);
+* a fully masked row gives a finite value (token counts clamp at 1);
+* safe under ``jit``, ``vmap`` and ``grad``; hyperparameters that change the
+  computation's structure (``form``, the JSD endpoints) are Python values.
+
+Shapes: ``B`` batch, ``T`` response positions, ``V`` vocabulary. Logits are
+already aligned with their labels: ``logits[b, i]`` predicts ``labels[b, i]``.
+See ``shared/spec/method.md`` for the definitions followed here.
+"""
+
+from .contrastive import cald_loss
+from .core import *  # noqa: F401,F403
+from .core import __all__ as _core
+from .policy import minillm_advantages, minillm_rewards, ppo_clip_loss
+from .sparse import sparse_forward_kl, sparse_generalized_jsd, sparse_reverse_kl, topk_logprobs
+
+__all__ = [*_core, "minillm_rewards", "minillm_advantages", "ppo_clip_loss", "cald_loss", "sparse_forward_kl",
+           "sparse_reverse_kl", "sparse_generalized_jsd", "topk_logprobs"]

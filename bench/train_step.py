@@ -44,7 +44,7 @@ def config(args, new):
     c.data.max_prompt_length, c.data.max_length = args.prompt, args.prompt + args.response
     c.gen.max_new_tokens, c.gen.eos_token_id, c.gen.pad_token_id = new, -1, 0  # always `new` tokens, as HF below
     c.train.batch_size, c.train.log_every, c.train.steps = args.batch, 10**9, 10**9  # no KL metrics in the timing
-    c.loss.lm_coef = 0.0
+    c.loss.dpkd.lm_coef = 0.0
     return c
 
 

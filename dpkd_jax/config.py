@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from .losses import DPKD_FORMS
-from .methods import METHODS
+from . import objectives
 from .sharding import DEFAULT_RULES
 from .errors import InputError
 
@@ -33,7 +32,10 @@ def default_config():
     c.train = ml_collections.ConfigDict({
         "steps": 1000, "batch_size": 8, "grad_accum": 1, "lr": 5e-4, "weight_decay": 0.01, "warmup_steps": 0,
         "schedule": "cosine", "min_lr_ratio": 0.0, "grad_clip": 1.0, "adam_b1": 0.9, "adam_b2": 0.999,
-        "adam_eps": 1e-8, "log_every": 10, "eval_every": 0, "save_every": 500, "keep": 2, "max_bad_steps": 10})
+        "adam_eps": 1e-8, "log_every": 10,
+        # warn when the student's per-token NLL of its own samples exceeds this multiple of its first logged
+        # value (DistiLLM-2's reward-hacking sign); 0 turns the warning off
+        "hacking_warn_ratio": 2.0, "eval_every": 0, "save_every": 500, "keep": 2, "max_bad_steps": 10})
     # Device mesh (sharding.py): -1 takes the remaining devices. shard_student=False keeps a
     # small student whole on every device (pure data parallel); the teacher is always split.
     # rules: logical axis -> mesh axes (sharding.DEFAULT_RULES), overridable per run, e.g.
@@ -45,11 +47,8 @@ def default_config():
     # Multi-host: jax.distributed.initialize(); empty fields are auto-detected (TPU pods, SLURM).
     c.distributed = ml_collections.ConfigDict({"enabled": False, "coordinator_address": "", "num_processes": 0,
                                                "process_id": -1})
-    c.loss = ml_collections.ConfigDict({
-        "kd_ratio": 0.5, "lm_coef": 0.5, "beta": 0.1, "form": "sigmoid", "length_normalize": True,
-        "label_smoothing": 0.0, "reference_free": False, "simpo_gamma": 0.5, "dpop_lambda": 50.0, "cpo_alpha": 1.0,
-        "temperature": 1.0, "jsd_beta": 0.5, "skew_alpha": 0.1, "akl_mu": 0.5, "plad_margin": 1.0,
-        "plad_smooth": False, "plad_alpha": 0.0, "dadpo_alpha": 1.0})
+    # One block per method, its typed hyperparameters (objectives/): --config.loss.dpkd.beta=0.5
+    c.loss = ml_collections.ConfigDict(objectives.defaults())
     c.gen = ml_collections.ConfigDict({
         "max_new_tokens": 256, "temperature": 1.0, "top_k": 0, "top_p": 1.0, "teacher_mode": "online",
         "eos_token_id": -1, "pad_token_id": -1})  # -1: taken from the tokenizer
@@ -80,7 +79,7 @@ def paper_config(teacher_path, student_path, workdir):
     c.data.max_prompt_length, c.data.max_length, c.data.lm_seq_len = 256, 512, 512
     c.train.steps, c.train.batch_size, c.train.lr, c.train.weight_decay = 5000, 8, 5e-4, 0.01
     c.train.grad_clip, c.train.schedule, c.train.eval_every, c.train.save_every = 1.0, "cosine", 500, 500
-    c.loss.kd_ratio, c.loss.lm_coef, c.loss.beta = 0.5, 0.5, 0.1
+    c.loss.dpkd.kd_ratio, c.loss.dpkd.lm_coef, c.loss.dpkd.beta = 0.5, 0.5, 0.1
     c.gen.max_new_tokens, c.gen.temperature, c.gen.top_k, c.gen.top_p = 256, 1.0, 0, 1.0
     c.eval.seeds = (10, 20, 30, 40, 50)
     return c
@@ -95,20 +94,12 @@ def check_devices(c) -> int:
 
 def validate(c):
     """Stop at start-up with one message naming the field."""
-    import jax
 
     def fail(field, msg):
         raise InputError(f"config.{field}: {msg}")
-    if c.method not in METHODS:
-        fail("method", f"unknown method {c.method!r}; choose from {sorted(METHODS)}")
+    objectives.build(c.method, c.loss)  # unknown method or a bad field of its block: named
     if c.mode not in ("train", "eval", "generate", "check"):
         fail("mode", f"must be train, eval, generate or check, got {c.mode!r}")
-    if c.loss.form not in DPKD_FORMS:
-        fail("loss.form", f"unknown form {c.loss.form!r}; choose from {DPKD_FORMS}")
-    if c.loss.beta <= 0:
-        fail("loss.beta", f"must be > 0, got {c.loss.beta}")
-    if not 0 <= c.loss.kd_ratio <= 1:
-        fail("loss.kd_ratio", f"must be in [0, 1], got {c.loss.kd_ratio}")
     if c.data.max_prompt_length >= c.data.max_length:
         fail("data.max_prompt_length", f"{c.data.max_prompt_length} must be < data.max_length={c.data.max_length}")
     if c.data.template not in ("dolly", "chat"):

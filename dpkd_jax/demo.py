@@ -16,7 +16,7 @@ import jax
 
 from . import data as data_lib
 from . import evaluate as eval_lib
-from . import models, sharding
+from . import models, objectives, sharding
 from .loop import train_loop
 from .models import gpt2
 from .checkpoint import prepare_workdir
@@ -126,7 +126,8 @@ def run_demo(cfg):
                                                       os.path.join(wd, "eval"), "student_init", mesh=mesh)
     for method in d.methods:
         c = _stage_cfg(cfg, method, d.distill_steps, d.distill_lr, os.path.join(wd, method))
-        params = stage(method, c, s_init, t_cfg, t_params, ref=s_init if method == "dadpo" else None)
+        ref = s_init if objectives.build(method, cfg.loss).needs.reference else None
+        params = stage(method, c, s_init, t_cfg, t_params, ref=ref)
         results[method] = eval_lib.evaluate(s_cfg, params, sets, tokenizer, ec, cfg.gen, os.path.join(wd, "eval"),
                                             method, mesh=mesh)
         host = jax.tree.map(sharding.to_host, params)

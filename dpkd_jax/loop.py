@@ -21,7 +21,7 @@ from . import data as data_lib
 from . import evaluate as eval_lib
 from . import sharding
 from .checkpoint import Checkpoints
-from .methods import METHODS
+from . import objectives
 from .train import Throughput, make_optimizer, make_step, place_state, precompute_teacher_samples, step_flops, \
     step_shardings
 
@@ -90,16 +90,16 @@ def train_loop(cfg, student, params, teacher, teacher_params, train_data, lm_row
     if ref_params is not None:
         ref_params = sharding.put(ref_params, sh["params"])
     state = place_state(params, tx, sh)  # a copy: the caller's params stay valid under donation
-    method = METHODS[cfg.method]
+    objective = objectives.build(cfg.method, cfg.loss)
     extra = None
-    if method.teacher_samples and cfg.gen.teacher_mode == "offline":
+    if objective.needs.teacher_samples and cfg.gen.teacher_mode == "offline":
         extra = precompute_teacher_samples(cfg, teacher, teacher_params, train_data,
                                            os.path.join(workdir, "teacher_samples.npz"), mesh)
     batches = data_lib.Batches(train_data, t.batch_size, cfg.seed, extra)
     if batches.dropped_per_epoch:
         logging.info("%d examples per epoch fall in the last partial batch and are not used that epoch",
                      batches.dropped_per_epoch)
-    use_lm = lm_rows is not None and cfg.loss.lm_coef > 0
+    use_lm = lm_rows is not None and getattr(objective, "lm_coef", 0.0) > 0
     ckpt = Checkpoints(os.path.join(workdir, "checkpoints"), keep=t.keep)
     history, start = [], 0
     if cfg.resume:
@@ -123,6 +123,7 @@ def train_loop(cfg, student, params, teacher, teacher_params, train_data, lm_row
         ckpt.save(step, state, {"data": batches.state(), "history": history}, best_metric=best)
         saved = step
 
+    watch = HackingWatch(t.hacking_warn_ratio, history)
     pbar = tqdm(range(start, t.steps), initial=start, total=t.steps, desc=desc or cfg.method, leave=False,
                 disable=jax.process_index() != 0)
     with SigtermGuard() as guard:
@@ -151,6 +152,7 @@ def train_loop(cfg, student, params, teacher, teacher_params, train_data, lm_row
                 metrics.update(throughput(t.log_every if done % t.log_every == 0 else done % t.log_every))
                 metrics["step"] = done
                 history.append(metrics)
+                watch(metrics)
                 pbar.set_postfix(loss=f"{metrics['loss/total']:.3f}")
                 if writer:
                     for k, v in metrics.items():
@@ -176,6 +178,28 @@ def train_loop(cfg, student, params, teacher, teacher_params, train_data, lm_row
     if writer:
         writer.close()
     return Trained(state["params"], history, best_params)
+
+
+class HackingWatch:
+    """Warns (once) when NLL(y_s), the student's per-token NLL of its own samples, rises past
+    ``ratio`` x its first logged value: the preference term may be winning by making the
+    student's own text unlikely (DistiLLM-2's finding for DPKD)."""
+    KEY = "hacking/student_nll_ys"
+
+    def __init__(self, ratio, history):
+        self.ratio, self.warned = ratio, False
+        self.first = next((h[self.KEY] for h in history if self.KEY in h), None)
+
+    def __call__(self, metrics):
+        if self.KEY not in metrics or not self.ratio:
+            return
+        self.first = metrics[self.KEY] if self.first is None else self.first
+        metrics["hacking/nll_ys_vs_start"] = metrics[self.KEY] / max(self.first, 1e-8)
+        if metrics["hacking/nll_ys_vs_start"] > self.ratio and not self.warned:
+            self.warned = True
+            logging.warning("step %d: the student's NLL of its own samples is %.2fx its start (%.3f -> %.3f): "
+                            "possible reward hacking (see README, 'Reward hacking')", metrics["step"],
+                            metrics["hacking/nll_ys_vs_start"], self.first, metrics[self.KEY])
 
 
 def _quick_eval(cfg):

@@ -4,20 +4,18 @@ one method (`loop.train_loop`), evaluate, export the final and best students."""
 from __future__ import annotations
 
 import json
-import logging
 import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from tqdm import tqdm
 
 from . import data as data_lib
 from . import evaluate as eval_lib
 from . import models, sharding
 from .checkpoint import prepare_workdir
 from .loop import train_loop
-from .methods import METHODS
+from . import objectives
 from .errors import InputError
 
 
@@ -53,7 +51,11 @@ def plot_history(history, path, title=""):
     import matplotlib.pyplot as plt
     panels = [("loss", [k for k in history[0] if k.startswith("loss/")]),
               ("implicit reward", [k for k in history[0] if k.startswith("reward/") and "accuracy" not in k]),
-              ("first-token KL", ["kl/first_token_forward", "kl/first_token_reverse"])]
+              ("first-token KL", ["kl/first_token_forward", "kl/first_token_reverse"]),
+              ("reward hacking: per-token NLL / log-prob", [k for k in ("hacking/student_nll_yt",
+                                                                          "hacking/student_nll_ys",
+                                                                          "hacking/teacher_logp_ys") if k in history[0]]),
+              ("student samples", [k for k in ("hacking/distinct2_ys",) if k in history[0]])]
     panels = [(n, ks) for n, ks in panels if ks]
     fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.5))
     steps = [h["step"] for h in history]
@@ -103,7 +105,7 @@ def run(cfg):
     lm_rows = data_lib.load_packed(cfg.data.pretrain, tokenizer, cfg.data.lm_seq_len) if cfg.data.pretrain else None
     results = {}
     if cfg.mode == "train":
-        ref = params if METHODS[cfg.method].needs_reference else None
+        ref = params if objectives.build(cfg.method, cfg.loss).needs.reference else None
         params, history, best = train_loop(cfg, s_cfg, params, t_cfg, t_params, train_data, lm_rows, cfg.workdir,
                                            dev=dev, tokenizer=tokenizer, ref_params=ref,
                                            placement=placement)

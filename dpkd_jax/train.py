@@ -17,9 +17,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from . import losses, sampling
+from . import sampling
 from . import sharding as sharding_lib
-from .methods import METHODS, Context, first_token_kls
+from . import objectives
 
 # Peak dense bf16 FLOP/s per device, for MFU. Unknown devices (CPU) report no MFU.
 PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "TPU v4": 275e12, "TPU v5 lite": 197e12,
@@ -87,52 +87,63 @@ def place_state(params, tx, shardings):
     return jax.jit(lambda p: init_state(p, tx), out_shardings=shardings["state"])(params)
 
 
+def _pad_to(ids, mask, length, pad_token_id):
+    extra = length - ids.shape[1]
+    return (jnp.pad(ids, ((0, 0), (0, extra)), constant_values=pad_token_id), jnp.pad(mask, ((0, 0), (0, extra))))
+
+
 def make_step(cfg, student, teacher, tx, teacher_params, ref_params=None, shardings=None):
-    """The compiled step. ``student``/``teacher`` are model Configs (hashable decode calls).
+    """The compiled step, generic over objectives: it provides what ``objective.needs`` asks
+    for (samples, reference model), sums the objective's weighted terms and takes one optax
+    update. ``student``/``teacher`` are model Configs (hashable decode calls).
 
     ``shardings`` (from :func:`step_shardings`) compiles it over a mesh: state, batch,
     teacher and reference parameters in and out on their rules' shardings."""
-    method = METHODS[cfg.method]
-    c, g = cfg.loss, cfg.gen
+    objective = objectives.build(cfg.method, cfg.loss)
+    needs = objective.needs
+    g = cfg.gen
     gen_kw = dict(max_new_tokens=g.max_new_tokens, temperature=g.temperature, top_k=g.top_k, top_p=g.top_p,
                   eos_token_id=g.eos_token_id, pad_token_id=g.pad_token_id)
     schedule = make_schedule(cfg.train)
+    T, S = objectives.Response.TEACHER, objectives.Response.STUDENT
+
+    def student_samples(batch, params, rng, samples):
+        if "student_ids" in batch:  # given by the caller (bench/train_step.py times the step without generation)
+            return batch["student_ids"], batch["student_mask"]
+        kw = dict(gen_kw, temperature=needs.student_temperature or g.temperature)
+        own = lambda: sampling.sample(student, jax.lax.stop_gradient(params), batch["prompt_ids"],
+                                      batch["prompt_mask"], rng, **kw)
+        if needs.on_policy >= 1.0:
+            return own()
+        # GKD: the student's own samples with probability on_policy, else the fallback responses.
+        fallback = samples[T] if needs.fallback is T else (batch["response_ids"], batch["response_mask"])
+        L = max(g.max_new_tokens, fallback[0].shape[1])
+        coin = jax.random.uniform(jax.random.fold_in(rng, 1)) < needs.on_policy
+        return jax.lax.cond(coin, lambda: _pad_to(*own(), L, g.pad_token_id),
+                            lambda: _pad_to(*fallback, L, g.pad_token_id))
 
     def _body(state, batch, rng, teacher_params, ref_params):
         params = state["params"]
         rng_t, rng_s = jax.random.split(rng)
         samples = {}
-        if method.teacher_samples:
+        if needs.teacher_samples:
             if "teacher_ids" in batch:  # offline: precomputed once per prompt
-                samples["teacher"] = (batch["teacher_ids"], batch["teacher_mask"])
+                samples[T] = (batch["teacher_ids"], batch["teacher_mask"])
             else:
-                samples["teacher"] = sampling.sample(teacher, teacher_params, batch["prompt_ids"],
-                                                     batch["prompt_mask"], rng_t, **gen_kw)
-        if method.student_samples:
-            if "student_ids" in batch:  # given by the caller (bench/train_step.py times the step without generation)
-                samples["student"] = (batch["student_ids"], batch["student_mask"])
-            else:
-                samples["student"] = sampling.sample(student, jax.lax.stop_gradient(params), batch["prompt_ids"],
-                                                     batch["prompt_mask"], rng_s, **gen_kw)
+                samples[T] = sampling.sample(teacher, teacher_params, batch["prompt_ids"], batch["prompt_mask"],
+                                             rng_t, **gen_kw)
+        if needs.student_samples:
+            samples[S] = student_samples(batch, params, rng_s, samples)
+        progress = state["step"].astype(jnp.float32) / cfg.train.steps
+        M = objectives.Model
 
         def loss_fn(p):
-            ctx = Context(student, p, teacher, teacher_params, batch, samples, ref_params)
-            ce_gold = ctx.ce("gold")
-            if cfg.method == "sft":
-                method_loss, metrics = ce_gold, {}
-                total = ce_gold.mean()
-            else:
-                method_loss, metrics = method.fn(ctx, c)
-                total = (1 - c.kd_ratio) * ce_gold.mean() + c.kd_ratio * method_loss.mean()
-            metrics = {k: v.mean() for k, v in metrics.items()}
-            metrics.update({"loss/ce_gold": ce_gold.mean(), f"loss/{cfg.method}": method_loss.mean()})
-            if "lm_ids" in batch and c.lm_coef > 0:
-                lm = batch["lm_ids"]
-                pos = jnp.broadcast_to(jnp.arange(lm.shape[1]), lm.shape)
-                logits, _ = student(p, lm[:, :-1], pos[:, :-1], jnp.ones_like(lm[:, :-1]))
-                lm_loss = losses.cross_entropy(logits, lm[:, 1:], jnp.ones_like(lm[:, 1:])).mean()
-                total = total + c.lm_coef * lm_loss
-                metrics["loss/lm"] = lm_loss
+            ctx = objectives.Context({M.STUDENT: (student, p), M.TEACHER: (teacher, teacher_params),
+                                      M.REFERENCE: (student, ref_params)}, batch, samples, progress)
+            terms, metrics = objective.loss(ctx)
+            total = sum(w * v.mean() for w, v in terms.values())
+            metrics = {k: v.mean() for k, v in {**metrics, **objectives.reward_hacking(ctx)}.items()}
+            metrics.update({f"loss/{k}": v.mean() for k, (_, v) in terms.items()})
             metrics["loss/total"] = total
             return total, metrics
 
@@ -147,16 +158,17 @@ def make_step(cfg, student, teacher, tx, teacher_params, ref_params=None, shardi
         log_step = (done % cfg.train.log_every == 0) | (done == cfg.train.steps)
         zeros = jnp.zeros(batch["prompt_ids"].shape[:1], jnp.float32)
         fkl, rkl = jax.lax.cond(
-            log_step, lambda: first_token_kls(student, params, teacher, teacher_params, batch["prompt_ids"],
-                                              batch["prompt_mask"]), lambda: (zeros, zeros))
+            log_step, lambda: objectives.first_token_kls(student, params, teacher, teacher_params,
+                                                         batch["prompt_ids"], batch["prompt_mask"]),
+            lambda: (zeros, zeros))
         lr = schedule(state["step"]) if callable(schedule) else schedule
         metrics["nonfinite/streak"] = opt_state.notfinite_count
         metrics["nonfinite/skipped"] = opt_state.total_notfinite
         metrics.update({"kl/first_token_forward": fkl.mean(), "kl/first_token_reverse": rkl.mean(),
                         "grad_norm": _global_norm(grads), "lr": jnp.asarray(lr, jnp.float32),
                         "length/gold": batch["response_mask"].sum(1).mean()})
-        for name, (_, m) in samples.items():
-            metrics[f"length/{name}_response"] = m.sum(1).mean()
+        for r, (_, m) in samples.items():
+            metrics[f"length/{r.value}_response"] = m.sum(1).mean()
         return {"params": new_params, "opt_state": opt_state, "step": state["step"] + 1}, metrics
 
     if shardings is None:
@@ -185,16 +197,16 @@ def make_step(cfg, student, teacher, tx, teacher_params, ref_params=None, shardi
 def step_flops(cfg, student, teacher, batch_size):
     """Model FLOPs of one step (for MFU): student train on scored tokens, teacher
     forward scoring, generation forwards of both."""
-    method = METHODS[cfg.method]
+    needs = objectives.build(cfg.method, cfg.loss).needs
     from .models import flops_per_token, forward_flops_per_token
     P, R, N = cfg.data.max_prompt_length, cfg.data.max_length - cfg.data.max_prompt_length, cfg.gen.max_new_tokens
     S = P + max(R, N)
-    n_resp = 1 + method.teacher_samples + method.student_samples
+    n_resp = 1 + needs.teacher_samples + needs.student_samples
     f = batch_size * (P + R) * flops_per_token(student, S) * n_resp
-    f += batch_size * (P + R) * forward_flops_per_token(teacher, S) * (n_resp if cfg.method != "sft" else 0)
-    if method.teacher_samples:
+    f += batch_size * (P + R) * forward_flops_per_token(teacher, S) * (n_resp if needs.teacher_logits else 0)
+    if needs.teacher_samples:
         f += batch_size * (P + N) * forward_flops_per_token(teacher, P + N)
-    if method.student_samples:
+    if needs.student_samples:
         f += batch_size * (P + N) * forward_flops_per_token(student, P + N)
     return f
 

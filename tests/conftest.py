@@ -1,11 +1,18 @@
 """Shared fixtures: tiny random Hugging Face checkpoints written with save_pretrained."""
 
+import json
 import os
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+import jax
 import numpy as np
 import pytest
+
+from dpkd_jax import models
+from dpkd_jax.config import default_config
+from dpkd_jax.data import format_prompt, load_instructions
+from dpkd_jax.models import gpt2
 
 VOCAB = 96
 
@@ -139,3 +146,40 @@ def hf_pair(tmp_path_factory):
     rows = open(os.path.join(DEMO, "train.jsonl")).readlines()[:200]
     (root / "train.jsonl").write_text("".join(rows))
     return out[0], out[1], str(root / "train.jsonl")
+
+
+# ------------------------------------------------ tiny training setups (pipeline, objectives, trainer)
+
+PIPE_VOCAB = 700  # enough merges that the long template becomes ~30-50 tokens
+
+
+@pytest.fixture(scope="session")
+def tok(tmp_path_factory):
+    corpus = ([format_prompt("Add the numbers.", "1 and 2") + "3", format_prompt("Say hi.") + "hi there"] * 30
+              + [f"Say {i}. {i}" for i in range(30)])
+    return make_tokenizer(str(tmp_path_factory.mktemp("tok")), vocab_size=PIPE_VOCAB, corpus=corpus)
+
+
+def write_jsonl(path, rows):
+    with open(path, "w") as f:
+        for r in rows:
+            f.write((r if isinstance(r, str) else json.dumps(r)) + "\n")
+    return str(path)
+
+
+def tiny_setup(tmp_path, tok, n=24):
+    rows = [{"instruction": "Say hi.", "response": "hi there"},
+            {"instruction": "Add the numbers.", "context": "1 and 2", "response": "3"}] * (n // 2)
+    cfg = default_config()
+    cfg.data.max_prompt_length, cfg.data.max_length = 56, 64
+    cfg.gen.max_new_tokens = 6
+    cfg.gen.eos_token_id, cfg.gen.pad_token_id = tok.eos_token_id, tok.eos_token_id
+    cfg.train.batch_size, cfg.train.log_every, cfg.train.save_every = 4, 1, 2
+    cfg.train.lr, cfg.train.steps, cfg.train.schedule = 3e-3, 3, "constant"
+    for block in cfg.loss.values():
+        block.lm_coef = 0.0
+    data, _ = load_instructions(write_jsonl(tmp_path / "d.jsonl", rows), tok, max_prompt_length=56,
+                                  max_length=64, pad_token_id=tok.eos_token_id)
+    mk = lambda d, L, seed: (lambda c: (c, models.init_params(c, jax.random.PRNGKey(seed))))(
+        gpt2.tiny_config(vocab_size=PIPE_VOCAB, d_model=d, n_layers=L, n_heads=2, d_ff=2 * d, max_positions=72))
+    return cfg, data, mk(32, 2, 0), mk(16, 1, 1)

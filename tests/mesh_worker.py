@@ -24,7 +24,7 @@ def setup():
     cfg.method = "dpkd"
     cfg.gen.max_new_tokens, cfg.gen.eos_token_id, cfg.gen.pad_token_id = 5, 1, 0
     cfg.train.batch_size, cfg.train.lr, cfg.train.schedule, cfg.train.log_every = 8, 1e-3, "constant", 1
-    cfg.loss.lm_coef = 0.5
+    cfg.loss.dpkd.lm_coef = 0.5
     mk = lambda c, seed: (c, models.init_params(c, jax.random.PRNGKey(seed)))
     # Teacher: a Llama with one KV head (MQA), so tensor=2 exceeds its KV heads; student: GPT-2.
     teacher = llama.tiny_config(vocab_size=96, d_model=32, n_layers=2, n_heads=2, n_kv_heads=1, d_ff=64)

@@ -70,7 +70,7 @@ def test_preflight_passes_and_summarises(good):
 @pytest.mark.parametrize("flag, culprit", [
     ("--config.teacher.path=/nowhere/teacher", "config.teacher.path: '/nowhere/teacher' is not a directory"),
     ("--config.method=dpkdd", "config.method: unknown method 'dpkdd'"),
-    ("--config.loss.beta=-1.0", "config.loss.beta: must be > 0, got -1.0"),
+    ("--config.loss.dpkd.beta=-1.0", "config.loss.dpkd.beta: must be > 0, got -1.0"),
     ("--config.trian.steps=3", "--config.trian.steps=3"),
     ("--config.data.max_prompt_length=200", "config.data.max_prompt_length: 200 must be < data.max_length=128"),
     ("--config.data.template=alpaca", "config.data.template"),
@@ -81,8 +81,8 @@ def test_config_errors_are_one_line(good, flag, culprit):
 
 
 def test_traceback_flag_shows_the_traceback(good):
-    r = run(good(), "--config.loss.beta=-1.0", "--traceback")
-    assert r.returncode != 0 and "Traceback" in r.stderr and "config.loss.beta" in r.stderr
+    r = run(good(), "--config.loss.dpkd.beta=-1.0", "--traceback")
+    assert r.returncode != 0 and "Traceback" in r.stderr and "config.loss.dpkd.beta" in r.stderr
 
 
 def _copy(src, dst):
@@ -160,7 +160,7 @@ def test_multi_host_error_is_printed_once_and_every_process_exits_2(good):
         s.bind(("localhost", 0))
         port = s.getsockname()[1]
     env = dict(os.environ, JAX_PLATFORMS="cpu")
-    procs = [subprocess.Popen([sys.executable, "-m", "dpkd_jax.main", f"--config={config}", "--config.loss.beta=-1.0",
+    procs = [subprocess.Popen([sys.executable, "-m", "dpkd_jax.main", f"--config={config}", "--config.loss.dpkd.beta=-1.0",
                                "--config.distributed.enabled=True",
                                f"--config.distributed.coordinator_address=localhost:{port}",
                                "--config.distributed.num_processes=2", f"--config.distributed.process_id={i}"],
@@ -169,4 +169,4 @@ def test_multi_host_error_is_printed_once_and_every_process_exits_2(good):
     outs = [p.communicate(timeout=180) for p in procs]
     assert [p.returncode for p in procs] == [2, 2], outs
     lines = [l for _, err in outs for l in err.splitlines() if l.startswith("error: ")]
-    assert lines == ["error: config.loss.beta: must be > 0, got -1.0"], outs
+    assert lines == ["error: config.loss.dpkd.beta: must be > 0, got -1.0"], outs

@@ -9,31 +9,17 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import make_tokenizer
+from conftest import PIPE_VOCAB as VOCAB, make_tokenizer, tiny_setup, write_jsonl  # noqa: F401
 from dpkd_jax import data as D
 from dpkd_jax import evaluate as E
 from dpkd_jax import models
 from dpkd_jax.config import default_config, validate
-from dpkd_jax.methods import METHODS
+from dpkd_jax.objectives import OBJECTIVES
 from dpkd_jax.models import gpt2
 from dpkd_jax.loop import train_loop
 
 ROOT = os.path.dirname(os.path.dirname(__file__))
-VOCAB = 700  # enough merges that the long template becomes ~30-50 tokens
 
-
-@pytest.fixture(scope="module")
-def tok(tmp_path_factory):
-    corpus = ([D.format_prompt("Add the numbers.", "1 and 2") + "3", D.format_prompt("Say hi.") + "hi there"] * 30
-              + [f"Say {i}. {i}" for i in range(30)])
-    return make_tokenizer(str(tmp_path_factory.mktemp("tok")), vocab_size=VOCAB, corpus=corpus)
-
-
-def write_jsonl(path, rows):
-    with open(path, "w") as f:
-        for r in rows:
-            f.write((r if isinstance(r, str) else json.dumps(r)) + "\n")
-    return str(path)
 
 
 # --------------------------------------------------------------------- data
@@ -116,11 +102,14 @@ def test_rouge_and_exact_match_on_hand_examples():
 def test_config_errors_name_the_field(tmp_path):
     c = default_config()
     c.demo.enabled = True
-    for field, value, match in [("method", "dpo", "config.method"), ("loss.beta", -1.0, "config.loss.beta"),
+    for field, value, match in [("method", "dpo", "config.method"), ("loss.dpkd.beta", -1.0, "config.loss.dpkd.beta"),
                                 ("data.max_prompt_length", 600, "config.data.max_prompt_length"),
-                                ("loss.form", "xx", "config.loss.form")]:
+                                ("loss.dpkd.form", "xx", "config.loss.dpkd.form")]:
         bad = copy.deepcopy(c)
-        node, key = (bad, field) if "." not in field else (getattr(bad, field.split(".")[0]), field.split(".")[1])
+        *path, key = field.split(".")
+        node = bad
+        for part in path:
+            node = getattr(node, part)
         setattr(node, key, value)
         with pytest.raises(ValueError, match=match):
             validate(bad)
@@ -141,7 +130,7 @@ def test_paper_configs_load_and_validate_with_stand_in_checkpoints(name, checkpo
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     c = mod.get_config()
-    assert c.method == "dpkd" and c.loss.beta == 0.1 and c.loss.kd_ratio == 0.5 and c.data.max_length == 512
+    assert c.method == "dpkd" and c.loss.dpkd.beta == 0.1 and c.loss.dpkd.kd_ratio == 0.5 and c.data.max_length == 512
     kind = "opt" if "opt" in name else "gpt2"
     c.teacher.path = c.student.path = checkpoints[kind][0]
     c.data.train = write_jsonl(tmp_path / "d.jsonl", [{"instruction": "a", "response": "b"}])
@@ -152,35 +141,18 @@ def test_paper_configs_load_and_validate_with_stand_in_checkpoints(name, checkpo
 
 # ------------------------------------------------------- steps, methods
 
-def tiny_setup(tmp_path, tok, n=24):
-    rows = [{"instruction": "Say hi.", "response": "hi there"},
-            {"instruction": "Add the numbers.", "context": "1 and 2", "response": "3"}] * (n // 2)
-    cfg = default_config()
-    cfg.data.max_prompt_length, cfg.data.max_length = 56, 64
-    cfg.gen.max_new_tokens = 6
-    cfg.gen.eos_token_id, cfg.gen.pad_token_id = tok.eos_token_id, tok.eos_token_id
-    cfg.train.batch_size, cfg.train.log_every, cfg.train.save_every = 4, 1, 2
-    cfg.train.lr, cfg.train.steps, cfg.train.schedule = 3e-3, 3, "constant"
-    cfg.loss.lm_coef = 0.0
-    data, _ = D.load_instructions(write_jsonl(tmp_path / "d.jsonl", rows), tok, max_prompt_length=56,
-                                  max_length=64, pad_token_id=tok.eos_token_id)
-    mk = lambda d, L, seed: (lambda c: (c, models.init_params(c, jax.random.PRNGKey(seed))))(
-        gpt2.tiny_config(vocab_size=VOCAB, d_model=d, n_layers=L, n_heads=2, d_ff=2 * d, max_positions=72))
-    return cfg, data, mk(32, 2, 0), mk(16, 1, 1)
-
-
-@pytest.mark.parametrize("method", sorted(METHODS))
+@pytest.mark.parametrize("method", sorted(OBJECTIVES))
 def test_every_method_trains(method, tmp_path, tok):
     cfg, data, (t_cfg, t_params), (s_cfg, s_params) = tiny_setup(tmp_path, tok)
     cfg.method = method
     cfg.train.steps = 2
     lm = np.tile(np.arange(17, dtype=np.int32) % VOCAB, (8, 1))
-    cfg.loss.lm_coef = 0.5
+    cfg.loss[method].lm_coef = 0.5
     params, hist, _ = train_loop(cfg, s_cfg, s_params, t_cfg, t_params, data, lm, str(tmp_path / "w"),
                               ref_params=s_params if method == "dadpo" else None)
     assert len(hist) == 2 and all(np.isfinite(h["loss/total"]) for h in hist)
     assert f"loss/{method}" in hist[-1] and "loss/lm" in hist[-1] and "kl/first_token_forward" in hist[-1]
-    if METHODS[method].student_samples and method == "dpkd":
+    if method == "dpkd":
         assert {"reward/margin", "reward/accuracy", "length/student_response"} <= set(hist[-1])
     changed = any(not np.allclose(params[k], s_params[k]) for k in params)
     assert changed

@@ -20,7 +20,7 @@ from dpkd_jax import data as D
 from dpkd_jax import methods as M
 from dpkd_jax import train as T
 from dpkd_jax.loop import Diverged, train_loop
-from test_pipeline import VOCAB, tiny_setup, tok  # noqa: F401  (tok is a fixture)
+from conftest import PIPE_VOCAB as VOCAB, tiny_setup  # noqa: F401
 
 ROOT = os.path.dirname(os.path.dirname(__file__))
 DEMO = os.path.join(ROOT, "dpkd_jax", "data", "demo")

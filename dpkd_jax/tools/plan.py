@@ -90,7 +90,7 @@ def plan_one(cfg, mesh_sizes, devices, batch_per_replica=0):
     ``batch_per_replica`` > 0 sets the global batch to that times the data-parallel size."""
     import jax
     import numpy as np
-    from .. import sharding
+    from .. import objectives, sharding
     from ..train import make_optimizer, make_step, step_shardings
     from ..models import param_table
     from ..models.config import DTYPES
@@ -126,7 +126,7 @@ def plan_one(cfg, mesh_sizes, devices, batch_per_replica=0):
     i32 = lambda *shape: jax.ShapeDtypeStruct(shape, np.int32, sharding=sh["batch"])
     batch = {"prompt_ids": i32(B, P), "prompt_mask": i32(B, P), "response_ids": i32(B, L - P),
              "response_mask": i32(B, L - P)}
-    if cfg.loss.lm_coef > 0 and cfg.data.pretrain:
+    if getattr(objectives.build(cfg.method, cfg.loss), "lm_coef", 0.0) > 0 and cfg.data.pretrain:
         batch["lm_ids"] = i32(B, cfg.data.lm_seq_len)
     rng = jax.ShapeDtypeStruct((2,), np.uint32, sharding=sh["replicated"])
     step = make_step(cfg, s_cfg, t_cfg, tx, None, None, sh)

@@ -1,0 +1,40 @@
+"""One small object per method: typed hyperparameters (``config.loss.<method>.<field>``),
+what it needs (``Needs``), and its whole loss as weighted terms with its metrics.
+
+  sft kd rkl jsd akl skew_kl skew_rkl dpkd_token gkd      token level (one vocabulary)
+  seqkd dpkd plad dadpo distillm2                          on sampled responses
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from ..errors import InputError
+from .base import Context, Model, Needs, Response
+from .diagnostics import distinct_2, first_token_kls, reward_hacking
+from .distillm2 import DistiLLM2
+from .sequence import DPKD, DaDPO, PLaD, SeqKD
+from .token import AKL, GKD, JSD, KD, RKL, SFT, DPKDToken, SkewKL, SkewRKL
+
+OBJECTIVES = {"sft": SFT, "kd": KD, "rkl": RKL, "jsd": JSD, "akl": AKL, "skew_kl": SkewKL, "skew_rkl": SkewRKL,
+              "dpkd_token": DPKDToken, "gkd": GKD, "seqkd": SeqKD, "dpkd": DPKD, "plad": PLaD, "dadpo": DaDPO,
+              "distillm2": DistiLLM2}
+
+
+def defaults() -> dict:
+    """``config.loss``: one block per method with its typed defaults."""
+    return {name: dataclasses.asdict(cls()) for name, cls in OBJECTIVES.items()}
+
+
+def build(method: str, loss_cfg):
+    """The objective of ``method`` from its config block, validated (InputError naming the field)."""
+    if method not in OBJECTIVES:
+        raise InputError(f"config.method: unknown method {method!r}; choose from {sorted(OBJECTIVES)}")
+    block = dict(loss_cfg[method])
+    obj = OBJECTIVES[method](**block)
+    obj.validate()
+    return obj
+
+
+__all__ = ["OBJECTIVES", "defaults", "build", "Context", "Model", "Needs", "Response", "first_token_kls",
+           "reward_hacking", "distinct_2"]

@@ -1,0 +1,42 @@
+"""DistiLLM-2 (arXiv 2503.07067): contrastive CALD, pulling toward the teacher on its
+samples and pushing off the student's own mistakes on the student's samples."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import ClassVar
+
+import jax.numpy as jnp
+
+from .. import losses
+from .base import Model, Needs, Response, check, check_mix, mixed
+
+
+@dataclasses.dataclass(frozen=True)
+class DistiLLM2:
+    """``(1−β)·SKL_α(y_t) + β·SRKL_α(y_s)`` (method.md). ``beta_ramp``: the released code's
+    schedule, β from 0.5 to 0.75 by mid-training. No CE or LM term by default (the paper
+    has none); ``kd_ratio``/``lm_coef`` add them."""
+    alpha: float = 0.1
+    beta: float = 0.5
+    beta_ramp: bool = False
+    kd_ratio: float = 1.0
+    lm_coef: float = 0.0
+    needs: ClassVar = Needs(teacher_samples=True, student_samples=True)
+
+    def validate(self):
+        check("distillm2", "alpha", 0.0 <= self.alpha < 1.0, "must be in [0, 1)", self.alpha)
+        check("distillm2", "beta", 0.0 <= self.beta <= 1.0, "must be in [0, 1]", self.beta)
+        check_mix("distillm2", self.kd_ratio, self.lm_coef)
+
+    def loss(self, ctx):
+        beta = self.beta
+        if self.beta_ramp:  # b = 1 + 0.5·min(1, 2·step/steps) in the code's (2−b)·SKL + b·SRKL
+            beta = (1.0 + 0.5 * jnp.minimum(1.0, 2.0 * ctx.progress)) / 2.0
+        _, mt = ctx.response(Response.TEACHER)
+        _, ms = ctx.response(Response.STUDENT)
+        value = losses.cald_loss(ctx.logits(Model.STUDENT, Response.TEACHER), ctx.logits(Model.TEACHER, Response.TEACHER),
+                                 mt, ctx.logits(Model.STUDENT, Response.STUDENT),
+                                 ctx.logits(Model.TEACHER, Response.STUDENT), ms, alpha=self.alpha, beta=beta)
+        return (mixed(ctx, "distillm2", value, kd_ratio=self.kd_ratio, lm_coef=self.lm_coef),
+                {"distillm2/beta": jnp.broadcast_to(jnp.asarray(beta, jnp.float32), value.shape)})

@@ -1,0 +1,117 @@
+"""Sequence-level objectives on sampled responses: SeqKD, DPKD (all preference forms),
+PLaD and daDPO (method.md). They need each model's log-probability of whole responses."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import ClassVar
+
+from .. import losses
+from ..losses import DPKD_FORMS
+from .base import Model, Needs, Response, check, check_mix, mixed
+
+_PAIR = Needs(teacher_samples=True, student_samples=True)
+
+
+@dataclasses.dataclass(frozen=True)
+class SeqKD:
+    """Cross-entropy on the teacher's sampled responses, mixed with CE on gold."""
+    kd_ratio: float = 0.5
+    lm_coef: float = 0.5
+    needs: ClassVar = Needs(teacher_samples=True, teacher_logits=False)
+
+    def validate(self):
+        check_mix("seqkd", self.kd_ratio, self.lm_coef)
+
+    def loss(self, ctx):
+        return mixed(ctx, "seqkd", ctx.ce(Response.TEACHER), kd_ratio=self.kd_ratio, lm_coef=self.lm_coef), {}
+
+
+def preference_metrics(beta, normalize, sc, sr, tc, tr, nc, nr):
+    r_t = losses.implicit_reward(sc, tc, nc if normalize else None, beta=beta)
+    r_s = losses.implicit_reward(sr, tr, nr if normalize else None, beta=beta)
+    return {"reward/teacher_response": r_t, "reward/student_response": r_s,
+            "reward/margin": losses.reward_margin(r_t, r_s), "reward/accuracy": losses.preference_accuracy(r_t, r_s)}
+
+
+@dataclasses.dataclass(frozen=True)
+class DPKD:
+    """DPKD (arXiv 2406.19774, Eq. 9): the teacher's sample preferred over the student's,
+    the implicit reward the student/teacher log-ratio; preference forms of Table 2."""
+    beta: float = 0.1
+    form: str = "sigmoid"
+    length_normalize: bool = True
+    label_smoothing: float = 0.0
+    reference_free: bool = False
+    simpo_gamma: float = 0.5
+    dpop_lambda: float = 50.0
+    cpo_alpha: float = 1.0
+    kd_ratio: float = 0.5
+    lm_coef: float = 0.5
+    needs: ClassVar = _PAIR
+
+    def validate(self):
+        check("dpkd", "beta", self.beta > 0, "must be > 0", self.beta)
+        check("dpkd", "form", self.form in DPKD_FORMS, f"must be one of {DPKD_FORMS}", self.form)
+        check("dpkd", "label_smoothing", 0.0 <= self.label_smoothing < 0.5, "must be in [0, 0.5)",
+              self.label_smoothing)
+        check_mix("dpkd", self.kd_ratio, self.lm_coef)
+
+    def loss(self, ctx):
+        (sc, nc), (sr, nr) = ctx.logps(Model.STUDENT, Response.TEACHER), ctx.logps(Model.STUDENT, Response.STUDENT)
+        (tc, _), (tr, _) = ctx.logps(Model.TEACHER, Response.TEACHER), ctx.logps(Model.TEACHER, Response.STUDENT)
+        value = losses.dpkd_loss(sc, sr, tc, tr, nc, nr, beta=self.beta, form=self.form,
+                                 length_normalize=self.length_normalize, label_smoothing=self.label_smoothing,
+                                 reference_free=self.reference_free, simpo_gamma=self.simpo_gamma,
+                                 dpop_lambda=self.dpop_lambda, cpo_alpha=self.cpo_alpha)
+        metrics = preference_metrics(self.beta, self.length_normalize, sc, sr, tc, tr, nc, nr)
+        return mixed(ctx, "dpkd", value, kd_ratio=self.kd_ratio, lm_coef=self.lm_coef), metrics
+
+
+@dataclasses.dataclass(frozen=True)
+class PLaD:
+    """PLaD (arXiv 2406.02886): margin ranking of the student's length-normalised
+    log-likelihoods, teacher sample over student sample; no teacher logits."""
+    margin: float = 1.0
+    smooth: bool = False
+    alpha: float = 0.0          # + alpha x CE(y_t)
+    kd_ratio: float = 0.5
+    lm_coef: float = 0.5
+    needs: ClassVar = Needs(teacher_samples=True, student_samples=True, teacher_logits=False)
+
+    def validate(self):
+        check("plad", "alpha", self.alpha >= 0, "must be >= 0", self.alpha)
+        check_mix("plad", self.kd_ratio, self.lm_coef)
+
+    def loss(self, ctx):
+        (sc, nc), (sr, nr) = ctx.logps(Model.STUDENT, Response.TEACHER), ctx.logps(Model.STUDENT, Response.STUDENT)
+        value = losses.plad_loss(sc, sr, nc, nr, margin=self.margin, smooth=self.smooth)
+        if self.alpha:
+            value = value + self.alpha * ctx.ce(Response.TEACHER)
+        return mixed(ctx, "plad", value, kd_ratio=self.kd_ratio, lm_coef=self.lm_coef), {}
+
+
+@dataclasses.dataclass(frozen=True)
+class DaDPO:
+    """daDPO (arXiv 2506.15717): DPO on teacher-preferred pairs against the frozen initial
+    student, plus alpha x KL(p || q) on the teacher's response."""
+    beta: float = 0.1
+    alpha: float = 1.0
+    temperature: float = 1.0
+    kd_ratio: float = 0.5
+    lm_coef: float = 0.5
+    needs: ClassVar = Needs(teacher_samples=True, student_samples=True, reference=True)
+
+    def validate(self):
+        check("dadpo", "beta", self.beta > 0, "must be > 0", self.beta)
+        check("dadpo", "alpha", self.alpha >= 0, "must be >= 0", self.alpha)
+        check_mix("dadpo", self.kd_ratio, self.lm_coef)
+
+    def loss(self, ctx):
+        (sc, _), (sr, _) = ctx.logps(Model.STUDENT, Response.TEACHER), ctx.logps(Model.STUDENT, Response.STUDENT)
+        (rc, _), (rr, _) = ctx.logps(Model.REFERENCE, Response.TEACHER), ctx.logps(Model.REFERENCE, Response.STUDENT)
+        _, mask = ctx.response(Response.TEACHER)
+        kl = losses.forward_kl(ctx.logits(Model.STUDENT, Response.TEACHER), ctx.logits(Model.TEACHER, Response.TEACHER),
+                               mask, temperature=self.temperature)
+        value = losses.dadpo_loss(sc, sr, rc, rr, kl, beta=self.beta, alpha=self.alpha)
+        return mixed(ctx, "dadpo", value, kd_ratio=self.kd_ratio, lm_coef=self.lm_coef), {"dadpo/distribution_kl": kl}

@@ -1,0 +1,108 @@
+"""Token-level objectives: SFT, word-level KD and the other teacher-forced divergences
+(reverse KL, generalised JSD, AKL, DistiLLM's skew KLs), the reference code's token-level
+DPKD, and on-policy GKD. All compare next-token distributions over one vocabulary."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import ClassVar
+
+from .. import losses
+from .base import Model, Needs, Response, check, check_mix, mixed
+
+
+@dataclasses.dataclass(frozen=True)
+class SFT:
+    """Cross-entropy on the gold response (+ ``lm_coef`` x the pre-training LM loss)."""
+    lm_coef: float = 0.5
+    needs: ClassVar = Needs(teacher_logits=False)
+
+    def validate(self):
+        check_mix("sft", 1.0, self.lm_coef)
+
+    def loss(self, ctx):
+        return mixed(ctx, "sft", ctx.ce(Response.GOLD), kd_ratio=1.0, lm_coef=self.lm_coef), {}
+
+
+def _divergence(name, fn, doc, **extra):
+    """A teacher-forced divergence on the gold response, mixed with CE as the reference code does."""
+    fields = [("kd_ratio", float, 0.5), ("lm_coef", float, 0.5), ("temperature", float, 1.0)]
+    fields += [(k, float, v) for k, v in extra.items()]
+
+    def validate(self):
+        check_mix(name, self.kd_ratio, self.lm_coef)
+        check(name, "temperature", self.temperature > 0, "must be > 0", self.temperature)
+
+    def loss(self, ctx):
+        ids, mask = ctx.response(Response.GOLD)
+        value = fn(ctx.logits(Model.STUDENT, Response.GOLD), ctx.logits(Model.TEACHER, Response.GOLD), mask,
+                   temperature=self.temperature, **{k: getattr(self, k) for k in extra})
+        return mixed(ctx, name, value, kd_ratio=self.kd_ratio, lm_coef=self.lm_coef), {}
+    cls = dataclasses.make_dataclass(name.upper(), fields, frozen=True,
+                                     namespace={"validate": validate, "loss": loss, "needs": Needs(), "__doc__": doc})
+    return cls
+
+
+KD = _divergence("kd", losses.forward_kl, "Word-level KD (Hinton): forward KL on the gold response.")
+RKL = _divergence("rkl", losses.reverse_kl, "Token-level reverse KL on the gold response.")
+JSD = _divergence("jsd", losses.generalized_jsd, "Generalised JSD(beta) on the gold response.", beta=0.5)
+AKL = _divergence("akl", losses.adaptive_kl, "Adaptive KL (head/tail mix of forward and reverse KL).", mu=0.5)
+SkewKL = _divergence("skew_kl", losses.skew_kl, "DistiLLM's skew KL(p || a p + (1-a) q).", alpha=0.1)
+SkewRKL = _divergence("skew_rkl", losses.skew_reverse_kl, "DistiLLM's skew reverse KL.", alpha=0.1)
+
+
+@dataclasses.dataclass(frozen=True)
+class DPKDToken:
+    """The reference code's token-level DPKD (``--seqKD-DPO``): teacher argmax chosen,
+    student argmax rejected, per position, on the gold response."""
+    beta: float = 0.1
+    label_smoothing: float = 0.0
+    reference_free: bool = False
+    kd_ratio: float = 0.5
+    lm_coef: float = 0.5
+    needs: ClassVar = Needs()
+
+    def validate(self):
+        check("dpkd_token", "beta", self.beta > 0, "must be > 0", self.beta)
+        check_mix("dpkd_token", self.kd_ratio, self.lm_coef)
+
+    def loss(self, ctx):
+        _, mask = ctx.response(Response.GOLD)
+        value = losses.dpkd_token_loss(ctx.logits(Model.STUDENT, Response.GOLD), ctx.logits(Model.TEACHER,
+                                       Response.GOLD), mask, beta=self.beta, label_smoothing=self.label_smoothing,
+                                       reference_free=self.reference_free)
+        return mixed(ctx, "dpkd_token", value, kd_ratio=self.kd_ratio, lm_coef=self.lm_coef), {}
+
+
+@dataclasses.dataclass(frozen=True)
+class GKD:
+    """On-policy GKD (arXiv 2306.13649, as TRL's): with probability ``lmbda`` a step trains on
+    the student's own samples (at ``temperature``), otherwise on the gold responses (or the
+    teacher's samples when ``seq_kd``); the loss is JSD(beta) per token, temperature 1.
+    beta = 0 is forward KL(p||q), beta = 1 reverse KL(q||p) (TRL's convention; EasyDeL's
+    docstring has them the other way). TRL pools tokens over the batch; we keep per-example
+    token means."""
+    lmbda: float = 0.5
+    beta: float = 0.5
+    seq_kd: bool = False
+    temperature: float = 0.9
+    kd_ratio: float = 1.0
+    lm_coef: float = 0.0
+
+    @property
+    def needs(self):
+        return Needs(teacher_samples=self.seq_kd, student_samples=True, on_policy=self.lmbda,
+                     fallback=Response.TEACHER if self.seq_kd else Response.GOLD,
+                     student_temperature=self.temperature)
+
+    def validate(self):
+        check("gkd", "lmbda", 0.0 <= self.lmbda <= 1.0, "must be in [0, 1]", self.lmbda)
+        check("gkd", "beta", 0.0 <= self.beta <= 1.0, "must be in [0, 1]", self.beta)
+        check("gkd", "temperature", self.temperature > 0, "must be > 0", self.temperature)
+        check_mix("gkd", self.kd_ratio, self.lm_coef)
+
+    def loss(self, ctx):
+        _, mask = ctx.response(Response.STUDENT)
+        value = losses.generalized_jsd(ctx.logits(Model.STUDENT, Response.STUDENT),
+                                       ctx.logits(Model.TEACHER, Response.STUDENT), mask, beta=self.beta)
+        return mixed(ctx, "gkd", value, kd_ratio=self.kd_ratio, lm_coef=self.lm_coef), {}

@@ -1,0 +1,119 @@
+"""Objectives: typed per-method config blocks validated by name, their needs, GKD's
+on-policy mixing, DistiLLM-2's ramp, and the reward-hacking diagnostics."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import tiny_setup
+from dpkd_jax import objectives as O
+from dpkd_jax.config import default_config
+from dpkd_jax.errors import InputError
+from dpkd_jax.train import init_state, make_optimizer, make_step
+from dpkd_jax import data as D
+
+
+def test_every_method_has_a_typed_block_and_bad_fields_are_named():
+    c = default_config()
+    assert set(c.loss) == set(O.OBJECTIVES)
+    assert c.loss.dpkd.beta == 0.1 and c.loss.gkd.lmbda == 0.5 and c.loss.distillm2.alpha == 0.1
+    for method, field, value, msg in [("dpkd", "beta", -1.0, "config.loss.dpkd.beta: must be > 0"),
+                                      ("gkd", "lmbda", 1.5, "config.loss.gkd.lmbda: must be in"),
+                                      ("distillm2", "alpha", 1.0, "config.loss.distillm2.alpha"),
+                                      ("kd", "kd_ratio", 2.0, "config.loss.kd.kd_ratio"),
+                                      ("dpkd", "form", "xx", "config.loss.dpkd.form")]:
+        c = default_config()
+        c.loss[method][field] = value
+        with pytest.raises(InputError, match=msg):
+            O.build(method, c.loss)
+    with pytest.raises(InputError, match="config.method: unknown method 'dpo'"):
+        O.build("dpo", default_config().loss)
+
+
+def test_needs_declare_what_each_step_must_provide():
+    loss = default_config().loss
+    assert O.build("dpkd", loss).needs.teacher_samples and O.build("dpkd", loss).needs.student_samples
+    assert not O.build("kd", loss).needs.teacher_samples and O.build("dadpo", loss).needs.reference
+    assert not O.build("plad", loss).needs.teacher_logits and not O.build("sft", loss).needs.teacher_logits
+    gkd = O.build("gkd", loss).needs
+    assert gkd.on_policy == 0.5 and gkd.fallback is O.Response.GOLD and gkd.student_temperature == 0.9
+    loss.gkd.seq_kd = True
+    assert O.build("gkd", loss).needs.fallback is O.Response.TEACHER and O.build("gkd", loss).needs.teacher_samples
+
+
+def _steps(tmp_path, tok, method, n, **block):
+    cfg, data, (t_cfg, t_params), (s_cfg, s_params) = tiny_setup(tmp_path, tok)
+    cfg.method = method
+    for k, v in block.items():
+        cfg.loss[method][k] = v
+    tx = make_optimizer(cfg.train)
+    step = make_step(cfg, s_cfg, t_cfg, tx, t_params)
+    state = init_state(jax.tree.map(jnp.copy, s_params), tx)
+    batches = D.Batches(data, 4, 0)
+    out = []
+    for i in range(n):
+        b = {k: v for k, v in batches.next().items() if k != "example_ids"}
+        state, m = step(state, b, jax.random.PRNGKey(i))
+        out.append((b, {k: float(v) for k, v in m.items()}))
+    return out
+
+
+@pytest.mark.parametrize("lmbda", [0.0, 1.0])
+def test_gkd_trains_on_gold_or_on_its_own_samples(tmp_path, tok, lmbda):
+    for b, m in _steps(tmp_path, tok, "gkd", 3, lmbda=lmbda):
+        gold = b["response_mask"].sum(1).mean()
+        if lmbda == 0.0:  # never on-policy: y_s is the gold response (padded)
+            assert m["length/student_response"] == pytest.approx(gold)
+        else:  # always the student's own samples: at most max_new_tokens each
+            assert m["length/student_response"] <= 6 and "loss/gkd" in m and np.isfinite(m["loss/gkd"])
+
+
+def test_gkd_on_policy_fraction_follows_lmbda(tmp_path, tok):
+    runs = _steps(tmp_path, tok, "gkd", 24, lmbda=0.5)
+    on = [m["length/student_response"] != pytest.approx(b["response_mask"].sum(1).mean()) for b, m in runs]
+    assert 4 <= sum(on) <= 20  # Binomial(24, 0.5): outside [4, 20] with probability < 0.2%
+
+
+def test_distillm2_beta_ramp_reaches_0p75_by_mid_training(tmp_path, tok):
+    runs = _steps(tmp_path, tok, "distillm2", 3, beta_ramp=True)
+    betas = [m["distillm2/beta"] for _, m in runs]  # steps 0, 1, 2 of 3: progress 0, 1/3, 2/3
+    np.testing.assert_allclose(betas, [0.5, 0.5 + 0.25 * 2 / 3, 0.75], rtol=1e-6)
+
+
+def test_reward_hacking_diagnostics_are_logged(tmp_path, tok):
+    _, m = _steps(tmp_path, tok, "dpkd", 1)[0]
+    for k in ("hacking/student_nll_yt", "hacking/student_nll_ys", "hacking/teacher_logp_ys",
+              "hacking/distinct2_ys", "hacking/length_ys"):
+        assert k in m and np.isfinite(m[k]), k
+    assert m["hacking/student_nll_ys"] > 0 and m["hacking/teacher_logp_ys"] < 0
+    assert 0 < m["hacking/distinct2_ys"] <= 1
+
+
+def test_distinct_2_matches_a_python_count():
+    ids = np.array([[1, 2, 1, 2, 1, 0, 0], [5, 5, 5, 5, 5, 5, 5], [3, 4, 0, 0, 0, 0, 0]])
+    mask = np.array([[1, 1, 1, 1, 1, 0, 0], [1] * 7, [1, 0, 0, 0, 0, 0, 0]])
+    got = np.asarray(O.distinct_2(jnp.asarray(ids), jnp.asarray(mask)))
+    want = []
+    for r in range(3):
+        toks = ids[r][mask[r] == 1].tolist()
+        bigrams = list(zip(toks, toks[1:]))
+        want.append(len(set(bigrams)) / len(bigrams) if bigrams else 1.0)
+    np.testing.assert_allclose(got, want)
+
+
+def test_hacking_watch_warns_once_when_nll_of_own_samples_doubles(caplog):
+    from dpkd_jax.loop import HackingWatch
+    w = HackingWatch(2.0, [])
+    for step, v in enumerate([1.0, 1.5, 2.5, 3.0], 1):
+        w({"step": step, "hacking/student_nll_ys": v})
+    warnings = [r for r in caplog.records if "possible reward hacking" in r.getMessage()]
+    assert len(warnings) == 1 and "step 3" in warnings[0].getMessage()
+
+
+def test_objectives_are_frozen_dataclasses_with_their_fields_as_config():
+    for name, cls in O.OBJECTIVES.items():
+        assert dataclasses.is_dataclass(cls) and cls.__dataclass_params__.frozen, name
+        assert set(O.defaults()[name]) == {f.name for f in dataclasses.fields(cls)}

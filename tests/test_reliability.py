@@ -2,7 +2,6 @@
 checkpoints, a full disk, an unwritable work dir, a stale teacher cache, host memory."""
 
 import copy
-import dataclasses
 import errno
 import json
 import os
@@ -17,7 +16,7 @@ import numpy as np
 import pytest
 
 from dpkd_jax import data as D
-from dpkd_jax import methods as M
+from dpkd_jax import objectives as O
 from dpkd_jax import train as T
 from dpkd_jax.loop import Diverged, train_loop
 from conftest import PIPE_VOCAB as VOCAB, tiny_setup  # noqa: F401
@@ -153,9 +152,14 @@ def poisoned(monkeypatch, bad_steps):
         b["poison"] = np.full((len(b["prompt_ids"]),), np.nan if calls["n"] in bad_steps else 0.0, np.float32)
         return b
     monkeypatch.setattr(D.Batches, "next", next_)
-    kd = M.METHODS["kd"]
-    monkeypatch.setitem(M.METHODS, "kd", dataclasses.replace(
-        kd, fn=lambda ctx, c: (lambda l, m: (l + ctx.batch["poison"], m))(*kd.fn(ctx, c))))
+    base = O.OBJECTIVES["kd"]
+
+    class Poisoned(base):
+        def loss(self, ctx):
+            terms, metrics = base.loss(self, ctx)
+            weight, value = terms["kd"]
+            return dict(terms, kd=(weight, value + ctx.batch["poison"])), metrics
+    monkeypatch.setitem(O.OBJECTIVES, "kd", Poisoned)
 
 
 def run_kd(tmp_path, tok, steps, **train):  # noqa: F811

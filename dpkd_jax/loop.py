@@ -84,13 +84,13 @@ def train_loop(cfg, student, params, teacher, teacher_params, train_data, lm_row
     sharding.check_batch(t.batch_size, mesh)
     sharding.check_heads(student.n_heads, mesh, "student")
     sharding.check_heads(teacher.n_heads, mesh, "teacher")
-    tx = make_optimizer(t)
+    objective = objectives.build(cfg.method, cfg.loss)
+    tx = make_optimizer(t, objectives.updates_per_step(objective))
     sh = step_shardings(placement, student, teacher, tx, params)
     teacher_params = sharding.put(teacher_params, sh["teacher"])
     if ref_params is not None:
         ref_params = sharding.put(ref_params, sh["params"])
     state = place_state(params, tx, sh)  # a copy: the caller's params stay valid under donation
-    objective = objectives.build(cfg.method, cfg.loss)
     extra = None
     if objective.needs.teacher_samples and cfg.gen.teacher_mode == "offline":
         extra = precompute_teacher_samples(cfg, teacher, teacher_params, train_data,

@@ -17,9 +17,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from . import sampling
+from . import losses, sampling
 from . import sharding as sharding_lib
 from . import objectives
+from .errors import InputError
 
 # Peak dense bf16 FLOP/s per device, for MFU. Unknown devices (CPU) report no MFU.
 PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "TPU v4": 275e12, "TPU v5 lite": 197e12,
@@ -40,22 +41,23 @@ def _decay_mask(params):
     return {k: not k.endswith(("_b", "_bias", "_scale", "/scale", "/bias", "positions")) for k in params}
 
 
-def make_schedule(t):
+def make_schedule(t, updates_per_step=1):
     if t.schedule == "constant":
         return optax.join_schedules([optax.linear_schedule(0.0, t.lr, max(t.warmup_steps, 1)),
                                      optax.constant_schedule(t.lr)], [t.warmup_steps]) if t.warmup_steps else t.lr
     if t.schedule == "cosine":
+        steps = t.steps * updates_per_step  # optimizer updates: MiniLLM takes several per step
         return optax.warmup_cosine_decay_schedule(0.0 if t.warmup_steps else t.lr, t.lr, t.warmup_steps,
-                                                  max(t.steps, t.warmup_steps + 1), end_value=t.lr * t.min_lr_ratio)
+                                                  max(steps, t.warmup_steps + 1), end_value=t.lr * t.min_lr_ratio)
     raise ValueError(f"train.schedule must be 'constant' or 'cosine', got {t.schedule!r}")
 
 
-def make_optimizer(t):
+def make_optimizer(t, updates_per_step=1):
     """AdamW (decay masked off biases/norms), global-norm clipping, gradient accumulation;
     outermost, ``apply_if_finite`` skips any step whose gradients hold a NaN or Inf
     (counted in its state; the loop stops after ``train.max_bad_steps`` in a row)."""
     tx = optax.chain(optax.clip_by_global_norm(t.grad_clip) if t.grad_clip > 0 else optax.identity(),
-                     optax.adamw(make_schedule(t), b1=t.adam_b1, b2=t.adam_b2, eps=t.adam_eps,
+                     optax.adamw(make_schedule(t, updates_per_step), b1=t.adam_b1, b2=t.adam_b2, eps=t.adam_eps,
                                  weight_decay=t.weight_decay, mask=_decay_mask))
     tx = optax.MultiSteps(tx, t.grad_accum) if t.grad_accum > 1 else tx
     # Never let optax apply a bad update itself: the loop decides when to stop.
@@ -87,6 +89,14 @@ def place_state(params, tx, shardings):
     return jax.jit(lambda p: init_state(p, tx), out_shardings=shardings["state"])(params)
 
 
+def apply_update(tx, params, opt_state, grads, total):
+    """One optax update. A NaN/Inf loss can leave the gradients finite (e.g. through an
+    additive term): poison them so ``apply_if_finite`` skips the update either way."""
+    grads = jax.tree.map(lambda g: jnp.where(jnp.isfinite(total), g, jnp.nan), grads)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state
+
+
 def _pad_to(ids, mask, length, pad_token_id):
     extra = length - ids.shape[1]
     return (jnp.pad(ids, ((0, 0), (0, extra)), constant_values=pad_token_id), jnp.pad(mask, ((0, 0), (0, extra))))
@@ -104,7 +114,8 @@ def make_step(cfg, student, teacher, tx, teacher_params, ref_params=None, shardi
     g = cfg.gen
     gen_kw = dict(max_new_tokens=g.max_new_tokens, temperature=g.temperature, top_k=g.top_k, top_p=g.top_p,
                   eos_token_id=g.eos_token_id, pad_token_id=g.pad_token_id)
-    schedule = make_schedule(cfg.train)
+    updates_per_step = objectives.updates_per_step(objective)
+    schedule = make_schedule(cfg.train, updates_per_step)
     T, S = objectives.Response.TEACHER, objectives.Response.STUDENT
 
     def student_samples(batch, params, rng, samples):
@@ -148,11 +159,15 @@ def make_step(cfg, student, teacher, tx, teacher_params, ref_params=None, shardi
             return total, metrics
 
         (total, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-        # A NaN/Inf loss can leave the gradients finite (e.g. through an additive term):
-        # poison them so apply_if_finite skips the step either way.
-        grads = jax.tree.map(lambda g: jnp.where(jnp.isfinite(total), g, jnp.nan), grads)
-        updates, opt_state = tx.update(grads, state["opt_state"], params)
-        new_params = optax.apply_updates(params, updates)
+        new_params, opt_state = apply_update(tx, params, state["opt_state"], grads, total)
+        metrics["grad_norm"] = _global_norm(grads)
+        for r, (_, m) in samples.items():
+            metrics[f"length/{r.value}_response"] = m.sum(1).mean()
+        return finish(state, new_params, opt_state, metrics, batch, teacher_params)
+
+    def finish(state, new_params, opt_state, metrics, batch, teacher_params):
+        """The metrics every step logs, and the new state."""
+        params = state["params"]
         # Two extra prompt forwards: only on the steps the loop logs.
         done = state["step"] + 1
         log_step = (done % cfg.train.log_every == 0) | (done == cfg.train.steps)
@@ -161,22 +176,56 @@ def make_step(cfg, student, teacher, tx, teacher_params, ref_params=None, shardi
             log_step, lambda: objectives.first_token_kls(student, params, teacher, teacher_params,
                                                          batch["prompt_ids"], batch["prompt_mask"]),
             lambda: (zeros, zeros))
-        lr = schedule(state["step"]) if callable(schedule) else schedule
+        lr = schedule(state["step"] * updates_per_step) if callable(schedule) else schedule
         metrics["nonfinite/streak"] = opt_state.notfinite_count
         metrics["nonfinite/skipped"] = opt_state.total_notfinite
         metrics.update({"kl/first_token_forward": fkl.mean(), "kl/first_token_reverse": rkl.mean(),
-                        "grad_norm": _global_norm(grads), "lr": jnp.asarray(lr, jnp.float32),
-                        "length/gold": batch["response_mask"].sum(1).mean()})
-        for r, (_, m) in samples.items():
-            metrics[f"length/{r.value}_response"] = m.sum(1).mean()
+                        "lr": jnp.asarray(lr, jnp.float32), "length/gold": batch["response_mask"].sum(1).mean()})
         return {"params": new_params, "opt_state": opt_state, "step": state["step"] + 1}, metrics
 
+    def _rollout_body(state, batch, rng, teacher_params, ref_params):
+        """An objective with its own update (MiniLLM): one rollout, then ``ppo_epochs`` passes over
+        it in ``minibatches``, each an optimizer update."""
+        roll = objective.rollout(student, state["params"], teacher, teacher_params, batch, rng, gen_kw)
+        n = objective.minibatches
+        B = batch["prompt_ids"].shape[0]
+        mb = B // n
+        part = lambda a, i: jax.lax.dynamic_slice_in_dim(a, i * mb, mb)
+
+        def inner(carry, i):
+            params, opt_state = carry
+            sub = jax.tree.map(lambda a: part(a, i), roll)
+            prompts = (part(batch["prompt_ids"], i), part(batch["prompt_mask"], i))
+            lm = part(batch["lm_ids"], i) if "lm_ids" in batch else None
+
+            def loss_fn(p):
+                terms = objective.inner_loss(student, p, teacher, teacher_params, prompts, sub, lm)
+                total = sum(w * v.mean() for w, v in terms.values())
+                return total, {f"loss/{k}": v.mean() for k, (_, v) in terms.items()}
+            (total, ms), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+            params, opt_state = apply_update(tx, params, opt_state, grads, total)
+            return (params, opt_state), dict(ms, **{"loss/total": total, "grad_norm": _global_norm(grads)})
+
+        order = jnp.tile(jnp.arange(n), objective.ppo_epochs)
+        (params, opt_state), ms = jax.lax.scan(inner, (state["params"], state["opt_state"]), order)
+        metrics = {k: v.mean() for k, v in ms.items()}
+        metrics.update({"minillm/reward": losses.masked_mean(roll["rewards"], roll["mask"]).mean(),
+                        "minillm/importance_weight": losses.masked_mean(roll["weights"], roll["mask"]).mean(),
+                        "length/mixture_response": roll["mask"].sum(1).mean()})
+        return finish(state, params, opt_state, metrics, batch, teacher_params)
+
+    if hasattr(objective, "rollout"):
+        if cfg.train.batch_size % objective.minibatches:
+            raise InputError(f"config.loss.{cfg.method}.minibatches: {objective.minibatches} does not divide "
+                             f"train.batch_size={cfg.train.batch_size}")
+
+    body = _rollout_body if hasattr(objective, "rollout") else _body  # MiniLLM supplies its own update
     if shardings is None:
-        jitted = jax.jit(_body, donate_argnums=(0,))
+        jitted = jax.jit(body, donate_argnums=(0,))
         context = contextlib.nullcontext
     else:
         sh = shardings
-        jitted = jax.jit(_body, donate_argnums=(0,),
+        jitted = jax.jit(body, donate_argnums=(0,),
                          in_shardings=(sh["state"], sh["batch"], sh["replicated"], sh["teacher"],
                                        sh["ref"] if ref_params is not None else None),
                          out_shardings=(sh["state"], sh["replicated"]))

@@ -117,3 +117,46 @@ def test_objectives_are_frozen_dataclasses_with_their_fields_as_config():
     for name, cls in O.OBJECTIVES.items():
         assert dataclasses.is_dataclass(cls) and cls.__dataclass_params__.frozen, name
         assert set(O.defaults()[name]) == {f.name for f in dataclasses.fields(cls)}
+
+
+def test_mixture_sampler_draws_from_0p8_q_plus_0p2_p(checkpoints):
+    from dpkd_jax import models, sampling
+    s = models.from_pretrained(checkpoints["gpt2"][0])
+    t = models.from_pretrained(checkpoints["opt"][0])
+    # A peaked teacher (its head scaled 30x) so that the mixture is far from q alone.
+    t = models.CausalLM(t.config, dict(t.arrays(), **{"embed/proj_out": 30 * t.arrays()["embed/proj_out"]})
+                        if "embed/proj_out" in t.arrays() else dict(t.arrays(), **{
+                            "final_norm/scale": 30 * t.arrays()["final_norm/scale"]}))
+    mix = O.Mixture(s.config, t.config, 0.2)
+    n = 20000
+    ids = np.tile(np.array([[5, 9, 13, 2]]), (n, 1))
+    toks, _ = sampling.sample_jit(mix, (s.arrays(), t.arrays()), ids, np.ones_like(ids), jax.random.PRNGKey(0),
+                                  max_new_tokens=1, eos_token_id=-1, pad_token_id=0)
+    q = np.asarray(jax.nn.softmax(s(ids[:1])[0, -1]))
+    p = np.asarray(jax.nn.softmax(t(ids[:1])[0, -1]))
+    want = 0.8 * q + 0.2 * p
+    freq = np.bincount(np.asarray(toks)[:, 0], minlength=len(want)) / n
+    assert np.abs(freq - want).max() < 4 * np.sqrt(want.max() / n), np.abs(freq - want).max()
+    assert np.abs(want - q).max() > 0.01  # the teacher really moves the distribution
+
+
+def test_minillm_takes_ppo_epochs_x_minibatches_updates_per_step(tmp_path, tok):
+    runs = _steps(tmp_path, tok, "minillm", 2, ppo_epochs=2, minibatches=2)
+    for _, m in runs:
+        for k in ("loss/minillm_pg", "loss/minillm_reg", "minillm/reward", "minillm/importance_weight"):
+            assert k in m and np.isfinite(m[k]), k
+        assert 0 < m["minillm/importance_weight"] < 1 / 0.8 + 1e-6  # w = q / (0.8 q + 0.2 p) <= 1.25
+    cfg, data, (t_cfg, t_params), (s_cfg, s_params) = tiny_setup(tmp_path, tok)
+    cfg.method = "minillm"
+    cfg.loss.minillm.ppo_epochs, cfg.loss.minillm.minibatches = 3, 2
+    tx = make_optimizer(cfg.train, O.updates_per_step(O.build("minillm", cfg.loss)))
+    step = make_step(cfg, s_cfg, t_cfg, tx, t_params)
+    state = init_state(jax.tree.map(jnp.copy, s_params), tx)
+    b = {k: v for k, v in D.Batches(data, 4, 0).next().items() if k != "example_ids"}
+    state, _ = step(state, b, jax.random.PRNGKey(0))
+    counts = [int(x) for x in jax.tree.leaves(state["opt_state"]) if getattr(x, "dtype", None) == jnp.int32
+              and x.shape == ()]
+    assert 6 in counts and int(state["step"]) == 1  # 3 epochs x 2 minibatches = 6 Adam updates in one step
+    cfg.loss.minillm.minibatches = 3
+    with pytest.raises(InputError, match="config.loss.minillm.minibatches: 3 does not divide train.batch_size=4"):
+        make_step(cfg, s_cfg, t_cfg, tx, t_params)

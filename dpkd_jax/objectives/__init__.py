@@ -3,6 +3,7 @@ what it needs (``Needs``), and its whole loss as weighted terms with its metrics
 
   sft kd rkl jsd akl skew_kl skew_rkl dpkd_token gkd      token level (one vocabulary)
   seqkd dpkd plad dadpo distillm2                          on sampled responses
+  minillm                                                  policy gradient with its own update (PPO epochs)
 """
 
 from __future__ import annotations
@@ -13,12 +14,13 @@ from ..errors import InputError
 from .base import Context, Model, Needs, Response
 from .diagnostics import distinct_2, first_token_kls, reward_hacking
 from .distillm2 import DistiLLM2
+from .minillm import MiniLLM, Mixture
 from .sequence import DPKD, DaDPO, PLaD, SeqKD
 from .token import AKL, GKD, JSD, KD, RKL, SFT, DPKDToken, SkewKL, SkewRKL
 
 OBJECTIVES = {"sft": SFT, "kd": KD, "rkl": RKL, "jsd": JSD, "akl": AKL, "skew_kl": SkewKL, "skew_rkl": SkewRKL,
               "dpkd_token": DPKDToken, "gkd": GKD, "seqkd": SeqKD, "dpkd": DPKD, "plad": PLaD, "dadpo": DaDPO,
-              "distillm2": DistiLLM2}
+              "distillm2": DistiLLM2, "minillm": MiniLLM}
 
 
 def defaults() -> dict:
@@ -36,5 +38,10 @@ def build(method: str, loss_cfg):
     return obj
 
 
-__all__ = ["OBJECTIVES", "defaults", "build", "Context", "Model", "Needs", "Response", "first_token_kls",
+def updates_per_step(objective) -> int:
+    """Optimizer updates one train step takes (MiniLLM: PPO epochs x minibatches; else 1)."""
+    return getattr(objective, "ppo_epochs", 1) * getattr(objective, "minibatches", 1)
+
+
+__all__ = ["updates_per_step", "Mixture", "OBJECTIVES", "defaults", "build", "Context", "Model", "Needs", "Response", "first_token_kls",
            "reward_hacking", "distinct_2"]

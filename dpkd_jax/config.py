@@ -22,7 +22,9 @@ def default_config():
     c.workdir = "work_dirs/run"
     c.resume = True             # continue from checkpoints in workdir (a finished stage is reused)
     c.overwrite = False         # with resume=False: clear earlier checkpoints in workdir instead of stopping
-    c.teacher = ml_collections.ConfigDict({"path": "", "dtype": "bfloat16"})
+    # topk > 0: token-level methods (kd, rkl, jsd) train from a cache of the teacher's top-k log-probs on
+    # the gold responses (computed once, hash-checked), with no teacher weights in the train step
+    c.teacher = ml_collections.ConfigDict({"path": "", "dtype": "bfloat16", "topk": 0})
     c.student = ml_collections.ConfigDict({"path": "", "dtype": "float32", "compute_dtype": "bfloat16"})
     c.data = ml_collections.ConfigDict({
         "train": "", "dev_num": 500, "eval_sets": ml_collections.ConfigDict(), "pretrain": "",
@@ -97,7 +99,15 @@ def validate(c):
 
     def fail(field, msg):
         raise InputError(f"config.{field}: {msg}")
-    objectives.build(c.method, c.loss)  # unknown method or a bad field of its block: named
+    objective = objectives.build(c.method, c.loss)  # unknown method or a bad field of its block: named
+    if c.teacher.topk:
+        if not getattr(objective, "supports_topk", False):
+            supported = sorted(k for k, v in objectives.OBJECTIVES.items() if getattr(v, "supports_topk", False))
+            fail("teacher.topk", f"the sparse teacher cache serves {', '.join(supported)}; method {c.method!r} "
+                                 "needs the teacher itself (set teacher.topk=0)")
+        if objective.temperature != 1.0:
+            fail("teacher.topk", f"the cache holds log-probs at temperature 1, but loss.{c.method}.temperature="
+                                 f"{objective.temperature}")
     if c.mode not in ("train", "eval", "generate", "check"):
         fail("mode", f"must be train, eval, generate or check, got {c.mode!r}")
     if c.data.max_prompt_length >= c.data.max_length:

@@ -22,7 +22,8 @@ from . import evaluate as eval_lib
 from . import sharding
 from .checkpoint import Checkpoints
 from . import objectives
-from .train import Throughput, make_optimizer, make_step, place_state, precompute_teacher_samples, step_flops, \
+from . import teacher_cache
+from .train import Throughput, make_optimizer, make_step, place_state, step_flops, \
     step_shardings
 
 
@@ -91,11 +92,15 @@ def train_loop(cfg, student, params, teacher, teacher_params, train_data, lm_row
     if ref_params is not None:
         ref_params = sharding.put(ref_params, sh["params"])
     state = place_state(params, tx, sh)  # a copy: the caller's params stay valid under donation
-    extra = None
+    extra = {}
     if objective.needs.teacher_samples and cfg.gen.teacher_mode == "offline":
-        extra = precompute_teacher_samples(cfg, teacher, teacher_params, train_data,
-                                           os.path.join(workdir, "teacher_samples.npz"), mesh)
-    batches = data_lib.Batches(train_data, t.batch_size, cfg.seed, extra)
+        extra.update(teacher_cache.teacher_samples(cfg, teacher, teacher_params, train_data,
+                                                   os.path.join(workdir, "teacher_samples.npz"), mesh))
+    if cfg.teacher.topk:
+        extra.update(teacher_cache.teacher_topk(cfg, teacher, teacher_params, train_data, cfg.teacher.topk,
+                                                os.path.join(workdir, f"teacher_top{cfg.teacher.topk}.npz"), mesh))
+        teacher_params = None  # the step trains from the cache: no teacher weights in it
+    batches = data_lib.Batches(train_data, t.batch_size, cfg.seed, extra or None)
     if batches.dropped_per_epoch:
         logging.info("%d examples per epoch fall in the last partial batch and are not used that epoch",
                      batches.dropped_per_epoch)

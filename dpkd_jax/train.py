@@ -172,7 +172,7 @@ def make_step(cfg, student, teacher, tx, teacher_params, ref_params=None, shardi
         done = state["step"] + 1
         log_step = (done % cfg.train.log_every == 0) | (done == cfg.train.steps)
         zeros = jnp.zeros(batch["prompt_ids"].shape[:1], jnp.float32)
-        fkl, rkl = jax.lax.cond(
+        fkl, rkl = (zeros, zeros) if teacher_params is None else jax.lax.cond(  # None: a top-k cache run
             log_step, lambda: objectives.first_token_kls(student, params, teacher, teacher_params,
                                                          batch["prompt_ids"], batch["prompt_mask"]),
             lambda: (zeros, zeros))
@@ -226,7 +226,8 @@ def make_step(cfg, student, teacher, tx, teacher_params, ref_params=None, shardi
     else:
         sh = shardings
         jitted = jax.jit(body, donate_argnums=(0,),
-                         in_shardings=(sh["state"], sh["batch"], sh["replicated"], sh["teacher"],
+                         in_shardings=(sh["state"], sh["batch"], sh["replicated"],
+                                       sh["teacher"] if teacher_params is not None else None,
                                        sh["ref"] if ref_params is not None else None),
                          out_shardings=(sh["state"], sh["replicated"]))
         # Traced inside JAX's mesh context, so the models' activation constraints apply.
@@ -258,61 +259,6 @@ def step_flops(cfg, student, teacher, batch_size):
     if needs.student_samples:
         f += batch_size * (P + N) * forward_flops_per_token(student, P + N)
     return f
-
-
-def teacher_cache_key(cfg, teacher, teacher_params, data) -> str:
-    """What made an offline teacher-sample cache: prompts, generation settings, seed,
-    batch size (it sets the RNG per chunk), teacher architecture and a fingerprint of
-    its weights (sum and sum of squares of each array, computed on device)."""
-    import hashlib
-    import json
-    h = hashlib.sha256()
-    h.update(np.ascontiguousarray(data.prompt_ids).tobytes())
-    h.update(np.ascontiguousarray(data.prompt_mask).tobytes())
-    h.update(json.dumps({"gen": cfg.gen.to_dict(), "seed": cfg.seed, "batch": cfg.train.batch_size,
-                         "teacher": repr(teacher)}, sort_keys=True, default=str).encode())
-    fp = jax.jit(lambda p: {k: jnp.stack([v.astype(jnp.float32).sum(), jnp.square(v.astype(jnp.float32)).sum()])
-                            for k, v in p.items()})(teacher_params)
-    from .sharding import to_host
-    h.update(np.concatenate([to_host(fp[k]) for k in sorted(fp)]).astype(np.float32).tobytes())
-    return h.hexdigest()
-
-
-def precompute_teacher_samples(cfg, teacher, teacher_params, data, path=None, mesh=None):
-    """Offline mode: y_t for every training prompt, once, cached as .npz at ``path``.
-    The cache is reused only when its key (:func:`teacher_cache_key`) matches this run;
-    a stale one is rebuilt."""
-    import os
-    from .sharding import put_batch, to_host
-    key = teacher_cache_key(cfg, teacher, teacher_params, data)
-    if path and os.path.isfile(path):
-        z = np.load(path)
-        if "key" in z and str(z["key"]) == key:
-            logging.info("teacher samples: reusing %s", path)
-            return {"teacher_ids": z["ids"], "teacher_mask": z["mask"]}
-        print(f"teacher samples: {path} was made by another config, teacher or data; rebuilding it")
-    g = cfg.gen
-    bs = cfg.train.batch_size
-    kw = dict(max_new_tokens=g.max_new_tokens, temperature=g.temperature, top_k=g.top_k, top_p=g.top_p,
-              eos_token_id=g.eos_token_id, pad_token_id=g.pad_token_id)
-    ids, mask = [], []
-    n = len(data)
-    from tqdm import tqdm
-    for i in tqdm(range(0, n, bs), desc="teacher samples (offline)", leave=False):
-        sl = np.arange(i, min(i + bs, n))
-        pad = np.concatenate([sl, np.zeros(bs - len(sl), int)])  # static batch shape
-        p_ids, p_mask = put_batch((data.prompt_ids[pad], data.prompt_mask[pad]), mesh)
-        t, m = sampling.generate_stepwise(teacher, teacher_params, p_ids, p_mask, jax.random.PRNGKey(cfg.seed + i),
-                                          **kw)
-        ids.append(to_host(t)[: len(sl)])
-        mask.append(to_host(m)[: len(sl)])
-    out = {"teacher_ids": np.concatenate(ids), "teacher_mask": np.concatenate(mask)}
-    if path and jax.process_index() == 0:
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        tmp = path + ".tmp.npz"  # written whole, then renamed: never a half cache
-        np.savez(tmp, ids=out["teacher_ids"], mask=out["teacher_mask"], key=np.asarray(key))
-        os.replace(tmp, path)
-    return out
 
 
 class Throughput:

@@ -160,3 +160,35 @@ def test_minillm_takes_ppo_epochs_x_minibatches_updates_per_step(tmp_path, tok):
     cfg.loss.minillm.minibatches = 3
     with pytest.raises(InputError, match="config.loss.minillm.minibatches: 3 does not divide train.batch_size=4"):
         make_step(cfg, s_cfg, t_cfg, tx, t_params)
+
+
+def test_token_methods_train_from_the_topk_cache_without_the_teacher(tmp_path, tok, monkeypatch):
+    from conftest import PIPE_VOCAB
+    from dpkd_jax import teacher_cache
+    from dpkd_jax.config import validate
+    from dpkd_jax.loop import train_loop
+    cfg, data, (t_cfg, t_params), (s_cfg, s_params) = tiny_setup(tmp_path, tok)
+    cfg.method, cfg.train.steps = "kd", 2
+    dense = train_loop(cfg, s_cfg, s_params, t_cfg, t_params, data, None, str(tmp_path / "dense")).history
+    # k = V: the sparse loss is the dense one, step for step, though the step never sees the teacher.
+    seen = {}
+    real = __import__("dpkd_jax.train", fromlist=["make_step"]).make_step
+
+    def spy(cfg_, student, teacher, tx, teacher_params, *a, **k):
+        seen["teacher_params"] = teacher_params
+        return real(cfg_, student, teacher, tx, teacher_params, *a, **k)
+    monkeypatch.setattr("dpkd_jax.loop.make_step", spy)
+    cfg.teacher.topk = PIPE_VOCAB
+    sparse = train_loop(cfg, s_cfg, s_params, t_cfg, t_params, data, None, str(tmp_path / "sparse")).history
+    assert seen["teacher_params"] is None
+    # KL ~0.01 is a difference of entropies ~6 nats: float32 cancellation leaves ~1e-5 absolute
+    for a, b in zip(dense, sparse):
+        np.testing.assert_allclose(b["loss/kd"], a["loss/kd"], rtol=1e-3, atol=1e-5)
+    z = np.load(tmp_path / "sparse" / f"teacher_top{PIPE_VOCAB}.npz")
+    assert z["teacher_topk_ids"].shape == (len(data), data.response_ids.shape[1], PIPE_VOCAB)
+    # k = 4: a real sparse cache, 8 bytes per token per k (int32 id + float32 log-prob)
+    out = teacher_cache.teacher_topk(cfg, t_cfg, t_params, data, 4)
+    assert out["teacher_topk_ids"].nbytes + out["teacher_topk_logps"].nbytes == len(data) * 8 * 4 * 8
+    cfg.method = "dpkd"
+    with pytest.raises(InputError, match="config.teacher.topk: the sparse teacher cache serves jsd, kd, rkl"):
+        validate(cfg)

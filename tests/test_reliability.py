@@ -17,6 +17,8 @@ import pytest
 
 from dpkd_jax import data as D
 from dpkd_jax import objectives as O
+from dpkd_jax import sampling as S
+from dpkd_jax import teacher_cache as TC
 from dpkd_jax import train as T
 from dpkd_jax.loop import Diverged, train_loop
 from conftest import PIPE_VOCAB as VOCAB, tiny_setup  # noqa: F401
@@ -286,23 +288,23 @@ def test_typo_in_a_config_flag_is_an_error():
 def test_offline_teacher_cache_is_reused_only_for_the_config_that_made_it(monkeypatch, tmp_path, tok, capsys):  # noqa
     cfg, data, (t_cfg, t_params), _ = tiny_setup(tmp_path, tok)
     path = str(tmp_path / "teacher_samples.npz")
-    first = T.precompute_teacher_samples(cfg, t_cfg, t_params, data, path)
+    first = TC.teacher_samples(cfg, t_cfg, t_params, data, path)
     assert first["teacher_ids"].shape == (len(data), cfg.gen.max_new_tokens)
-    real = T.sampling.generate_stepwise
+    real = S.generate_stepwise
 
     def refuse(*a, **k):
         raise AssertionError("sampled again")
-    monkeypatch.setattr(T.sampling, "generate_stepwise", refuse)
-    again = T.precompute_teacher_samples(cfg, t_cfg, t_params, data, path)
+    monkeypatch.setattr(S, "generate_stepwise", refuse)
+    again = TC.teacher_samples(cfg, t_cfg, t_params, data, path)
     np.testing.assert_array_equal(again["teacher_ids"], first["teacher_ids"])
-    monkeypatch.setattr(T.sampling, "generate_stepwise", real)
+    monkeypatch.setattr(S, "generate_stepwise", real)
     for change in ("gen", "teacher"):
         c, tp = copy.deepcopy(cfg), t_params
         if change == "gen":
             c.gen.temperature = 0.5
         else:
             tp = dict(t_params, **{"final_norm/bias": t_params["final_norm/bias"] + 1})
-        T.precompute_teacher_samples(c, t_cfg, tp, data, path)
+        TC.teacher_samples(c, t_cfg, tp, data, path)
         assert "was made by another config, teacher or data; rebuilding" in capsys.readouterr().out
 
 

@@ -24,8 +24,10 @@ class SFT:
         return mixed(ctx, "sft", ctx.ce(Response.GOLD), kd_ratio=1.0, lm_coef=self.lm_coef), {}
 
 
-def _divergence(name, fn, doc, **extra):
-    """A teacher-forced divergence on the gold response, mixed with CE as the reference code does."""
+def _divergence(name, fn, doc, sparse=None, **extra):
+    """A teacher-forced divergence on the gold response, mixed with CE as the reference code does.
+    ``sparse``: its form against the teacher's top-k cache (``teacher.topk``), used when the
+    batch carries the cache: the step then needs no teacher weights."""
     fields = [("kd_ratio", float, 0.5), ("lm_coef", float, 0.5), ("temperature", float, 1.0)]
     fields += [(k, float, v) for k, v in extra.items()]
 
@@ -35,17 +37,26 @@ def _divergence(name, fn, doc, **extra):
 
     def loss(self, ctx):
         ids, mask = ctx.response(Response.GOLD)
-        value = fn(ctx.logits(Model.STUDENT, Response.GOLD), ctx.logits(Model.TEACHER, Response.GOLD), mask,
-                   temperature=self.temperature, **{k: getattr(self, k) for k in extra})
+        kw = {k: getattr(self, k) for k in extra}
+        if "teacher_topk_ids" in ctx.batch:
+            value = sparse(ctx.logits(Model.STUDENT, Response.GOLD), ctx.batch["teacher_topk_ids"],
+                           ctx.batch["teacher_topk_logps"], mask, **kw)
+        else:
+            value = fn(ctx.logits(Model.STUDENT, Response.GOLD), ctx.logits(Model.TEACHER, Response.GOLD), mask,
+                       temperature=self.temperature, **kw)
         return mixed(ctx, name, value, kd_ratio=self.kd_ratio, lm_coef=self.lm_coef), {}
     cls = dataclasses.make_dataclass(name.upper(), fields, frozen=True,
-                                     namespace={"validate": validate, "loss": loss, "needs": Needs(), "__doc__": doc})
+                                     namespace={"validate": validate, "loss": loss, "needs": Needs(), "__doc__": doc,
+                                                "supports_topk": sparse is not None})
     return cls
 
 
-KD = _divergence("kd", losses.forward_kl, "Word-level KD (Hinton): forward KL on the gold response.")
-RKL = _divergence("rkl", losses.reverse_kl, "Token-level reverse KL on the gold response.")
-JSD = _divergence("jsd", losses.generalized_jsd, "Generalised JSD(beta) on the gold response.", beta=0.5)
+KD = _divergence("kd", losses.forward_kl, "Word-level KD (Hinton): forward KL on the gold response.",
+                 sparse=losses.sparse_forward_kl)
+RKL = _divergence("rkl", losses.reverse_kl, "Token-level reverse KL on the gold response.",
+                  sparse=losses.sparse_reverse_kl)
+JSD = _divergence("jsd", losses.generalized_jsd, "Generalised JSD(beta) on the gold response.",
+                  sparse=losses.sparse_generalized_jsd, beta=0.5)
 AKL = _divergence("akl", losses.adaptive_kl, "Adaptive KL (head/tail mix of forward and reverse KL).", mu=0.5)
 SkewKL = _divergence("skew_kl", losses.skew_kl, "DistiLLM's skew KL(p || a p + (1-a) q).", alpha=0.1)
 SkewRKL = _divergence("skew_rkl", losses.skew_reverse_kl, "DistiLLM's skew reverse KL.", alpha=0.1)

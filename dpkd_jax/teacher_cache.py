@@ -1,0 +1,109 @@
+"""Offline teacher caches, computed once per training set and reused across runs:
+
+* ``teacher_samples``: y_t for every prompt (sequence-level methods, ``gen.teacher_mode=offline``);
+* ``teacher_topk``: the teacher's top-k tokens and log-probs at every gold-response position
+  (token-level methods, ``teacher.topk=k``), so the train step runs without the teacher.
+
+Each cache is keyed by a sha256 of what made it (data, settings, teacher architecture and
+a fingerprint of its weights), rebuilt when stale, and written whole then renamed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm import tqdm
+
+from . import losses, sampling
+from .sharding import put_batch, to_host
+
+
+def cache_key(settings: dict, teacher, teacher_params, *arrays) -> str:
+    """sha256 of ``arrays`` (the data), ``settings``, the teacher's architecture and a fingerprint of
+    its weights (sum and sum of squares of each array, computed on device)."""
+    h = hashlib.sha256()
+    for a in arrays:
+        h.update(np.ascontiguousarray(a).tobytes())
+    h.update(json.dumps({**settings, "teacher": repr(teacher)}, sort_keys=True, default=str).encode())
+    fp = jax.jit(lambda p: {k: jnp.stack([v.astype(jnp.float32).sum(), jnp.square(v.astype(jnp.float32)).sum()])
+                            for k, v in p.items()})(teacher_params)
+    h.update(np.concatenate([to_host(fp[k]) for k in sorted(fp)]).astype(np.float32).tobytes())
+    return h.hexdigest()
+
+
+def cached(path, key, what, compute) -> dict:
+    """The arrays at ``path`` if its key matches, else ``compute()`` written there atomically."""
+    if path and os.path.isfile(path):
+        z = np.load(path)
+        if "key" in z and str(z["key"]) == key:
+            logging.info("%s: reusing %s", what, path)
+            return {k: z[k] for k in z.files if k != "key"}
+        print(f"{what}: {path} was made by another config, teacher or data; rebuilding it")
+    out = compute()
+    if path and jax.process_index() == 0:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        tmp = path + ".tmp.npz"  # written whole, then renamed: never a half cache
+        np.savez(tmp, key=np.asarray(key), **out)
+        os.replace(tmp, path)
+    return out
+
+
+def _batches(n, bs):
+    """Static-shape index batches over n examples (the last one padded with row 0)."""
+    for i in range(0, n, bs):
+        sl = np.arange(i, min(i + bs, n))
+        yield i, sl, np.concatenate([sl, np.zeros(bs - len(sl), int)])
+
+
+def teacher_samples(cfg, teacher, teacher_params, data, path=None, mesh=None) -> dict:
+    """y_t for every training prompt: ``{"teacher_ids", "teacher_mask"}`` ``[n, N]``."""
+    g, bs = cfg.gen, cfg.train.batch_size
+    key = cache_key({"gen": g.to_dict(), "seed": cfg.seed, "batch": bs}, teacher, teacher_params,
+                    data.prompt_ids, data.prompt_mask)
+    kw = dict(max_new_tokens=g.max_new_tokens, temperature=g.temperature, top_k=g.top_k, top_p=g.top_p,
+              eos_token_id=g.eos_token_id, pad_token_id=g.pad_token_id)
+
+    def compute():
+        ids, mask = [], []
+        for i, sl, idx in tqdm(list(_batches(len(data), bs)), desc="teacher samples (offline)", leave=False):
+            p_ids, p_mask = put_batch((data.prompt_ids[idx], data.prompt_mask[idx]), mesh)
+            t, m = sampling.generate_stepwise(teacher, teacher_params, p_ids, p_mask,
+                                              jax.random.PRNGKey(cfg.seed + i), **kw)
+            ids.append(to_host(t)[: len(sl)])
+            mask.append(to_host(m)[: len(sl)])
+        return {"teacher_ids": np.concatenate(ids), "teacher_mask": np.concatenate(mask)}
+    return cached(path, key, "teacher samples", compute)
+
+
+def _topk(teacher, teacher_params, prompt_ids, prompt_mask, response_ids, response_mask, k):
+    logits = sampling.response_logits(teacher, teacher_params, prompt_ids, prompt_mask, response_ids, response_mask)
+    return losses.topk_logprobs(logits, k)
+
+
+_topk_of_batch = jax.jit(_topk, static_argnums=(0, 6))
+
+
+def teacher_topk(cfg, teacher, teacher_params, data, k, path=None, mesh=None) -> dict:
+    """The teacher's top-k ids and log-probs (temperature 1, normalised over the full vocabulary)
+    at every gold-response position: ``{"teacher_topk_ids" int32, "teacher_topk_logps" float32}``
+    ``[n, R, k]`` (k x 8 bytes per token)."""
+    bs = cfg.train.batch_size
+    key = cache_key({"topk": k, "batch": bs}, teacher, teacher_params, data.prompt_ids, data.prompt_mask,
+                    data.response_ids, data.response_mask)
+
+    def compute():
+        ids, lps = [], []
+        for _, sl, idx in tqdm(list(_batches(len(data), bs)), desc=f"teacher top-{k} (offline)", leave=False):
+            arrays = put_batch((data.prompt_ids[idx], data.prompt_mask[idx], data.response_ids[idx],
+                                data.response_mask[idx]), mesh)
+            i, lp = _topk_of_batch(teacher, teacher_params, *arrays, k)
+            ids.append(to_host(i)[: len(sl)])
+            lps.append(to_host(lp)[: len(sl)])
+        return {"teacher_topk_ids": np.concatenate(ids), "teacher_topk_logps": np.concatenate(lps)}
+    return cached(path, key, f"teacher top-{k}", compute)

@@ -2,6 +2,7 @@
 
 import json
 import os
+import textwrap
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -183,3 +184,24 @@ def tiny_setup(tmp_path, tok, n=24):
     mk = lambda d, L, seed: (lambda c: (c, models.init_params(c, jax.random.PRNGKey(seed))))(
         gpt2.tiny_config(vocab_size=PIPE_VOCAB, d_model=d, n_layers=L, n_heads=2, d_ff=2 * d, max_positions=72))
     return cfg, data, mk(32, 2, 0), mk(16, 1, 1)
+
+
+def write_config(path, teacher, student, train, workdir, steps=2, **over):
+    """A config file for CLI runs on the ``hf_pair`` models; ``over``: ``{"train.lr": 1e-3, ...}``."""
+    lines = "\n".join(f"    c.{k} = {v!r}" for k, v in over.items())
+    path.write_text(textwrap.dedent(f"""
+        from dpkd_jax.config import default_config
+        def get_config():
+            c = default_config()
+            c.teacher.path, c.student.path, c.data.train = {teacher!r}, {student!r}, {train!r}
+            c.teacher.dtype, c.student.compute_dtype = "float32", "float32"
+            c.workdir = {workdir!r}
+            c.data.dev_num, c.data.max_prompt_length, c.data.max_length = 20, 96, 128
+            c.data.pretrain, c.data.lm_seq_len = {os.path.join(DEMO, "pretrain.txt")!r}, 32
+            c.train.steps, c.train.batch_size, c.train.save_every, c.train.log_every = {steps}, 4, 4, 2
+            c.train.lr = 1e-3
+            c.gen.max_new_tokens = 6
+            c.eval.max_new_tokens, c.eval.seeds, c.eval.max_examples, c.eval.batch_size = 6, (1,), 4, 4
+            c.eval.eval_teacher = False
+        """) + lines + "\n    return c\n")
+    return str(path)

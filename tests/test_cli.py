@@ -8,31 +8,14 @@ import shutil
 import socket
 import subprocess
 import sys
-import textwrap
 
 import pytest
+
+from conftest import write_config
 
 
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def write_config(path, teacher, student, train, workdir, **over):
-    lines = "\n".join(f"    c.{k} = {v!r}" for k, v in over.items())
-    path.write_text(textwrap.dedent(f"""
-        from dpkd_jax.config import default_config
-        def get_config():
-            c = default_config()
-            c.teacher.path, c.student.path, c.data.train = {teacher!r}, {student!r}, {train!r}
-            c.teacher.dtype, c.student.compute_dtype = "float32", "float32"
-            c.workdir = {workdir!r}
-            c.data.dev_num, c.data.max_prompt_length, c.data.max_length = 20, 96, 128
-            c.train.steps, c.train.batch_size, c.train.save_every, c.train.log_every = 2, 4, 2, 1
-            c.gen.max_new_tokens = 4
-            c.eval.max_new_tokens, c.eval.seeds, c.eval.max_examples, c.eval.batch_size = 4, (1,), 4, 4
-            c.eval.eval_teacher = False
-        """) + lines + "\n    return c\n")
-    return str(path)
 
 
 def run(config, *extra, env=None):
@@ -53,8 +36,9 @@ def assert_user_error(r, *culprits):
 @pytest.fixture
 def good(hf_pair, tmp_path):
     teacher, student, train = hf_pair
-    return lambda **over: write_config(tmp_path / f"cfg{len(over)}_{abs(hash(str(over)))}.py", teacher, student,
-                                       train, str(tmp_path / "work"), **over)
+    # save every 2 steps, log every step (the rerun test reads "checkpoints at step 2")
+    return lambda: write_config(tmp_path / "cfg.py", teacher, student, train, str(tmp_path / "work"),
+                                **{"train.save_every": 2, "train.log_every": 1, "gen.max_new_tokens": 4})
 
 
 def test_preflight_passes_and_summarises(good):

@@ -143,7 +143,7 @@ def test_mixture_sampler_draws_from_0p8_q_plus_0p2_p(checkpoints):
 def test_minillm_takes_ppo_epochs_x_minibatches_updates_per_step(tmp_path, tok):
     runs = _steps(tmp_path, tok, "minillm", 2, ppo_epochs=2, minibatches=2)
     for _, m in runs:
-        for k in ("loss/minillm_pg", "loss/minillm_reg", "minillm/reward", "minillm/importance_weight"):
+        for k in ("loss/minillm", "loss/minillm_reg", "minillm/reward", "minillm/importance_weight"):
             assert k in m and np.isfinite(m[k]), k
         assert 0 < m["minillm/importance_weight"] < 1 / 0.8 + 1e-6  # w = q / (0.8 q + 0.2 p) <= 1.25
     cfg, data, (t_cfg, t_params), (s_cfg, s_params) = tiny_setup(tmp_path, tok)

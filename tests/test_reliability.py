@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 
 import jax
@@ -21,33 +20,13 @@ from dpkd_jax import sampling as S
 from dpkd_jax import teacher_cache as TC
 from dpkd_jax import train as T
 from dpkd_jax.loop import Diverged, train_loop
-from conftest import PIPE_VOCAB as VOCAB, tiny_setup  # noqa: F401
+from conftest import PIPE_VOCAB as VOCAB, tiny_setup, write_config  # noqa: F401
 
 ROOT = os.path.dirname(os.path.dirname(__file__))
 DEMO = os.path.join(ROOT, "dpkd_jax", "data", "demo")
 
 
 # ------------------------------------------------ the real command, killed
-
-def write_config(path, teacher, student, train, workdir, steps):
-    path.write_text(textwrap.dedent(f"""
-        from dpkd_jax.config import default_config
-        def get_config():
-            c = default_config()
-            c.teacher.path, c.student.path, c.data.train = {teacher!r}, {student!r}, {train!r}
-            c.teacher.dtype, c.student.compute_dtype = "float32", "float32"
-            c.workdir = {workdir!r}
-            c.data.dev_num, c.data.max_prompt_length, c.data.max_length = 20, 96, 128
-            c.data.pretrain, c.data.lm_seq_len = {os.path.join(DEMO, "pretrain.txt")!r}, 32
-            c.train.steps, c.train.batch_size, c.train.save_every, c.train.log_every = {steps}, 4, 4, 2
-            c.train.lr = 1e-3
-            c.gen.max_new_tokens = 6
-            c.eval.max_new_tokens, c.eval.seeds, c.eval.max_examples, c.eval.batch_size = 6, (1,), 4, 4
-            c.eval.eval_teacher = False
-            return c
-        """))
-    return str(path)
-
 
 def cli(config, *extra):
     env = dict(os.environ, PYTHONUNBUFFERED="1", JAX_PLATFORMS="cpu")

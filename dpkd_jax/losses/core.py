@@ -230,14 +230,18 @@ def generalized_jsd(student_logits, teacher_logits, mask, *, temperature=1.0, be
     if not 0.0 <= beta <= 1.0:
         raise ValueError(f"beta must be in [0, 1], got {beta}")
     logq, logp = _log_probs(student_logits, teacher_logits, mask, temperature)
+    return masked_mean(_jsd(logp, logq, beta), mask)
+
+
+def _jsd(logp, logq, beta, kl=None):
+    """Per-position JSD_β, its endpoints computed exactly (β = 0: KL(p‖q), β = 1: KL(q‖p))."""
+    kl = kl or _kl
     if beta == 0.0:
-        per_token = _kl(logp, logq)
-    elif beta == 1.0:
-        per_token = _kl(logq, logp)
-    else:
-        log_m = _log_mix(beta, logp, logq)
-        per_token = beta * _kl(logp, log_m) + (1.0 - beta) * _kl(logq, log_m)
-    return masked_mean(per_token, mask)
+        return kl(logp, logq)
+    if beta == 1.0:
+        return kl(logq, logp)
+    log_m = _log_mix(beta, logp, logq)
+    return beta * _kl(logp, log_m) + (1.0 - beta) * _kl(logq, log_m)
 
 
 def skew_kl(student_logits, teacher_logits, mask, *, temperature=1.0, alpha=0.1):

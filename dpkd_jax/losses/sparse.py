@@ -12,7 +12,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from .core import _kl, _log_mix, masked_mean
+from .core import _jsd, _kl, masked_mean
 
 _FLOOR = 1e-30
 
@@ -75,11 +75,4 @@ def sparse_generalized_jsd(student_logits, teacher_topk_ids, teacher_topk_logps,
     if not 0.0 <= beta <= 1.0:
         raise ValueError(f"beta must be in [0, 1], got {beta}")
     logq, logp = _checked(student_logits, teacher_topk_ids, teacher_topk_logps, mask)
-    if beta == 0.0:
-        per_token = _kl_floor(logp, logq)
-    elif beta == 1.0:
-        per_token = _kl_floor(logq, logp)
-    else:
-        log_m = _log_mix(beta, logp, logq)
-        per_token = beta * _kl(logp, log_m) + (1.0 - beta) * _kl(logq, log_m)
-    return masked_mean(per_token, mask)
+    return masked_mean(_jsd(logp, logq, beta, kl=_kl_floor), mask)

@@ -9,6 +9,7 @@ import json
 
 from .config import Attention, Config, Mlp, Norm, Rope
 from .hfconfig import layer_windows, merged, refuse, rope_from_hf, rope_to_hf, windows_to_hf
+from .llama import ATTENTION_AND_MLP
 from .weights import Row
 
 MODEL_TYPES = ("gemma2",)
@@ -18,23 +19,12 @@ WEIGHTS = [
     Row("model.embed_tokens.weight", "embed/tokens"),
     Row("model.norm.weight", "final_norm/scale"),
     Row("lm_head.weight", "head/w", transpose=True),
+    # Gemma's post_attention_layernorm follows attention (Llama's precedes the MLP)
     Row(_L + "input_layernorm.weight", "blocks/attn_norm/scale"),
     Row(_L + "post_attention_layernorm.weight", "blocks/post_attn_norm/scale"),
     Row(_L + "pre_feedforward_layernorm.weight", "blocks/mlp_norm/scale"),
     Row(_L + "post_feedforward_layernorm.weight", "blocks/post_mlp_norm/scale"),
-    Row(_L + "self_attn.q_proj.weight", "blocks/q_w", transpose=True),
-    Row(_L + "self_attn.k_proj.weight", "blocks/k_w", transpose=True),
-    Row(_L + "self_attn.v_proj.weight", "blocks/v_w", transpose=True),
-    Row(_L + "self_attn.o_proj.weight", "blocks/o_w", transpose=True, in_axes=2),
-    Row(_L + "self_attn.q_proj.bias", "blocks/q_b"),
-    Row(_L + "self_attn.k_proj.bias", "blocks/k_b"),
-    Row(_L + "self_attn.v_proj.bias", "blocks/v_b"),
-    Row(_L + "self_attn.o_proj.bias", "blocks/o_b"),
-    Row(_L + "self_attn.q_norm.weight", "blocks/q_norm/scale"),
-    Row(_L + "self_attn.k_norm.weight", "blocks/k_norm/scale"),
-    Row(_L + "mlp.gate_proj.weight", "blocks/gate_w", transpose=True),
-    Row(_L + "mlp.up_proj.weight", "blocks/up_w", transpose=True),
-    Row(_L + "mlp.down_proj.weight", "blocks/down_w", transpose=True),
+    *ATTENTION_AND_MLP,
 ]
 IGNORED = ()
 

@@ -14,28 +14,23 @@ MODEL_TYPES = ("llama",)
 ARCHITECTURE = "LlamaForCausalLM"
 
 _L = "model.layers.{i}."
+# Attention and gated-MLP rows every Llama-shaped family shares (Mistral, Qwen2/3, Gemma 2/3); rows whose
+# parameter a config does not have (biases, q/k norms) are skipped by the loader.
+ATTENTION_AND_MLP = [
+    *[Row(_L + f"self_attn.{n}_proj.weight", f"blocks/{n}_w", transpose=True) for n in "qkv"],
+    Row(_L + "self_attn.o_proj.weight", "blocks/o_w", transpose=True, in_axes=2),
+    *[Row(_L + f"self_attn.{n}_proj.bias", f"blocks/{n}_b") for n in "qkvo"],
+    *[Row(_L + f"self_attn.{n}_norm.weight", f"blocks/{n}_norm/scale") for n in "qk"],
+    *[Row(_L + f"mlp.{n}_proj.weight", f"blocks/{n}_w", transpose=True) for n in ("gate", "up", "down")],
+    *[Row(_L + f"mlp.{n}_proj.bias", f"blocks/{n}_b") for n in ("gate", "up", "down")],
+]
 WEIGHTS = [
     Row("model.embed_tokens.weight", "embed/tokens"),
     Row("model.norm.weight", "final_norm/scale"),
     Row("lm_head.weight", "head/w", transpose=True),
     Row(_L + "input_layernorm.weight", "blocks/attn_norm/scale"),
     Row(_L + "post_attention_layernorm.weight", "blocks/mlp_norm/scale"),
-    Row(_L + "self_attn.q_proj.weight", "blocks/q_w", transpose=True),
-    Row(_L + "self_attn.k_proj.weight", "blocks/k_w", transpose=True),
-    Row(_L + "self_attn.v_proj.weight", "blocks/v_w", transpose=True),
-    Row(_L + "self_attn.o_proj.weight", "blocks/o_w", transpose=True, in_axes=2),
-    Row(_L + "self_attn.q_proj.bias", "blocks/q_b"),
-    Row(_L + "self_attn.k_proj.bias", "blocks/k_b"),
-    Row(_L + "self_attn.v_proj.bias", "blocks/v_b"),
-    Row(_L + "self_attn.o_proj.bias", "blocks/o_b"),
-    Row(_L + "self_attn.q_norm.weight", "blocks/q_norm/scale"),
-    Row(_L + "self_attn.k_norm.weight", "blocks/k_norm/scale"),
-    Row(_L + "mlp.gate_proj.weight", "blocks/gate_w", transpose=True),
-    Row(_L + "mlp.up_proj.weight", "blocks/up_w", transpose=True),
-    Row(_L + "mlp.down_proj.weight", "blocks/down_w", transpose=True),
-    Row(_L + "mlp.gate_proj.bias", "blocks/gate_b"),
-    Row(_L + "mlp.up_proj.bias", "blocks/up_b"),
-    Row(_L + "mlp.down_proj.bias", "blocks/down_b"),
+    *ATTENTION_AND_MLP,
 ]
 # Rotary caches some old checkpoints saved; the tied head when tie_word_embeddings is true.
 IGNORED = ("rotary_emb.inv_freq",)

@@ -86,7 +86,7 @@ class MiniLLM:
         pg = losses.ppo_clip_loss(logps, roll["old"], roll["adv"], roll["mask"],
                                   importance_weights=roll["weights"], clip_range=self.clip_range)
         reg = losses.reverse_kl(logits, t_logits, roll["mask"])
-        terms = {"minillm_pg": (1.0, pg), "minillm_reg": (self.reg_coef, reg)}
+        terms = {"minillm": (1.0, pg), "minillm_reg": (self.reg_coef, reg)}
         if lm_ids is not None and self.lm_coef > 0:
             pos = jnp.broadcast_to(jnp.arange(lm_ids.shape[1] - 1), lm_ids[:, :-1].shape)
             ones = jnp.ones_like(lm_ids[:, :-1])

@@ -45,7 +45,8 @@ def default_config():
     c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1, "shard_student": True,
                                         "rules": dict(DEFAULT_RULES)})
     # Model execution: remat none | full | dots (save matmul outputs) for long sequences; scan over layers.
-    c.model = ml_collections.ConfigDict({"remat": "none", "scan_layers": True})
+    # decode_kernel: pallas uses JAX's Pallas GPU decode-attention kernel for decode steps (xla elsewhere)
+    c.model = ml_collections.ConfigDict({"remat": "none", "scan_layers": True, "decode_kernel": "xla"})
     # Multi-host: jax.distributed.initialize(); empty fields are auto-detected (TPU pods, SLURM).
     c.distributed = ml_collections.ConfigDict({"enabled": False, "coordinator_address": "", "num_processes": 0,
                                                "process_id": -1})

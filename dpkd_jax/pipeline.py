@@ -76,7 +76,8 @@ def load_models(cfg, placement, vocab):
     its shard; logits over the tokenizer's ``vocab`` real tokens (padded rows dropped)."""
     def load(role, path, dtype, compute_dtype):
         kw = dict(dtype=jnp.dtype(dtype), compute_dtype=jnp.dtype(compute_dtype), rules=placement.rules(role),
-                  output_vocab=vocab, remat=cfg.model.remat, scan_layers=cfg.model.scan_layers)
+                  output_vocab=vocab, remat=cfg.model.remat, scan_layers=cfg.model.scan_layers,
+                  decode_kernel=cfg.model.decode_kernel)
         mc = models.load_config(path, **kw)
         return models.from_pretrained(path, shardings=placement.params(models.param_table(mc), role),
                                       **kw).decoder()

@@ -81,3 +81,18 @@ def test_no_pytorch_advisory_line_when_torch_is_absent():
     r = subprocess.run([sys.executable, "-c", "import sys; sys.modules['torch'] = None; import dpkd_jax.models; "
                         "import transformers"], capture_output=True, text=True)
     assert r.returncode == 0 and "PyTorch was not found" not in r.stderr, r.stderr
+
+
+def test_a_config_names_the_asset_and_preflight_reads_it(smol, tmp_path):
+    import json
+    from dpkd_jax.config import default_config, validate
+    from dpkd_jax.preflight import preflight
+    f = tmp_path / "d.jsonl"
+    f.write_text("".join(json.dumps({"instruction": f"Say {i}.", "response": f"{i}."}) + "\n" for i in range(8)))
+    c = default_config()
+    c.teacher.path = c.student.path = f"asset:{NAME}"
+    c.data.train, c.data.template, c.data.dev_num = str(f), "chat", 2
+    c.workdir, c.mode, c.train.batch_size = str(tmp_path / "w"), "check", 1
+    lines = preflight(validate(c), out=lambda s: None)
+    assert any("teacher:" in l and "llama, 30 layers" in l for l in lines), lines
+    assert any("vocabulary: shared, 49152 tokens" in l for l in lines) and lines[-1] == "ok"

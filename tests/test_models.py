@@ -267,3 +267,34 @@ def test_unsupported_options_are_refused_by_name(tmp_path):
         json.dump(dict(cfg, **over), open(os.path.join(d, "config.json"), "w"))
         with pytest.raises(ValueError, match=msg):
             models.load_config(d)
+
+
+@pytest.mark.parametrize("kind", ["llama3_gqa4_bias", "qwen3_gqa8_headdim"])
+def test_pallas_decode_kernel_equals_the_xla_path(checkpoints, kind, rng):
+    """JAX's Pallas GPU decode-attention kernel (interpreted on CPU) against our XLA attention,
+    through whole cached greedy generations with left padding."""
+    model = models.from_pretrained(checkpoints[kind][0])
+    pallas = models.CausalLM(model.config.replace(decode_kernel="pallas"), model.arrays())
+    ids, mask = left_padded(rng, t=10)
+    ids, mask = np.concatenate([ids, ids[:, :6]], 1), np.concatenate([mask, np.ones((3, 6), mask.dtype)], 1)
+    kw = dict(max_new_tokens=16, greedy=True, eos_token_id=-1, pad_token_id=0)  # P + N = 32: 16-wide blocks
+    a, _ = sampling.generate(model, ids, mask, **kw)
+    b, _ = sampling.generate(pallas, ids, mask, **kw)
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    from dpkd_jax.models import components as C
+    assert C.pallas_decode_ok(pallas.config, 1, 32) and not C.pallas_decode_ok(pallas.config, 1, 30)
+
+
+def test_remat_policies_give_the_same_loss_and_gradients(checkpoints, rng):
+    model = models.from_pretrained(checkpoints["llama3_gqa4_bias"][0])
+    ids, mask = left_padded(rng)
+
+    def loss(cfg, p):
+        return jnp.mean(jax.nn.log_softmax(models.forward(cfg, p, ids, models.positions_from_mask(mask), mask)[0]))
+    base = jax.value_and_grad(lambda p: loss(model.config, p))(model.arrays())
+    for policy in ("full", "dots"):
+        cfg = model.config.replace(remat=policy)
+        got = jax.value_and_grad(lambda p: loss(cfg, p))(model.arrays())
+        np.testing.assert_allclose(got[0], base[0], rtol=1e-6)
+        for k in base[1]:
+            np.testing.assert_allclose(got[1][k], base[1][k], rtol=1e-5, atol=1e-7, err_msg=f"{policy} {k}")

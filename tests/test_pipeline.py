@@ -213,3 +213,12 @@ def test_shortened_demo_runs_end_to_end(tmp_path, capsys):
     assert os.path.isfile(tmp_path / "eval" / "dpkd_demo_eval_answers.jsonl")
     back = models.from_pretrained(str(tmp_path / "dpkd" / "export"))
     assert back.config.n_layers == 1
+    # The preflight passes on the demo's exported models (teacher and student alike here).
+    from dpkd_jax.preflight import preflight
+    c = default_config()
+    c.teacher.path = c.student.path = str(tmp_path / "dpkd" / "export")
+    c.data.train, c.workdir, c.mode = os.path.join(ROOT, "dpkd_jax", "data", "demo", "train.jsonl"), str(tmp_path / "w"), \
+        "check"
+    c.data.max_prompt_length, c.data.max_length, c.train.batch_size = 96, 136, 4
+    lines = preflight(validate(c), out=lambda s: None)
+    assert lines[-1] == "ok" and any("kept" in l for l in lines)

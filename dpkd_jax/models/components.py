@@ -144,6 +144,31 @@ def attend(cfg: Config, q, k, v, allowed):
     return jnp.einsum("bgrts,bgsk->btgrk", probs, v).reshape(B, T, H, K)
 
 
+def pallas_decode_ok(cfg: Config, T: int, S: int) -> bool:
+    """Whether a decode step can use the Pallas kernel: one new token, no soft-capping or
+    sliding window (the kernel has neither), and the attended slots in whole 16-wide blocks."""
+    a = cfg.attention
+    return cfg.decode_kernel == "pallas" and T == 1 and not a.softcap and not a.layer_windows and S % 16 == 0
+
+
+def attend_decode_pallas(cfg: Config, q, k, v, key_mask, kv_len, interpret=None):
+    """One decode step through ``jax.experimental.pallas.ops.gpu.decode_attention.gqa``:
+    q ``[B, 1, H, K]`` over k, v ``[B, G, S, K]``; ``start_idx`` = each row's left padding,
+    ``kv_seq_len`` = the slots filled so far. Interpreted (slowly) off GPU, for tests."""
+    from jax.experimental.pallas.ops.gpu import decode_attention as da
+    B, _, H, K = q.shape
+    S = k.shape[2]
+    block_k = next(b for b in (128, 64, 32, 16) if S % b == 0)
+    start = jnp.argmax(key_mask.astype(jnp.int32), axis=1)
+    lens = jnp.broadcast_to(jnp.asarray(kv_len, jnp.int32), (B,))
+    if interpret is None:
+        interpret = jax.default_backend() != "gpu"
+    out = da.gqa(q[:, 0], k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3), start, lens,
+                 sm_scale=cfg.attention.query_scale or K ** -0.5, block_h=min(16, H // k.shape[1]) or 1,
+                 block_k=block_k, k_splits=1, interpret=interpret)
+    return out[:, None].astype(q.dtype)
+
+
 def attention_out(p, attn):
     dt = attn.dtype
     out = jnp.einsum("bthk,hkd->btd", attn, p["o_w"].astype(dt))

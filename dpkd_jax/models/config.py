@@ -95,6 +95,7 @@ class Config:
     compute_dtype: str = "float32"
     scan_layers: bool = True
     remat: str = "none"                    # none | full | dots (save matmul outputs): training memory vs compute
+    decode_kernel: str = "xla"             # xla | pallas (GPU decode-attention kernel; XLA where it cannot apply)
     rules: tuple = DEFAULT_RULES           # logical axis -> mesh axes, for activation constraints
 
     def __post_init__(self):
@@ -108,6 +109,8 @@ class Config:
             raise ValueError(f"activation {self.mlp.activation!r} is not supported; known: {sorted(ACTIVATIONS)}")
         if self.attention.layer_windows and len(self.attention.layer_windows) != self.n_layers:
             raise ValueError(f"layer_windows has {len(self.attention.layer_windows)} entries for {self.n_layers} layers")
+        if self.decode_kernel not in ("xla", "pallas"):
+            raise ValueError(f"decode_kernel must be xla or pallas, got {self.decode_kernel!r}")
         if self.remat not in REMAT:
             raise ValueError(f"remat must be one of {REMAT}, got {self.remat!r}")
         for f in ("param_dtype", "compute_dtype"):

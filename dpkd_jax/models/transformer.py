@@ -135,8 +135,11 @@ def _block(cfg: Config, p, meta, x, ropes, key_mask, q_slots, cache, cache_index
                                                (1, *c.shape[1:3], key_mask.shape[1], c.shape[4]))[0].astype(dt)
         k, v = read(kc), read(vc)
         cache = (kc, vc)
-    allowed = C.attention_mask(q_slots, k.shape[2], key_mask, meta["window"])
-    h = C.attention_out(p, C.attend(cfg, q, k, v, allowed))
+    if cache is not None and C.pallas_decode_ok(cfg, q.shape[1], k.shape[2]):
+        attn = C.attend_decode_pallas(cfg, q, k, v, key_mask, q_slots[0] + 1)
+    else:
+        attn = C.attend(cfg, q, k, v, C.attention_mask(q_slots, k.shape[2], key_mask, meta["window"]))
+    h = C.attention_out(p, attn)
     if cfg.sandwich_norm:
         h = n("post_attn_norm", h)
     x = x + h

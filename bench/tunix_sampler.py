@@ -56,7 +56,7 @@ def tunix_model():
 def main():
     from tunix.generate import sampler as ts
     model = tunix_model()
-    s = ts.Sampler(model, NumberTokenizer(), ts.CacheConfig(cache_size=P + N + 8, num_layers=L, num_kv_heads=G,
+    s = ts.Sampler(model, NumberTokenizer(), ts.CacheConfig(cache_size=256, num_layers=L, num_kv_heads=G,
                                                              head_dim=K))
     ours_cfg = our_llama.tiny_config(vocab_size=V, d_model=D, n_layers=L, n_heads=H, n_kv_heads=G, d_ff=F,
                                      attention=models.Attention(rope=Rope(theta=500000.0)), tied_head=False)

@@ -57,16 +57,18 @@ def test_sampling_frequencies_match_softmax(model):
     ids = np.tile(np.array([[5, 9, 13, 2]]), (n, 1))
     mask = np.ones_like(ids)
     want = np.asarray(jax.nn.softmax(model(ids[:1])[0, -1] / 0.7))
-    for kw, support in [({}, None), ({"top_k": 5}, 5)]:
+    for kw in [{}, {"top_k": 5}, {"top_p": 0.3}, {"top_k": 12, "top_p": 0.5}]:
         toks, _ = sampling.generate(model, ids, mask, max_new_tokens=1, temperature=0.7, rng=jax.random.PRNGKey(1),
                                     eos_token_id=-1, pad_token_id=0, **kw)
         freq = np.bincount(np.asarray(toks[:, 0]), minlength=VOCAB) / n
         p = want.copy()
-        if support:
-            keep = np.argsort(-p)[:support]
+        if kw:  # the support as transformers' warpers define it: top-k, then top-p over it renormalised
+            keep = np.argsort(-p)[:kw.get("top_k") or VOCAB]
+            q = p[keep] / p[keep].sum()
+            keep = keep[(np.cumsum(q) - q) < kw.get("top_p", 1.0)]
             p = np.where(np.isin(np.arange(VOCAB), keep), p, 0)
             p /= p.sum()
-            assert set(np.nonzero(freq)[0]) <= set(keep)
+            assert set(np.nonzero(freq)[0]) <= set(keep) and len(keep) < VOCAB, kw
         tv = 0.5 * np.abs(freq - p).sum()
         assert tv < 0.03, (kw, tv)
 

@@ -26,8 +26,9 @@ from dpkd_jax import models, sampling, sharding
 from dpkd_jax.config import default_config
 from dpkd_jax.models import gpt2
 from dpkd_jax.tools import plan
-from dpkd_jax.train import (init_state, make_optimizer, make_step, peak_flops, place_state, step_flops,
-                            step_shardings)
+from dpkd_jax.optim import make_optimizer
+from dpkd_jax.throughput import peak_flops, step_flops
+from dpkd_jax.train import init_state, make_step, place_state, step_shardings
 
 
 def build(args):

@@ -23,8 +23,9 @@ from . import sharding
 from .checkpoint import Checkpoints
 from . import objectives
 from . import teacher_cache
-from .train import Throughput, make_optimizer, make_step, place_state, step_flops, \
-    step_shardings
+from .optim import make_optimizer
+from .throughput import Throughput, step_flops
+from .train import make_step, place_state, step_shardings
 
 
 class Trained(NamedTuple):

@@ -1,4 +1,4 @@
-"""The train step (pure, compiled once) and the loop around it.
+"""The train step (pure, compiled once over the mesh), generic over objectives.
 
 ``make_step`` returns ``step(state, batch, rng) -> (state, metrics)``: sample
 ``y_t`` (online, or read from the batch when precomputed offline) and ``y_s``
@@ -9,60 +9,15 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import logging
-import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
-import optax
 
 from . import losses, sampling
 from . import sharding as sharding_lib
 from . import objectives
 from .errors import InputError
-
-# Peak dense bf16 FLOP/s per device, for MFU. Unknown devices (CPU) report no MFU.
-PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "TPU v4": 275e12, "TPU v5 lite": 197e12,
-              "TPU v5p": 459e12, "TPU v6 lite": 918e12}
-
-
-# optax >= 0.2.5 names it optax.tree.norm; older releases only have global_norm.
-_global_norm = getattr(getattr(optax, "tree", None), "norm", None) or optax.global_norm
-
-
-def peak_flops(device=None):
-    kind = (device or jax.devices()[0]).device_kind
-    return next((v for k, v in PEAK_FLOPS.items() if k in kind), None)
-
-
-def _decay_mask(params):
-    # No weight decay on biases, LayerNorm parameters and position embeddings.
-    return {k: not k.endswith(("_b", "_bias", "_scale", "/scale", "/bias", "positions")) for k in params}
-
-
-def make_schedule(t, updates_per_step=1):
-    if t.schedule == "constant":
-        return optax.join_schedules([optax.linear_schedule(0.0, t.lr, max(t.warmup_steps, 1)),
-                                     optax.constant_schedule(t.lr)], [t.warmup_steps]) if t.warmup_steps else t.lr
-    if t.schedule == "cosine":
-        steps = t.steps * updates_per_step  # optimizer updates: MiniLLM takes several per step
-        return optax.warmup_cosine_decay_schedule(0.0 if t.warmup_steps else t.lr, t.lr, t.warmup_steps,
-                                                  max(steps, t.warmup_steps + 1), end_value=t.lr * t.min_lr_ratio)
-    raise ValueError(f"train.schedule must be 'constant' or 'cosine', got {t.schedule!r}")
-
-
-def make_optimizer(t, updates_per_step=1):
-    """AdamW (decay masked off biases/norms), global-norm clipping, gradient accumulation;
-    outermost, ``apply_if_finite`` skips any step whose gradients hold a NaN or Inf
-    (counted in its state; the loop stops after ``train.max_bad_steps`` in a row)."""
-    tx = optax.chain(optax.clip_by_global_norm(t.grad_clip) if t.grad_clip > 0 else optax.identity(),
-                     optax.adamw(make_schedule(t, updates_per_step), b1=t.adam_b1, b2=t.adam_b2, eps=t.adam_eps,
-                                 weight_decay=t.weight_decay, mask=_decay_mask))
-    tx = optax.MultiSteps(tx, t.grad_accum) if t.grad_accum > 1 else tx
-    # Never let optax apply a bad update itself: the loop decides when to stop.
-    return optax.apply_if_finite(tx, max_consecutive_errors=2**30)
-
+from .optim import apply_update, global_norm, make_schedule
 
 def init_state(params, tx):
     return {"params": params, "opt_state": tx.init(params), "step": jnp.zeros((), jnp.int32)}
@@ -87,14 +42,6 @@ def place_state(params, tx, shardings):
     from .sharding import copy_to
     params = copy_to(params, shardings["params"])
     return jax.jit(lambda p: init_state(p, tx), out_shardings=shardings["state"])(params)
-
-
-def apply_update(tx, params, opt_state, grads, total):
-    """One optax update. A NaN/Inf loss can leave the gradients finite (e.g. through an
-    additive term): poison them so ``apply_if_finite`` skips the update either way."""
-    grads = jax.tree.map(lambda g: jnp.where(jnp.isfinite(total), g, jnp.nan), grads)
-    updates, opt_state = tx.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state
 
 
 def _pad_to(ids, mask, length, pad_token_id):
@@ -160,7 +107,7 @@ def make_step(cfg, student, teacher, tx, teacher_params, ref_params=None, shardi
 
         (total, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
         new_params, opt_state = apply_update(tx, params, state["opt_state"], grads, total)
-        metrics["grad_norm"] = _global_norm(grads)
+        metrics["grad_norm"] = global_norm(grads)
         for r, (_, m) in samples.items():
             metrics[f"length/{r.value}_response"] = m.sum(1).mean()
         return finish(state, new_params, opt_state, metrics, batch, teacher_params)
@@ -204,7 +151,7 @@ def make_step(cfg, student, teacher, tx, teacher_params, ref_params=None, shardi
                 return total, {f"loss/{k}": v.mean() for k, (_, v) in terms.items()}
             (total, ms), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
             params, opt_state = apply_update(tx, params, opt_state, grads, total)
-            return (params, opt_state), dict(ms, **{"loss/total": total, "grad_norm": _global_norm(grads)})
+            return (params, opt_state), dict(ms, **{"loss/total": total, "grad_norm": global_norm(grads)})
 
         order = jnp.tile(jnp.arange(n), objective.ppo_epochs)
         (params, opt_state), ms = jax.lax.scan(inner, (state["params"], state["opt_state"]), order)
@@ -242,38 +189,3 @@ def make_step(cfg, student, teacher, tx, teacher_params, ref_params=None, shardi
             return jitted.lower(*args)
     step.jitted, step.lower = jitted, lower
     return step
-
-
-def step_flops(cfg, student, teacher, batch_size):
-    """Model FLOPs of one step (for MFU): student train on scored tokens, teacher
-    forward scoring, generation forwards of both."""
-    needs = objectives.build(cfg.method, cfg.loss).needs
-    from .models import flops_per_token, forward_flops_per_token
-    P, R, N = cfg.data.max_prompt_length, cfg.data.max_length - cfg.data.max_prompt_length, cfg.gen.max_new_tokens
-    S = P + max(R, N)
-    n_resp = 1 + needs.teacher_samples + needs.student_samples
-    f = batch_size * (P + R) * flops_per_token(student, S) * n_resp
-    f += batch_size * (P + R) * forward_flops_per_token(teacher, S) * (n_resp if needs.teacher_logits else 0)
-    if needs.teacher_samples:
-        f += batch_size * (P + N) * forward_flops_per_token(teacher, P + N)
-    if needs.student_samples:
-        f += batch_size * (P + N) * forward_flops_per_token(student, P + N)
-    return f
-
-
-class Throughput:
-    """Tokens/s, step time and MFU from wall time between logged steps."""
-
-    def __init__(self, flops_per_step, tokens_per_step):
-        self.flops, self.tokens = flops_per_step, tokens_per_step
-        self.peak = peak_flops()
-        self.t = time.perf_counter()
-
-    def __call__(self, steps):
-        now = time.perf_counter()
-        dt = (now - self.t) / max(steps, 1)
-        self.t = now
-        out = {"perf/step_time_s": dt, "perf/tokens_per_s": self.tokens / dt}
-        if self.peak:
-            out["perf/mfu"] = self.flops / dt / (self.peak * jax.device_count())
-        return out

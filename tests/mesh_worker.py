@@ -16,7 +16,8 @@ from jax.sharding import PartitionSpec as P  # noqa: E402
 from dpkd_jax import models, sharding  # noqa: E402
 from dpkd_jax.config import default_config  # noqa: E402
 from dpkd_jax.models import gpt2, llama  # noqa: E402
-from dpkd_jax.train import make_optimizer, make_step, place_state, step_shardings  # noqa: E402
+from dpkd_jax.optim import make_optimizer  # noqa: E402
+from dpkd_jax.train import make_step, place_state, step_shardings  # noqa: E402
 
 
 def setup():

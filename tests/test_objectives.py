@@ -12,7 +12,8 @@ from conftest import tiny_setup
 from dpkd_jax import objectives as O
 from dpkd_jax.config import default_config
 from dpkd_jax.errors import InputError
-from dpkd_jax.train import init_state, make_optimizer, make_step
+from dpkd_jax.optim import make_optimizer
+from dpkd_jax.train import init_state, make_step
 from dpkd_jax import data as D
 
 

@@ -1,8 +1,6 @@
 """Long runs and failures: exact resume after SIGKILL, SIGTERM, NaN guards, broken
 checkpoints, a full disk, an unwritable work dir, a stale teacher cache, host memory."""
 
-import copy
-import errno
 import json
 import os
 import signal
@@ -16,17 +14,11 @@ import pytest
 
 from dpkd_jax import data as D
 from dpkd_jax import objectives as O
-from dpkd_jax import sampling as S
-from dpkd_jax import teacher_cache as TC
-from dpkd_jax import train as T
 from dpkd_jax.loop import Diverged, train_loop
-from conftest import PIPE_VOCAB as VOCAB, tiny_setup, write_config  # noqa: F401
+from conftest import tiny_setup, write_config
 
 ROOT = os.path.dirname(os.path.dirname(__file__))
-DEMO = os.path.join(ROOT, "dpkd_jax", "data", "demo")
-
-
-# ------------------------------------------------ the real command, killed
+DEMO = os.path.join(ROOT, "dpkd_jax", "data", "demo")# ------------------------------------------------ the real command, killed
 
 def cli(config, *extra):
     env = dict(os.environ, PYTHONUNBUFFERED="1", JAX_PLATFORMS="cpu")
@@ -179,120 +171,7 @@ def test_consecutive_nan_steps_stop_the_run_with_the_last_good_state_saved(monke
 
 # ------------------------------------------------------- checkpoints break
 
-def short_run(tmp_path, tok, steps=2, **over):  # noqa: F811
-    cfg, data, (t_cfg, t_params), (s_cfg, s_params) = tiny_setup(tmp_path, tok)
-    cfg.method, cfg.train.steps = "sft", steps
-    for k, v in over.items():
-        setattr(cfg.train, k, v)
-    return lambda s=s_cfg, p=s_params, c=cfg: train_loop(c, s, p, t_cfg, t_params, data, None,
-                                                         str(tmp_path / "w"))
-
-
-def test_corrupt_or_foreign_checkpoint_is_named_not_ignored(tmp_path, tok):  # noqa: F811
-    from dpkd_jax.models import gpt2
-    from dpkd_jax import models
-    short_run(tmp_path, tok)()
-    other = gpt2.tiny_config(vocab_size=VOCAB, d_model=24, n_layers=1, n_heads=2, d_ff=48, max_positions=72)
-    with pytest.raises(ValueError, match=r"checkpoints/latest/2 cannot be restored.*resume=False"):
-        short_run(tmp_path, tok, 4)(s=other, p=models.init_params(other, jax.random.PRNGKey(0)))
-    # Damage every array file of the saved state.
-    for root, _, files in os.walk(tmp_path / "w" / "checkpoints" / "latest" / "2" / "state"):
-        for f in files:
-            if not f.startswith("_") and not f.endswith(".json"):
-                with open(os.path.join(root, f), "r+b") as fh:
-                    fh.truncate(3)
-    with pytest.raises(ValueError, match=r"checkpoints/latest/2 cannot be restored"):
-        short_run(tmp_path, tok, 4)()
-
-
-def test_a_half_written_checkpoint_is_not_used(tmp_path, tok):  # noqa: F811
-    short_run(tmp_path, tok)()
-    tmp = tmp_path / "w" / "checkpoints" / "latest" / "4.orbax-checkpoint-tmp-1234"
-    (tmp / "state").mkdir(parents=True)
-    (tmp / "state" / "junk").write_bytes(b"\0" * 10)
-    _, hist, _ = short_run(tmp_path, tok, 4)()
-    assert [h["step"] for h in hist] == [1, 2, 3, 4]  # resumed from the complete step 2
-
-
-def test_disk_full_during_save_names_the_directory_and_keeps_the_last_checkpoint(monkeypatch, tmp_path, tok):  # noqa
-    import orbax.checkpoint as ocp
-    real = ocp.CheckpointManager.save
-
-    def save(self, step, *a, **k):
-        if step == 4:
-            raise OSError(errno.ENOSPC, "No space left on device")
-        return real(self, step, *a, **k)
-    monkeypatch.setattr(ocp.CheckpointManager, "save", save)
-    with pytest.raises(RuntimeError, match=r"checkpoints/latest \(step 4\) failed.*No space left.*step 2"):
-        short_run(tmp_path, tok, 6, save_every=2)()
-    monkeypatch.setattr(ocp.CheckpointManager, "save", real)
-    _, hist, _ = short_run(tmp_path, tok, 6, save_every=2)()
-    assert [h["step"] for h in hist] == [1, 2, 3, 4, 5, 6]
-
-
-def test_checkpoint_keeps_the_metadata_as_it_was_at_save_time(tmp_path):
-    """Saves are asynchronous; the loop goes on appending to its history meanwhile."""
-    from dpkd_jax.checkpoint import Checkpoints
-    ck = Checkpoints(str(tmp_path / "c"))
-    state = {"params": {"w": jax.numpy.ones((256, 256))}, "step": jax.numpy.array(2)}
-    history = [{"step": 1}, {"step": 2}]
-    ck.save(2, state, {"history": history, "data": {"pos": 2}})
-    history.append({"step": 3})  # before the background write has finished, or just after
-    ck.wait()
-    _, extra = ck.restore_latest(state)
-    ck.close()
-    assert extra["history"] == [{"step": 1}, {"step": 2}]
-
-
-def test_unwritable_workdir_is_named(tmp_path):
-    from dpkd_jax.checkpoint import check_workdir
-    (tmp_path / "file").write_text("x")
-    with pytest.raises(ValueError, match=r"config.workdir: .*file/run.* is not writable"):
-        check_workdir(str(tmp_path / "file" / "run"))
-
-
-def test_typo_in_a_config_flag_is_an_error():
-    from absl import flags
-    from ml_collections import config_flags
-    fv = flags.FlagValues()
-    config_flags.DEFINE_config_file("config", os.path.join(ROOT, "configs", "demo.py"), flag_values=fv,
-                                    lock_config=True)
-    with pytest.raises(Exception, match="trian"):
-        fv(["prog", f"--config={os.path.join(ROOT, 'configs', 'demo.py')}", "--config.trian.steps=3"])
-        fv.config  # noqa: B018  (the override is applied on first access in some versions)
-
-
 # --------------------------------------------------- bounded resources
-
-def test_offline_teacher_cache_is_reused_only_for_the_config_that_made_it(monkeypatch, tmp_path, tok, capsys):  # noqa
-    cfg, data, (t_cfg, t_params), _ = tiny_setup(tmp_path, tok)
-    path = str(tmp_path / "teacher_samples.npz")
-    first = TC.teacher_samples(cfg, t_cfg, t_params, data, path)
-    assert first["teacher_ids"].shape == (len(data), cfg.gen.max_new_tokens)
-    real = S.generate_stepwise
-
-    def refuse(*a, **k):
-        raise AssertionError("sampled again")
-    monkeypatch.setattr(S, "generate_stepwise", refuse)
-    again = TC.teacher_samples(cfg, t_cfg, t_params, data, path)
-    np.testing.assert_array_equal(again["teacher_ids"], first["teacher_ids"])
-    monkeypatch.setattr(S, "generate_stepwise", real)
-    for change in ("gen", "teacher"):
-        c, tp = copy.deepcopy(cfg), t_params
-        if change == "gen":
-            c.gen.temperature = 0.5
-        else:
-            tp = dict(t_params, **{"final_norm/bias": t_params["final_norm/bias"] + 1})
-        TC.teacher_samples(c, t_cfg, tp, data, path)
-        assert "was made by another config, teacher or data; rebuilding" in capsys.readouterr().out
-
-
-def test_offline_teacher_mode_trains(tmp_path, tok):  # noqa: F811
-    cfg, data, (t_cfg, t_params), (s_cfg, s_params) = tiny_setup(tmp_path, tok)
-    cfg.method, cfg.gen.teacher_mode = "seqkd", "offline"
-    _, hist, _ = train_loop(cfg, s_cfg, s_params, t_cfg, t_params, data, None, str(tmp_path / "w"))
-    assert os.path.isfile(tmp_path / "w" / "teacher_samples.npz") and len(hist) == 3
-
 
 def test_host_memory_does_not_grow_per_step(tmp_path, tok):  # noqa: F811
     cfg, data, (t_cfg, t_params), (s_cfg, s_params) = tiny_setup(tmp_path, tok)

@@ -91,7 +91,8 @@ def plan_one(cfg, mesh_sizes, devices, batch_per_replica=0):
     import jax
     import numpy as np
     from .. import objectives, sharding
-    from ..train import make_optimizer, make_step, step_shardings
+    from ..optim import make_optimizer
+    from ..train import make_step, step_shardings
     from ..models import param_table
     from ..models.config import DTYPES
     devices = jax.devices()[:devices] if isinstance(devices, int) else list(devices)

@@ -1,0 +1,64 @@
+"""Config validation naming fields, the paper configs, flag typos."""
+
+import copy
+import importlib.util
+import os
+
+import pytest
+
+from conftest import write_jsonl
+from dpkd_jax import models
+from dpkd_jax.config import default_config, validate
+
+ROOT = os.path.dirname(os.path.dirname(__file__))
+
+
+def test_config_errors_name_the_field(tmp_path):
+    c = default_config()
+    c.demo.enabled = True
+    for field, value, match in [("method", "dpo", "config.method"), ("loss.dpkd.beta", -1.0, "config.loss.dpkd.beta"),
+                                ("data.max_prompt_length", 600, "config.data.max_prompt_length"),
+                                ("loss.dpkd.form", "xx", "config.loss.dpkd.form")]:
+        bad = copy.deepcopy(c)
+        *path, key = field.split(".")
+        node = bad
+        for part in path:
+            node = getattr(node, part)
+        setattr(node, key, value)
+        with pytest.raises(ValueError, match=match):
+            validate(bad)
+    c.demo.enabled = False
+    with pytest.raises(ValueError, match="config.teacher.path"):
+        validate(c)
+    c.teacher.path, c.student.path = str(tmp_path), str(tmp_path / "nope")
+    with pytest.raises(ValueError, match="config.student.path"):
+        validate(c)
+    c.lock()  # main loads configs locked: unknown keys are refused, not ignored
+    with pytest.raises(AttributeError, match="trian"):
+        c.train.trian = 3
+
+
+@pytest.mark.parametrize("name", ["gpt2_xl_to_base", "gpt2_xl_to_medium", "opt13b_to_1p3b"])
+def test_paper_configs_load_and_validate_with_stand_in_checkpoints(name, checkpoints, tmp_path):
+    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "configs", f"{name}.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    c = mod.get_config()
+    assert c.method == "dpkd" and c.loss.dpkd.beta == 0.1 and c.loss.dpkd.kd_ratio == 0.5 and c.data.max_length == 512
+    kind = "opt" if "opt" in name else "gpt2"
+    c.teacher.path = c.student.path = checkpoints[kind][0]
+    c.data.train = write_jsonl(tmp_path / "d.jsonl", [{"instruction": "a", "response": "b"}])
+    validate(c)
+    models.check_same_vocabulary(c.teacher.path, c.student.path)
+    assert models.load_config(c.teacher.path).model_type == kind
+
+def test_typo_in_a_config_flag_is_an_error():
+    from absl import flags
+    from ml_collections import config_flags
+    fv = flags.FlagValues()
+    config_flags.DEFINE_config_file("config", os.path.join(ROOT, "configs", "demo.py"), flag_values=fv,
+                                    lock_config=True)
+    with pytest.raises(Exception, match="trian"):
+        fv(["prog", f"--config={os.path.join(ROOT, 'configs', 'demo.py')}", "--config.trian.steps=3"])
+        fv.config  # noqa: B018  (the override is applied on first access in some versions)
+

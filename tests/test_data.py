@@ -1,0 +1,72 @@
+"""Instruction data: templates, filtering with counts, deterministic resumable batches, packing."""
+
+import os
+
+import numpy as np
+import pytest
+
+from conftest import write_jsonl
+from dpkd_jax import data as D
+
+ROOT = os.path.dirname(os.path.dirname(__file__))
+
+
+def test_template_matches_reference():
+    assert D.format_prompt("Do X.") == ("Below is an instruction that describes a task. Write a response that "
+                                        "appropriately completes the request.\n\n### Instruction:\nDo X.\n\n"
+                                        "### Response:\n")
+    assert "### Input:\nctx\n\n### Response:\n" in D.format_prompt("Do X.", "ctx")
+
+
+def test_malformed_lines_counted_with_line_numbers_and_filters(tmp_path, tok):
+    path = write_jsonl(tmp_path / "d.jsonl", [
+        {"instruction": "Say hi.", "response": "hi"},
+        "{not json",
+        {"instruction": "", "response": "x"},
+        {"instruction": "Add.", "input": "1 and 2", "output": "3"},
+        {"response": "no instruction"},
+        {"instruction": "Say hi.", "context": "", "response": "hi " * 50},
+        {"instruction": "long " * 200, "response": "x"},
+    ])
+    data, rep = D.load_instructions(path, tok, max_prompt_length=64, max_length=80, pad_token_id=0)
+    assert (rep.read, rep.malformed, rep.prompt_too_long, rep.response_truncated, rep.kept) == (7, 3, 1, 1, 3)
+    assert rep.malformed_lines[0].startswith("line 2: bad JSON") and "line 3" in rep.malformed_lines[1]
+    assert "line 5" in rep.malformed_lines[2] and "'instruction'" in rep.malformed_lines[2]
+    assert data.prompt_ids.shape == (3, 64) and data.response_ids.shape == (3, 16)
+    # left-padded prompts, responses end with EOS
+    row = data.response_ids[0][data.response_mask[0] == 1]
+    assert row[-1] == tok.eos_token_id
+    assert data.prompt_mask[0, -1] == 1 and data.prompt_mask[0, 0] == 0
+    assert tok.decode(data.prompt_ids[1][data.prompt_mask[1] == 1]) == D.format_prompt("Add.", "1 and 2")
+
+
+def test_empty_dataset_is_an_error_naming_the_file(tmp_path, tok):
+    path = write_jsonl(tmp_path / "empty.jsonl", ["{bad", {"instruction": "x"}])
+    with pytest.raises(ValueError, match="empty.jsonl: no usable examples"):
+        D.load_instructions(path, tok, max_prompt_length=64, max_length=80, pad_token_id=0)
+
+
+def test_batches_are_deterministic_and_resumable(tmp_path, tok):
+    rows = [{"instruction": f"Say {i}.", "response": str(i)} for i in range(23)]
+    data, _ = D.load_instructions(write_jsonl(tmp_path / "d.jsonl", rows), tok, max_prompt_length=64,
+                                  max_length=80, pad_token_id=0)
+    a = D.Batches(data, 5, seed=3)
+    seq = [a.next()["example_ids"] for _ in range(6)]
+    assert a.dropped_per_epoch == 3
+    assert len(set(np.concatenate(seq[:4]))) == 20  # an epoch sees distinct examples
+    b = D.Batches(data, 5, seed=3)
+    for _ in range(3):
+        b.next()
+    c = D.Batches(data, 5, seed=3)
+    c.restore(b.state())
+    np.testing.assert_array_equal(c.next()["example_ids"], seq[3])
+    train, dev = D.split_dev(data, 4, seed=0)
+    assert len(train) == 19 and len(dev) == 4 and not set(train.prompts) & set(dev.prompts)
+
+
+def test_pretraining_text_is_packed(tmp_path, tok):
+    p = tmp_path / "t.txt"
+    p.write_text("hi there\n" * 20)
+    rows = D.load_packed(str(p), tok, 8)
+    assert rows.shape[1] == 8 and rows.shape[0] >= 2 and (rows == tok.eos_token_id).any()
+

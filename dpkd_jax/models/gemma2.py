@@ -9,16 +9,14 @@ import json
 
 from .config import Attention, Config, Mlp, Norm, Rope
 from .hfconfig import layer_windows, merged, refuse, rope_from_hf, rope_to_hf, windows_to_hf
-from .llama import ATTENTION_AND_MLP
+from .llama import ATTENTION_AND_MLP, EMBED_AND_HEAD
 from .weights import Row
 
 MODEL_TYPES = ("gemma2",)
 
 _L = "model.layers.{i}."
 WEIGHTS = [
-    Row("model.embed_tokens.weight", "embed/tokens"),
-    Row("model.norm.weight", "final_norm/scale"),
-    Row("lm_head.weight", "head/w", transpose=True),
+    *EMBED_AND_HEAD,
     # Gemma's post_attention_layernorm follows attention (Llama's precedes the MLP)
     Row(_L + "input_layernorm.weight", "blocks/attn_norm/scale"),
     Row(_L + "post_attention_layernorm.weight", "blocks/post_attn_norm/scale"),

@@ -24,10 +24,13 @@ ATTENTION_AND_MLP = [
     *[Row(_L + f"mlp.{n}_proj.weight", f"blocks/{n}_w", transpose=True) for n in ("gate", "up", "down")],
     *[Row(_L + f"mlp.{n}_proj.bias", f"blocks/{n}_b") for n in ("gate", "up", "down")],
 ]
-WEIGHTS = [
+EMBED_AND_HEAD = [
     Row("model.embed_tokens.weight", "embed/tokens"),
     Row("model.norm.weight", "final_norm/scale"),
-    Row("lm_head.weight", "head/w", transpose=True),
+    Row("lm_head.weight", "head/w", transpose=True),   # untied heads only
+]
+WEIGHTS = [
+    *EMBED_AND_HEAD,
     Row(_L + "input_layernorm.weight", "blocks/attn_norm/scale"),
     Row(_L + "post_attention_layernorm.weight", "blocks/mlp_norm/scale"),
     *ATTENTION_AND_MLP,

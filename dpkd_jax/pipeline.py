@@ -133,6 +133,14 @@ def export(model_cfg, params, tokenizer, path):
     """A Hugging Face folder (config, safetensors, tokenizer) that transformers loads."""
     models.save_pretrained(models.CausalLM(model_cfg, params), path)
     tokenizer.save_pretrained(path)
+    # transformers takes special-token ids from config.json: write the tokenizer's, not a family default
+    cfg_file = os.path.join(path, "config.json")
+    with open(cfg_file) as f:
+        hf = json.load(f)
+    hf.update({k: int(getattr(tokenizer, k)) for k in ("bos_token_id", "eos_token_id", "pad_token_id")
+               if getattr(tokenizer, k, None) is not None})
+    with open(cfg_file, "w") as f:
+        json.dump(hf, f, indent=1, sort_keys=True)
 
 
 def generate_mode(cfg, s_cfg, params, tokenizer, mesh=None):

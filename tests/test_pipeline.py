@@ -1,6 +1,7 @@
 """Evaluation metrics, every method's step, overfitting without recompilation, resume, the demo end to end."""
 
 import importlib.util
+import json
 import os
 
 import jax
@@ -109,6 +110,9 @@ def test_shortened_demo_runs_end_to_end(tmp_path, capsys):
     assert os.path.isfile(tmp_path / "eval" / "dpkd_demo_eval_answers.jsonl")
     back = models.from_pretrained(str(tmp_path / "dpkd" / "export"))
     assert back.config.n_layers == 1
+    exported = json.load(open(tmp_path / "dpkd" / "export" / "config.json"))
+    tok = models.load_tokenizer(str(tmp_path / "dpkd" / "export"))
+    assert exported["eos_token_id"] == tok.eos_token_id < back.config.vocab_size  # not GPT-2's default 50256
     # The preflight passes on the demo's exported models (teacher and student alike here).
     from dpkd_jax.preflight import preflight
     c = default_config()

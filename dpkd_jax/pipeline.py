@@ -137,8 +137,9 @@ def export(model_cfg, params, tokenizer, path):
     cfg_file = os.path.join(path, "config.json")
     with open(cfg_file) as f:
         hf = json.load(f)
-    hf.update({k: int(getattr(tokenizer, k)) for k in ("bos_token_id", "eos_token_id", "pad_token_id")
-               if getattr(tokenizer, k, None) is not None})
+    for k in ("bos_token_id", "eos_token_id", "pad_token_id"):  # None where the tokenizer has no such token
+        v = getattr(tokenizer, k, None)
+        hf[k] = None if v is None else int(v)
     with open(cfg_file, "w") as f:
         json.dump(hf, f, indent=1, sort_keys=True)
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 
 from .config import Attention, Config, Mlp, Norm, Rope
-from .hfconfig import layer_windows, merged, refuse, rope_from_hf, rope_to_hf, windows_to_hf
+from .hfconfig import layer_windows, merged, refuse, rms_decoder_fields, rope_from_hf, rope_to_hf
 from .llama import ATTENTION_AND_MLP, EMBED_AND_HEAD
 from .weights import Row
 
@@ -54,14 +54,9 @@ def gemma_like(hf: dict, family: str, *, rope: Rope, local_rope: Rope | None, qk
 def gemma_like_to_hf(cfg: Config, architecture: str) -> dict:
     a = cfg.attention
     return merged(cfg, {
-        "model_type": cfg.model_type, "architectures": [architecture], "vocab_size": cfg.vocab_size,
-        "hidden_size": cfg.d_model, "intermediate_size": cfg.d_ff, "num_hidden_layers": cfg.n_layers,
-        "num_attention_heads": cfg.n_heads, "num_key_value_heads": cfg.kv_heads, "head_dim": cfg.head_size,
-        "max_position_embeddings": cfg.max_positions, "rms_norm_eps": cfg.norm.eps,
-        "hidden_activation": cfg.mlp.activation, "tie_word_embeddings": cfg.tied_head,
+        **rms_decoder_fields(cfg, architecture), "hidden_activation": cfg.mlp.activation,
         "query_pre_attn_scalar": _number(a.query_scale ** -2.0), "attention_bias": a.qkv_bias,
-        "attn_logit_softcapping": a.softcap or None, "final_logit_softcapping": cfg.final_softcap or None,
-        **windows_to_hf(cfg)})
+        "attn_logit_softcapping": a.softcap or None, "final_logit_softcapping": cfg.final_softcap or None})
 
 
 def _number(x: float):

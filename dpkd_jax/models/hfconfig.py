@@ -80,3 +80,12 @@ def merged(cfg, fields: dict) -> dict:
     out = json.loads(cfg.hf_config) if cfg.hf_config else {}
     out.update(fields)
     return out
+
+
+def rms_decoder_fields(cfg, architecture: str) -> dict:
+    """The config.json fields every RMSNorm decoder family (Llama-shaped and Gemma) writes alike."""
+    return {"model_type": cfg.model_type, "architectures": [architecture], "vocab_size": cfg.vocab_size,
+            "hidden_size": cfg.d_model, "intermediate_size": cfg.d_ff, "num_hidden_layers": cfg.n_layers,
+            "num_attention_heads": cfg.n_heads, "num_key_value_heads": cfg.kv_heads, "head_dim": cfg.head_size,
+            "max_position_embeddings": cfg.max_positions, "rms_norm_eps": cfg.norm.eps,
+            "tie_word_embeddings": cfg.tied_head, **windows_to_hf(cfg)}

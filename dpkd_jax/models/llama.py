@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 
 from .config import Attention, Config, Mlp, Norm
-from .hfconfig import layer_windows, merged, refuse, rope_from_hf, rope_to_hf, windows_to_hf
+from .hfconfig import layer_windows, merged, refuse, rms_decoder_fields, rope_from_hf, rope_to_hf
 from .weights import Row
 
 MODEL_TYPES = ("llama",)
@@ -64,13 +64,8 @@ def llama_like(hf: dict, family: str, *, qkv_bias: bool, out_bias: bool, qk_norm
 
 
 def llama_like_to_hf(cfg: Config, architecture: str) -> dict:
-    return merged(cfg, {
-        "model_type": cfg.model_type, "architectures": [architecture], "vocab_size": cfg.vocab_size,
-        "hidden_size": cfg.d_model, "intermediate_size": cfg.d_ff, "num_hidden_layers": cfg.n_layers,
-        "num_attention_heads": cfg.n_heads, "num_key_value_heads": cfg.kv_heads, "head_dim": cfg.head_size,
-        "max_position_embeddings": cfg.max_positions, "rms_norm_eps": cfg.norm.eps,
-        "hidden_act": cfg.mlp.activation, "tie_word_embeddings": cfg.tied_head,
-        "rope_parameters": rope_to_hf(cfg.attention.rope), **windows_to_hf(cfg)})
+    return merged(cfg, {**rms_decoder_fields(cfg, architecture), "hidden_act": cfg.mlp.activation,
+                        "rope_parameters": rope_to_hf(cfg.attention.rope)})
 
 
 def config_from_hf(hf: dict, **numerics) -> Config:

@@ -27,10 +27,10 @@ def get_config():
     c.demo = ml_collections.ConfigDict({
         "enabled": True, "vocab_size": 384,
         "teacher": {"d_model": 128, "n_layers": 4, "n_heads": 4, "d_ff": 512},
-        "student": {"d_model": 96, "n_layers": 3, "n_heads": 3, "d_ff": 384},
         "teacher_steps": 260, "teacher_lr": 2e-3,
-        "student_steps": 160, "student_lr": 2e-3,
-        "distill_steps": 40, "distill_lr": 5e-4,
+        # the student: the trained teacher with its two middle layers removed (half the depth)
+        "keep_layers": "0,3",
+        "distill_steps": 40, "distill_lr": 5e-4, "seeds": (0, 1),
         "methods": ("sft", "kd", "seqkd", "dpkd"),
     })
     return c

@@ -24,7 +24,8 @@ def default_config():
     c.overwrite = False         # with resume=False: clear earlier checkpoints in workdir instead of stopping
     # topk > 0: token-level methods (kd, rkl, jsd) train from a cache of the teacher's top-k log-probs on
     # the gold responses (computed once, hash-checked), with no teacher weights in the train step
-    c.teacher = ml_collections.ConfigDict({"path": "", "dtype": "bfloat16", "topk": 0})
+    # cache_dir: where the offline teacher caches live (shared by several runs); empty = the run's workdir
+    c.teacher = ml_collections.ConfigDict({"path": "", "dtype": "bfloat16", "topk": 0, "cache_dir": ""})
     c.student = ml_collections.ConfigDict({"path": "", "dtype": "float32", "compute_dtype": "bfloat16"})
     c.data = ml_collections.ConfigDict({
         "train": "", "dev_num": 500, "eval_sets": ml_collections.ConfigDict(), "pretrain": "",
@@ -36,7 +37,8 @@ def default_config():
         "schedule": "cosine", "min_lr_ratio": 0.0, "grad_clip": 1.0, "adam_b1": 0.9, "adam_b2": 0.999,
         "adam_eps": 1e-8, "log_every": 10,
         # warn when the student's per-token NLL of its own samples exceeds this multiple of its first logged
-        # value (DistiLLM-2's reward-hacking sign); 0 turns the warning off
+        # value (DistiLLM-2's reward-hacking sign); 0 turns the warning off. save_every=0: no checkpoints
+        # (throw-away runs such as the experiment's grid), except on SIGTERM
         "hacking_warn_ratio": 2.0, "eval_every": 0, "save_every": 500, "keep": 2, "max_bad_steps": 10})
     # Device mesh (sharding.py): -1 takes the remaining devices. shard_student=False keeps a
     # small student whole on every device (pure data parallel); the teacher is always split.
@@ -60,6 +62,7 @@ def default_config():
         "top_p": 1.0, "greedy": False, "max_examples": 0, "eval_teacher": True})
     c.generate = ml_collections.ConfigDict({"prompt": "", "input_file": "", "output_file": ""})
     c.demo = ml_collections.ConfigDict({"enabled": False})
+    c.experiment = ml_collections.ConfigDict({"enabled": False})  # configs/smollm2_pruned.py
     # mode=check: also compile the step abstractly for a per-device memory estimate (slower)
     # devices: check the mesh for this many devices (a launch script's preflight on one host of many); 0 = here
     c.check = ml_collections.ConfigDict({"memory": False, "devices": 0})
@@ -132,7 +135,8 @@ def validate(c):
         fail("train.steps", f"must be >= 1, got {c.train.steps}")
     if not c.demo.enabled:
         import os
-        for field in ("teacher.path", "student.path"):
+        experiment = c.experiment.enabled  # the student is the teacher with layers removed
+        for field in ("teacher.path",) if experiment else ("teacher.path", "student.path"):
             path = c.teacher.path if field == "teacher.path" else c.student.path
             if not path:
                 fail(field, "is empty: point it at a local Hugging Face checkpoint folder, a .gguf file or "
@@ -146,6 +150,6 @@ def validate(c):
                     fail(field, f"{path!r}: no such GGUF file")
             elif not os.path.isdir(path):
                 fail(field, f"{path!r} is not a directory")
-        if c.mode in ("train", "check") and not c.data.train:
+        if c.mode in ("train", "check") and not c.data.train and not experiment:
             fail("data.train", "is empty: a Dolly-format JSONL path, hf:<name> or tfds:<name>")
     return c

@@ -1,8 +1,10 @@
 """The embedded default: the whole pipeline on a CPU in minutes, with no download.
 
 Stages: train a BPE tokenizer on the shipped data; SFT a small GPT-2-shaped
-teacher; SFT a smaller student (the common start); from that start distil with
-each of ``demo.methods``; evaluate all and the teacher; print a Table-1-like table.
+teacher; cut layers out of it for the student (the common start, as in the
+real-weights experiment); from that start distil with each of ``demo.methods`` for
+each of ``demo.seeds``; evaluate all and the teacher; print how much of the
+teacher-student gap each method closes.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import logging
 import os
 
 import jax
+import numpy as np
 
 from . import data as data_lib
 from . import evaluate as eval_lib
@@ -20,8 +23,8 @@ from . import models, objectives, sharding
 from .loop import train_loop
 from .models import gpt2
 from .checkpoint import prepare_workdir
-from .pipeline import (data_options, export, load_eval_sets, plot_history, print_table,
-                       resolve_token_ids)
+from .pipeline import data_options, export, load_eval_sets, plot_history, resolve_token_ids
+from .tools.prune import parse_layers, prune
 
 DEMO_DIR = os.path.join(os.path.dirname(__file__), "data", "demo")
 
@@ -56,10 +59,11 @@ def train_tokenizer(path, vocab_size, files):
     return fast
 
 
-def _stage_cfg(cfg, method, steps, lr, workdir):
+def _stage_cfg(cfg, method, steps, lr, workdir, seed=None):
     c = copy.deepcopy(cfg)
     with c.unlocked():
         c.method, c.train.steps, c.train.lr, c.workdir = method, steps, lr, workdir
+        c.seed = cfg.seed if seed is None else seed
     return c
 
 
@@ -88,58 +92,74 @@ def run_demo(cfg):
     sets = load_eval_sets(cfg, tokenizer, dev)
 
     vocab = len(tokenizer)
-    mk = lambda size, role: gpt2.tiny_config(vocab_size=vocab, max_positions=cfg.data.max_length,
-                                             rules=placement.rules(role), **size)
-    t_cfg, s_cfg = mk(dict(d.teacher), "teacher"), mk(dict(d.student), "student")
+    t_cfg = gpt2.tiny_config(vocab_size=vocab, max_positions=cfg.data.max_length, rules=placement.rules("teacher"),
+                             **dict(d.teacher))
     t_params = models.init_params(t_cfg, jax.random.PRNGKey(cfg.seed + 1))
-    s_params = models.init_params(s_cfg, jax.random.PRNGKey(cfg.seed + 2))
-    print(f"teacher: {models.CausalLM(t_cfg, t_params).num_params():,} params; "
-          f"student: {models.CausalLM(s_cfg, s_params).num_params():,} params; vocab {vocab}")
+    keep = parse_layers(d.keep_layers, t_cfg.n_layers, "config.demo.keep_layers")
+    print(f"teacher: {models.CausalLM(t_cfg, t_params).num_params():,} params, {t_cfg.n_layers} layers; the student "
+          f"is the trained teacher with layers {d.keep_layers} kept; vocab {vocab}")
 
-    stages = {}
-
-    def stage(name, c, params, teacher, teacher_params, ref=None):
-        out_dir = os.path.join(wd, name)
+    def stage(name, c, model, params, ref=None):
+        out_dir = c.workdir
         if c.train.steps == 0:  # a stage can be switched off (tests, or a teacher already trained)
             return params
-        student_cfg = teacher if name == "teacher_sft" else s_cfg
-        params, history, _ = train_loop(c, student_cfg, params, teacher, teacher_params, train_data, lm_rows,
-                                        out_dir, dev=dev, tokenizer=tokenizer, ref_params=ref, desc=name,
-                                        placement=placement)
+        params, history, _ = train_loop(c, model, params, t_cfg, t_params, train_data, lm_rows, out_dir, dev=dev,
+                                        tokenizer=tokenizer, ref_params=ref, desc=name, placement=placement)
         if history:
             plot_history(history, os.path.join(out_dir, "curves.png"), name)
             final = history[-1]
             print(f"[{name}] step {final['step']}: loss {final['loss/total']:.3f}, "
                   f"{final['perf/tokens_per_s']:.0f} tokens/s")
-        stages[name] = params
         return params
 
     t_params = stage("teacher_sft", _stage_cfg(cfg, "sft", d.teacher_steps, d.teacher_lr, os.path.join(wd, "teacher")),
-                     t_params, t_cfg, t_params)
-    s_init = stage("student_sft", _stage_cfg(cfg, "sft", d.student_steps, d.student_lr, os.path.join(wd, "student")),
-                   s_params, t_cfg, t_params)
-    results = {}
-    ec = cfg.eval
-    results["teacher"] = eval_lib.evaluate(t_cfg, t_params, sets, tokenizer, ec, cfg.gen,
-                                           os.path.join(wd, "eval"), "teacher", mesh=mesh)
-    results["student init (SFT)"] = eval_lib.evaluate(s_cfg, s_init, sets, tokenizer, ec, cfg.gen,
-                                                      os.path.join(wd, "eval"), "student_init", mesh=mesh)
+                     t_cfg, t_params)
+    s_cfg, s_init = prune(t_cfg.replace(rules=placement.rules("student")), t_params, keep)
+    ev = lambda model, params, tag: eval_lib.evaluate(model, params, sets, tokenizer, cfg.eval, cfg.gen,
+                                                      os.path.join(wd, "eval"), tag, mesh=mesh)
+    results = {"teacher": [ev(t_cfg, t_params, "teacher")], "student at start (pruned teacher)":
+               [ev(s_cfg, s_init, "student_init")]}
     for method in d.methods:
-        c = _stage_cfg(cfg, method, d.distill_steps, d.distill_lr, os.path.join(wd, method))
         ref = s_init if objectives.build(method, cfg.loss).needs.reference else None
-        params = stage(method, c, s_init, t_cfg, t_params, ref=ref)
-        results[method] = eval_lib.evaluate(s_cfg, params, sets, tokenizer, ec, cfg.gen, os.path.join(wd, "eval"),
-                                            method, mesh=mesh)
-        host = jax.tree.map(sharding.to_host, params)
-        if jax.process_index() == 0:
-            export(s_cfg, host, tokenizer, os.path.join(wd, method, "export"))
+        results[method] = []
+        for seed in d.seeds:
+            c = _stage_cfg(cfg, method, d.distill_steps, d.distill_lr, os.path.join(wd, method, f"seed{seed}"), seed)
+            params = stage(f"{method} seed {seed}", c, s_cfg, s_init, ref=ref)
+            results[method].append(ev(s_cfg, params, f"{method}_seed{seed}"))
+            if jax.process_index() == 0 and seed == d.seeds[0]:
+                export(s_cfg, jax.tree.map(sharding.to_host, params), tokenizer, os.path.join(wd, method, "export"))
     if jax.process_index() != 0:
         return results
-    table = print_table(results)
+    table = gap_table(results, d.distill_steps)
+    print(table)
     with open(os.path.join(wd, "table.md"), "w") as f:
         f.write(table + "\n")
     with open(os.path.join(wd, "results.json"), "w") as f:
         json.dump(results, f, indent=1)
-    print(f"\ncurves: {wd}/<stage>/curves.png   answers and scores: {wd}/eval/   table: {wd}/table.md")
+    print(f"\ncurves: {wd}/<method>/seed<k>/curves.png   answers and scores: {wd}/eval/   table: {wd}/table.md")
     logging.info("demo done")
     return results
+
+
+def gap_table(results, steps):
+    """RougeL per eval set (mean ± std over training seeds) and the share of the teacher-student
+    gap each method closes: (method - start) / (teacher - start)."""
+    sets = sorted(results["teacher"][0])
+    start_key = next(k for k in results if k.startswith("student at start"))
+    mean = lambda rs, s: float(np.mean([r[s]["rougeL"] for r in rs]))
+    lines = ["| student | " + " | ".join(f"{s} RougeL | {s} gap closed" for s in sets) + " |",
+             "|" + "---|" * (1 + 2 * len(sets))]
+    for name, rs in results.items():
+        cells = []
+        for s in sets:
+            v = np.array([r[s]["rougeL"] for r in rs])
+            gap = mean(results["teacher"], s) - mean(results[start_key], s)
+            spread = f" ± {v.std():.1f}" if len(v) > 1 else ""
+            closed = ""
+            if name not in ("teacher", start_key):
+                c = 100 * (v - mean(results[start_key], s)) / gap if gap else None
+                closed = "n/a (no gap)" if c is None else f"{c.mean():.0f}%" + (f" ± {c.std():.0f}" if len(v) > 1 else "")
+            cells += [f"{v.mean():.1f}{spread}", closed]
+        label = f"{name}, {steps} steps, {len(rs)} seeds" if name not in ("teacher", start_key) else name
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)

@@ -96,10 +96,10 @@ def train_loop(cfg, student, params, teacher, teacher_params, train_data, lm_row
     extra = {}
     if objective.needs.teacher_samples and cfg.gen.teacher_mode == "offline":
         extra.update(teacher_cache.teacher_samples(cfg, teacher, teacher_params, train_data,
-                                                   os.path.join(workdir, "teacher_samples.npz"), mesh))
+                                                   os.path.join(cfg.teacher.cache_dir or workdir, "teacher_samples.npz"), mesh))
     if cfg.teacher.topk:
         extra.update(teacher_cache.teacher_topk(cfg, teacher, teacher_params, train_data, cfg.teacher.topk,
-                                                os.path.join(workdir, f"teacher_top{cfg.teacher.topk}.npz"), mesh))
+                                                os.path.join(cfg.teacher.cache_dir or workdir, f"teacher_top{cfg.teacher.topk}.npz"), mesh))
         teacher_params = None  # the step trains from the cache: no teacher weights in it
     batches = data_lib.Batches(train_data, t.batch_size, cfg.seed, extra or None)
     if batches.dropped_per_epoch:
@@ -170,7 +170,7 @@ def train_loop(cfg, student, params, teacher, teacher_params, train_data, lm_row
                 best = res["dev"]["rougeL"]
                 if writer:
                     writer.add_scalar("eval/dev_rougeL", best, done)
-            if done % t.save_every == 0 or done == t.steps or best is not None:
+            if (t.save_every and (done % t.save_every == 0 or done == t.steps)) or best is not None:
                 save(done, best)
             if guard.requested:
                 if saved != done:

@@ -65,6 +65,9 @@ def run(cfg):
     if cfg.mode == "check":
         from .preflight import preflight
         return preflight(cfg)
+    if cfg.experiment.enabled:
+        from .experiment import run_experiment
+        return run_experiment(cfg)
     if cfg.demo.enabled:
         from .demo import run_demo
         return run_demo(cfg)

@@ -71,19 +71,21 @@ def plot_history(history, path, title=""):
     plt.close(fig)
 
 
+def load_model(cfg, placement, role, path, dtype, compute_dtype, vocab):
+    """One model from its HF folder or GGUF file, each parameter placed on its shard of
+    ``role``; logits over the tokenizer's ``vocab`` real tokens (padded rows dropped)."""
+    kw = dict(dtype=jnp.dtype(dtype), compute_dtype=jnp.dtype(compute_dtype), rules=placement.rules(role),
+              output_vocab=vocab, remat=cfg.model.remat, scan_layers=cfg.model.scan_layers,
+              decode_kernel=cfg.model.decode_kernel)
+    mc = models.load_config(path, **kw)
+    return models.from_pretrained(path, shardings=placement.params(models.param_table(mc), role), **kw).decoder()
+
+
 def load_models(cfg, placement, vocab):
-    """Teacher and student from their HF folders or GGUF files, each parameter placed on
-    its shard; logits over the tokenizer's ``vocab`` real tokens (padded rows dropped)."""
-    def load(role, path, dtype, compute_dtype):
-        kw = dict(dtype=jnp.dtype(dtype), compute_dtype=jnp.dtype(compute_dtype), rules=placement.rules(role),
-                  output_vocab=vocab, remat=cfg.model.remat, scan_layers=cfg.model.scan_layers,
-                  decode_kernel=cfg.model.decode_kernel)
-        mc = models.load_config(path, **kw)
-        return models.from_pretrained(path, shardings=placement.params(models.param_table(mc), role),
-                                      **kw).decoder()
-    t = load("teacher", cfg.teacher.path, cfg.teacher.dtype, cfg.teacher.dtype)
-    s = load("student", cfg.student.path, cfg.student.dtype, cfg.student.compute_dtype)
-    return t, s
+    """(teacher, student), each a (config, params) pair placed on the mesh."""
+    return (load_model(cfg, placement, "teacher", cfg.teacher.path, cfg.teacher.dtype, cfg.teacher.dtype, vocab),
+            load_model(cfg, placement, "student", cfg.student.path, cfg.student.dtype, cfg.student.compute_dtype,
+                       vocab))
 
 
 def run(cfg):

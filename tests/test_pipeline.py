@@ -94,20 +94,22 @@ def test_shortened_demo_runs_end_to_end(tmp_path, capsys):
     spec.loader.exec_module(mod)
     c = validate(mod.get_config())
     c.workdir = str(tmp_path)
-    c.demo.teacher = {"d_model": 32, "n_layers": 1, "n_heads": 2, "d_ff": 64}
-    c.demo.student = {"d_model": 16, "n_layers": 1, "n_heads": 2, "d_ff": 32}
-    c.demo.teacher_steps = c.demo.student_steps = c.demo.distill_steps = 2
+    c.demo.teacher = {"d_model": 32, "n_layers": 2, "n_heads": 2, "d_ff": 64}
+    c.demo.keep_layers, c.demo.seeds = "1", (0, 1)
+    c.demo.teacher_steps = c.demo.distill_steps = 2
     c.demo.methods = ("sft", "dpkd")
     c.train.batch_size, c.train.log_every = 4, 1
     c.gen.max_new_tokens = c.eval.max_new_tokens = 4
     c.eval.max_examples, c.eval.seeds, c.eval.batch_size = 4, (1,), 4
     from dpkd_jax.demo import run_demo
     results = run_demo(c)
-    assert set(results) == {"teacher", "student init (SFT)", "sft", "dpkd"}
+    assert set(results) == {"teacher", "student at start (pruned teacher)", "sft", "dpkd"}
+    assert len(results["dpkd"]) == 2  # one evaluation per training seed
     out = capsys.readouterr().out
-    assert "| method |" in out and "| dpkd |" in out
-    assert os.path.isfile(tmp_path / "table.md") and os.path.isfile(tmp_path / "dpkd" / "curves.png")
-    assert os.path.isfile(tmp_path / "eval" / "dpkd_demo_eval_answers.jsonl")
+    assert "| student |" in out and "| dpkd, 2 steps, 2 seeds | " in out and "gap closed" in out
+    assert " ± " in out.split("| dpkd, 2 steps")[1].splitlines()[0]  # the spread over seeds is printed
+    assert os.path.isfile(tmp_path / "table.md") and os.path.isfile(tmp_path / "dpkd" / "seed1" / "curves.png")
+    assert os.path.isfile(tmp_path / "eval" / "dpkd_seed0_demo_eval_answers.jsonl")
     back = models.from_pretrained(str(tmp_path / "dpkd" / "export"))
     assert back.config.n_layers == 1
     exported = json.load(open(tmp_path / "dpkd" / "export" / "config.json"))

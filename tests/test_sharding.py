@@ -102,9 +102,8 @@ def free_port():
 
 
 DEMO_ARGS = ["--config.demo.teacher.d_model=32", "--config.demo.teacher.n_layers=1", "--config.demo.teacher.d_ff=64",
-             "--config.demo.teacher.n_heads=2", "--config.demo.student.d_model=16", "--config.demo.student.n_layers=1",
-             "--config.demo.student.n_heads=2", "--config.demo.student.d_ff=32", "--config.demo.teacher_steps=0",
-             "--config.demo.student_steps=0", "--config.demo.distill_steps=3", "--config.demo.methods=('dpkd',)",
+             "--config.demo.teacher.n_heads=2", "--config.demo.keep_layers=0", "--config.demo.seeds=(0,)",
+             "--config.demo.teacher_steps=0", "--config.demo.distill_steps=3", "--config.demo.methods=('dpkd',)",
              "--config.train.batch_size=8", "--config.train.log_every=1", "--config.gen.max_new_tokens=4",
              "--config.eval.max_new_tokens=4", "--config.eval.max_examples=8", "--config.eval.seeds=(1,)",
              "--config.eval.batch_size=8", "--config.mesh.data=2", "--config.mesh.fsdp=2"]
@@ -122,7 +121,7 @@ def launch(workdir, devices, process_id=None, n=1, port=None):
 
 
 def test_two_processes_equal_one_process_on_four_devices(tmp_path):
-    """Same student after the demo's distillation stage (its SFT stages switched off); only process 0
+    """Same student after the demo's distillation stage (its teacher SFT switched off); only process 0
     writes logs, the table and exports."""
     single, multi = str(tmp_path / "single"), str(tmp_path / "multi")
     # Both runs read one tokenizer: BPE training is not bit-reproducible across processes.
@@ -138,8 +137,8 @@ def test_two_processes_equal_one_process_on_four_devices(tmp_path):
     outs = [p.communicate(timeout=550)[0] for p in procs]
     for p, o in zip(procs, outs):
         assert p.returncode == 0, o[-4000:]
-    assert "| dpkd |" in outs[0] and "| method |" not in outs[1]
-    for stage in ("dpkd",):
+    assert "| dpkd, 3 steps, 1 seeds |" in outs[0] and "| student |" not in outs[1]
+    for stage in ("dpkd/seed0",):
         assert len(glob.glob(os.path.join(multi, stage, "tb", "events.*"))) == 1, stage
     from safetensors.numpy import load_file
     a = load_file(os.path.join(single, "dpkd", "export", "model.safetensors"))

@@ -1,0 +1,191 @@
+"""The experiment's phases, in one process so compiled steps are shared across seeds:
+
+1. the teacher's greedy answers (cached) and the pruned student's damage before training;
+2. each method's learning rate from ``experiment.lr_grid`` on the dev prompts (seed 0);
+3. DPKD's β x kd_ratio grid on dev: how far the preference term moves and what it buys;
+4. every method (and DPKD at the best knobs found) over ``experiment.seeds`` with the
+   metrics of ``measure.py`` on the held-out prompts at ``experiment.eval_points`` steps.
+
+Each finished run is written to ``<workdir>/runs/<name>.json``; a rerun reuses them.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import shutil
+import time
+
+import jax
+import numpy as np
+
+from .. import data as data_lib
+from .. import models, objectives, sharding
+from ..assets import resolve
+from ..errors import InputError
+from ..loop import train_loop
+from ..pipeline import load_model, resolve_token_ids
+from ..tools.prune import parse_layers, prune
+from . import report
+from .measure import measure
+from .targets import greedy_targets, prompts_only
+
+PROMPTS_DIR = os.path.join(os.path.dirname(os.path.dirname(__file__)), "data", "prompts")
+# A row of the table that is a method with some of its fields changed.
+VARIANTS = {"dpkd_dpop": ("dpkd", {"form": "dpop"})}
+
+
+def variant(name: str):
+    method, over = VARIANTS.get(name, (name, {}))
+    if method not in objectives.OBJECTIVES:
+        raise InputError(f"config.experiment.methods: unknown method {name!r}")
+    return method, over
+
+
+class Experiment:
+    """Models, data and settings shared by every run; ``run`` trains and measures one."""
+
+    def __init__(self, cfg):
+        self.cfg, self.e = cfg, cfg.experiment
+        self.placement = sharding.Placement(cfg.mesh)
+        path = resolve(cfg.teacher.path)
+        self.tokenizer = models.load_tokenizer(path)
+        resolve_token_ids(cfg, self.tokenizer)
+        vocab = models.real_vocab_size(self.tokenizer)
+        self.t_cfg, self.t_params = load_model(cfg, self.placement, "teacher", path, cfg.teacher.dtype,
+                                               cfg.teacher.dtype, vocab)
+        full_cfg, full = load_model(cfg, self.placement, "student", path, cfg.student.dtype,
+                                    cfg.student.compute_dtype, vocab)
+        self.keep = parse_layers(self.e.keep_layers, full_cfg.n_layers, "config.experiment.keep_layers")
+        self.s_cfg, self.s_params = prune(full_cfg, full, self.keep)
+        self.train, self.dev, self.eval = self._data()
+
+    def _data(self):
+        cfg, e = self.cfg, self.e
+        P, N = cfg.data.max_prompt_length, cfg.gen.max_new_tokens
+        pool = data_lib.read_jsonl(os.path.join(e.prompts or PROMPTS_DIR, "train.jsonl"),
+                                   data_lib.Report("experiment.prompts train.jsonl"))
+        held = data_lib.read_jsonl(os.path.join(e.prompts or PROMPTS_DIR, "eval.jsonl"),
+                                   data_lib.Report("experiment.prompts eval.jsonl"))
+        if len(pool) < e.n_train + e.n_dev or len(held) < e.n_eval:
+            raise InputError(f"config.experiment: n_train + n_dev = {e.n_train + e.n_dev} and n_eval = {e.n_eval} "
+                             f"need that many prompts; the set has {len(pool)} and {len(held)}")
+        out = []
+        for name, recs in (("train", pool[:e.n_train]), ("dev", pool[e.n_train:e.n_train + e.n_dev]),
+                           ("eval", held[:e.n_eval])):
+            prompts, rep = prompts_only(recs, self.tokenizer, max_prompt_length=P, max_new_tokens=N,
+                                        pad_token_id=cfg.gen.pad_token_id, template=cfg.data.template, source=name)
+            print(rep)
+            out.append(greedy_targets(self.t_cfg, self.t_params, prompts, self.tokenizer, max_new_tokens=N,
+                                      batch_size=cfg.eval.batch_size, eos_token_id=cfg.gen.eos_token_id,
+                                      pad_token_id=cfg.gen.pad_token_id, mesh=self.placement.mesh,
+                                      path=os.path.join(cfg.workdir, f"teacher_targets_{name}.npz")))
+        return out
+
+    def measure(self, params, data, model=None):
+        c = self.cfg
+        student = model or self.s_cfg
+        return measure(student, params, self.t_cfg, self.t_params, data, self.tokenizer,
+                       batch_size=c.eval.batch_size, max_new_tokens=c.gen.max_new_tokens,
+                       eos_token_id=c.gen.eos_token_id, pad_token_id=c.gen.pad_token_id, mesh=self.placement.mesh)
+
+    def run_cfg(self, method, lr, seed, over, workdir):
+        c = copy.deepcopy(self.cfg)
+        with c.unlocked():
+            c.method, c.train.lr, c.seed, c.workdir = method, lr, seed, workdir
+            c.train.steps, c.resume, c.train.save_every, c.train.eval_every = self.e.steps, False, 0, 0
+            c.teacher.cache_dir = self.cfg.workdir  # y_t sampled once, shared by every run
+            for k, v in over.items():
+                c.loss[method][k] = v
+        return c
+
+    def run(self, method, lr, seed, over):
+        """Train one run from the pruned student: the held-out metrics at ``experiment.eval_points``
+        steps and the dev metrics at the end. The same settings are never trained twice."""
+        knobs = "".join(f"_{k}{v}" for k, v in sorted(over.items()))
+        name = f"{method}{knobs}_lr{lr:g}_seed{seed}"
+        path = os.path.join(self.cfg.workdir, "runs", f"{name}.json")
+        if os.path.isfile(path):
+            with open(path) as f:
+                return json.load(f)
+        c = self.run_cfg(method, lr, seed, over, os.path.join(self.cfg.workdir, "scratch", name))
+        curve, dev, eval_s = [], {}, [0.0]
+        steps = set(eval_steps(self.e))
+
+        def on_step(step, state, metrics):
+            if step in steps or step == self.e.steps:
+                t = time.perf_counter()
+                if step in steps:
+                    curve.append({"step": step, **self.measure(state["params"], self.eval)})
+                if step == self.e.steps:
+                    dev.update(self.measure(state["params"], self.dev))
+                eval_s[0] += time.perf_counter() - t
+
+        needs_ref = objectives.build(method, c.loss).needs.reference
+        start = time.perf_counter()
+        trained = train_loop(c, self.s_cfg, self.s_params, self.t_cfg, self.t_params, self.train, None, c.workdir,
+                             ref_params=self.s_params if needs_ref else None, desc=name, placement=self.placement,
+                             callback=on_step)
+        out = {"name": name, "method": method, "lr": lr, "seed": seed, "over": over, "curve": curve, "dev": dev,
+               "history": trained.history, "train_s": time.perf_counter() - start - eval_s[0], "eval_s": eval_s[0]}
+        if jax.process_index() == 0:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with open(path + ".tmp", "w") as f:
+                json.dump(out, f)
+            os.replace(path + ".tmp", path)
+        shutil.rmtree(c.workdir, ignore_errors=True)  # TensorBoard only: the run's record is the JSON
+        return out
+
+
+def eval_steps(e):
+    return sorted({int(round(x)) for x in np.linspace(0, e.steps, e.eval_points)} - {0})
+
+
+def pick_lrs(x: Experiment, names):
+    """Each row's lr: the best final dev RougeL over ``experiment.lr_grid`` (first seed)."""
+    picks, grid = {}, {}
+    for name in names:
+        method, over = variant(name)
+        scores = {lr: x.run(method, lr, x.e.seeds[0], over)["dev"]["rougeL"] for lr in x.e.lr_grid}
+        grid[name] = scores
+        picks[name] = max(scores, key=scores.get)
+    return picks, grid
+
+
+def dpkd_knobs(x: Experiment, lr):
+    """β x kd_ratio on dev: the preference term's start and end, the margin, and dev RougeL."""
+    rows, runs = [], []
+    for beta in x.e.dpkd_betas:
+        for kd in x.e.dpkd_kd_ratios:
+            r = x.run("dpkd", lr, x.e.seeds[0], {"beta": beta, "kd_ratio": kd})
+            h = r["history"]
+            runs.append(r)
+            rows.append({"beta": beta, "kd_ratio": kd, "dev_rougeL": r["dev"]["rougeL"],
+                         **{f"{k}_{w}": h[i].get(k, float("nan")) for k in ("loss/dpkd", "reward/margin",
+                                                                             "hacking/student_nll_ys")
+                            for w, i in (("first", 0), ("last", -1))}})
+    return rows, runs
+
+
+def run_experiment(cfg):
+    e = cfg.experiment
+    os.makedirs(cfg.workdir, exist_ok=True)
+    x = Experiment(cfg)
+    print(f"teacher {x.t_cfg.n_layers} layers; student keeps {len(x.keep)}: {e.keep_layers}; "
+          f"train {len(x.train)}, dev {len(x.dev)}, eval {len(x.eval)} prompts")
+    start = {"student": x.measure(x.s_params, x.eval), "teacher": x.measure(x.t_params, x.eval, model=x.t_cfg)}
+    print(f"before training: student {start['student']}\n                 teacher {start['teacher']}")
+    names = list(e.methods)
+    lrs, grid = pick_lrs(x, names)
+    knobs, knob_runs = dpkd_knobs(x, lrs["dpkd"]) if "dpkd" in names and e.dpkd_betas else ([], [])
+    rows = {n: (variant(n)[0], variant(n)[1]) for n in names}
+    if knobs:
+        best = max(knobs, key=lambda k: k["dev_rougeL"])
+        rows["dpkd_best"] = ("dpkd", {"beta": best["beta"], "kd_ratio": best["kd_ratio"]})
+        lrs["dpkd_best"] = lrs["dpkd"]
+    runs = {n: [x.run(m, lrs[n], s, over) for s in e.seeds]
+            for n, (m, over) in rows.items()}
+    if jax.process_index() == 0:
+        report.write(cfg, start, runs, lrs, grid, knobs, rows, knob_runs)
+    return runs

@@ -1,0 +1,86 @@
+"""The real-weights experiment, shortened: a tiny teacher pruned to one layer, a few prompts,
+2 steps per method, 1 seed, end to end to the table and the plots."""
+
+import importlib.util
+import json
+import os
+
+import numpy as np
+import pytest
+
+from conftest import write_jsonl
+from dpkd_jax.data.make_instruct_prompts import KINDS, generate
+from dpkd_jax.errors import InputError
+from dpkd_jax.experiment import runner
+from dpkd_jax.tools.prune import parse_layers
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def load_config(scale):
+    spec = importlib.util.spec_from_file_location("smollm2_pruned", os.path.join(ROOT, "configs", "smollm2_pruned.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.get_config(scale)
+
+
+def test_prompt_set_covers_every_kind_and_eval_is_held_out():
+    train, evaluation = generate(400, 40, seed=3)
+    assert {r["category"] for r in train} == set(KINDS)
+    seen = {(r["instruction"], r["context"]) for r in train}
+    assert not any((r["instruction"], r["context"]) in seen for r in evaluation)
+    assert generate(400, 40, seed=3) == (train, evaluation)  # deterministic from the seed
+    shipped = [json.loads(line) for line in open(os.path.join(ROOT, "dpkd_jax", "data", "prompts", "train.jsonl"))]
+    assert len(shipped) >= 2000
+
+
+def test_parse_layers():
+    assert parse_layers("0-2,5", 8) == (0, 1, 2, 5)
+    with pytest.raises(InputError, match="outside 0-7"):
+        parse_layers("6-9", 8)
+    with pytest.raises(InputError, match="--keep-layers"):
+        parse_layers("a-b", 8)
+
+
+def test_unknown_scale_is_named():
+    with pytest.raises(ValueError, match="scale must be one of"):
+        load_config("tpu")
+
+
+@pytest.fixture
+def short_experiment(hf_pair, tmp_path):
+    teacher, _, _ = hf_pair
+    prompts = tmp_path / "prompts"
+    prompts.mkdir()
+    rows = [{"instruction": f"Add {i} and {i + 1}.", "context": "", "response": "", "category": "arithmetic"}
+            for i in range(16)]
+    write_jsonl(prompts / "train.jsonl", rows[:12])
+    write_jsonl(prompts / "eval.jsonl", rows[12:])
+    cfg = load_config("cpu")
+    with cfg.unlocked():
+        cfg.teacher.path, cfg.workdir, cfg.data.template = teacher, str(tmp_path / "work"), "dolly"
+        cfg.data.max_prompt_length, cfg.data.max_length, cfg.gen.max_new_tokens = 40, 48, 8
+        cfg.train.batch_size, cfg.eval.batch_size, cfg.train.log_every = 4, 4, 1
+        cfg.experiment.update(dict(prompts=str(prompts), keep_layers="0", steps=2, n_train=8, n_dev=4, n_eval=4,
+                                   eval_points=2, lr_grid=(1e-3,), seeds=(0,), dpkd_betas=(0.1, 1.0),
+                                   dpkd_kd_ratios=(0.5,)))
+    return cfg
+
+
+def test_short_experiment_writes_table_and_plots(short_experiment, monkeypatch):
+    cfg = short_experiment
+    runs = runner.run_experiment(cfg)
+    wd = cfg.workdir
+    table = open(os.path.join(wd, "table.md")).read()
+    for name in (*cfg.experiment.methods, "dpkd_best"):
+        assert f"| {name}" in table, name
+        (run,) = runs[name]
+        assert run["curve"][-1]["step"] == 2
+        assert all(np.isfinite(v) for v in run["curve"][-1].values())
+    assert "pruned student before training" in table and "| 1 | 0.5 |" in table  # the β sweep's rows
+    for png in ("curves.png", "hacking.png"):
+        assert os.path.getsize(os.path.join(wd, png)) > 10_000
+    # A rerun trains nothing: every run is read back from its record.
+    monkeypatch.setattr(runner, "train_loop", lambda *a, **k: pytest.fail("retrained a finished run"))
+    again = runner.run_experiment(cfg)
+    assert again["sft"][0]["curve"] == runs["sft"][0]["curve"]

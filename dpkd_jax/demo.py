@@ -20,10 +20,10 @@ import numpy as np
 from . import data as data_lib
 from . import evaluate as eval_lib
 from . import models, objectives, sharding
-from .loop import train_loop
+from .loop import run_stage
 from .models import gpt2
 from .checkpoint import prepare_workdir
-from .pipeline import data_options, export, load_eval_sets, plot_history, resolve_token_ids
+from .pipeline import data_options, export, load_eval_sets, resolve_token_ids
 from .tools.prune import parse_layers, prune
 
 DEMO_DIR = os.path.join(os.path.dirname(__file__), "data", "demo")
@@ -100,17 +100,10 @@ def run_demo(cfg):
           f"is the trained teacher with layers {d.keep_layers} kept; vocab {vocab}")
 
     def stage(name, c, model, params, ref=None):
-        out_dir = c.workdir
         if c.train.steps == 0:  # a stage can be switched off (tests, or a teacher already trained)
             return params
-        params, history, _ = train_loop(c, model, params, t_cfg, t_params, train_data, lm_rows, out_dir, dev=dev,
-                                        tokenizer=tokenizer, ref_params=ref, desc=name, placement=placement)
-        if history:
-            plot_history(history, os.path.join(out_dir, "curves.png"), name)
-            final = history[-1]
-            print(f"[{name}] step {final['step']}: loss {final['loss/total']:.3f}, "
-                  f"{final['perf/tokens_per_s']:.0f} tokens/s")
-        return params
+        return run_stage(c, model, params, t_cfg, t_params, train_data, lm_rows, c.workdir, dev=dev,
+                         tokenizer=tokenizer, ref_params=ref, desc=name, placement=placement).params
 
     t_params = stage("teacher_sft", _stage_cfg(cfg, "sft", d.teacher_steps, d.teacher_lr, os.path.join(wd, "teacher")),
                      t_cfg, t_params)

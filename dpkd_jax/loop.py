@@ -1,7 +1,8 @@
-"""The training loop around the compiled step: placement on the mesh, resume,
-logging, periodic eval and checkpoints, preemption (SIGTERM) and NaN guards.
+"""A training stage: placement on the mesh, the offline teacher caches, resume, and the
+trainer's hooks (logging, progress, periodic eval and checkpoints, preemption on SIGTERM,
+the NaN guard, the reward-hacking watch).
 
-Shared by `pipeline.run` (paper configs) and the demo (several stages).
+``run_stage`` is what the CLI (`pipeline.run`) and the demo (several stages) both call.
 """
 
 from __future__ import annotations
@@ -21,11 +22,13 @@ from . import data as data_lib
 from . import evaluate as eval_lib
 from . import sharding
 from .checkpoint import Checkpoints
+from .curves import plot_history
 from . import objectives
 from . import teacher_cache
 from .optim import make_optimizer
 from .throughput import Throughput, step_flops
 from .train import make_step, place_state, step_shardings
+from .trainer import Trainer
 
 
 class Trained(NamedTuple):
@@ -75,7 +78,7 @@ def train_loop(cfg, student, params, teacher, teacher_params, train_data, lm_row
                tokenizer=None, ref_params=None, desc=None, placement=None, callback=None):
     """Train ``params`` with ``cfg.method`` on ``placement`` (from ``cfg.mesh`` by default).
 
-    Returns :class:`Trained`. ``callback(step, state, metrics)``, if given, runs after
+    Returns :class:`Trained`. ``callback(step, state)``, if given, runs after
     every step. Raises :class:`Preempted` after a SIGTERM (checkpoint written) and
     :class:`Diverged` after ``train.max_bad_steps`` non-finite steps in a row.
     """
@@ -122,68 +125,104 @@ def train_loop(cfg, student, params, teacher, teacher_params, train_data, lm_row
     throughput = Throughput(step_flops(cfg, student, teacher, t.batch_size),
                             t.batch_size * (cfg.data.max_length + cfg.gen.max_new_tokens))
     base_rng = jax.random.PRNGKey(cfg.seed)
-    saved = start
+
+    def next_batch(step):
+        batch = batches.next()
+        if use_lm:
+            # Deterministic per step, so a resumed run sees the same text.
+            rows = np.random.default_rng([cfg.seed, step]).integers(0, len(lm_rows), t.batch_size)
+            batch["lm_ids"] = lm_rows[rows]
+        batch.pop("example_ids")
+        return sharding.put(batch, sh["batch"])
+
+    trainer = Trainer(step_fn, next_batch, lambda step: jax.random.fold_in(base_rng, step), start=start,
+                      steps=t.steps)
+    saved = [start]
 
     def save(step, best=None):
-        nonlocal saved
-        ckpt.save(step, state, {"data": batches.state(), "history": history}, best_metric=best)
-        saved = step
+        trainer.flush()  # the history saved with it includes this step
+        ckpt.save(step, trainer.state, {"data": batches.state(), "history": history}, best_metric=best)
+        saved[0] = step
 
-    watch = HackingWatch(t.hacking_warn_ratio, history)
-    pbar = tqdm(range(start, t.steps), initial=start, total=t.steps, desc=desc or cfg.method, leave=False,
+    pbar = tqdm(initial=start, total=t.steps, desc=desc or cfg.method, leave=False,
                 disable=jax.process_index() != 0)
+    trainer.every(1, nan_guard(t.max_bad_steps, lambda step: (save(step), ckpt.wait(), ckpt.latest.directory)[-1],
+                               lambda: trainer.step))
+    trainer.every(t.log_every, log_metrics(history, throughput, t.log_every, HackingWatch(t.hacking_warn_ratio, history),
+                                           writer, pbar))
+    trainer.every(1, lambda step, _: pbar.update(1), state=True, at_end=False)
+    if callback:
+        trainer.every(1, lambda step, tr: callback(step, tr.state), state=True, at_end=False)
+    if t.eval_every and dev is not None:
+        def evaluate(step, tr):
+            res = eval_lib.evaluate(student, tr.state["params"], {"dev": dev}, tokenizer, _quick_eval(cfg), cfg.gen,
+                                    mesh=mesh)
+            if writer:
+                writer.add_scalar("eval/dev_rougeL", res["dev"]["rougeL"], step)
+            save(step, res["dev"]["rougeL"])
+        trainer.every(t.eval_every, evaluate, state=True, at_end=False)
+    if t.save_every:
+        trainer.every(t.save_every, lambda step, tr: saved[0] != step and save(step), state=True)
+
     with SigtermGuard() as guard:
-        for step in pbar:
-            batch = batches.next()
-            if use_lm:
-                # Deterministic per step, so a resumed run sees the same text.
-                rows = np.random.default_rng([cfg.seed, step]).integers(0, len(lm_rows), t.batch_size)
-                batch["lm_ids"] = lm_rows[rows]
-            batch.pop("example_ids")
-            state, metrics = step_fn(state, sharding.put(batch, sh["batch"]), jax.random.fold_in(base_rng, step))
-            done = step + 1
-            if callback:
-                callback(done, state, metrics)
-            streak = int(metrics["nonfinite/streak"])
-            if streak:
-                logging.warning("step %d: non-finite loss or gradient; update skipped (%d in a row)", done, streak)
-                if streak >= t.max_bad_steps:
-                    save(done)  # the skipped updates left the last good parameters in place
-                    ckpt.wait()
-                    raise Diverged(f"{streak} consecutive steps with a NaN/Inf loss or gradient (train.max_bad_steps="
-                                   f"{t.max_bad_steps}); the last good state is saved as step {done} in "
-                                   f"{ckpt.latest.directory}")
-            if done % t.log_every == 0 or done == t.steps:
-                metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
-                metrics.update(throughput(t.log_every if done % t.log_every == 0 else done % t.log_every))
-                metrics["step"] = done
-                history.append(metrics)
-                watch(metrics)
-                pbar.set_postfix(loss=f"{metrics['loss/total']:.3f}")
-                if writer:
-                    for k, v in metrics.items():
-                        writer.add_scalar(k, v, done)
-            best = None
-            if t.eval_every and done % t.eval_every == 0 and dev is not None:
-                res = eval_lib.evaluate(student, state["params"], {"dev": dev}, tokenizer, _quick_eval(cfg),
-                                        cfg.gen, mesh=mesh)
-                best = res["dev"]["rougeL"]
-                if writer:
-                    writer.add_scalar("eval/dev_rougeL", best, done)
-            if (t.save_every and (done % t.save_every == 0 or done == t.steps)) or best is not None:
-                save(done, best)
+        def preempt(step, tr):
             if guard.requested:
-                if saved != done:
-                    save(done)
+                if saved[0] != step:
+                    save(step)
                 ckpt.wait()
                 ckpt.close()
-                raise Preempted(done, ckpt.latest.directory)
+                raise Preempted(step, ckpt.latest.directory)
+        trainer.every(1, preempt, state=True)
+        state = trainer.run(state)
+    pbar.close()
     ckpt.wait()
     best_params = ckpt.restore_best_params(state) if ckpt.has_best() else None
     ckpt.close()
     if writer:
         writer.close()
     return Trained(state["params"], history, best_params)
+
+
+def nan_guard(max_bad_steps, save, current_step):
+    """Metric hook: warn on each skipped (NaN/Inf) update; after ``max_bad_steps`` in a row, save
+    the state (the skipped updates left the last good parameters in place) and stop."""
+    def hook(step, m):
+        streak = int(m["nonfinite/streak"])
+        if not streak:
+            return
+        logging.warning("step %d: non-finite loss or gradient; update skipped (%d in a row)", step, streak)
+        if streak >= max_bad_steps:
+            now = current_step()  # read one step late: the state is already at the next step
+            where = save(now)
+            raise Diverged(f"{streak} consecutive steps with a NaN/Inf loss or gradient (train.max_bad_steps="
+                           f"{max_bad_steps}); the last good state is saved as step {now} in {where}")
+    return hook
+
+
+def log_metrics(history, throughput, log_every, watch, writer, pbar):
+    """Metric hook: append to the history, throughput, the hacking watch, TensorBoard, the bar."""
+    def hook(step, m):
+        m = dict(m, **throughput(log_every if step % log_every == 0 else step % log_every), step=step)
+        history.append(m)
+        watch(m)
+        pbar.set_postfix(loss=f"{m['loss/total']:.3f}")
+        if writer:
+            for k, v in m.items():
+                writer.add_scalar(k, v, step)
+    return hook
+
+
+def run_stage(cfg, student, params, teacher, teacher_params, train_data, lm_rows, workdir, *, desc=None,
+              **kw) -> Trained:
+    """One training stage, as the CLI and the demo run it: :func:`train_loop`, then the stage's
+    curves (``<workdir>/curves.png``) and a one-line summary."""
+    trained = train_loop(cfg, student, params, teacher, teacher_params, train_data, lm_rows, workdir, desc=desc, **kw)
+    if jax.process_index() == 0 and trained.history:
+        plot_history(trained.history, os.path.join(workdir, "curves.png"), desc or cfg.method)
+        final = trained.history[-1]
+        print(f"[{desc or cfg.method}] step {final['step']}: loss {final['loss/total']:.3f}, "
+              f"{final['perf/tokens_per_s']:.0f} tokens/s")
+    return trained
 
 
 class HackingWatch:

@@ -14,7 +14,7 @@ from . import data as data_lib
 from . import evaluate as eval_lib
 from . import models, sharding
 from .checkpoint import prepare_workdir
-from .loop import train_loop
+from .loop import run_stage
 from . import objectives
 from .errors import InputError
 
@@ -43,32 +43,6 @@ def load_eval_sets(cfg, tokenizer, dev):
     if cfg.eval.max_examples:
         sets = {k: v.take(np.arange(min(len(v), cfg.eval.max_examples))) for k, v in sets.items()}
     return sets
-
-
-def plot_history(history, path, title=""):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    panels = [("loss", [k for k in history[0] if k.startswith("loss/")]),
-              ("implicit reward", [k for k in history[0] if k.startswith("reward/") and "accuracy" not in k]),
-              ("first-token KL", ["kl/first_token_forward", "kl/first_token_reverse"]),
-              ("reward hacking: per-token NLL / log-prob", [k for k in ("hacking/student_nll_yt",
-                                                                          "hacking/student_nll_ys",
-                                                                          "hacking/teacher_logp_ys") if k in history[0]]),
-              ("student samples", [k for k in ("hacking/distinct2_ys",) if k in history[0]])]
-    panels = [(n, ks) for n, ks in panels if ks]
-    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.5))
-    steps = [h["step"] for h in history]
-    for ax, (name, keys) in zip(np.atleast_1d(axes), panels):
-        for k in keys:
-            ax.plot(steps, [h.get(k, np.nan) for h in history], label=k.split("/", 1)[-1])
-        ax.set_title(name)
-        ax.set_xlabel("step")
-        ax.legend(fontsize=7)
-    fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 def load_model(cfg, placement, role, path, dtype, compute_dtype, vocab):
@@ -109,16 +83,13 @@ def run(cfg):
     results = {}
     if cfg.mode == "train":
         ref = params if objectives.build(cfg.method, cfg.loss).needs.reference else None
-        params, history, best = train_loop(cfg, s_cfg, params, t_cfg, t_params, train_data, lm_rows, cfg.workdir,
-                                           dev=dev, tokenizer=tokenizer, ref_params=ref,
-                                           placement=placement)
+        params, history, best = run_stage(cfg, s_cfg, params, t_cfg, t_params, train_data, lm_rows, cfg.workdir,
+                                          dev=dev, tokenizer=tokenizer, ref_params=ref, placement=placement)
         exports = {"final": params, "best": best} if best is not None else {"final": params}
         for name, p in exports.items():
             host = jax.tree.map(sharding.to_host, p)  # every process takes part in the gather
             if jax.process_index() == 0:
                 export(s_cfg, host, tokenizer, os.path.join(cfg.workdir, "export", name))
-        if jax.process_index() == 0 and history:
-            plot_history(history, os.path.join(cfg.workdir, "curves.png"), cfg.method)
     sets = load_eval_sets(cfg, tokenizer, dev)
     out_dir = os.path.join(cfg.workdir, "eval")
     results[cfg.method] = eval_lib.evaluate(s_cfg, params, sets, tokenizer, cfg.eval, cfg.gen, out_dir, "student",

@@ -28,7 +28,7 @@ from ..loop import train_loop
 from ..pipeline import load_model, resolve_token_ids
 from ..tools.prune import parse_layers, prune
 from . import report
-from .measure import measure
+from .measure import Measure
 from .targets import greedy_targets, prompts_only
 
 PROMPTS_DIR = os.path.join(os.path.dirname(os.path.dirname(__file__)), "data", "prompts")
@@ -60,6 +60,7 @@ class Experiment:
         self.keep = parse_layers(self.e.keep_layers, full_cfg.n_layers, "config.experiment.keep_layers")
         self.s_cfg, self.s_params = prune(full_cfg, full, self.keep)
         self.train, self.dev, self.eval = self._data()
+        self._measures()
 
     def _data(self):
         cfg, e = self.cfg, self.e
@@ -83,12 +84,12 @@ class Experiment:
                                       path=os.path.join(cfg.workdir, f"teacher_targets_{name}.npz")))
         return out
 
-    def measure(self, params, data, model=None):
+    def _measures(self):
         c = self.cfg
-        student = model or self.s_cfg
-        return measure(student, params, self.t_cfg, self.t_params, data, self.tokenizer,
-                       batch_size=c.eval.batch_size, max_new_tokens=c.gen.max_new_tokens,
-                       eos_token_id=c.gen.eos_token_id, pad_token_id=c.gen.pad_token_id, mesh=self.placement.mesh)
+        kw = dict(batch_size=c.eval.batch_size, max_new_tokens=c.gen.max_new_tokens, eos_token_id=c.gen.eos_token_id,
+                  pad_token_id=c.gen.pad_token_id, mesh=self.placement.mesh)
+        self.measure_eval = Measure(self.t_cfg, self.t_params, self.eval, self.tokenizer, **kw)
+        self.measure_dev = Measure(self.t_cfg, self.t_params, self.dev, self.tokenizer, full=False, **kw)
 
     def run_cfg(self, method, lr, seed, over, workdir):
         c = copy.deepcopy(self.cfg)
@@ -113,13 +114,13 @@ class Experiment:
         curve, dev, eval_s = [], {}, [0.0]
         steps = set(eval_steps(self.e))
 
-        def on_step(step, state, metrics):
+        def on_step(step, state):
             if step in steps or step == self.e.steps:
                 t = time.perf_counter()
                 if step in steps:
-                    curve.append({"step": step, **self.measure(state["params"], self.eval)})
+                    curve.append({"step": step, **self.measure_eval(self.s_cfg, state["params"])})
                 if step == self.e.steps:
-                    dev.update(self.measure(state["params"], self.dev))
+                    dev.update(self.measure_dev(self.s_cfg, state["params"]))
                 eval_s[0] += time.perf_counter() - t
 
         needs_ref = objectives.build(method, c.loss).needs.reference
@@ -174,7 +175,7 @@ def run_experiment(cfg):
     x = Experiment(cfg)
     print(f"teacher {x.t_cfg.n_layers} layers; student keeps {len(x.keep)}: {e.keep_layers}; "
           f"train {len(x.train)}, dev {len(x.dev)}, eval {len(x.eval)} prompts")
-    start = {"student": x.measure(x.s_params, x.eval), "teacher": x.measure(x.t_params, x.eval, model=x.t_cfg)}
+    start = {"student": x.measure_eval(x.s_cfg, x.s_params), "teacher": x.measure_eval(x.t_cfg, x.t_params)}
     print(f"before training: student {start['student']}\n                 teacher {start['teacher']}")
     names = list(e.methods)
     lrs, grid = pick_lrs(x, names)

@@ -22,7 +22,7 @@ def default_config():
     c.workdir = "work_dirs/run"
     c.resume = True             # continue from checkpoints in workdir (a finished stage is reused)
     c.overwrite = False         # with resume=False: clear earlier checkpoints in workdir instead of stopping
-    # topk > 0: token-level methods (kd, rkl, jsd) train from a cache of the teacher's top-k log-probs on
+    # topk > 0: token-level methods (objectives.TOPK_METHODS) train from a cache of the teacher's top-k log-probs on
     # the gold responses (computed once, hash-checked), with no teacher weights in the train step
     # cache_dir: where the offline teacher caches live (shared by several runs); empty = the run's workdir
     c.teacher = ml_collections.ConfigDict({"path": "", "dtype": "bfloat16", "topk": 0, "cache_dir": ""})
@@ -106,10 +106,9 @@ def validate(c):
     objective = objectives.build(c.method, c.loss)  # unknown method or a bad field of its block: named
     if c.teacher.topk:
         if not getattr(objective, "supports_topk", False):
-            supported = sorted(k for k, v in objectives.OBJECTIVES.items() if getattr(v, "supports_topk", False))
-            fail("teacher.topk", f"the sparse teacher cache serves {', '.join(supported)}; method {c.method!r} "
-                                 "needs the teacher itself (set teacher.topk=0)")
-        if objective.temperature != 1.0:
+            fail("teacher.topk", f"the sparse teacher cache serves {', '.join(objectives.TOPK_METHODS)}; method "
+                                 f"{c.method!r} with these settings needs the teacher itself (set teacher.topk=0)")
+        if getattr(objective, "loss_temperature", 1.0) != 1.0:
             fail("teacher.topk", f"the cache holds log-probs at temperature 1, but loss.{c.method}.temperature="
                                  f"{objective.temperature}")
     if c.mode not in ("train", "eval", "generate", "check"):

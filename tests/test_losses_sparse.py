@@ -26,8 +26,16 @@ def np_sparse(kind, s, t, k, m, beta=0.5):
             pk, qk = np.array(pk), np.clip(np.array(qk), 0, None)
             kl = lambda a, c: sum(x * (np.log(x) - np.log(max(y, 1e-30))) for x, y in zip(a, c) if x > 0)
             mix = beta * pk + (1 - beta) * qk
+            e = np.abs(pk - qk)
+            head = np.cumsum(pk[:-1]) <= beta
+            head[0] = True
+            head = np.append(head, False)  # the residual bucket is always tail
+            w = e[head].sum() / e.sum()
             vals.append({"fkl": kl(pk, qk), "rkl": kl(qk, pk),
-                         "jsd": beta * kl(pk, mix) + (1 - beta) * kl(qk, mix)}[kind])
+                         "jsd": beta * kl(pk, mix) + (1 - beta) * kl(qk, mix),
+                         "skl": kl(pk, beta * pk + (1 - beta) * qk),
+                         "srkl": kl(qk, (1 - beta) * pk + beta * qk),
+                         "akl": w * kl(pk, qk) + (1 - w) * kl(qk, pk)}[kind])
         out[b] = (np.array(vals) * m[b]).sum() / max(m[b].sum(), 1)
     return out
 
@@ -39,7 +47,10 @@ def test_sparse_divergences_match_numpy(k):
     m = np.array([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]], np.float32)
     ids, lps = L.topk_logprobs(jnp.asarray(t), k)
     for kind, fn in (("fkl", L.sparse_forward_kl), ("rkl", L.sparse_reverse_kl),
-                     ("jsd", lambda *a: L.sparse_generalized_jsd(*a, beta=0.3))):
+                     ("jsd", lambda *a: L.sparse_generalized_jsd(*a, beta=0.3)),
+                     ("skl", lambda *a: L.sparse_skew_kl(*a, alpha=0.3)),
+                     ("srkl", lambda *a: L.sparse_skew_reverse_kl(*a, alpha=0.3)),
+                     ("akl", lambda *a: L.sparse_adaptive_kl(*a, mu=0.3))):
         got = np.asarray(fn(jnp.asarray(s), ids, lps, m))
         np.testing.assert_allclose(got, np_sparse(kind, s, t, k, m, beta=0.3), rtol=2e-4, atol=1e-5, err_msg=kind)
 
@@ -51,7 +62,9 @@ def test_k_equal_to_vocabulary_is_the_dense_loss_with_finite_gradients():
     m = jnp.ones((3, 4))
     ids, lps = L.topk_logprobs(t, V)
     pairs = [(L.sparse_forward_kl, L.forward_kl, {}), (L.sparse_reverse_kl, L.reverse_kl, {}),
-             (L.sparse_generalized_jsd, L.generalized_jsd, {"beta": 0.5})]
+             (L.sparse_generalized_jsd, L.generalized_jsd, {"beta": 0.5}),
+             (L.sparse_skew_kl, L.skew_kl, {"alpha": 0.1}), (L.sparse_skew_reverse_kl, L.skew_reverse_kl, {"alpha": 0.3}),
+             (L.sparse_adaptive_kl, L.adaptive_kl, {"mu": 0.5})]
     for sparse, dense, kw in pairs:
         np.testing.assert_allclose(np.asarray(sparse(s, ids, lps, m, **kw)), np.asarray(dense(s, t, m, **kw)),
                                    rtol=1e-4, atol=1e-5)

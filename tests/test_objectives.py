@@ -66,8 +66,8 @@ def _steps(tmp_path, tok, method, n, **block):
 def test_gkd_trains_on_gold_or_on_its_own_samples(tmp_path, tok, lmbda):
     for b, m in _steps(tmp_path, tok, "gkd", 3, lmbda=lmbda):
         gold = b["response_mask"].sum(1).mean()
-        if lmbda == 0.0:  # never on-policy: y_s is the gold response (padded)
-            assert m["length/student_response"] == pytest.approx(gold)
+        if lmbda == 0.0:  # never on-policy: trains on the gold responses and draws no samples at all
+            assert "length/student_response" not in m and np.isfinite(m["loss/gkd"]) and gold > 0
         else:  # always the student's own samples: at most max_new_tokens each
             assert m["length/student_response"] <= 6 and "loss/gkd" in m and np.isfinite(m["loss/gkd"])
 
@@ -191,5 +191,24 @@ def test_token_methods_train_from_the_topk_cache_without_the_teacher(tmp_path, t
     out = teacher_cache.teacher_topk(cfg, t_cfg, t_params, data, 4)
     assert out["teacher_topk_ids"].nbytes + out["teacher_topk_logps"].nbytes == len(data) * 8 * 4 * 8
     cfg.method = "dpkd"
-    with pytest.raises(InputError, match="config.teacher.topk: the sparse teacher cache serves jsd, kd, rkl"):
+    with pytest.raises(InputError, match="config.teacher.topk: the sparse teacher cache serves kd, rkl, jsd, akl"):
         validate(cfg)
+    cfg.method = "gkd"  # on-policy GKD scores the student's fresh samples: no cache can hold them
+    with pytest.raises(InputError, match="method 'gkd' with these settings needs the teacher itself"):
+        validate(cfg)
+
+
+@pytest.mark.parametrize("method", ["akl", "skew_rkl", "gkd"])
+def test_more_token_methods_train_from_the_cache_alone(tmp_path, tok, monkeypatch, method):
+    from dpkd_jax.loop import train_loop
+    cfg, data, (t_cfg, t_params), (s_cfg, s_params) = tiny_setup(tmp_path, tok)
+    cfg.method, cfg.train.steps, cfg.teacher.topk = method, 2, 8
+    cfg.loss.gkd.lmbda = 0.0  # off-policy GKD on the gold responses
+    assert O.build(method, cfg.loss).supports_topk
+    seen = {}
+    real = __import__("dpkd_jax.train", fromlist=["make_step"]).make_step
+    monkeypatch.setattr("dpkd_jax.loop.make_step", lambda c, s, t, tx, tp, *a, **k: (
+        seen.setdefault("teacher_params", tp), real(c, s, t, tx, tp, *a, **k))[1])
+    hist = train_loop(cfg, s_cfg, s_params, t_cfg, t_params, data, None, str(tmp_path / "w")).history
+    assert seen["teacher_params"] is None
+    assert np.isfinite(hist[-1][f"loss/{method}"]) and hist[-1][f"loss/{method}"] > 0

@@ -20,7 +20,9 @@ from .contrastive import cald_loss
 from .core import *  # noqa: F401,F403
 from .core import __all__ as _core
 from .policy import minillm_advantages, minillm_rewards, ppo_clip_loss
-from .sparse import sparse_forward_kl, sparse_generalized_jsd, sparse_reverse_kl, topk_logprobs
+from .sparse import (sparse_adaptive_kl, sparse_forward_kl, sparse_generalized_jsd, sparse_reverse_kl,
+                     sparse_skew_kl, sparse_skew_reverse_kl, topk_logprobs)
 
 __all__ = [*_core, "minillm_rewards", "minillm_advantages", "ppo_clip_loss", "cald_loss", "sparse_forward_kl",
-           "sparse_reverse_kl", "sparse_generalized_jsd", "topk_logprobs"]
+           "sparse_reverse_kl", "sparse_generalized_jsd", "sparse_skew_kl", "sparse_skew_reverse_kl",
+           "sparse_adaptive_kl", "topk_logprobs"]

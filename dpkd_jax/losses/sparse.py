@@ -12,7 +12,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from .core import _jsd, _kl, masked_mean
+from .core import _jsd, _kl, _log_mix, masked_mean
 
 _FLOOR = 1e-30
 
@@ -76,3 +76,35 @@ def sparse_generalized_jsd(student_logits, teacher_topk_ids, teacher_topk_logps,
         raise ValueError(f"beta must be in [0, 1], got {beta}")
     logq, logp = _checked(student_logits, teacher_topk_ids, teacher_topk_logps, mask)
     return masked_mean(_jsd(logp, logq, beta, kl=_kl_floor), mask)
+
+
+def sparse_skew_kl(student_logits, teacher_topk_ids, teacher_topk_logps, mask, *, alpha=0.1):
+    """Token-mean ``KL(p ‖ αp + (1−α)q)`` (DistiLLM) over the k + 1 categories; shapes as above."""
+    if not 0.0 <= alpha < 1.0:
+        raise ValueError(f"alpha must be in [0, 1), got {alpha}")
+    logq, logp = _checked(student_logits, teacher_topk_ids, teacher_topk_logps, mask)
+    return masked_mean(_kl(logp, _log_mix(alpha, logp, logq)), mask)
+
+
+def sparse_skew_reverse_kl(student_logits, teacher_topk_ids, teacher_topk_logps, mask, *, alpha=0.1):
+    """Token-mean ``KL(q ‖ (1−α)p + αq)`` over the k + 1 categories; shapes as above."""
+    if not 0.0 <= alpha < 1.0:
+        raise ValueError(f"alpha must be in [0, 1), got {alpha}")
+    logq, logp = _checked(student_logits, teacher_topk_ids, teacher_topk_logps, mask)
+    return masked_mean(_kl(logq, _log_mix(alpha, logq, logp)), mask)
+
+
+def sparse_adaptive_kl(student_logits, teacher_topk_ids, teacher_topk_logps, mask, *, mu=0.5):
+    """Token-mean AKL over the k + 1 categories. The cache holds the teacher's tokens sorted by
+    probability (``topk_logprobs``), so the head is its first tokens whose cumulative
+    probability is ``≤ μ`` (the top-1 always) and the residual bucket is always tail; weights
+    as :func:`adaptive_kl` (``q`` detached in ``e = |p − q|``). Shapes as above."""
+    logq, logp = _checked(student_logits, teacher_topk_ids, teacher_topk_logps, mask)
+    p = jnp.exp(logp)
+    e = jnp.abs(p - jax.lax.stop_gradient(jnp.exp(logq)))
+    head = (jnp.cumsum(p[..., :-1], axis=-1) <= mu).at[..., 0].set(True)
+    head = jnp.concatenate([head, jnp.zeros_like(head[..., :1])], axis=-1)
+    g_head, g_tail = jnp.sum(jnp.where(head, e, 0.0), -1), jnp.sum(jnp.where(head, 0.0, e), -1)
+    total = g_head + g_tail
+    w = jax.lax.stop_gradient(jnp.where(total > 0, g_head / jnp.where(total > 0, total, 1.0), 0.5))
+    return masked_mean(w * _kl_floor(logp, logq) + (1.0 - w) * _kl_floor(logq, logp), mask)

@@ -47,7 +47,8 @@ def _divergence(name, fn, doc, sparse=None, **extra):
         return mixed(ctx, name, value, kd_ratio=self.kd_ratio, lm_coef=self.lm_coef), {}
     cls = dataclasses.make_dataclass(name.upper(), fields, frozen=True,
                                      namespace={"validate": validate, "loss": loss, "needs": Needs(), "__doc__": doc,
-                                                "supports_topk": sparse is not None})
+                                                "supports_topk": sparse is not None,
+                                                "loss_temperature": property(lambda self: self.temperature)})
     return cls
 
 
@@ -57,9 +58,12 @@ RKL = _divergence("rkl", losses.reverse_kl, "Token-level reverse KL on the gold 
                   sparse=losses.sparse_reverse_kl)
 JSD = _divergence("jsd", losses.generalized_jsd, "Generalised JSD(beta) on the gold response.",
                   sparse=losses.sparse_generalized_jsd, beta=0.5)
-AKL = _divergence("akl", losses.adaptive_kl, "Adaptive KL (head/tail mix of forward and reverse KL).", mu=0.5)
-SkewKL = _divergence("skew_kl", losses.skew_kl, "DistiLLM's skew KL(p || a p + (1-a) q).", alpha=0.1)
-SkewRKL = _divergence("skew_rkl", losses.skew_reverse_kl, "DistiLLM's skew reverse KL.", alpha=0.1)
+AKL = _divergence("akl", losses.adaptive_kl, "Adaptive KL (head/tail mix of forward and reverse KL).",
+                  sparse=losses.sparse_adaptive_kl, mu=0.5)
+SkewKL = _divergence("skew_kl", losses.skew_kl, "DistiLLM's skew KL(p || a p + (1-a) q).",
+                     sparse=losses.sparse_skew_kl, alpha=0.1)
+SkewRKL = _divergence("skew_rkl", losses.skew_reverse_kl, "DistiLLM's skew reverse KL.",
+                      sparse=losses.sparse_skew_reverse_kl, alpha=0.1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,9 +106,16 @@ class GKD:
 
     @property
     def needs(self):
+        if self.lmbda == 0.0:  # off-policy only: no student samples to draw
+            return Needs(teacher_samples=self.seq_kd)
         return Needs(teacher_samples=self.seq_kd, student_samples=True, on_policy=self.lmbda,
                      fallback=Response.TEACHER if self.seq_kd else Response.GOLD,
                      student_temperature=self.temperature)
+
+    @property
+    def supports_topk(self):
+        """The top-k cache holds the teacher on the gold responses: off-policy GKD on gold only."""
+        return self.lmbda == 0.0 and not self.seq_kd
 
     def validate(self):
         check("gkd", "lmbda", 0.0 <= self.lmbda <= 1.0, "must be in [0, 1]", self.lmbda)
@@ -113,7 +124,12 @@ class GKD:
         check_mix("gkd", self.kd_ratio, self.lm_coef)
 
     def loss(self, ctx):
-        _, mask = ctx.response(Response.STUDENT)
-        value = losses.generalized_jsd(ctx.logits(Model.STUDENT, Response.STUDENT),
-                                       ctx.logits(Model.TEACHER, Response.STUDENT), mask, beta=self.beta)
+        r = Response.STUDENT if self.lmbda > 0 else Response.TEACHER if self.seq_kd else Response.GOLD
+        _, mask = ctx.response(r)
+        if "teacher_topk_ids" in ctx.batch:
+            value = losses.sparse_generalized_jsd(ctx.logits(Model.STUDENT, r), ctx.batch["teacher_topk_ids"],
+                                                  ctx.batch["teacher_topk_logps"], mask, beta=self.beta)
+        else:
+            value = losses.generalized_jsd(ctx.logits(Model.STUDENT, r), ctx.logits(Model.TEACHER, r), mask,
+                                           beta=self.beta)
         return mixed(ctx, "gkd", value, kd_ratio=self.kd_ratio, lm_coef=self.lm_coef), {}

@@ -24,7 +24,8 @@ from . import sharding
 from .checkpoint import Checkpoints
 from .curves import plot_history
 from . import objectives
-from . import teacher_cache
+from . import cross_tokenizer, teacher_cache
+from .errors import InputError
 from .optim import make_optimizer
 from .throughput import Throughput, step_flops
 from .train import make_step, place_state, step_shardings
@@ -75,8 +76,11 @@ class SigtermGuard:
 
 
 def train_loop(cfg, student, params, teacher, teacher_params, train_data, lm_rows, workdir, *, dev=None,
-               tokenizer=None, ref_params=None, desc=None, placement=None, callback=None):
+               tokenizer=None, ref_params=None, desc=None, placement=None, callback=None, teacher_tokenizer=None):
     """Train ``params`` with ``cfg.method`` on ``placement`` (from ``cfg.mesh`` by default).
+
+    ``teacher_tokenizer`` (a tokenizer other than the student's ``tokenizer``): train across
+    tokenizers (cross_tokenizer.py; sequence-level methods only).
 
     Returns :class:`Trained`. ``callback(step, state)``, if given, runs after
     every step. Raises :class:`Preempted` after a SIGTERM (checkpoint written) and
@@ -97,6 +101,17 @@ def train_loop(cfg, student, params, teacher, teacher_params, train_data, lm_row
         ref_params = sharding.put(ref_params, sh["params"])
     state = place_state(params, tx, sh)  # a copy: the caller's params stay valid under donation
     extra = {}
+    if teacher_tokenizer is not None:
+        cross_tokenizer.check_method(objective, cfg.method)
+        if cfg.gen.teacher_mode == "offline":
+            raise InputError("config.gen.teacher_mode: 'offline' teacher samples are not kept across tokenizers; "
+                             "use gen.teacher_mode=online")
+        t_pad = teacher_tokenizer.pad_token_id
+        keep, views = cross_tokenizer.teacher_prompts(
+            train_data, teacher_tokenizer, template=cfg.data.template, max_prompt_length=cfg.data.max_prompt_length,
+            pad_token_id=teacher_tokenizer.eos_token_id if t_pad is None else t_pad)
+        train_data = train_data.take(keep)
+        extra.update(views)
     if objective.needs.teacher_samples and cfg.gen.teacher_mode == "offline":
         extra.update(teacher_cache.teacher_samples(cfg, teacher, teacher_params, train_data,
                                                    os.path.join(cfg.teacher.cache_dir or workdir, "teacher_samples.npz"), mesh))
@@ -121,6 +136,9 @@ def train_loop(cfg, student, params, teacher, teacher_params, train_data, lm_row
             done_already = " (finished: reusing it)" if start >= t.steps else ""
             print(f"{desc or cfg.method}: resumed from step {start}{done_already} ({ckpt.latest.directory})")
     step_fn = make_step(cfg, student, teacher, tx, teacher_params, ref_params, sh)
+    if teacher_tokenizer is not None:
+        step_fn = cross_tokenizer.wrap_step(step_fn, cfg, objective.needs, student, teacher, teacher_params,
+                                            tokenizer, teacher_tokenizer, sh["batch"])
     writer = SummaryWriter(os.path.join(workdir, "tb")) if jax.process_index() == 0 else None
     throughput = Throughput(step_flops(cfg, student, teacher, t.batch_size),
                             t.batch_size * (cfg.data.max_length + cfg.gen.max_new_tokens))

@@ -55,9 +55,10 @@ def load_model(cfg, placement, role, path, dtype, compute_dtype, vocab):
     return models.from_pretrained(path, shardings=placement.params(models.param_table(mc), role), **kw).decoder()
 
 
-def load_models(cfg, placement, vocab):
+def load_models(cfg, placement, vocab, teacher_vocab=None):
     """(teacher, student), each a (config, params) pair placed on the mesh."""
-    return (load_model(cfg, placement, "teacher", cfg.teacher.path, cfg.teacher.dtype, cfg.teacher.dtype, vocab),
+    return (load_model(cfg, placement, "teacher", cfg.teacher.path, cfg.teacher.dtype, cfg.teacher.dtype,
+                       teacher_vocab or vocab),
             load_model(cfg, placement, "student", cfg.student.path, cfg.student.dtype, cfg.student.compute_dtype,
                        vocab))
 
@@ -69,11 +70,13 @@ def run(cfg):
     with cfg.unlocked():
         cfg.teacher.path, cfg.student.path = resolve(cfg.teacher.path), resolve(cfg.student.path)
     tokenizer = models.load_tokenizer(cfg.student.path)
-    vocab = models.check_same_vocabulary(cfg.teacher.path, cfg.student.path, student_tok=tokenizer)
+    cross_ok = getattr(objectives.build(cfg.method, cfg.loss), "cross_tokenizer", False) and cfg.mode == "train"
+    vocab, t_vocab, t_tok = models.vocabularies(cfg.teacher.path, cfg.student.path, cross_ok=cross_ok,
+                                                cross_methods=objectives.CROSS_METHODS, student_tok=tokenizer)
     resolve_token_ids(cfg, tokenizer)
     placement = sharding.Placement(cfg.mesh)
     mesh = placement.mesh
-    (t_cfg, t_params), (s_cfg, params) = load_models(cfg, placement, vocab)
+    (t_cfg, t_params), (s_cfg, params) = load_models(cfg, placement, vocab, t_vocab)
     if cfg.mode == "generate":
         return generate_mode(cfg, s_cfg, params, tokenizer, mesh)
     full, report = data_lib.load_instructions(cfg.data.train, tokenizer, **data_options(cfg))
@@ -84,7 +87,8 @@ def run(cfg):
     if cfg.mode == "train":
         ref = params if objectives.build(cfg.method, cfg.loss).needs.reference else None
         params, history, best = run_stage(cfg, s_cfg, params, t_cfg, t_params, train_data, lm_rows, cfg.workdir,
-                                          dev=dev, tokenizer=tokenizer, ref_params=ref, placement=placement)
+                                          dev=dev, tokenizer=tokenizer, ref_params=ref, placement=placement,
+                                          teacher_tokenizer=t_tok)
         exports = {"final": params, "best": best} if best is not None else {"final": params}
         for name, p in exports.items():
             host = jax.tree.map(sharding.to_host, p)  # every process takes part in the gather
@@ -94,7 +98,7 @@ def run(cfg):
     out_dir = os.path.join(cfg.workdir, "eval")
     results[cfg.method] = eval_lib.evaluate(s_cfg, params, sets, tokenizer, cfg.eval, cfg.gen, out_dir, "student",
                                             mesh=mesh)
-    if cfg.eval.eval_teacher:
+    if cfg.eval.eval_teacher and t_tok is None:  # across tokenizers the teacher is scored by its own run
         results["teacher"] = eval_lib.evaluate(t_cfg, t_params, sets, tokenizer, cfg.eval, cfg.gen, out_dir,
                                                "teacher", mesh=mesh)
     if jax.process_index() == 0:

@@ -56,8 +56,12 @@ def preflight(cfg, out=print):
         paths[role] = path
         say(_model_summary(role, path, check_weights(path)))
     tokenizer = models.load_tokenizer(paths["student"])
-    vocab = models.check_same_vocabulary(paths["teacher"], paths["student"], student_tok=tokenizer)
-    say(f"vocabulary: shared, {vocab} tokens")
+    from . import objectives
+    cross_ok = getattr(objectives.build(cfg.method, cfg.loss), "cross_tokenizer", False)
+    vocab, t_vocab, t_tok = models.vocabularies(paths["teacher"], paths["student"], cross_ok=cross_ok,
+                                                cross_methods=objectives.CROSS_METHODS, student_tok=tokenizer)
+    say(f"vocabulary: shared, {vocab} tokens" if t_tok is None else
+        f"vocabularies differ (student {vocab}, teacher {t_vocab} tokens): {cfg.method} runs across tokenizers")
     resolve_token_ids(cfg, tokenizer)
     if cfg.mode != "generate" and cfg.data.train:
         full, report = data_lib.load_instructions(cfg.data.train, tokenizer, **data_options(cfg), log=False)

@@ -95,9 +95,14 @@ def make_step(cfg, student, teacher, tx, teacher_params, ref_params=None, shardi
         progress = state["step"].astype(jnp.float32) / cfg.train.steps
         M = objectives.Model
 
+        views = {}
+        if "x_teacher_prompt_ids" in batch:  # cross-tokenizer: the teacher reads its own tokens
+            v = lambda name: (batch[f"x_teacher_{name}_ids"], batch[f"x_teacher_{name}_mask"])
+            views[M.TEACHER] = (v("prompt"), {r: v(n) for r, n in ((T, "yt"), (S, "ys")) if r in samples})
+
         def loss_fn(p):
             ctx = objectives.Context({M.STUDENT: (student, p), M.TEACHER: (teacher, teacher_params),
-                                      M.REFERENCE: (student, ref_params)}, batch, samples, progress)
+                                      M.REFERENCE: (student, ref_params)}, batch, samples, progress, views)
             terms, metrics = objective.loss(ctx)
             total = sum(w * v.mean() for w, v in terms.values())
             metrics = {k: v.mean() for k, v in {**metrics, **objectives.reward_hacking(ctx)}.items()}
@@ -119,7 +124,8 @@ def make_step(cfg, student, teacher, tx, teacher_params, ref_params=None, shardi
         done = state["step"] + 1
         log_step = (done % cfg.train.log_every == 0) | (done == cfg.train.steps)
         zeros = jnp.zeros(batch["prompt_ids"].shape[:1], jnp.float32)
-        fkl, rkl = (zeros, zeros) if teacher_params is None else jax.lax.cond(  # None: a top-k cache run
+        # None: a top-k cache run; a teacher view: another vocabulary (no token-level KL)
+        fkl, rkl = (zeros, zeros) if teacher_params is None or "x_teacher_prompt_ids" in batch else jax.lax.cond(
             log_step, lambda: objectives.first_token_kls(student, params, teacher, teacher_params,
                                                          batch["prompt_ids"], batch["prompt_mask"]),
             lambda: (zeros, zeros))

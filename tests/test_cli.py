@@ -110,12 +110,17 @@ def test_bad_input_files_are_named_by_preflight_and_by_a_real_run(hf_pair, tmp_p
         if fn.startswith(("tokenizer", "vocab", "merges", "special")):
             os.remove(os.path.join(other, fn))
     make_tokenizer(other, vocab_size=300, corpus=["zebra quartz jumps"] * 10)
-    cases.append(("vocab", cfg(s=other, name="vocab"), ["tokenizers differ"]))
+    kd_other = write_config(tmp_path / "vocab.py", teacher, other, train, work, method="kd")
+    cases.append(("vocab", kd_other, ["tokenizers differ", "methods work across tokenizers: dpkd (every form)"]))
     gg = tmp_path / "bad.gguf"
     gg.write_bytes(b"GGUF\x03\x00\x00\x00junk")
     cases.append(("gguf", cfg(t=str(gg), name="gguf"), [str(gg), "not a readable GGUF file"]))
     for name, config, culprits in cases:
         assert_user_error(run(config, "--config.mode=check"), *culprits)
+    # A sequence-level method runs across the two tokenizers.
+    ok = run(cfg(s=other, name="cross"), "--config.mode=check")
+    assert "vocabularies differ" in ok.stdout and "dpkd runs across tokenizers" in ok.stdout, ok.stdout[-2000:]
+    assert "tokenizers differ" not in ok.stderr  # (the tiny 272-token BPE then makes every prompt too long)
     # A real run gives the same message as the preflight (here: the truncated teacher).
     assert_user_error(run(cases[1][1]), *cases[1][2])
 

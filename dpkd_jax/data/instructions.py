@@ -137,14 +137,16 @@ class Tokenized:
     response_ids: np.ndarray    # [n, R]
     response_mask: np.ndarray   # [n, R]
     references: list            # gold response text per example
-    prompts: list               # prompt text per example
+    prompts: list               # prompt text per example (rendered with the template)
+    sources: list = dataclasses.field(default_factory=list)  # the records (another model renders its own)
 
     def __len__(self):
         return len(self.prompts)
 
     def take(self, idx):
         return Tokenized(self.prompt_ids[idx], self.prompt_mask[idx], self.response_ids[idx],
-                         self.response_mask[idx], [self.references[i] for i in idx], [self.prompts[i] for i in idx])
+                         self.response_mask[idx], [self.references[i] for i in idx], [self.prompts[i] for i in idx],
+                         [self.sources[i] for i in idx] if self.sources else [])
 
 
 def tokenize(records, tokenizer, *, max_prompt_length: int, max_length: int, report: Report,
@@ -180,6 +182,7 @@ def tokenize(records, tokenizer, *, max_prompt_length: int, max_length: int, rep
         out.response_mask[i, :len(r)] = 1
         out.references.append(rec["response"])
         out.prompts.append(rec["prompt"])
+        out.sources.append({k: rec[k] for k in ("instruction", "context", "response") if k in rec})
     return out
 
 

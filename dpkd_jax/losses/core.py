@@ -93,7 +93,8 @@ def dpkd_loss(student_chosen_logps, student_rejected_logps,
               teacher_chosen_logps, teacher_rejected_logps,
               chosen_lengths, rejected_lengths, *,
               beta=0.1, form="sigmoid", length_normalize=True, label_smoothing=0.0,
-              reference_free=False, simpo_gamma=0.5, dpop_lambda=50.0, cpo_alpha=1.0):
+              reference_free=False, simpo_gamma=0.5, dpop_lambda=50.0, cpo_alpha=1.0,
+              teacher_chosen_lengths=None, teacher_rejected_lengths=None):
     """Sequence-level DPKD loss and its preference forms (method.md, Eq. 8–9, Table 2).
 
     "chosen" is the teacher's response ``y_t``, "rejected" the student's ``y_s``;
@@ -115,6 +116,14 @@ def dpkd_loss(student_chosen_logps, student_rejected_logps,
       the DPOP paper (the reference code puts it outside).
 
     ``reference_free`` drops the teacher terms from ``Δ`` (sigmoid, ipo).
+
+    Across tokenizers a text has a different token count under each model: pass the
+    teacher's counts as ``teacher_chosen_lengths``/``teacher_rejected_lengths`` (default: the
+    same as the student's). With ``length_normalize`` each log-prob is then divided by its own
+    model's count, ``Δ_t = log q(y_t)/|y_t|_q − log p(y_t)/|y_t|_p``: each side is that model's
+    mean surprise per token of its own factorisation. Dividing both by one side's count would
+    tilt Δ by the ratio of the two tokenizers' granularity (a finer tokenizer makes more,
+    cheaper tokens), an offset unrelated to how well the student matches the teacher.
     Returns the per-example loss ``[B]`` in float32.
     """
     if form not in DPKD_FORMS:
@@ -134,6 +143,8 @@ def dpkd_loss(student_chosen_logps, student_rejected_logps,
     sc, sr, tc, tr = map(f32, (student_chosen_logps, student_rejected_logps,
                                teacher_chosen_logps, teacher_rejected_logps))
     n_c, n_r = _lengths(chosen_lengths), _lengths(rejected_lengths)
+    tn_c = n_c if teacher_chosen_lengths is None else _lengths(teacher_chosen_lengths)
+    tn_r = n_r if teacher_rejected_lengths is None else _lengths(teacher_rejected_lengths)
 
     if form == "cpo":
         return -jax.nn.log_sigmoid(beta * (sc - sr)) + cpo_alpha * (-sc / n_c)
@@ -142,12 +153,12 @@ def dpkd_loss(student_chosen_logps, student_rejected_logps,
 
     if reference_free:
         tc, tr = jnp.zeros_like(tc), jnp.zeros_like(tr)
-    norm_c, norm_r = (n_c, n_r) if length_normalize else (1.0, 1.0)
-    u = (sc - tc) / norm_c - (sr - tr) / norm_r
+    norm_c, norm_r, t_norm_c, t_norm_r = (n_c, n_r, tn_c, tn_r) if length_normalize else (1.0,) * 4
+    u = (sc / norm_c - tc / t_norm_c) - (sr / norm_r - tr / t_norm_r)
     if form == "ipo":
         return (u - 1.0 / (2.0 * beta)) ** 2
     if form == "dpop":
-        u = u - dpop_lambda * jnp.maximum(0.0, tc - sc) / norm_c
+        u = u - dpop_lambda * jnp.maximum(0.0, tc / t_norm_c - sc / norm_c)
     logits = beta * u
     return -(1.0 - label_smoothing) * jax.nn.log_sigmoid(logits) - label_smoothing * jax.nn.log_sigmoid(-logits)
 
@@ -324,14 +335,18 @@ def dadpo_loss(student_chosen_logps, student_rejected_logps,
 
 # -------------------------------------------------------------- metrics ---
 
-def implicit_reward(student_logps, teacher_logps, lengths=None, *, beta=0.1):
+def implicit_reward(student_logps, teacher_logps, lengths=None, *, beta=0.1, teacher_lengths=None):
     """The implicit reward without ``log Z``: ``β (log q(y) − log p(y)) [/ |y|]``.
 
-    Divided by the (clamped) length when ``lengths`` is given, as in Eq. 9.
-    Inputs and output ``[B]``. """
+    Divided by the (clamped) length when ``lengths`` is given, as in Eq. 9; across
+    tokenizers ``teacher_lengths`` divides the teacher's term by its own count (see
+    :func:`dpkd_loss`). Inputs and output ``[B]``. """
     _same_shape(student_logps=student_logps, teacher_logps=teacher_logps, lengths=lengths)
-    r = beta * (jnp.asarray(student_logps, jnp.float32) - jnp.asarray(teacher_logps, jnp.float32))
-    return r if lengths is None else r / _lengths(lengths)
+    s, t = jnp.asarray(student_logps, jnp.float32), jnp.asarray(teacher_logps, jnp.float32)
+    if lengths is None:
+        return beta * (s - t)
+    n = _lengths(lengths)
+    return beta * (s / n - t / (n if teacher_lengths is None else _lengths(teacher_lengths)))
 
 
 def reward_margin(chosen_rewards, rejected_rewards):

@@ -36,21 +36,41 @@ def real_vocab_size(tokenizer) -> int:
     return len(tokenizer)
 
 
-def check_same_vocabulary(teacher_path, student_path, teacher_tok=None, student_tok=None) -> int:
+def _rows_hold(path, n):
+    rows = load_config(path).vocab_size
+    if rows < n:
+        where = path if is_gguf(path) else os.path.join(path, "config.json")
+        raise InputError(f"{where}: vocab_size={rows} is smaller than the tokenizer's {n} tokens")
+
+
+def check_same_vocabulary(teacher_path, student_path, teacher_tok=None, student_tok=None, *, cross_methods=()) -> int:
     """Teacher and student must map the same ids to the same tokens; their embedding
     matrices may be padded differently (Qwen2.5-7B 152064 rows, 1.5B 151936). Returns
-    the shared real vocabulary size; raises ValueError explaining any difference."""
+    the shared real vocabulary size; raises InputError explaining any difference (and
+    naming ``cross_methods``, the methods that would work across the two tokenizers)."""
     t_tok = teacher_tok or load_tokenizer(teacher_path)
     s_tok = student_tok or load_tokenizer(student_path)
     if t_tok.get_vocab() != s_tok.get_vocab():
+        also = f"; the sequence-level methods work across tokenizers: {', '.join(cross_methods)}" if cross_methods \
+            else ""
         raise InputError(
             f"teacher and student tokenizers differ: the token->id maps of {teacher_path} ({len(t_tok)} tokens) "
             f"and {student_path} ({len(s_tok)} tokens) are not the same, so the same id means different text in "
-            "the two models; token-level objectives need one vocabulary")
+            f"the two models; token-level objectives need one vocabulary{also}")
     n = real_vocab_size(t_tok)
     for path in (teacher_path, student_path):
-        rows = load_config(path).vocab_size
-        if rows < n:
-            where = path if is_gguf(path) else os.path.join(path, "config.json")
-            raise InputError(f"{where}: vocab_size={rows} is smaller than the tokenizer's {n} tokens")
+        _rows_hold(path, n)
     return n
+
+
+def vocabularies(teacher_path, student_path, *, cross_ok: bool, cross_methods=(), student_tok=None):
+    """(student vocab, teacher vocab, the teacher's tokenizer when it differs else None).
+    Different tokenizers are allowed when ``cross_ok`` (a sequence-level method)."""
+    s_tok = student_tok or load_tokenizer(student_path)
+    t_tok = load_tokenizer(teacher_path)
+    if t_tok.get_vocab() == s_tok.get_vocab() or not cross_ok:
+        n = check_same_vocabulary(teacher_path, student_path, t_tok, s_tok, cross_methods=cross_methods)
+        return n, n, None
+    _rows_hold(student_path, real_vocab_size(s_tok))
+    _rows_hold(teacher_path, real_vocab_size(t_tok))
+    return real_vocab_size(s_tok), real_vocab_size(t_tok), t_tok

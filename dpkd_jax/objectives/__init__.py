@@ -25,6 +25,9 @@ OBJECTIVES = {"sft": SFT, "kd": KD, "rkl": RKL, "jsd": JSD, "akl": AKL, "skew_kl
 # Served by the sparse teacher cache (teacher.topk): the token-level divergences on gold responses.
 TOPK_METHODS = ("kd", "rkl", "jsd", "akl", "skew_kl", "skew_rkl", "gkd (off-policy: lmbda=0, seq_kd=False)")
 
+# Work across tokenizers (cross_tokenizer.py): they need only each model's log-prob of whole texts.
+CROSS_METHODS = ("dpkd (every form)", "seqkd", "plad", "dadpo (with loss.dadpo.alpha=0)")
+
 
 def defaults() -> dict:
     """``config.loss``: one block per method with its typed defaults."""
@@ -46,5 +49,5 @@ def updates_per_step(objective) -> int:
     return getattr(objective, "ppo_epochs", 1) * getattr(objective, "minibatches", 1)
 
 
-__all__ = ["TOPK_METHODS", "updates_per_step", "Mixture", "OBJECTIVES", "defaults", "build", "Context", "Model", "Needs", "Response", "first_token_kls",
+__all__ = ["CROSS_METHODS", "TOPK_METHODS", "updates_per_step", "Mixture", "OBJECTIVES", "defaults", "build", "Context", "Model", "Needs", "Response", "first_token_kls",
            "reward_hacking", "distinct_2"]

@@ -46,31 +46,41 @@ class Needs:
 class Context:
     """The step's arrays and memoised model calls: a method and the metrics never run
     the same forward twice in one trace. y_t and y_s of one shape are scored by a model
-    in one forward of 2B rows."""
+    in one forward of 2B rows.
 
-    def __init__(self, models: dict, batch: dict, samples: dict, progress=0.0):
+    ``views``: a model with its own tokenizer (cross-tokenizer runs) maps to its own prompt
+    ``(ids, mask)`` and its own tokenization of each response ``{Response: (ids, mask)}``;
+    every other model reads the batch's prompts and ``samples``."""
+
+    def __init__(self, models: dict, batch: dict, samples: dict, progress=0.0, views=None):
         self.models, self.batch, self.samples = models, batch, samples
         self.progress = progress        # step / total steps (a traced scalar)
+        self.views = views or {}
         self._memo = {}
 
-    def response(self, r: Response):
-        """(ids, mask) of a response."""
+    def response(self, r: Response, m: Model = Model.STUDENT):
+        """(ids, mask) of a response, in model ``m``'s tokenization."""
+        if m in self.views:
+            return self.views[m][1][r]
         if r is Response.GOLD:
             return self.batch["response_ids"], self.batch["response_mask"]
         return self.samples[r]
+
+    def prompt(self, m: Model):
+        return self.views[m][0] if m in self.views else (self.batch["prompt_ids"], self.batch["prompt_mask"])
 
     def logits(self, m: Model, r: Response):
         key = (m, r)
         if key not in self._memo:
             cfg, params = self.models[m]
             pair = [x for x in (Response.TEACHER, Response.STUDENT) if x in self.samples]
-            same = len(pair) == 2 and self.samples[pair[0]][0].shape == self.samples[pair[1]][0].shape
+            same = len(pair) == 2 and self.response(pair[0], m)[0].shape == self.response(pair[1], m)[0].shape
             rs = pair if r in pair and same else [r]
-            ids, mask = (jnp.concatenate(p, axis=0) for p in zip(*(self.response(x) for x in rs)))
+            ids, mask = (jnp.concatenate(p, axis=0) for p in zip(*(self.response(x, m) for x in rs)))
             k = len(rs)
             tile = lambda a: jnp.concatenate([a] * k, axis=0)
-            out = sampling.response_logits(cfg, params, tile(self.batch["prompt_ids"]),
-                                           tile(self.batch["prompt_mask"]), ids, mask)
+            prompt_ids, prompt_mask = self.prompt(m)
+            out = sampling.response_logits(cfg, params, tile(prompt_ids), tile(prompt_mask), ids, mask)
             out = out if m is Model.STUDENT else jax.lax.stop_gradient(out)
             for x, part in zip(rs, jnp.split(out, k, axis=0)):
                 self._memo[(m, x)] = part
@@ -80,8 +90,8 @@ class Context:
         return (m, r) in self._memo
 
     def logps(self, m: Model, r: Response):
-        """(summed log-prob [B], length [B]) of a response under a model."""
-        ids, mask = self.response(r)
+        """(summed log-prob [B], length [B]) of a response under a model, in its own tokens."""
+        ids, mask = self.response(r, m)
         return losses.sequence_logprobs(self.logits(m, r), ids, mask)
 
     def ce(self, r: Response = Response.GOLD):

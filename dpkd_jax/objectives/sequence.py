@@ -6,6 +6,8 @@ from __future__ import annotations
 import dataclasses
 from typing import ClassVar
 
+import jax.numpy as jnp
+
 from .. import losses
 from ..losses import DPKD_FORMS
 from .base import Model, Needs, Response, check, check_mix, mixed
@@ -19,6 +21,7 @@ class SeqKD:
     kd_ratio: float = 0.5
     lm_coef: float = 0.5
     needs: ClassVar = Needs(teacher_samples=True, teacher_logits=False)
+    cross_tokenizer: ClassVar = True  # needs only the student's log-prob of y_t
 
     def validate(self):
         check_mix("seqkd", self.kd_ratio, self.lm_coef)
@@ -28,8 +31,9 @@ class SeqKD:
 
 
 def preference_metrics(beta, normalize, sc, sr, tc, tr, nc, nr):
-    r_t = losses.implicit_reward(sc, tc, nc if normalize else None, beta=beta)
-    r_s = losses.implicit_reward(sr, tr, nr if normalize else None, beta=beta)
+    """Implicit rewards of y_t and y_s; ``nc``/``nr``: (student, teacher) token counts."""
+    r_t = losses.implicit_reward(sc, tc, nc[0] if normalize else None, beta=beta, teacher_lengths=nc[1])
+    r_s = losses.implicit_reward(sr, tr, nr[0] if normalize else None, beta=beta, teacher_lengths=nr[1])
     return {"reward/teacher_response": r_t, "reward/student_response": r_s,
             "reward/margin": losses.reward_margin(r_t, r_s), "reward/accuracy": losses.preference_accuracy(r_t, r_s)}
 
@@ -49,6 +53,7 @@ class DPKD:
     kd_ratio: float = 0.5
     lm_coef: float = 0.5
     needs: ClassVar = _PAIR
+    cross_tokenizer: ClassVar = True  # each model's log-prob of whole texts, in its own tokens
 
     def validate(self):
         check("dpkd", "beta", self.beta > 0, "must be > 0", self.beta)
@@ -59,12 +64,14 @@ class DPKD:
 
     def loss(self, ctx):
         (sc, nc), (sr, nr) = ctx.logps(Model.STUDENT, Response.TEACHER), ctx.logps(Model.STUDENT, Response.STUDENT)
-        (tc, _), (tr, _) = ctx.logps(Model.TEACHER, Response.TEACHER), ctx.logps(Model.TEACHER, Response.STUDENT)
+        # The teacher's own token counts: they differ from the student's across tokenizers.
+        (tc, tnc), (tr, tnr) = ctx.logps(Model.TEACHER, Response.TEACHER), ctx.logps(Model.TEACHER, Response.STUDENT)
         value = losses.dpkd_loss(sc, sr, tc, tr, nc, nr, beta=self.beta, form=self.form,
                                  length_normalize=self.length_normalize, label_smoothing=self.label_smoothing,
                                  reference_free=self.reference_free, simpo_gamma=self.simpo_gamma,
-                                 dpop_lambda=self.dpop_lambda, cpo_alpha=self.cpo_alpha)
-        metrics = preference_metrics(self.beta, self.length_normalize, sc, sr, tc, tr, nc, nr)
+                                 dpop_lambda=self.dpop_lambda, cpo_alpha=self.cpo_alpha,
+                                 teacher_chosen_lengths=tnc, teacher_rejected_lengths=tnr)
+        metrics = preference_metrics(self.beta, self.length_normalize, sc, sr, tc, tr, (nc, tnc), (nr, tnr))
         return mixed(ctx, "dpkd", value, kd_ratio=self.kd_ratio, lm_coef=self.lm_coef), metrics
 
 
@@ -78,6 +85,7 @@ class PLaD:
     kd_ratio: float = 0.5
     lm_coef: float = 0.5
     needs: ClassVar = Needs(teacher_samples=True, student_samples=True, teacher_logits=False)
+    cross_tokenizer: ClassVar = True
 
     def validate(self):
         check("plad", "alpha", self.alpha >= 0, "must be >= 0", self.alpha)
@@ -102,6 +110,11 @@ class DaDPO:
     lm_coef: float = 0.5
     needs: ClassVar = Needs(teacher_samples=True, student_samples=True, reference=True)
 
+    @property
+    def cross_tokenizer(self):
+        """The preference term works across tokenizers; the KL term (alpha) needs one vocabulary."""
+        return self.alpha == 0.0
+
     def validate(self):
         check("dadpo", "beta", self.beta > 0, "must be > 0", self.beta)
         check("dadpo", "alpha", self.alpha >= 0, "must be >= 0", self.alpha)
@@ -111,7 +124,10 @@ class DaDPO:
         (sc, _), (sr, _) = ctx.logps(Model.STUDENT, Response.TEACHER), ctx.logps(Model.STUDENT, Response.STUDENT)
         (rc, _), (rr, _) = ctx.logps(Model.REFERENCE, Response.TEACHER), ctx.logps(Model.REFERENCE, Response.STUDENT)
         _, mask = ctx.response(Response.TEACHER)
-        kl = losses.forward_kl(ctx.logits(Model.STUDENT, Response.TEACHER), ctx.logits(Model.TEACHER, Response.TEACHER),
-                               mask, temperature=self.temperature)
+        if self.alpha:
+            kl = losses.forward_kl(ctx.logits(Model.STUDENT, Response.TEACHER),
+                                   ctx.logits(Model.TEACHER, Response.TEACHER), mask, temperature=self.temperature)
+        else:  # the preference term alone: no teacher logits (and it works across tokenizers)
+            kl = jnp.zeros_like(sc)
         value = losses.dadpo_loss(sc, sr, rc, rr, kl, beta=self.beta, alpha=self.alpha)
         return mixed(ctx, "dadpo", value, kd_ratio=self.kd_ratio, lm_coef=self.lm_coef), {"dadpo/distribution_kl": kl}

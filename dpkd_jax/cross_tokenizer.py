@@ -1,0 +1,138 @@
+"""Distillation across tokenizers, for the sequence-level objectives (``CROSS_METHODS``).
+
+Those need only each model's log-probability of whole texts, so responses cross between the
+models as text: y_t is decoded with the teacher's tokenizer and encoded with the student's,
+y_s the other way round, and each model sees the prompt in its own template. Per step:
+
+1. a compiled sampling call draws y_t (teacher, teacher prompts) and y_s (student);
+2. on the host, :class:`Retokenizer` turns each into the other model's tokens;
+3. the generic compiled step scores and updates, the teacher reading its own tokens
+   (``Context.views``).
+
+The host round trip costs one device->host->device copy of the samples per step
+(measured in ``bench/train_step.py --cross-tokenizer``).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import jax
+import numpy as np
+
+from . import data as data_lib
+from . import sampling, sharding
+from .errors import InputError
+
+# Model-side batch keys of the teacher's own tokenization (read by train.make_step).
+TEACHER_VIEW = ("x_teacher_prompt_ids", "x_teacher_prompt_mask", "x_teacher_yt_ids", "x_teacher_yt_mask",
+                "x_teacher_ys_ids", "x_teacher_ys_mask")
+
+
+def check_method(objective, method: str):
+    """Token-level objectives compare next-token distributions over one vocabulary: stop."""
+    from .objectives import CROSS_METHODS
+    if not getattr(objective, "cross_tokenizer", False):
+        raise InputError(f"config.method: {method!r} compares token distributions and needs one vocabulary, but the "
+                         f"teacher and student tokenizers differ; the sequence-level methods work across tokenizers: "
+                         f"{', '.join(CROSS_METHODS)}")
+
+
+class Retokenizer:
+    """Token rows of one tokenizer -> the same texts in another's tokens, right-padded to
+    ``length``. A row that ended with the source's EOS ends with the target's EOS; a row
+    longer than ``length`` in the target's tokens is cut there and counted."""
+
+    def __init__(self, src, dst, length: int, *, src_eos: int, dst_eos: int, dst_pad: int):
+        self.src, self.dst, self.length = src, dst, length
+        self.src_eos, self.dst_eos, self.dst_pad = src_eos, dst_eos, dst_pad
+        self.truncated = 0
+
+    def texts(self, ids, mask):
+        """(text, ended with EOS) per row."""
+        out = []
+        for row, m in zip(np.asarray(ids), np.asarray(mask)):
+            toks = [int(t) for t, k in zip(row, m) if k]
+            ended = bool(toks) and toks[-1] == self.src_eos
+            out.append((self.src.decode(toks[:-1] if ended else toks, skip_special_tokens=False,
+                                        clean_up_tokenization_spaces=False), ended))
+        return out
+
+    def __call__(self, ids, mask):
+        rows = self.texts(ids, mask)
+        enc = self.dst([t for t, _ in rows], add_special_tokens=False)["input_ids"] if rows else []
+        out_ids = np.full((len(rows), self.length), self.dst_pad, np.int32)
+        out_mask = np.zeros((len(rows), self.length), np.int32)
+        for i, ((_, ended), toks) in enumerate(zip(rows, enc)):
+            toks = list(toks) + ([self.dst_eos] if ended else [])
+            if len(toks) > self.length:
+                self.truncated += 1
+                toks = toks[: self.length]
+            out_ids[i, :len(toks)], out_mask[i, :len(toks)] = toks, 1
+        return out_ids, out_mask
+
+
+def teacher_prompts(data: data_lib.Tokenized, tokenizer, *, template, max_prompt_length, pad_token_id):
+    """(kept indices, {teacher prompt ids, mask}) for ``data``: each prompt rendered in the
+    teacher's own template and tokens. Examples whose teacher prompt is too long are dropped
+    (logged with their count), so both sides always see the same examples."""
+    if not data.sources:
+        raise InputError("cross-tokenizer training needs the training records (data.Tokenized.sources)")
+    P = max_prompt_length
+    ids = np.full((len(data), P), pad_token_id, np.int32)
+    mask = np.zeros((len(data), P), np.int32)
+    keep = []
+    for i, rec in enumerate(data.sources):
+        toks = tokenizer(data_lib.render_prompt(rec, tokenizer, template), add_special_tokens=False)["input_ids"]
+        if len(toks) <= P:
+            keep.append(i)
+            ids[i, P - len(toks):], mask[i, P - len(toks):] = toks, 1
+    if len(keep) < len(data):
+        logging.warning("cross-tokenizer: %d of %d prompts are longer than data.max_prompt_length=%d in the teacher's "
+                        "tokens and are not used", len(data) - len(keep), len(data), P)
+    if not keep:
+        raise InputError(f"data.max_prompt_length={P}: no prompt fits in the teacher's tokens")
+    keep = np.asarray(keep)
+    return keep, {"x_teacher_prompt_ids": ids[keep], "x_teacher_prompt_mask": mask[keep]}
+
+
+def wrap_step(step, cfg, needs, student, teacher, teacher_params, student_tok, teacher_tok, batch_sharding=None):
+    """The cross-tokenizer step around the generic compiled ``step``: sample what ``needs``
+    asks for, cross the samples as text on the host, then score and update. Metrics gain
+    ``xtok/truncated`` (rows cut at the length limit so far)."""
+    g = cfg.gen
+    gen_kw = dict(max_new_tokens=g.max_new_tokens, temperature=g.temperature, top_k=g.top_k, top_p=g.top_p)
+    length = 2 * g.max_new_tokens  # room for the finer of the two tokenizers
+    t_pad = teacher_tok.pad_token_id if teacher_tok.pad_token_id is not None else teacher_tok.eos_token_id
+    to_student = Retokenizer(teacher_tok, student_tok, length, src_eos=teacher_tok.eos_token_id,
+                             dst_eos=g.eos_token_id, dst_pad=g.pad_token_id)
+    to_teacher = Retokenizer(student_tok, teacher_tok, length, src_eos=g.eos_token_id,
+                             dst_eos=teacher_tok.eos_token_id, dst_pad=t_pad)
+    draw_t = jax.jit(lambda tp, p, m, rng: sampling.sample(
+        teacher, tp, p, m, rng, **gen_kw, eos_token_id=teacher_tok.eos_token_id, pad_token_id=t_pad))
+    draw_s = jax.jit(lambda params, p, m, rng: sampling.sample(
+        student, jax.lax.stop_gradient(params), p, m, rng, **gen_kw, eos_token_id=g.eos_token_id,
+        pad_token_id=g.pad_token_id))
+
+    def cross_step(state, batch, rng):
+        rt, rs = jax.random.split(jax.random.fold_in(rng, 7))
+        host = {}
+        if needs.teacher_samples:
+            if "x_teacher_yt_ids" in batch:  # offline: y_t drawn once per prompt, in the teacher's tokens
+                yt, ytm = batch["x_teacher_yt_ids"], batch["x_teacher_yt_mask"]
+            else:
+                yt, ytm = draw_t(teacher_params, batch["x_teacher_prompt_ids"], batch["x_teacher_prompt_mask"], rt)
+            yt, ytm = sharding.to_host(yt), sharding.to_host(ytm)
+            host["x_teacher_yt_ids"], host["x_teacher_yt_mask"] = yt, ytm
+            host["teacher_ids"], host["teacher_mask"] = to_student(yt, ytm)
+        if needs.student_samples:
+            ys, ysm = (sharding.to_host(a) for a in draw_s(state["params"], batch["prompt_ids"], batch["prompt_mask"],
+                                                            rs))
+            host["student_ids"], host["student_mask"] = ys, ysm
+            host["x_teacher_ys_ids"], host["x_teacher_ys_mask"] = to_teacher(ys, ysm)
+        placed = sharding.put(host, batch_sharding) if batch_sharding is not None else host
+        state, metrics = step(state, dict(batch, **placed), rng)
+        metrics["xtok/truncated"] = float(to_student.truncated + to_teacher.truncated)
+        return state, metrics
+    cross_step.retokenizers = (to_student, to_teacher)
+    return cross_step

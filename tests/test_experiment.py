@@ -10,9 +10,7 @@ import pytest
 
 from conftest import write_jsonl
 from dpkd_jax.data.make_instruct_prompts import KINDS, generate
-from dpkd_jax.errors import InputError
 from dpkd_jax.experiment import runner
-from dpkd_jax.tools.prune import parse_layers
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -32,14 +30,6 @@ def test_prompt_set_covers_every_kind_and_eval_is_held_out():
     assert generate(400, 40, seed=3) == (train, evaluation)  # deterministic from the seed
     shipped = [json.loads(line) for line in open(os.path.join(ROOT, "dpkd_jax", "data", "prompts", "train.jsonl"))]
     assert len(shipped) >= 2000
-
-
-def test_parse_layers():
-    assert parse_layers("0-2,5", 8) == (0, 1, 2, 5)
-    with pytest.raises(InputError, match="outside 0-7"):
-        parse_layers("6-9", 8)
-    with pytest.raises(InputError, match="--keep-layers"):
-        parse_layers("a-b", 8)
 
 
 def test_unknown_scale_is_named():

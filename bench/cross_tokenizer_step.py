@@ -45,8 +45,7 @@ def main():
     c.train.batch_size, c.train.log_every, c.train.steps = args.batch, 10**9, 10**9
     data, _ = data_lib.load_instructions(demo_file("eval.jsonl"), s_tok, max_prompt_length=96, max_length=96 + args.new,
                                          pad_token_id=s_tok.eos_token_id)
-    keep, views = cross_tokenizer.teacher_prompts(data, t_tok, template="dolly", max_prompt_length=96,
-                                                  pad_token_id=t_tok.eos_token_id)
+    keep, views = cross_tokenizer.teacher_prompts(data, t_tok, template="dolly", max_prompt_length=96)
     data = data.take(keep)
     mk = lambda V, seed: (lambda m: (m, models.init_params(m, jax.random.PRNGKey(seed))))(gpt2.tiny_config(
         vocab_size=V, d_model=args.width, n_layers=args.layers, n_heads=args.heads, d_ff=4 * args.width,

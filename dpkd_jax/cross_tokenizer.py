@@ -23,6 +23,7 @@ import numpy as np
 from . import data as data_lib
 from . import sampling, sharding
 from .errors import InputError
+from .models.tokenizers import pad_id
 
 # Model-side batch keys of the teacher's own tokenization (read by train.make_step).
 TEACHER_VIEW = ("x_teacher_prompt_ids", "x_teacher_prompt_mask", "x_teacher_yt_ids", "x_teacher_yt_mask",
@@ -52,7 +53,7 @@ class Retokenizer:
         """(text, ended with EOS) per row."""
         out = []
         for row, m in zip(np.asarray(ids), np.asarray(mask)):
-            toks = [int(t) for t, k in zip(row, m) if k]
+            toks = row[m.astype(bool)].tolist()
             ended = bool(toks) and toks[-1] == self.src_eos
             out.append((self.src.decode(toks[:-1] if ended else toks, skip_special_tokens=False,
                                         clean_up_tokenization_spaces=False), ended))
@@ -72,14 +73,14 @@ class Retokenizer:
         return out_ids, out_mask
 
 
-def teacher_prompts(data: data_lib.Tokenized, tokenizer, *, template, max_prompt_length, pad_token_id):
+def teacher_prompts(data: data_lib.Tokenized, tokenizer, *, template, max_prompt_length):
     """(kept indices, {teacher prompt ids, mask}) for ``data``: each prompt rendered in the
     teacher's own template and tokens. Examples whose teacher prompt is too long are dropped
     (logged with their count), so both sides always see the same examples."""
     if not data.sources:
         raise InputError("cross-tokenizer training needs the training records (data.Tokenized.sources)")
     P = max_prompt_length
-    ids = np.full((len(data), P), pad_token_id, np.int32)
+    ids = np.full((len(data), P), pad_id(tokenizer), np.int32)
     mask = np.zeros((len(data), P), np.int32)
     keep = []
     for i, rec in enumerate(data.sources):
@@ -103,7 +104,7 @@ def wrap_step(step, cfg, needs, student, teacher, teacher_params, student_tok, t
     g = cfg.gen
     gen_kw = dict(max_new_tokens=g.max_new_tokens, temperature=g.temperature, top_k=g.top_k, top_p=g.top_p)
     length = 2 * g.max_new_tokens  # room for the finer of the two tokenizers
-    t_pad = teacher_tok.pad_token_id if teacher_tok.pad_token_id is not None else teacher_tok.eos_token_id
+    t_pad = pad_id(teacher_tok)
     to_student = Retokenizer(teacher_tok, student_tok, length, src_eos=teacher_tok.eos_token_id,
                              dst_eos=g.eos_token_id, dst_pad=g.pad_token_id)
     to_teacher = Retokenizer(student_tok, teacher_tok, length, src_eos=g.eos_token_id,

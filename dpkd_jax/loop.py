@@ -106,10 +106,8 @@ def train_loop(cfg, student, params, teacher, teacher_params, train_data, lm_row
         if cfg.gen.teacher_mode == "offline":
             raise InputError("config.gen.teacher_mode: 'offline' teacher samples are not kept across tokenizers; "
                              "use gen.teacher_mode=online")
-        t_pad = teacher_tokenizer.pad_token_id
-        keep, views = cross_tokenizer.teacher_prompts(
-            train_data, teacher_tokenizer, template=cfg.data.template, max_prompt_length=cfg.data.max_prompt_length,
-            pad_token_id=teacher_tokenizer.eos_token_id if t_pad is None else t_pad)
+        keep, views = cross_tokenizer.teacher_prompts(train_data, teacher_tokenizer, template=cfg.data.template,
+                                                      max_prompt_length=cfg.data.max_prompt_length)
         train_data = train_data.take(keep)
         extra.update(views)
     if objective.needs.teacher_samples and cfg.gen.teacher_mode == "offline":
@@ -164,8 +162,12 @@ def train_loop(cfg, student, params, teacher, teacher_params, train_data, lm_row
 
     pbar = tqdm(initial=start, total=t.steps, desc=desc or cfg.method, leave=False,
                 disable=jax.process_index() != 0)
-    trainer.every(1, nan_guard(t.max_bad_steps, lambda step: (save(step), ckpt.wait(), ckpt.latest.directory)[-1],
-                               lambda: trainer.step))
+    def save_now(step):
+        save(step)
+        ckpt.wait()
+        return ckpt.latest.directory
+
+    trainer.every(1, nan_guard(t.max_bad_steps, save_now, lambda: trainer.step))
     trainer.every(t.log_every, log_metrics(history, throughput, t.log_every, HackingWatch(t.hacking_warn_ratio, history),
                                            writer, pbar))
     trainer.every(1, lambda step, _: pbar.update(1), state=True, at_end=False)

@@ -24,8 +24,7 @@ def resolve_token_ids(cfg, tokenizer):
         if cfg.gen.eos_token_id < 0:
             cfg.gen.eos_token_id = int(tokenizer.eos_token_id)
         if cfg.gen.pad_token_id < 0:
-            pad = tokenizer.pad_token_id
-            cfg.gen.pad_token_id = int(pad if pad is not None else tokenizer.eos_token_id)
+            cfg.gen.pad_token_id = models.pad_id(tokenizer)
 
 
 def data_options(cfg) -> dict:

@@ -54,11 +54,24 @@ def cached(path, key, what, compute) -> dict:
     return out
 
 
-def _batches(n, bs):
-    """Static-shape index batches over n examples (the last one padded with row 0)."""
+def static_batches(n, bs):
+    """Static-shape index batches over n examples (the last one padded with row 0):
+    ``(start, the rows, the padded indices)``."""
     for i in range(0, n, bs):
         sl = np.arange(i, min(i + bs, n))
         yield i, sl, np.concatenate([sl, np.zeros(bs - len(sl), int)])
+
+
+def generate_all(model, params, data, batch_size, *, seed, desc, mesh=None, **gen_kw):
+    """Responses to every prompt of ``data`` (a ``data.Tokenized``) in static-shape batches, the
+    batch starting at row i drawn with ``PRNGKey(seed + i)``: ``(ids, mask)`` ``[n, N]`` on the host."""
+    ids, mask = [], []
+    for i, sl, idx in tqdm(list(static_batches(len(data), batch_size)), desc=desc, leave=False):
+        p_ids, p_mask = put_batch((data.prompt_ids[idx], data.prompt_mask[idx]), mesh)
+        t, m = sampling.generate_stepwise(model, params, p_ids, p_mask, jax.random.PRNGKey(seed + i), **gen_kw)
+        ids.append(to_host(t)[: len(sl)])
+        mask.append(to_host(m)[: len(sl)])
+    return np.concatenate(ids), np.concatenate(mask)
 
 
 def teacher_samples(cfg, teacher, teacher_params, data, path=None, mesh=None) -> dict:
@@ -70,14 +83,9 @@ def teacher_samples(cfg, teacher, teacher_params, data, path=None, mesh=None) ->
               eos_token_id=g.eos_token_id, pad_token_id=g.pad_token_id)
 
     def compute():
-        ids, mask = [], []
-        for i, sl, idx in tqdm(list(_batches(len(data), bs)), desc="teacher samples (offline)", leave=False):
-            p_ids, p_mask = put_batch((data.prompt_ids[idx], data.prompt_mask[idx]), mesh)
-            t, m = sampling.generate_stepwise(teacher, teacher_params, p_ids, p_mask,
-                                              jax.random.PRNGKey(cfg.seed + i), **kw)
-            ids.append(to_host(t)[: len(sl)])
-            mask.append(to_host(m)[: len(sl)])
-        return {"teacher_ids": np.concatenate(ids), "teacher_mask": np.concatenate(mask)}
+        ids, mask = generate_all(teacher, teacher_params, data, bs, seed=cfg.seed, desc="teacher samples (offline)",
+                                 mesh=mesh, **kw)
+        return {"teacher_ids": ids, "teacher_mask": mask}
     return cached(path, key, "teacher samples", compute)
 
 
@@ -99,7 +107,7 @@ def teacher_topk(cfg, teacher, teacher_params, data, k, path=None, mesh=None) ->
 
     def compute():
         ids, lps = [], []
-        for _, sl, idx in tqdm(list(_batches(len(data), bs)), desc=f"teacher top-{k} (offline)", leave=False):
+        for _, sl, idx in tqdm(list(static_batches(len(data), bs)), desc=f"teacher top-{k} (offline)", leave=False):
             arrays = put_batch((data.prompt_ids[idx], data.prompt_mask[idx], data.response_ids[idx],
                                 data.response_mask[idx]), mesh)
             i, lp = _topk_of_batch(teacher, teacher_params, *arrays, k)

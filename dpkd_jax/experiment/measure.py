@@ -15,6 +15,7 @@ from .. import losses, sampling
 from ..evaluate import decode_responses, rouge_l
 from ..objectives import distinct_2
 from ..sharding import put_batch, to_host
+from ..teacher_cache import static_batches
 
 METRICS = ("rougeL", "teacher_logp", "forward_kl", "reverse_kl", "distinct2", "length")
 
@@ -42,10 +43,7 @@ class Measure:
                         pad_token_id=pad_token_id)
         self.eos, self.full = eos_token_id, full
         self.batches = []
-        n = len(data)
-        for i in range(0, n, batch_size):
-            sl = np.arange(i, min(i + batch_size, n))
-            idx = np.concatenate([sl, np.full(batch_size - len(sl), sl[0])])  # static shape
+        for _, sl, idx in static_batches(len(data), batch_size):
             arrays = put_batch((data.prompt_ids[idx], data.prompt_mask[idx], data.response_ids[idx],
                                 data.response_mask[idx]), mesh)
             t_on_t = (sampling.response_logits(teacher, teacher_params, arrays[0], arrays[1], arrays[2], arrays[3])

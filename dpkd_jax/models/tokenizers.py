@@ -31,6 +31,12 @@ def load_tokenizer(path):
             from None
 
 
+def pad_id(tokenizer) -> int:
+    """The tokenizer's pad id, or its EOS where it has none (GPT-2's)."""
+    pad = tokenizer.pad_token_id
+    return int(tokenizer.eos_token_id if pad is None else pad)
+
+
 def real_vocab_size(tokenizer) -> int:
     """Token ids the tokenizer can produce: embedding matrices are often padded past it."""
     return len(tokenizer)

@@ -10,6 +10,7 @@ import argparse
 import os
 import sys
 from ..errors import InputError
+from . import run_tool
 
 
 def convert(gguf_path: str, out_dir: str, dtype: str = "float32") -> str:
@@ -31,12 +32,7 @@ def main(argv=None):
     ap.add_argument("out_dir")
     ap.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
     args = ap.parse_args(argv)
-    try:
-        print(convert(args.gguf, args.out_dir, args.dtype))
-    except (ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return run_tool(convert, args.gguf, args.out_dir, args.dtype)
 
 
 if __name__ == "__main__":

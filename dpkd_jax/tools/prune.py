@@ -16,6 +16,7 @@ import sys
 import jax.numpy as jnp
 
 from ..errors import InputError
+from . import run_tool
 
 
 def parse_layers(spec: str, n_layers: int, where: str = "--keep-layers") -> tuple[int, ...]:
@@ -64,12 +65,7 @@ def main(argv=None):
     ap.add_argument("out_dir")
     ap.add_argument("--keep-layers", required=True, help="layers to keep, e.g. 0-11,26-29")
     args = ap.parse_args(argv)
-    try:
-        print(prune_checkpoint(args.src, args.out_dir, args.keep_layers))
-    except (ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return run_tool(prune_checkpoint, args.src, args.out_dir, args.keep_layers)
 
 
 if __name__ == "__main__":

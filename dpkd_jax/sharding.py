@@ -108,9 +108,10 @@ def spec_for(logical_axes, shape, mesh: Mesh, rules=None, name="", soft=False) -
 
 
 def param_shardings(table: dict, mesh: Mesh, rules=None) -> dict[str, NamedSharding]:
-    """Parameter name -> NamedSharding, from a table ``name -> (shape, logical axes)``."""
-    return {name: NamedSharding(mesh, spec_for(axes, shape, mesh, rules, name))
-            for name, (shape, axes) in table.items()}
+    """Parameter name -> NamedSharding, from ``name -> (shape, logical axes, ...)``: the
+    models' ``param_info``, read from each NNX variable's metadata."""
+    return {name: NamedSharding(mesh, spec_for(entry[1], entry[0], mesh, rules, name))
+            for name, entry in table.items()}
 
 
 def like_params(tree, params: dict, params_sharding: dict, mesh: Mesh):

@@ -1,10 +1,14 @@
-"""Shared building blocks: norms, positions (learned or RoPE), attention with KV heads,
-MLPs. Each component owns its parameter table (name -> shape, logical axes), its
-forward and its FLOPs, so a family is a choice of components, not a set of switches
-inside one forward.
+"""Shared building blocks as Flax NNX modules: norms, linear maps (with LoRA and
+weight-only int8), embeddings, attention with KV heads, MLPs, plus the pure helpers
+they use (RoPE, masks, grouped-query attention).
 
-Parameter tables here are per layer; ``transformer.param_table`` stacks them over
-a leading ``layers`` axis. Logical axes are mapped to mesh axes by ``sharding``.
+Every parameter is an ``nnx.Param`` made by :func:`param`, whose metadata carries its
+logical axes (``out_sharding``) and its kind (``weight``, ``embedding``, ``position``,
+``bias``, ``scale``, ``lora``, ``quant_scale``). Those two fields are the one source
+of truth that init (:data:`INIT`), weight decay, export and sharding all read.
+
+A ``stack=L`` argument gives every parameter a leading ``layers`` axis: the decoder
+builds one stacked :class:`~dpkd_jax.models.transformer.Block` and scans over it.
 """
 
 from __future__ import annotations
@@ -14,8 +18,9 @@ import math
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
-from .config import Attention, Config, Mlp, Norm, Rope
+from .config import Attention, Config, LoRA, Mlp, Norm, Rope
 
 ACTIVATIONS = {
     "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
@@ -28,27 +33,115 @@ ACTIVATIONS = {
 }
 NEG = float(np.finfo(np.float32).min)
 
+# Parameter kinds. Init by kind (std for normal draws; a norm scale is 1 - offset), and the
+# kinds that get weight decay. Export and the loaders read the same kinds.
+KINDS = ("weight", "embedding", "position", "bias", "scale", "lora_a", "lora_b", "quant_scale")
+DECAYED = frozenset({"weight", "embedding", "lora_a", "lora_b"})
+VECTOR_KINDS = frozenset({"bias", "scale"})
+
+
+class Stack:
+    """Where a component's parameters come from: rngs, dtype, and the optional leading layer axis."""
+
+    def __init__(self, rngs: nnx.Rngs, dtype, layers: int | None = None, std: float = 0.02):
+        self.rngs, self.dtype, self.layers, self.std = rngs, dtype, layers, std
+
+    def shape(self, shape, axes):
+        if self.layers is None:
+            return tuple(shape), tuple(axes)
+        return (self.layers, *shape), ("layers", *axes)
+
+
+def init_value(kind: str, shape, dtype, key, *, std: float = 0.02, offset: float = 0.0):
+    """A parameter's initial value by kind: normal(0, std) for matrices and LoRA A, zeros for
+    biases, LoRA B and int8 values, ``1 - offset`` for norm scales, ones for int8 scales."""
+    if kind == "scale":
+        return jnp.full(shape, 1.0 - offset, dtype)
+    if kind == "quant_scale":
+        return jnp.ones(shape, dtype)
+    if kind in ("bias", "lora_b") or jnp.dtype(dtype) == jnp.int8:
+        return jnp.zeros(shape, dtype)
+    return (std * jax.random.normal(key, shape)).astype(dtype)
+
+
+def param(mk: Stack, kind: str, shape, axes, *, offset: float = 0.0, variable=nnx.Param, dtype=None):
+    """One parameter with its logical axes and kind in its metadata, initialised by kind."""
+    shape, axes = mk.shape(shape, axes)
+    value = init_value(kind, shape, dtype or mk.dtype, mk.rngs.params(), std=mk.std, offset=offset)
+    return variable(value, out_sharding=axes, kind=kind, eager_sharding=False)
+
 
 # ------------------------------------------------------------------- norms
 
-def norm_table(name: str, spec: Norm, dim: int, axis: str | None = "embed") -> dict:
-    t = {f"{name}/scale": ((dim,), (axis,))}
-    if spec.kind == "layernorm" and spec.bias:
-        t[f"{name}/bias"] = ((dim,), (axis,))
-    return t
+class NormLayer(nnx.Module):
+    """LayerNorm (with or without bias) or RMSNorm over the last axis, in float32; the scale
+    is ``w`` or Gemma's ``(1 + w)``."""
+
+    def __init__(self, spec: Norm, dim: int, mk: Stack, axis: str | None = "embed"):
+        self.spec = spec
+        self.scale = param(mk, "scale", (dim,), (axis,), offset=spec.offset)
+        self.bias = param(mk, "bias", (dim,), (axis,)) if spec.kind == "layernorm" and spec.bias else None
+
+    def __call__(self, x):
+        s = self.spec
+        x32 = x.astype(jnp.float32)
+        if s.kind == "layernorm":
+            x32 = x32 - x32.mean(-1, keepdims=True)
+        y = x32 * jax.lax.rsqrt(jnp.square(x32).mean(-1, keepdims=True) + s.eps)
+        y = y * (self.scale[...].astype(jnp.float32) + s.offset)
+        if self.bias is not None:
+            y = y + self.bias[...].astype(jnp.float32)
+        return y.astype(x.dtype)
 
 
-def norm(spec: Norm, p: dict, name: str, x):
-    """LayerNorm (with or without bias) or RMSNorm over the last axis, in float32;
-    the scale is ``w`` or Gemma's ``(1 + w)``."""
-    x32 = x.astype(jnp.float32)
-    if spec.kind == "layernorm":
-        x32 = x32 - x32.mean(-1, keepdims=True)
-    y = x32 * jax.lax.rsqrt(jnp.square(x32).mean(-1, keepdims=True) + spec.eps)
-    y = y * (p[f"{name}/scale"].astype(jnp.float32) + spec.offset)
-    if f"{name}/bias" in p:
-        y = y + p[f"{name}/bias"].astype(jnp.float32)
-    return y.astype(x.dtype)
+# ----------------------------------------------------------------- linear
+
+class Linear(nnx.Module):
+    """``y = x ⋅ w (+ b)``, contracting the last ``len(in_shape)`` axes of ``x`` with the first
+    of ``w [*in, *out]``.
+
+    ``lora`` (rank > 0): ``+ (alpha / r) · (x ⋅ A) ⋅ B`` with ``A [*in, r]``, ``B [r, *out]`` as
+    ``nnx.LoRAParam`` (B starts at zero, so the adapted model starts equal to the base).
+    ``quantize="int8"``: ``w`` holds int8 values and ``scale`` one float per output channel;
+    ``(x ⋅ q) · scale`` equals ``x ⋅ (q · scale)``, so the weight is dequantized inside the matmul.
+    """
+
+    def __init__(self, in_shape, out_shape, in_axes, out_axes, mk: Stack, *, bias=False, lora: LoRA | None = None,
+                 quantize: str = "none"):
+        self.n_in = len(in_shape)
+        self.quantize = quantize
+        self.w = param(mk, "weight", (*in_shape, *out_shape), (*in_axes, *out_axes),
+                       dtype=jnp.int8 if quantize == "int8" else None)
+        self.scale = param(mk, "quant_scale", out_shape, out_axes, dtype=jnp.float32) if quantize == "int8" else None
+        self.b = param(mk, "bias", out_shape, out_axes) if bias else None
+        self.lora_scale = lora.alpha / lora.rank if lora is not None and lora.rank else 0.0
+        if self.lora_scale:
+            self.lora_a = param(mk, "lora_a", (*in_shape, lora.rank), (*in_axes, None), variable=nnx.LoRAParam)
+            self.lora_b = param(mk, "lora_b", (lora.rank, *out_shape), (None, *out_axes), variable=nnx.LoRAParam)
+        else:
+            self.lora_a = self.lora_b = None
+
+    def __call__(self, x):
+        dt = x.dtype
+        y = jnp.tensordot(x, self.w[...].astype(dt), axes=self.n_in)
+        if self.scale is not None:
+            y = y * self.scale[...].astype(dt)
+        if self.lora_a is not None:
+            low = jnp.tensordot(x, self.lora_a[...].astype(dt), axes=self.n_in)
+            y = y + jnp.tensordot(low, self.lora_b[...].astype(dt), axes=1) * jnp.asarray(self.lora_scale, dt)
+        return y + self.b[...].astype(dt) if self.b is not None else y
+
+
+def quantize_int8(w, n_in: int, stacked: bool = False):
+    """Per-output-channel symmetric int8: ``(q int8, scale float32)`` with ``w ≈ q · scale``,
+    ``|q| <= 127``; the absmax runs over the ``n_in`` input axes (after the leading layer
+    axis when ``stacked``)."""
+    w = np.asarray(w, np.float32)
+    axes = tuple(range(1, 1 + n_in)) if stacked else tuple(range(n_in))
+    amax = np.max(np.abs(w), axis=axes, keepdims=True)
+    scale = np.where(amax > 0, amax / 127.0, 1.0).astype(np.float32)
+    q = np.clip(np.rint(w / scale), -127, 127).astype(np.int8)
+    return q, np.squeeze(scale, axis=axes)
 
 
 # ---------------------------------------------------------------- positions
@@ -85,25 +178,32 @@ def apply_rope(x, cos, sin):
     return (x32 * cos[:, :, None] + rotated * sin[:, :, None]).astype(x.dtype)
 
 
+class Embed(nnx.Module):
+    """Token embeddings (``[V, E]``, also the tied head), learned positions (GPT-2/OPT) and
+    OPT's projections between the embedding width ``E`` and the model width ``D``."""
+
+    def __init__(self, cfg: Config, mk: Stack):
+        D, E = cfg.d_model, cfg.word_dim
+        self.tokens = param(mk, "embedding", (cfg.vocab_size, E), ("vocab", "embed"))
+        self.positions = param(mk, "position", (cfg.max_positions + cfg.position_offset, D), (None, "embed")) \
+            if cfg.attention.rope is None else None
+        self.proj_in = param(mk, "weight", (E, D), (None, "embed")) if cfg.projected else None
+        self.proj_out = param(mk, "weight", (D, E), ("embed", None)) if cfg.projected else None
+        self.offset = cfg.position_offset
+        self.scale = cfg.d_model ** 0.5 if cfg.embed_scale else 0.0
+
+    def __call__(self, tokens, positions, dt):
+        x = self.tokens[...][tokens].astype(dt)
+        if self.proj_in is not None:
+            x = x @ self.proj_in[...].astype(dt)
+        if self.scale:
+            x = x * jnp.asarray(self.scale, dt)
+        if self.positions is not None:
+            x = x + self.positions[...][positions + self.offset].astype(dt)
+        return x
+
+
 # ---------------------------------------------------------------- attention
-
-def attention_table(cfg: Config) -> dict:
-    a, D, H, G, K = cfg.attention, cfg.d_model, cfg.n_heads, cfg.kv_heads, cfg.head_size
-    t = {"q_w": ((D, H, K), ("embed", "heads", "head_dim")),
-         "k_w": ((D, G, K), ("embed", "kv_heads", "head_dim")),
-         "v_w": ((D, G, K), ("embed", "kv_heads", "head_dim")),
-         "o_w": ((H, K, D), ("heads", "head_dim", "embed"))}
-    if a.qkv_bias:
-        t.update({"q_b": ((H, K), ("heads", "head_dim")), "k_b": ((G, K), ("kv_heads", "head_dim")),
-                  "v_b": ((G, K), ("kv_heads", "head_dim"))})
-    if a.out_bias:
-        t["o_b"] = ((D,), ("embed",))
-    if a.qk_norm:
-        qk = Norm("rmsnorm", eps=cfg.norm.eps, offset=cfg.norm.offset)
-        t.update(norm_table("q_norm", qk, K, "head_dim"))
-        t.update(norm_table("k_norm", qk, K, "head_dim"))
-    return t
-
 
 def attention_mask(q_slots, k_len, key_mask, window):
     """Allowed (query, key) pairs ``[B, 1, 1, T, S]``: causal over cache slots, valid keys,
@@ -114,31 +214,17 @@ def attention_mask(q_slots, k_len, key_mask, window):
     return ok[None, None, None] & key_mask[:, None, None, None, :].astype(bool)
 
 
-def project_qkv(cfg: Config, p, h, rope_cs):
-    """q ``[B, T, H, K]``, k and v ``[B, T, G, K]`` (G = KV heads), normed and rotated."""
-    dt = h.dtype
-    proj = lambda w, b: jnp.einsum("btd,dhk->bthk", h, p[w].astype(dt)) + (p[b].astype(dt) if b in p else 0)
-    q, k, v = proj("q_w", "q_b"), proj("k_w", "k_b"), proj("v_w", "v_b")
-    if cfg.attention.qk_norm:
-        qk = Norm("rmsnorm", eps=cfg.norm.eps, offset=cfg.norm.offset)
-        q, k = norm(qk, p, "q_norm", q), norm(qk, p, "k_norm", k)
-    if rope_cs is not None:
-        q, k = apply_rope(q, *rope_cs), apply_rope(k, *rope_cs)
-    return q, k, v
-
-
-def attend(cfg: Config, q, k, v, allowed):
+def attend(spec: Attention, q, k, v, allowed):
     """Grouped-query attention: q ``[B, T, H, K]`` over k, v ``[B, G, S, K]`` (heads before
     slots: the KV cache's layout, read without a transpose) -> ``[B, T, H, K]``.
     Scores and softmax in float32; optional tanh soft-capping before the mask."""
-    a = cfg.attention
     B, T, H, K = q.shape
     G = k.shape[1]
     qg = q.reshape(B, T, G, H // G, K)
     scores = jnp.einsum("btgrk,bgsk->bgrts", qg, k).astype(jnp.float32)
-    scores = scores * (a.query_scale or K ** -0.5)
-    if a.softcap:
-        scores = jnp.tanh(scores / a.softcap) * a.softcap
+    scores = scores * (spec.query_scale or K ** -0.5)
+    if spec.softcap:
+        scores = jnp.tanh(scores / spec.softcap) * spec.softcap
     scores = jnp.where(allowed, scores, NEG)
     probs = jax.nn.softmax(scores, axis=-1).astype(q.dtype)
     return jnp.einsum("bgrts,bgsk->btgrk", probs, v).reshape(B, T, H, K)
@@ -169,10 +255,37 @@ def attend_decode_pallas(cfg: Config, q, k, v, key_mask, kv_len, interpret=None)
     return out[:, None].astype(q.dtype)
 
 
-def attention_out(p, attn):
-    dt = attn.dtype
-    out = jnp.einsum("bthk,hkd->btd", attn, p["o_w"].astype(dt))
-    return out + p["o_b"].astype(dt) if "o_b" in p else out
+def _targets(cfg: Config, name: str) -> LoRA | None:
+    return cfg.lora if cfg.lora.rank and name in cfg.lora.targets else None
+
+
+class AttentionLayer(nnx.Module):
+    """q, k, v and o projections (KV heads, optional biases), optional q/k RMSNorm over
+    ``head_dim``; :meth:`qkv` projects, normalises and rotates, :meth:`out` mixes heads back."""
+
+    def __init__(self, cfg: Config, mk: Stack):
+        a, D, H, G, K = cfg.attention, cfg.d_model, cfg.n_heads, cfg.kv_heads, cfg.head_size
+        lin = lambda name, i, o, ia, oa, bias: Linear(i, o, ia, oa, mk, bias=bias, lora=_targets(cfg, name),
+                                                      quantize=cfg.quantize)
+        self.q = lin("q", (D,), (H, K), ("embed",), ("heads", "head_dim"), a.qkv_bias)
+        self.k = lin("k", (D,), (G, K), ("embed",), ("kv_heads", "head_dim"), a.qkv_bias)
+        self.v = lin("v", (D,), (G, K), ("embed",), ("kv_heads", "head_dim"), a.qkv_bias)
+        self.o = lin("o", (H, K), (D,), ("heads", "head_dim"), ("embed",), a.out_bias)
+        qk = Norm("rmsnorm", eps=cfg.norm.eps, offset=cfg.norm.offset)
+        self.q_norm = NormLayer(qk, K, mk, "head_dim") if a.qk_norm else None
+        self.k_norm = NormLayer(qk, K, mk, "head_dim") if a.qk_norm else None
+
+    def qkv(self, h, rope_cs):
+        """q ``[B, T, H, K]``, k and v ``[B, T, G, K]`` (G = KV heads), normed and rotated."""
+        q, k, v = self.q(h), self.k(h), self.v(h)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        if rope_cs is not None:
+            q, k = apply_rope(q, *rope_cs), apply_rope(k, *rope_cs)
+        return q, k, v
+
+    def out(self, attn):
+        return self.o(attn)
 
 
 def attention_flops(cfg: Config, seq_len: int) -> float:
@@ -183,32 +296,29 @@ def attention_flops(cfg: Config, seq_len: int) -> float:
 
 # ---------------------------------------------------------------------- MLP
 
-def mlp_table(cfg: Config) -> dict:
-    m, D, F = cfg.mlp, cfg.d_model, cfg.d_ff
-    t = {"up_w": ((D, F), ("embed", "mlp")), "down_w": ((F, D), ("mlp", "embed"))}
-    if m.gated:
-        t["gate_w"] = ((D, F), ("embed", "mlp"))
-    if m.bias:
-        t.update({"up_b": ((F,), ("mlp",)), "down_b": ((D,), ("embed",))})
-        if m.gated:
-            t["gate_b"] = ((F,), ("mlp",))
-    return t
-
-
-def mlp(spec: Mlp, p, h):
+class MlpLayer(nnx.Module):
     """Plain ``down(act(up(h)))`` or gated ``down(act(gate(h)) * up(h))``."""
-    dt = h.dtype
-    act = ACTIVATIONS[spec.activation]
-    lin = lambda w, b, x: jnp.einsum("...d,df->...f", x, p[w].astype(dt)) + (p[b].astype(dt) if b in p else 0)
-    u = lin("up_w", "up_b", h)
-    u = act(lin("gate_w", "gate_b", h)) * u if spec.gated else act(u)
-    return lin("down_w", "down_b", u)
+
+    def __init__(self, cfg: Config, mk: Stack):
+        m, D, F = cfg.mlp, cfg.d_model, cfg.d_ff
+        lin = lambda name, i, o, ia, oa: Linear((i,), (o,), (ia,), (oa,), mk, bias=m.bias, lora=_targets(cfg, name),
+                                                quantize=cfg.quantize)
+        self.activation = m.activation
+        self.up = lin("up", D, F, "embed", "mlp")
+        self.gate = lin("gate", D, F, "embed", "mlp") if m.gated else None
+        self.down = lin("down", F, D, "mlp", "embed")
+
+    def __call__(self, h):
+        act = ACTIVATIONS[self.activation]
+        u = self.up(h)
+        u = act(self.gate(h)) * u if self.gate is not None else act(u)
+        return self.down(u)
 
 
 def mlp_flops(cfg: Config) -> float:
     return 2 * cfg.d_model * cfg.d_ff * (3 if cfg.mlp.gated else 2)
 
 
-__all__ = ["Attention", "Mlp", "Norm", "Rope", "ACTIVATIONS", "norm_table", "norm", "rope_frequencies",
-           "rope_tables", "apply_rope", "attention_table", "attention_mask", "project_qkv", "attend",
-           "attention_out", "attention_flops", "mlp_table", "mlp", "mlp_flops"]
+__all__ = ["ACTIVATIONS", "KINDS", "DECAYED", "VECTOR_KINDS", "Stack", "param", "NormLayer", "Linear", "Embed",
+           "AttentionLayer", "MlpLayer", "rope_frequencies", "rope_tables", "apply_rope", "attention_mask", "attend",
+           "attention_flops", "mlp_flops", "quantize_int8"]

@@ -1,10 +1,10 @@
-"""The architecture description every family translates its HF config into.
+"""The architecture description every family translates its HF config into: plain
+data (a frozen, hashable dataclass) with no forward, no sharding rules and no HF text.
 
-One frozen (hashable) dataclass: it is the static part of every jit. Each
-component has its own small spec, so a family says what it is ("RMSNorm with a
+Each component has its own small spec, so a family says what it is ("RMSNorm with a
 (1 + w) scale, RoPE llama3, gated GELU") rather than flipping switches in the
 forward. Options a family does not support never reach here: the family file
-refuses them by name.
+refuses them by name. The modules (``transformer.CausalLM``) are built from it.
 """
 
 from __future__ import annotations
@@ -13,11 +13,12 @@ import dataclasses
 
 import jax.numpy as jnp
 
-from ..sharding import DEFAULT_RULES
-
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 ROPE_TYPES = ("default", "linear", "llama3")
 REMAT = ("none", "full", "dots")
+QUANTIZE = ("none", "int8")
+ACTIVATION_NAMES = ("gelu_new", "gelu_pytorch_tanh", "gelu_fast", "gelu", "relu", "silu", "swish")
+LORA_TARGETS = ("q", "k", "v", "o", "gate", "up", "down")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,8 +67,22 @@ class Mlp:
 
 
 @dataclasses.dataclass(frozen=True)
+class LoRA:
+    """Low-rank adapters on the named projections: ``w + (alpha / rank) · A B``; rank 0 = off."""
+    rank: int = 0
+    alpha: float = 16.0
+    targets: tuple[str, ...] = ("q", "k", "v", "o", "gate", "up", "down")
+
+    def __post_init__(self):
+        bad = sorted(set(self.targets) - set(LORA_TARGETS))
+        if self.rank < 0 or bad or (self.rank and not self.targets):
+            raise ValueError(f"lora: rank must be >= 0 and targets a non-empty subset of {LORA_TARGETS}; "
+                             f"got rank={self.rank}, unknown targets {bad}")
+
+
+@dataclasses.dataclass(frozen=True)
 class Config:
-    """Architecture plus numerics; also the hashable decode call ``sampling`` uses."""
+    """Architecture plus numerics (dtypes, scan, remat, decode kernel, LoRA, quantization)."""
     model_type: str
     vocab_size: int
     d_model: int
@@ -89,28 +104,29 @@ class Config:
     tied_head: bool = True
     final_softcap: float = 0.0             # Gemma 2: tanh soft-capping of the logits
     output_vocab: int = 0                  # logits over the first n rows only (the tokenizer's real vocab); 0 = all
-    hf_config: str = ""                    # the original config.json (JSON text), kept for export
     # numerics and execution
     param_dtype: str = "float32"
     compute_dtype: str = "float32"
     scan_layers: bool = True
     remat: str = "none"                    # none | full | dots (save matmul outputs): training memory vs compute
     decode_kernel: str = "xla"             # xla | pallas (GPU decode-attention kernel; XLA where it cannot apply)
-    rules: tuple = DEFAULT_RULES           # logical axis -> mesh axes, for activation constraints
+    lora: LoRA = LoRA()                    # adapters on a student's projections (rank 0: off)
+    quantize: str = "none"                 # none | int8: weight-only int8 projections (frozen teachers)
 
     def __post_init__(self):
-        from .components import ACTIVATIONS
         if self.n_heads % self.kv_heads:
             raise ValueError(f"num_attention_heads={self.n_heads} is not a multiple of num_key_value_heads="
                              f"{self.kv_heads}")
         if not self.head_dim and self.d_model % self.n_heads:
             raise ValueError(f"hidden size {self.d_model} is not divisible by {self.n_heads} heads; set head_dim")
-        if self.mlp.activation not in ACTIVATIONS:
-            raise ValueError(f"activation {self.mlp.activation!r} is not supported; known: {sorted(ACTIVATIONS)}")
+        if self.mlp.activation not in ACTIVATION_NAMES:
+            raise ValueError(f"activation {self.mlp.activation!r} is not supported; known: {sorted(ACTIVATION_NAMES)}")
         if self.attention.layer_windows and len(self.attention.layer_windows) != self.n_layers:
             raise ValueError(f"layer_windows has {len(self.attention.layer_windows)} entries for {self.n_layers} layers")
         if self.decode_kernel not in ("xla", "pallas"):
             raise ValueError(f"decode_kernel must be xla or pallas, got {self.decode_kernel!r}")
+        if self.quantize not in QUANTIZE:
+            raise ValueError(f"quantize must be one of {QUANTIZE}, got {self.quantize!r}")
         if self.remat not in REMAT:
             raise ValueError(f"remat must be one of {REMAT}, got {self.remat!r}")
         for f in ("param_dtype", "compute_dtype"):
@@ -139,12 +155,3 @@ class Config:
 
     def replace(self, **kw):
         return dataclasses.replace(self, **kw)
-
-    # ---- the decoding protocol `sampling` uses: a hashable pure call ----
-    def __call__(self, params, tokens, positions, attention_mask, cache=None, cache_index=0, logits_range=None):
-        from .transformer import forward
-        return forward(self, params, tokens, positions, attention_mask, cache, cache_index, logits_range)
-
-    def init_cache(self, batch, length):
-        from .transformer import init_cache
-        return init_cache(self, batch, length)

@@ -5,10 +5,8 @@ logits, and alternating sliding-window layers (``layer_types``)."""
 
 from __future__ import annotations
 
-import json
-
 from .config import Attention, Config, Mlp, Norm, Rope
-from .hfconfig import layer_windows, merged, refuse, rms_decoder_fields, rope_from_hf, rope_to_hf
+from .hfconfig import layer_windows, refuse, rms_decoder_fields, rope_from_hf, rope_to_hf
 from .llama import ATTENTION_AND_MLP, EMBED_AND_HEAD
 from .weights import Row
 
@@ -47,13 +45,13 @@ def gemma_like(hf: dict, family: str, *, rope: Rope, local_rope: Rope | None, qk
                             layer_windows=layer_windows(hf, L), rope=rope, local_rope=local_rope),
         mlp=Mlp(hf.get("hidden_activation") or hf.get("hidden_act") or "gelu_pytorch_tanh", gated=True, bias=False),
         sandwich_norm=True, embed_scale=True, tied_head=bool(hf.get("tie_word_embeddings", True)),
-        final_softcap=float(hf.get("final_logit_softcapping") or 0.0), hf_config=json.dumps(hf, sort_keys=True),
+        final_softcap=float(hf.get("final_logit_softcapping") or 0.0),
         **numerics)
 
 
 def gemma_like_to_hf(cfg: Config, architecture: str) -> dict:
     a = cfg.attention
-    return merged(cfg, {
+    return dict({
         **rms_decoder_fields(cfg, architecture), "hidden_activation": cfg.mlp.activation,
         "query_pre_attn_scalar": _number(a.query_scale ** -2.0), "attention_bias": a.qkv_bias,
         "attn_logit_softcapping": a.softcap or None, "final_logit_softcapping": cfg.final_softcap or None})

@@ -5,11 +5,9 @@ the fused ``c_attn`` is split into q, k and v (``part``)."""
 
 from __future__ import annotations
 
-import json
-
 from .config import Attention, Config, Mlp, Norm
-from .hfconfig import merged, refuse
-from .weights import Row
+from .hfconfig import refuse
+from .weights import Row, proj
 
 MODEL_TYPES = ("gpt2",)
 
@@ -19,16 +17,16 @@ WEIGHTS = [
     Row("transformer.wpe.weight", "embed/positions"),
     Row(_H + "ln_1.weight", "blocks/attn_norm/scale"),
     Row(_H + "ln_1.bias", "blocks/attn_norm/bias"),
-    *[Row(_H + "attn.c_attn.weight", f"blocks/{n}_w", part=(j, 3)) for j, n in enumerate("qkv")],
-    *[Row(_H + "attn.c_attn.bias", f"blocks/{n}_b", part=(j, 3)) for j, n in enumerate("qkv")],
-    Row(_H + "attn.c_proj.weight", "blocks/o_w", in_axes=2),      # [D, D] -> [H, K, D]
-    Row(_H + "attn.c_proj.bias", "blocks/o_b"),
+    *[Row(_H + "attn.c_attn.weight", proj(n, "w"), part=(j, 3)) for j, n in enumerate("qkv")],
+    *[Row(_H + "attn.c_attn.bias", proj(n, "b"), part=(j, 3)) for j, n in enumerate("qkv")],
+    Row(_H + "attn.c_proj.weight", "blocks/attn/o/w", in_axes=2),      # [D, D] -> [H, K, D]
+    Row(_H + "attn.c_proj.bias", "blocks/attn/o/b"),
     Row(_H + "ln_2.weight", "blocks/mlp_norm/scale"),
     Row(_H + "ln_2.bias", "blocks/mlp_norm/bias"),
-    Row(_H + "mlp.c_fc.weight", "blocks/up_w"),
-    Row(_H + "mlp.c_fc.bias", "blocks/up_b"),
-    Row(_H + "mlp.c_proj.weight", "blocks/down_w"),
-    Row(_H + "mlp.c_proj.bias", "blocks/down_b"),
+    Row(_H + "mlp.c_fc.weight", "blocks/mlp/up/w"),
+    Row(_H + "mlp.c_fc.bias", "blocks/mlp/up/b"),
+    Row(_H + "mlp.c_proj.weight", "blocks/mlp/down/w"),
+    Row(_H + "mlp.c_proj.bias", "blocks/mlp/down/b"),
     Row("transformer.ln_f.weight", "final_norm/scale"),
     Row("transformer.ln_f.bias", "final_norm/bias"),
 ]
@@ -51,12 +49,11 @@ def config_from_hf(hf: dict, **numerics) -> Config:
                   n_heads=hf["n_head"], d_ff=hf.get("n_inner") or 4 * d, max_positions=hf["n_positions"],
                   norm=Norm("layernorm", eps=hf.get("layer_norm_epsilon", 1e-5)),
                   attention=Attention(qkv_bias=True, out_bias=True),
-                  mlp=Mlp(hf.get("activation_function", "gelu_new")),
-                  hf_config=json.dumps(hf, sort_keys=True), **numerics)
+                  mlp=Mlp(hf.get("activation_function", "gelu_new")), **numerics)
 
 
 def config_to_hf(cfg: Config) -> dict:
-    return merged(cfg, {
+    return dict({
         "model_type": "gpt2", "architectures": ["GPT2LMHeadModel"], "vocab_size": cfg.vocab_size,
         "n_embd": cfg.d_model, "n_layer": cfg.n_layers, "n_head": cfg.n_heads, "n_inner": cfg.d_ff,
         "n_positions": cfg.max_positions, "activation_function": cfg.mlp.activation,

@@ -3,8 +3,6 @@ refusing unsupported options by name, RoPE parameters, per-layer sliding windows
 
 from __future__ import annotations
 
-import json
-
 from .config import ROPE_TYPES, Rope
 from ..errors import InputError
 
@@ -73,13 +71,6 @@ def windows_to_hf(cfg) -> dict:
     if not w:
         return {"sliding_window": None, "layer_types": ["full_attention"] * cfg.n_layers}
     return {"sliding_window": max(w), "layer_types": ["sliding_attention" if x else "full_attention" for x in w]}
-
-
-def merged(cfg, fields: dict) -> dict:
-    """The original config.json (kept in ``cfg.hf_config``) with our fields written over it."""
-    out = json.loads(cfg.hf_config) if cfg.hf_config else {}
-    out.update(fields)
-    return out
 
 
 def rms_decoder_fields(cfg, architecture: str) -> dict:

@@ -4,11 +4,9 @@ linear, llama3), grouped-query attention, SwiGLU, tied or untied head."""
 
 from __future__ import annotations
 
-import json
-
 from .config import Attention, Config, Mlp, Norm
-from .hfconfig import layer_windows, merged, refuse, rms_decoder_fields, rope_from_hf, rope_to_hf
-from .weights import Row
+from .hfconfig import layer_windows, refuse, rms_decoder_fields, rope_from_hf, rope_to_hf
+from .weights import Row, proj
 
 MODEL_TYPES = ("llama",)
 ARCHITECTURE = "LlamaForCausalLM"
@@ -17,12 +15,12 @@ _L = "model.layers.{i}."
 # Attention and gated-MLP rows every Llama-shaped family shares (Mistral, Qwen2/3, Gemma 2/3); rows whose
 # parameter a config does not have (biases, q/k norms) are skipped by the loader.
 ATTENTION_AND_MLP = [
-    *[Row(_L + f"self_attn.{n}_proj.weight", f"blocks/{n}_w", transpose=True) for n in "qkv"],
-    Row(_L + "self_attn.o_proj.weight", "blocks/o_w", transpose=True, in_axes=2),
-    *[Row(_L + f"self_attn.{n}_proj.bias", f"blocks/{n}_b") for n in "qkvo"],
-    *[Row(_L + f"self_attn.{n}_norm.weight", f"blocks/{n}_norm/scale") for n in "qk"],
-    *[Row(_L + f"mlp.{n}_proj.weight", f"blocks/{n}_w", transpose=True) for n in ("gate", "up", "down")],
-    *[Row(_L + f"mlp.{n}_proj.bias", f"blocks/{n}_b") for n in ("gate", "up", "down")],
+    *[Row(_L + f"self_attn.{n}_proj.weight", proj(n, "w"), transpose=True) for n in "qkv"],
+    Row(_L + "self_attn.o_proj.weight", "blocks/attn/o/w", transpose=True, in_axes=2),
+    *[Row(_L + f"self_attn.{n}_proj.bias", proj(n, "b")) for n in "qkvo"],
+    *[Row(_L + f"self_attn.{n}_norm.weight", f"blocks/attn/{n}_norm/scale") for n in "qk"],
+    *[Row(_L + f"mlp.{n}_proj.weight", proj(n, "w"), transpose=True) for n in ("gate", "up", "down")],
+    *[Row(_L + f"mlp.{n}_proj.bias", proj(n, "b")) for n in ("gate", "up", "down")],
 ]
 EMBED_AND_HEAD = [
     Row("model.embed_tokens.weight", "embed/tokens"),
@@ -59,12 +57,11 @@ def llama_like(hf: dict, family: str, *, qkv_bias: bool, out_bias: bool, qk_norm
         attention=Attention(qkv_bias=qkv_bias, out_bias=out_bias, qk_norm=qk_norm, rope=rope_from_hf(hf, family),
                             layer_windows=layer_windows(hf, L, all_sliding)),
         mlp=Mlp(hf.get("hidden_act", "silu"), gated=True, bias=bool(hf.get("mlp_bias", False))),
-        tied_head=bool(hf.get("tie_word_embeddings", False)), final_norm=True,
-        hf_config=json.dumps(hf, sort_keys=True), **numerics)
+        tied_head=bool(hf.get("tie_word_embeddings", False)), final_norm=True, **numerics)
 
 
 def llama_like_to_hf(cfg: Config, architecture: str) -> dict:
-    return merged(cfg, {**rms_decoder_fields(cfg, architecture), "hidden_act": cfg.mlp.activation,
+    return dict({**rms_decoder_fields(cfg, architecture), "hidden_act": cfg.mlp.activation,
                         "rope_parameters": rope_to_hf(cfg.attention.rope)})
 
 

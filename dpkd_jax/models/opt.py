@@ -5,11 +5,9 @@ weights are ``[out, in]``: transposed on the way in."""
 
 from __future__ import annotations
 
-import json
-
 from .config import Attention, Config, Mlp, Norm
-from .hfconfig import merged, refuse
-from .weights import Row
+from .hfconfig import refuse
+from .weights import Row, proj
 
 MODEL_TYPES = ("opt",)
 
@@ -24,16 +22,16 @@ WEIGHTS = [
     Row(_D + "final_layer_norm.bias", "final_norm/bias"),
     Row(_L + "self_attn_layer_norm.weight", "blocks/attn_norm/scale"),
     Row(_L + "self_attn_layer_norm.bias", "blocks/attn_norm/bias"),
-    *[Row(_L + f"self_attn.{n}_proj.weight", f"blocks/{n}_w", transpose=True) for n in "qkv"],
-    *[Row(_L + f"self_attn.{n}_proj.bias", f"blocks/{n}_b") for n in "qkv"],
-    Row(_L + "self_attn.out_proj.weight", "blocks/o_w", transpose=True, in_axes=2),   # [D, D] -> [H, K, D]
-    Row(_L + "self_attn.out_proj.bias", "blocks/o_b"),
+    *[Row(_L + f"self_attn.{n}_proj.weight", proj(n, "w"), transpose=True) for n in "qkv"],
+    *[Row(_L + f"self_attn.{n}_proj.bias", proj(n, "b")) for n in "qkv"],
+    Row(_L + "self_attn.out_proj.weight", "blocks/attn/o/w", transpose=True, in_axes=2),   # [D, D] -> [H, K, D]
+    Row(_L + "self_attn.out_proj.bias", "blocks/attn/o/b"),
     Row(_L + "final_layer_norm.weight", "blocks/mlp_norm/scale"),
     Row(_L + "final_layer_norm.bias", "blocks/mlp_norm/bias"),
-    Row(_L + "fc1.weight", "blocks/up_w", transpose=True),
-    Row(_L + "fc1.bias", "blocks/up_b"),
-    Row(_L + "fc2.weight", "blocks/down_w", transpose=True),
-    Row(_L + "fc2.bias", "blocks/down_b"),
+    Row(_L + "fc1.weight", "blocks/mlp/up/w", transpose=True),
+    Row(_L + "fc1.bias", "blocks/mlp/up/b"),
+    Row(_L + "fc2.weight", "blocks/mlp/down/w", transpose=True),
+    Row(_L + "fc2.bias", "blocks/mlp/down/b"),
 ]
 IGNORED = ("lm_head.weight",)
 
@@ -53,12 +51,11 @@ def config_from_hf(hf: dict, **numerics) -> Config:
                   attention=Attention(qkv_bias=bias, out_bias=bias),
                   mlp=Mlp(hf.get("activation_function", "relu"), bias=bias),
                   pre_norm=pre, final_norm=pre and not hf.get("_remove_final_layer_norm", False),
-                  embed_dim=hf.get("word_embed_proj_dim") or d, position_offset=2,
-                  hf_config=json.dumps(hf, sort_keys=True), **numerics)
+                  embed_dim=hf.get("word_embed_proj_dim") or d, position_offset=2, **numerics)
 
 
 def config_to_hf(cfg: Config) -> dict:
-    return merged(cfg, {
+    return dict({
         "model_type": "opt", "architectures": ["OPTForCausalLM"], "vocab_size": cfg.vocab_size,
         "hidden_size": cfg.d_model, "num_hidden_layers": cfg.n_layers, "num_attention_heads": cfg.n_heads,
         "ffn_dim": cfg.d_ff, "max_position_embeddings": cfg.max_positions,

@@ -1,84 +1,82 @@
-"""The decoder-only transformer every family is: embeddings, a stack of blocks
-(attention + MLP with pre-, post- or sandwich norms), a final norm and a head.
+"""The decoder-only transformer every family is, as a Flax NNX module: embeddings, a
+stack of blocks (attention + MLP with pre-, post- or sandwich norms), a final norm and
+a head.
 
-Models are pure functions of ``(Config, params, arrays)`` behind a small typed
-interface (:class:`CausalLM`): params are a flat dict ``name -> array`` whose
-shapes and logical axes come from :func:`param_table`, the one table that init,
-loading checks and ``sharding.param_shardings`` all read. (No NNX module: nothing
-read its metadata; the table is the metadata.)
+:class:`CausalLM` is an ``nnx.Module``: ``model(input_ids, attention_mask)`` gives logits
+``[B, T, V]``; :meth:`CausalLM.hidden` and :meth:`CausalLM.head` are the two halves (final
+hidden states, then the vocabulary projection), for losses computed from hidden states.
 
-Block parameters are stacked over a leading ``layers`` axis and run under
-``lax.scan`` (``Config.scan_layers``), so compile time does not grow with depth;
-per-layer differences (Gemma's sliding-window layers) ride along as scanned data.
+Block parameters are one stacked :class:`Block` (a leading ``layers`` axis on every
+variable); :meth:`CausalLM.hidden` splits it once and runs ``lax.scan`` over its state,
+merging one layer's view per step, so compile time does not grow with depth. Per-layer
+differences (Gemma's sliding-window layers) ride along as scanned data. The KV cache is
+explicit arrays in and out, so sampling stays a pure function.
 """
 
 from __future__ import annotations
 
-from typing import Any
-
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
-from ..sharding import constrain
+from ..sharding import DEFAULT_RULES, constrain
 from . import components as C
 from .config import DTYPES, Config
 
-# Logical axes of activations (mapped to the mesh by Config.rules inside a mesh context).
+# Logical axes of activations (mapped to the mesh by the model's rules inside a mesh context).
 ACT = ("batch", None, None)                                 # hidden states [B, T, D]
 CACHE = ("layers", "batch", "kv_heads", None, "head_dim")   # KV cache [L, B, G, S, K]
+_REMAT_POLICIES = {"full": None, "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable}
 
 
-def block_table(cfg: Config) -> dict:
-    """One layer's parameters: name -> (shape, logical axes)."""
-    t = {}
-    t.update(C.norm_table("attn_norm", cfg.norm, cfg.d_model))
-    t.update(C.attention_table(cfg))
-    t.update(C.norm_table("mlp_norm", cfg.norm, cfg.d_model))
-    t.update(C.mlp_table(cfg))
-    if cfg.sandwich_norm:
-        t.update(C.norm_table("post_attn_norm", cfg.norm, cfg.d_model))
-        t.update(C.norm_table("post_mlp_norm", cfg.norm, cfg.d_model))
-    return t
+class Block(nnx.Module):
+    """One decoder layer (built stacked: ``mk.layers`` copies on a leading axis)."""
 
+    def __init__(self, cfg: Config, mk: C.Stack):
+        norm = lambda: C.NormLayer(cfg.norm, cfg.d_model, mk)
+        self.pre_norm = cfg.pre_norm
+        self.attn_norm = norm()
+        self.attn = C.AttentionLayer(cfg, mk)
+        self.mlp_norm = norm()
+        self.mlp = C.MlpLayer(cfg, mk)
+        self.post_attn_norm = norm() if cfg.sandwich_norm else None
+        self.post_mlp_norm = norm() if cfg.sandwich_norm else None
 
-def param_table(cfg: Config) -> dict[str, tuple[tuple[int, ...], tuple[str | None, ...]]]:
-    """Every parameter: name -> (shape, logical axes). Block parameters are stacked."""
-    D, E = cfg.d_model, cfg.word_dim
-    t = {"embed/tokens": ((cfg.vocab_size, E), ("vocab", "embed"))}
-    if cfg.attention.rope is None:
-        t["embed/positions"] = ((cfg.max_positions + cfg.position_offset, D), (None, "embed"))
-    if cfg.projected:
-        t["embed/proj_in"] = ((E, D), (None, "embed"))
-        t["embed/proj_out"] = ((D, E), ("embed", None))
-    for name, (shape, axes) in block_table(cfg).items():
-        t[f"blocks/{name}"] = ((cfg.n_layers, *shape), ("layers", *axes))
-    if cfg.final_norm:
-        t.update(C.norm_table("final_norm", cfg.norm, D))
-    if not cfg.tied_head:
-        t["head/w"] = ((E, cfg.vocab_size), ("embed", "vocab"))
-    return t
-
-
-def _is_norm_scale(name):
-    return name.endswith("/scale")
-
-
-def init_params(cfg: Config, rng, std=0.02) -> dict[str, jax.Array]:
-    """Random init like HF's: normal(0, std) weights, zero biases, unit norm scales
-    (zero for Gemma's (1 + w) form)."""
-    out = {}
-    table = param_table(cfg)
-    keys = jax.random.split(rng, len(table))
-    for key, (name, (shape, _)) in zip(keys, sorted(table.items())):
-        if _is_norm_scale(name):
-            v = jnp.full(shape, 1.0 - cfg.norm.offset)
-        elif name.endswith(("_b", "/bias")):
-            v = jnp.zeros(shape)
+    def __call__(self, cfg: Config, x, ropes, window, layer, key_mask, q_slots, cache, cache_index, rules):
+        """``x [B, T, D]``; ``key_mask [B, S]``; ``q_slots [T]``. With ``cache=(k, v)``
+        (``[L, B, G, S, K]``, all layers) this layer's keys and values are written in place at
+        ``[layer, :, :, cache_index]`` and attention reads that layer's first ``S`` slots."""
+        rope_cs = None
+        if ropes is not None:
+            rope_cs = tuple(jnp.where(window > 0, l, g) for g, l in zip(*ropes))
+        h = self.attn_norm(x) if self.pre_norm else x
+        q, k, v = self.attn.qkv(h, rope_cs)
+        k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # [B, G, T, K]: the cache's layout
+        if cache is not None:
+            cache = tuple(_write(c, new, layer, cache_index) for c, new in zip(cache, (k, v)))
+            k, v = (_read(c, layer, key_mask.shape[1]).astype(x.dtype) for c in cache)
+        if cache is not None and C.pallas_decode_ok(cfg, q.shape[1], k.shape[2]):
+            attn = C.attend_decode_pallas(cfg, q, k, v, key_mask, q_slots[0] + 1)
         else:
-            v = std * jax.random.normal(key, shape)
-        out[name] = v.astype(DTYPES[cfg.param_dtype])
-    return out
+            attn = C.attend(cfg.attention, q, k, v, C.attention_mask(q_slots, k.shape[2], key_mask, window))
+        h = self.attn.out(attn)
+        x = x + (self.post_attn_norm(h) if self.post_attn_norm is not None else h)
+        if not self.pre_norm:
+            x = self.attn_norm(x)
+        h = self.mlp(self.mlp_norm(x) if self.pre_norm else x)
+        x = x + (self.post_mlp_norm(h) if self.post_mlp_norm is not None else h)
+        if not self.pre_norm:
+            x = self.mlp_norm(x)
+        return constrain(x, ACT, rules), cache
+
+
+def _write(c, new, layer, index):
+    return jax.lax.dynamic_update_slice(c, new[None].astype(c.dtype), (layer, 0, 0, index, 0))
+
+
+def _read(c, layer, slots):
+    return jax.lax.dynamic_slice(c, (layer, 0, 0, 0, 0), (1, *c.shape[1:3], slots, c.shape[4]))[0]
 
 
 def positions_from_mask(attention_mask):
@@ -88,22 +86,109 @@ def positions_from_mask(attention_mask):
     return jnp.maximum(jnp.cumsum(m, axis=-1) - 1, 0)
 
 
-def init_cache(cfg: Config, batch: int, length: int):
-    """Empty KV cache: k and v ``[layers, B, kv_heads, S, head_dim]`` in the compute dtype
-    (heads before slots, so attention reads a layer's keys without a transpose)."""
-    shape = (cfg.n_layers, batch, cfg.kv_heads, length, cfg.head_size)
-    dt = DTYPES[cfg.compute_dtype]
-    return {"k": constrain(jnp.zeros(shape, dt), CACHE, cfg.rules),
-            "v": constrain(jnp.zeros(shape, dt), CACHE, cfg.rules)}
+class CausalLM(nnx.Module):
+    """A causal LM as an NNX module, built from a :class:`Config` (random init like HF's:
+    normal(0, 0.02) matrices, zero biases, unit norm scales).
+
+    ``rules`` (logical axis -> mesh axes) constrain activations inside a mesh context;
+    ``source`` is the original ``config.json`` as JSON text, written back over on export.
+    """
+
+    def __init__(self, config: Config, *, rngs: nnx.Rngs | None = None, rules: tuple = DEFAULT_RULES,
+                 source: str = ""):
+        rngs = rngs if rngs is not None else nnx.Rngs(0)
+        dt = DTYPES[config.param_dtype]
+        mk = C.Stack(rngs, dt)
+        self.config, self.rules, self.source = config, tuple(rules), source
+        self.embed = C.Embed(config, mk)
+        self.blocks = Block(config, C.Stack(rngs, dt, layers=config.n_layers))
+        self.final_norm = C.NormLayer(config.norm, config.d_model, mk) if config.final_norm else None
+        self.head = None if config.tied_head else C.Linear(
+            (config.word_dim,), (config.vocab_size,), ("embed",), ("vocab",), mk, quantize=config.quantize)
+
+    # ---- the user's call ----
+    def __call__(self, input_ids, attention_mask=None, positions=None, cache=None, cache_index=0):
+        """Logits ``[B, T, V]`` (with ``cache``: ``(logits, new cache)``)."""
+        input_ids = jnp.asarray(input_ids)
+        if attention_mask is None:
+            attention_mask = jnp.ones(input_ids.shape, jnp.int32)
+        if positions is None:
+            positions = positions_from_mask(attention_mask)
+        logits, new_cache = self.forward(input_ids, positions, attention_mask, cache, cache_index)
+        return logits if cache is None else (logits, new_cache)
+
+    def forward(self, tokens, positions, attention_mask, cache=None, cache_index=0, logits_range=None):
+        """Logits and the updated cache (None without one). ``logits_range=(start, stop)``
+        (static) projects only those positions to the vocabulary."""
+        x, cache = self.hidden(tokens, positions, attention_mask, cache, cache_index)
+        if logits_range is not None:
+            x = x[:, logits_range[0]:logits_range[1]]
+        return self.head_logits(x), cache
+
+    # ---- the two halves ----
+    def hidden(self, tokens, positions, attention_mask, cache=None, cache_index=0):
+        """Final hidden states ``[B, T, D]`` (after the final norm) and the updated cache.
+
+        tokens/positions ``[B, T]``; attention_mask ``[B, S]`` marks the valid key slots
+        (``S = T`` without a cache; with one, attention reads its first ``S`` slots).
+        ``cache_index`` is the slot of ``tokens[:, 0]``. Attention is causal over slots.
+        """
+        cfg = self.config
+        x = constrain(self.embed(tokens, positions, DTYPES[cfg.compute_dtype]), ACT, self.rules)
+        ropes = _ropes(cfg, positions)
+        q_slots = cache_index + jnp.arange(tokens.shape[1])
+        gdef, layers = nnx.split(self.blocks)
+        windows = jnp.asarray(cfg.attention.layer_windows or (0,) * cfg.n_layers, jnp.int32)
+        xs = (layers, windows, jnp.arange(cfg.n_layers))
+
+        def body(carry, layer):
+            state, window, index = layer
+            x, kv = carry
+            x, kv = nnx.merge(gdef, state)(cfg, x, ropes, window, index, attention_mask, q_slots, kv, cache_index,
+                                           self.rules)
+            return (x, kv), None
+        if cfg.remat != "none" and cache is None:
+            body = jax.checkpoint(body, policy=_REMAT_POLICIES[cfg.remat])
+        carry = (x, None if cache is None else (cache["k"], cache["v"]))
+        if cfg.scan_layers:
+            carry, _ = jax.lax.scan(body, carry, xs)
+        else:
+            for i in range(cfg.n_layers):
+                carry, _ = body(carry, jax.tree.map(lambda a: a[i], xs))
+        x, kv = carry
+        if self.final_norm is not None:
+            x = self.final_norm(x)
+        return x, None if kv is None else {"k": kv[0], "v": kv[1]}
+
+    def head_logits(self, x):
+        """Hidden ``[..., D]`` -> logits ``[..., V']`` over the first ``config.logits_vocab`` rows,
+        tied or untied, with optional final soft-capping."""
+        cfg = self.config
+        dt = DTYPES[cfg.compute_dtype]
+        x = x.astype(dt)
+        if self.embed.proj_out is not None:
+            x = x @ self.embed.proj_out[...].astype(dt)
+        n = cfg.logits_vocab
+        if self.head is None:
+            logits = x @ self.embed.tokens[...][:n].T.astype(dt)
+        else:
+            logits = self.head(x)[..., :n]
+        if cfg.final_softcap:
+            cap = cfg.final_softcap
+            logits = (jnp.tanh(logits.astype(jnp.float32) / cap) * cap).astype(dt)
+        return constrain(logits, ("batch", None, "vocab"), self.rules)
+
+    def init_cache(self, batch: int, length: int):
+        return init_cache(self.config, batch, length, self.rules)
+
+    def num_params(self) -> int:
+        return int(sum(np.prod(v.shape) for v in jax.tree.leaves(nnx.state(self, nnx.Param))))
+
+    def flops_per_token(self, seq_len: int) -> float:
+        return flops_per_token(self.config, seq_len)
 
 
-def _layer_meta(cfg: Config):
-    """Per-layer scanned data: sliding window (0 = full) and layer index."""
-    windows = cfg.attention.layer_windows or (0,) * cfg.n_layers
-    return {"window": jnp.asarray(windows, jnp.int32), "index": jnp.arange(cfg.n_layers)}
-
-
-def _rope(cfg: Config, positions):
+def _ropes(cfg: Config, positions):
     a = cfg.attention
     if a.rope is None:
         return None
@@ -112,130 +197,12 @@ def _rope(cfg: Config, positions):
     return glob, loc
 
 
-def _block(cfg: Config, p, meta, x, ropes, key_mask, q_slots, cache, cache_index):
-    """One block. ``x [B, T, D]``; ``key_mask [B, S]``; ``q_slots [T]``. With
-    ``cache=(k, v)`` (``[L, B, S, G, K]``, all layers) the new keys and values are
-    written in place at ``[layer, :, cache_index]`` and attention reads that layer."""
-    dt = x.dtype
-    n = lambda name, y: C.norm(cfg.norm, p, name, y)
-    rope_cs = None
-    if ropes is not None:
-        local = meta["window"] > 0
-        rope_cs = tuple(jnp.where(local, l, g) for g, l in zip(*ropes))
-    h = n("attn_norm", x) if cfg.pre_norm else x
-    q, k, v = C.project_qkv(cfg, p, h, rope_cs)
-    k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # [B, G, T, K]: the cache's layout
-    if cache is not None:
-        kc, vc = cache
-        start = (meta["index"], 0, 0, cache_index, 0)
-        kc = jax.lax.dynamic_update_slice(kc, k[None].astype(kc.dtype), start)
-        vc = jax.lax.dynamic_update_slice(vc, v[None].astype(vc.dtype), start)
-        # Attend over the slots key_mask covers only (static): the filled part, as decoding sets it.
-        read = lambda c: jax.lax.dynamic_slice(c, (meta["index"], 0, 0, 0, 0),
-                                               (1, *c.shape[1:3], key_mask.shape[1], c.shape[4]))[0].astype(dt)
-        k, v = read(kc), read(vc)
-        cache = (kc, vc)
-    if cache is not None and C.pallas_decode_ok(cfg, q.shape[1], k.shape[2]):
-        attn = C.attend_decode_pallas(cfg, q, k, v, key_mask, q_slots[0] + 1)
-    else:
-        attn = C.attend(cfg, q, k, v, C.attention_mask(q_slots, k.shape[2], key_mask, meta["window"]))
-    h = C.attention_out(p, attn)
-    if cfg.sandwich_norm:
-        h = n("post_attn_norm", h)
-    x = x + h
-    if not cfg.pre_norm:
-        x = n("attn_norm", x)
-    h = n("mlp_norm", x) if cfg.pre_norm else x
-    h = C.mlp(cfg.mlp, p, h)
-    if cfg.sandwich_norm:
-        h = n("post_mlp_norm", h)
-    x = x + h
-    if not cfg.pre_norm:
-        x = n("mlp_norm", x)
-    return constrain(x, ACT, cfg.rules), cache
-
-
-_REMAT_POLICIES = {"full": None, "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable}
-
-
-def embed(cfg: Config, params, tokens, positions):
+def init_cache(cfg: Config, batch: int, length: int, rules=DEFAULT_RULES):
+    """Empty KV cache: k and v ``[layers, B, kv_heads, S, head_dim]`` in the compute dtype
+    (heads before slots, so attention reads a layer's keys without a transpose)."""
+    shape = (cfg.n_layers, batch, cfg.kv_heads, length, cfg.head_size)
     dt = DTYPES[cfg.compute_dtype]
-    x = params["embed/tokens"][tokens].astype(dt)
-    if cfg.projected:
-        x = x @ params["embed/proj_in"].astype(dt)
-    if cfg.embed_scale:
-        x = x * jnp.asarray(cfg.d_model ** 0.5, dt)
-    if "embed/positions" in params:
-        x = x + params["embed/positions"][positions + cfg.position_offset].astype(dt)
-    return constrain(x, ACT, cfg.rules)
-
-
-def hidden_states(cfg: Config, params, tokens, positions, attention_mask, cache=None, cache_index=0):
-    """Final hidden states ``[B, T, D]`` (before the head) and the updated cache.
-
-    tokens/positions ``[B, T]``; attention_mask ``[B, S]`` marks the valid key
-    slots (``S = T`` without a cache); with a cache, attention reads its first ``S``
-    slots only, so a caller decoding early in a long cache passes a short mask.
-    ``cache_index`` is the slot of ``tokens[:, 0]``. Attention is causal over slots.
-    """
-    x = embed(cfg, params, tokens, positions)
-    ropes = _rope(cfg, positions)
-    q_slots = cache_index + jnp.arange(tokens.shape[1])
-    blocks = {k.split("/", 1)[1]: v for k, v in params.items() if k.startswith("blocks/")}
-    xs = (blocks, _layer_meta(cfg))
-
-    if cache is None:
-        def body(x, layer):
-            return _block(cfg, *layer, x, ropes, attention_mask, q_slots, None, 0)[0], None
-        if cfg.remat != "none":
-            body = jax.checkpoint(body, policy=_REMAT_POLICIES[cfg.remat])
-        carry = x
-    else:
-        # The cache rides in the carry and is updated in place, layer by layer.
-        def body(carry, layer):
-            x, kv = carry[0], carry[1:]
-            x, kv = _block(cfg, *layer, x, ropes, attention_mask, q_slots, kv, cache_index)
-            return (x, *kv), None
-        carry = (x, cache["k"], cache["v"])
-
-    if cfg.scan_layers:
-        carry, _ = jax.lax.scan(body, carry, xs)
-    else:
-        for i in range(cfg.n_layers):
-            carry, _ = body(carry, jax.tree.map(lambda a: a[i], xs))
-    x, new_cache = (carry, None) if cache is None else (carry[0], {"k": carry[1], "v": carry[2]})
-    if cfg.final_norm:
-        x = C.norm(cfg.norm, params, "final_norm", x)
-    return x, new_cache
-
-
-def lm_head(cfg: Config, params, x):
-    """Hidden ``[..., D]`` -> logits ``[..., V']`` over the first ``cfg.logits_vocab`` rows,
-    tied or untied, with optional final soft-capping."""
-    dt = DTYPES[cfg.compute_dtype]
-    x = x.astype(dt)
-    if cfg.projected:
-        x = x @ params["embed/proj_out"].astype(dt)
-    n = cfg.logits_vocab
-    w = params["embed/tokens"][:n].T if cfg.tied_head else params["head/w"][:, :n]
-    logits = x @ w.astype(dt)
-    if cfg.final_softcap:
-        cap = cfg.final_softcap
-        logits = (jnp.tanh(logits.astype(jnp.float32) / cap) * cap).astype(dt)
-    return constrain(logits, ("batch", None, "vocab"), cfg.rules)
-
-
-def forward(cfg: Config, params, tokens, positions, attention_mask, cache=None, cache_index=0, logits_range=None):
-    """Logits ``[B, T, V]`` and the updated cache (None without one).
-
-    ``logits_range=(start, stop)`` (static) projects only those positions to the
-    vocabulary: scoring a response needs its positions only, and the ``[B, T, V]``
-    projection is the largest tensor of the forward.
-    """
-    x, cache = hidden_states(cfg, params, tokens, positions, attention_mask, cache, cache_index)
-    if logits_range is not None:
-        x = x[:, logits_range[0]:logits_range[1]]
-    return lm_head(cfg, params, x), cache
+    return {"k": constrain(jnp.zeros(shape, dt), CACHE, rules), "v": constrain(jnp.zeros(shape, dt), CACHE, rules)}
 
 
 def forward_flops_per_token(cfg: Config, seq_len: int) -> float:
@@ -249,44 +216,3 @@ def forward_flops_per_token(cfg: Config, seq_len: int) -> float:
 def flops_per_token(cfg: Config, seq_len: int) -> float:
     """Training FLOPs per token (forward + backward = 3x forward)."""
     return 3.0 * forward_flops_per_token(cfg, seq_len)
-
-
-class CausalLM:
-    """A causal LM: its :class:`Config` and a flat dict of parameter arrays.
-
-    ``model(input_ids, attention_mask=mask)`` -> logits ``[B, T, V]``; with
-    ``cache=``/``cache_index=`` it decodes incrementally and also returns the cache.
-    """
-
-    def __init__(self, config: Config, params: dict[str, Any] | None = None, *, rng=None):
-        self.config = config
-        if params is None:
-            params = init_params(config, rng if rng is not None else jax.random.PRNGKey(0))
-        table = param_table(config)
-        if set(params) != set(table):
-            raise ValueError(f"parameter names differ from the {config.model_type} table: "
-                             f"missing {sorted(set(table) - set(params))}, unexpected {sorted(set(params) - set(table))}")
-        self.params = {name: jnp.asarray(params[name]) for name in sorted(table)}
-
-    def arrays(self) -> dict[str, jax.Array]:
-        return dict(self.params)
-
-    def decoder(self):
-        """(hashable pure call, params) for `sampling`."""
-        return self.config, self.arrays()
-
-    def __call__(self, input_ids, attention_mask=None, positions=None, cache=None, cache_index=0):
-        input_ids = jnp.asarray(input_ids)
-        if attention_mask is None:
-            attention_mask = jnp.ones(input_ids.shape, jnp.int32)
-        if positions is None:
-            positions = positions_from_mask(attention_mask)
-        logits, new_cache = forward(self.config, self.params, input_ids, positions, attention_mask, cache,
-                                    cache_index)
-        return logits if cache is None else (logits, new_cache)
-
-    def flops_per_token(self, seq_len: int) -> float:
-        return flops_per_token(self.config, seq_len)
-
-    def num_params(self) -> int:
-        return int(sum(np.prod(s) for s, _ in param_table(self.config).values()))

@@ -17,7 +17,7 @@ import numpy as np
 @dataclasses.dataclass(frozen=True)
 class Row:
     hf: str                  # HF tensor name; "{i}" = layer index
-    ours: str                # our parameter name (see transformer.param_table)
+    ours: str                # our parameter name: the NNX state path (see split.param_info)
     transpose: bool = False  # torch nn.Linear stores [out, in]; we store [in, out]
     in_axes: int = 1         # leading axes of ours that make HF's "in" side ([H, K, D]: 2)
     part: tuple = ()         # (j, n): part j of n of HF's output axis
@@ -25,11 +25,6 @@ class Row:
     @property
     def per_layer(self):
         return "{i}" in self.hf
-
-    @property
-    def is_vector(self):
-        # our naming convention (transformer.param_table): biases and norm parameters
-        return self.ours.endswith(("_b", "/scale", "/bias"))
 
     def names(self, n_layers):
         return [self.hf.format(i=i) for i in (range(n_layers) if self.per_layer else [None])]
@@ -42,11 +37,18 @@ class Row:
             a = a[..., j * w:(j + 1) * w]
         return a.reshape(target_shape)
 
-    def to_hf_layout(self, ours: np.ndarray) -> np.ndarray:
-        """Ours as HF's 1-D vector or 2-D ``[in, out]`` (before any transpose)."""
-        if self.is_vector:
+    def to_hf_layout(self, ours: np.ndarray, vector: bool) -> np.ndarray:
+        """Ours as HF's 1-D vector (biases, norm scales: ``vector``) or 2-D ``[in, out]``
+        (before any transpose)."""
+        if vector:
             return ours.reshape(-1)
         return ours.reshape(int(np.prod(ours.shape[:self.in_axes])), -1)
+
+
+def proj(name: str, leaf: str) -> str:
+    """Our state path of a projection's weight (``w``) or bias (``b``): q/k/v/o sit in the
+    block's attention, gate/up/down in its MLP."""
+    return f"blocks/{'attn' if name in ('q', 'k', 'v', 'o') else 'mlp'}/{name}/{leaf}"
 
 
 def hf_names(rows, n_layers):
@@ -74,8 +76,10 @@ def assemble(table: dict, rows: list[Row], get: Callable[[str], np.ndarray], n_l
         yield ours, buf
 
 
-def disassemble(table: dict, rows: list[Row], params: dict, n_layers: int, out_dtype) -> Iterator[tuple[str, np.ndarray]]:
-    """Yield ``(HF name, array)`` for every HF tensor, joining ``part`` rows back together."""
+def disassemble(table: dict, rows: list[Row], params: dict, n_layers: int, out_dtype,
+                vectors: frozenset = frozenset()) -> Iterator[tuple[str, np.ndarray]]:
+    """Yield ``(HF name, array)`` for every HF tensor, joining ``part`` rows back together;
+    ``vectors``: our names stored by HF as 1-D tensors (biases and norm scales, by kind)."""
     groups: dict[str, list[Row]] = {}
     for r in rows:
         if r.ours in table:
@@ -84,6 +88,6 @@ def disassemble(table: dict, rows: list[Row], params: dict, n_layers: int, out_d
         group = sorted(group, key=lambda r: r.part[0] if r.part else 0)
         fulls = [np.asarray(params[r.ours]).astype(out_dtype) for r in group]
         for i in (range(n_layers) if group[0].per_layer else [None]):
-            pieces = [g.to_hf_layout(f if i is None else f[i]) for g, f in zip(group, fulls)]
+            pieces = [g.to_hf_layout(f if i is None else f[i], g.ours in vectors) for g, f in zip(group, fulls)]
             a = np.concatenate(pieces, axis=-1) if len(pieces) > 1 else pieces[0]
             yield hf.format(i=i), np.ascontiguousarray(a.T if group[0].transpose else a)

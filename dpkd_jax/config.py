@@ -25,8 +25,15 @@ def default_config():
     # topk > 0: token-level methods (objectives.TOPK_METHODS) train from a cache of the teacher's top-k log-probs on
     # the gold responses (computed once, hash-checked), with no teacher weights in the train step
     # cache_dir: where the offline teacher caches live (shared by several runs); empty = the run's workdir
-    c.teacher = ml_collections.ConfigDict({"path": "", "dtype": "bfloat16", "topk": 0, "cache_dir": ""})
-    c.student = ml_collections.ConfigDict({"path": "", "dtype": "float32", "compute_dtype": "bfloat16"})
+    # quantize: none | int8 (weight-only, per output channel; the frozen teacher's projections)
+    c.teacher = ml_collections.ConfigDict({"path": "", "dtype": "bfloat16", "topk": 0, "cache_dir": "",
+                                           "quantize": "none"})
+    # lora.rank > 0: train low-rank adapters on lora.targets (a subset of q k v o gate up down) only;
+    # the base weights stay frozen. Exports merge them, and also write a PEFT adapter folder.
+    c.student = ml_collections.ConfigDict({
+        "path": "", "dtype": "float32", "compute_dtype": "bfloat16",
+        "lora": ml_collections.ConfigDict({"rank": 0, "alpha": 16.0, "targets": ("q", "k", "v", "o", "gate", "up",
+                                                                                   "down")})})
     c.data = ml_collections.ConfigDict({
         "train": "", "dev_num": 500, "eval_sets": ml_collections.ConfigDict(), "pretrain": "",
         "max_prompt_length": 256, "max_length": 512, "lm_seq_len": 512,
@@ -91,6 +98,14 @@ def paper_config(teacher_path, student_path, workdir):
     return c
 
 
+def lora_spec(c):
+    """The student's :class:`models.LoRA` from ``config.student.lora`` (rank 0: off)."""
+    from .models.config import LoRA
+    lo = c.student.lora
+    targets = (lo.targets,) if isinstance(lo.targets, str) else tuple(lo.targets)
+    return LoRA(rank=int(lo.rank), alpha=float(lo.alpha), targets=targets)
+
+
 def check_devices(c) -> int:
     """The device count the mesh is checked against: ``check.devices`` in a preflight
     (one host speaking for many), else this run's."""
@@ -117,6 +132,12 @@ def validate(c):
         fail("data.max_prompt_length", f"{c.data.max_prompt_length} must be < data.max_length={c.data.max_length}")
     if c.data.template not in ("dolly", "chat"):
         fail("data.template", f"must be dolly or chat, got {c.data.template!r}")
+    if c.teacher.quantize not in ("none", "int8"):
+        fail("teacher.quantize", f"must be none or int8, got {c.teacher.quantize!r}")
+    try:
+        lora_spec(c)
+    except ValueError as e:
+        fail("student.lora", str(e).removeprefix("lora: "))
     if c.gen.teacher_mode not in ("online", "offline"):
         fail("gen.teacher_mode", f"must be online or offline, got {c.gen.teacher_mode!r}")
     from . import sharding

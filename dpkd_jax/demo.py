@@ -92,11 +92,10 @@ def run_demo(cfg):
     sets = load_eval_sets(cfg, tokenizer, dev)
 
     vocab = len(tokenizer)
-    t_cfg = gpt2.tiny_config(vocab_size=vocab, max_positions=cfg.data.max_length, rules=placement.rules("teacher"),
-                             **dict(d.teacher))
-    t_params = models.init_params(t_cfg, jax.random.PRNGKey(cfg.seed + 1))
-    keep = parse_layers(d.keep_layers, t_cfg.n_layers, "config.demo.keep_layers")
-    print(f"teacher: {models.CausalLM(t_cfg, t_params).num_params():,} params, {t_cfg.n_layers} layers; the student "
+    arch = gpt2.tiny_config(vocab_size=vocab, max_positions=cfg.data.max_length, **dict(d.teacher))
+    t_cfg, t_params = models.init(arch, cfg.seed + 1, placement.rules("teacher"))
+    keep = parse_layers(d.keep_layers, arch.n_layers, "config.demo.keep_layers")
+    print(f"teacher: {models.merge(t_cfg, t_params).num_params():,} params, {arch.n_layers} layers; the student "
           f"is the trained teacher with layers {d.keep_layers} kept; vocab {vocab}")
 
     def stage(name, c, model, params, ref=None):
@@ -107,7 +106,7 @@ def run_demo(cfg):
 
     t_params = stage("teacher_sft", _stage_cfg(cfg, "sft", d.teacher_steps, d.teacher_lr, os.path.join(wd, "teacher")),
                      t_cfg, t_params)
-    s_cfg, s_init = prune(t_cfg.replace(rules=placement.rules("student")), t_params, keep)
+    s_cfg, s_init = prune(models.decoder_for(arch, placement.rules("student")), t_params, keep)
     ev = lambda model, params, tag: eval_lib.evaluate(model, params, sets, tokenizer, cfg.eval, cfg.gen,
                                                       os.path.join(wd, "eval"), tag, mesh=mesh)
     results = {"teacher": [ev(t_cfg, t_params, "teacher")], "student at start (pruned teacher)":

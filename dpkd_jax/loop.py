@@ -91,15 +91,15 @@ def train_loop(cfg, student, params, teacher, teacher_params, train_data, lm_row
     placement = placement or sharding.Placement(cfg.mesh)
     mesh = placement.mesh
     sharding.check_batch(t.batch_size, mesh)
-    sharding.check_heads(student.n_heads, mesh, "student")
-    sharding.check_heads(teacher.n_heads, mesh, "teacher")
+    sharding.check_heads(student.config.n_heads, mesh, "student")
+    sharding.check_heads(teacher.config.n_heads, mesh, "teacher")
     objective = objectives.build(cfg.method, cfg.loss)
-    tx = make_optimizer(t, objectives.updates_per_step(objective))
+    tx = make_optimizer(t, objectives.updates_per_step(objective), {n: i.kind for n, i in student.info.items()})
     sh = step_shardings(placement, student, teacher, tx, params)
     teacher_params = sharding.put(teacher_params, sh["teacher"])
     if ref_params is not None:
         ref_params = sharding.put(ref_params, sh["params"])
-    state = place_state(params, tx, sh)  # a copy: the caller's params stay valid under donation
+    state = place_state(student, params, tx, sh)  # a copy: the caller's params stay valid under donation
     extra = {}
     if teacher_tokenizer is not None:
         cross_tokenizer.check_method(objective, cfg.method)

@@ -14,9 +14,11 @@ global_norm = getattr(getattr(optax, "tree", None), "norm", None) or optax.globa
 
 
 
-def _decay_mask(params):
-    # No weight decay on biases, LayerNorm parameters and position embeddings.
-    return {k: not k.endswith(("_b", "_bias", "_scale", "/scale", "/bias", "positions")) for k in params}
+def decay_mask(kinds: dict):
+    """Weight decay on matrices, embeddings and adapters only (never biases, norm scales or
+    learned positions), by each parameter's kind from the model's metadata."""
+    from .models.components import DECAYED
+    return lambda params: {k: kinds[k] in DECAYED for k in params}
 
 
 def make_schedule(t, updates_per_step=1):
@@ -30,13 +32,15 @@ def make_schedule(t, updates_per_step=1):
     raise InputError(f"config.train.schedule must be 'constant' or 'cosine', got {t.schedule!r}")
 
 
-def make_optimizer(t, updates_per_step=1):
-    """AdamW (decay masked off biases/norms), global-norm clipping, gradient accumulation;
+def make_optimizer(t, updates_per_step=1, kinds: dict | None = None):
+    """AdamW (decay masked off biases/norms by ``kinds``, name -> parameter kind; all decayed
+    without it), global-norm clipping, gradient accumulation;
     outermost, ``apply_if_finite`` skips any step whose gradients hold a NaN or Inf
     (counted in its state; the loop stops after ``train.max_bad_steps`` in a row)."""
     tx = optax.chain(optax.clip_by_global_norm(t.grad_clip) if t.grad_clip > 0 else optax.identity(),
                      optax.adamw(make_schedule(t, updates_per_step), b1=t.adam_b1, b2=t.adam_b2, eps=t.adam_eps,
-                                 weight_decay=t.weight_decay, mask=_decay_mask))
+                                 weight_decay=t.weight_decay,
+                                 mask=decay_mask(kinds) if kinds is not None else None))
     tx = optax.MultiSteps(tx, t.grad_accum) if t.grad_accum > 1 else tx
     # Never let optax apply a bad update itself: the loop decides when to stop.
     return optax.apply_if_finite(tx, max_consecutive_errors=2**30)

@@ -14,6 +14,7 @@ from . import data as data_lib
 from . import evaluate as eval_lib
 from . import models, sharding
 from .checkpoint import prepare_workdir
+from .config import lora_spec
 from .loop import run_stage
 from . import objectives
 from .errors import InputError
@@ -44,22 +45,35 @@ def load_eval_sets(cfg, tokenizer, dev):
     return sets
 
 
-def load_model(cfg, placement, role, path, dtype, compute_dtype, vocab):
-    """One model from its HF folder or GGUF file, each parameter placed on its shard of
-    ``role``; logits over the tokenizer's ``vocab`` real tokens (padded rows dropped)."""
-    kw = dict(dtype=jnp.dtype(dtype), compute_dtype=jnp.dtype(compute_dtype), rules=placement.rules(role),
+def model_options(cfg, role, vocab) -> dict:
+    """``models.load_config`` / ``from_pretrained`` options of a run's teacher or student."""
+    spec = cfg.teacher if role == "teacher" else cfg.student
+    kw = dict(dtype=jnp.dtype(spec.dtype), compute_dtype=jnp.dtype(spec.dtype if role == "teacher" else
+                                                                    spec.compute_dtype),
               output_vocab=vocab, remat=cfg.model.remat, scan_layers=cfg.model.scan_layers,
               decode_kernel=cfg.model.decode_kernel)
-    mc = models.load_config(path, **kw)
-    return models.from_pretrained(path, shardings=placement.params(models.param_table(mc), role), **kw).decoder()
+    if role == "teacher":
+        kw["quantize"] = cfg.teacher.quantize
+    else:
+        kw["lora"] = lora_spec(cfg)
+    return kw
+
+
+def load_model(cfg, placement, role, path, vocab):
+    """One model from its HF folder or GGUF file as (decode call, flat params), each parameter
+    placed on its shard of ``role`` as it is read; logits over the tokenizer's ``vocab`` real
+    tokens (padded rows dropped)."""
+    kw = model_options(cfg, role, vocab)
+    rules = placement.rules(role)
+    table = models.param_table(models.load_config(path, **{k: v for k, v in kw.items()}), rules)
+    model = models.from_pretrained(path, rules=rules, shardings=placement.params(table, role), seed=cfg.seed, **kw)
+    return models.split(model)
 
 
 def load_models(cfg, placement, vocab, teacher_vocab=None):
     """(teacher, student), each a (config, params) pair placed on the mesh."""
-    return (load_model(cfg, placement, "teacher", cfg.teacher.path, cfg.teacher.dtype, cfg.teacher.dtype,
-                       teacher_vocab or vocab),
-            load_model(cfg, placement, "student", cfg.student.path, cfg.student.dtype, cfg.student.compute_dtype,
-                       vocab))
+    return (load_model(cfg, placement, "teacher", cfg.teacher.path, teacher_vocab or vocab),
+            load_model(cfg, placement, "student", cfg.student.path, vocab))
 
 
 def run(cfg):
@@ -92,7 +106,7 @@ def run(cfg):
         for name, p in exports.items():
             host = jax.tree.map(sharding.to_host, p)  # every process takes part in the gather
             if jax.process_index() == 0:
-                export(s_cfg, host, tokenizer, os.path.join(cfg.workdir, "export", name))
+                export(s_cfg, host, tokenizer, os.path.join(cfg.workdir, "export", name), cfg.student.path)
     sets = load_eval_sets(cfg, tokenizer, dev)
     out_dir = os.path.join(cfg.workdir, "eval")
     results[cfg.method] = eval_lib.evaluate(s_cfg, params, sets, tokenizer, cfg.eval, cfg.gen, out_dir, "student",
@@ -105,10 +119,15 @@ def run(cfg):
     return results
 
 
-def export(model_cfg, params, tokenizer, path):
-    """A Hugging Face folder (config, safetensors, tokenizer) that transformers loads."""
-    models.save_pretrained(models.CausalLM(model_cfg, params), path)
+def export(decoder, params, tokenizer, path, base_model=""):
+    """A Hugging Face folder (config, safetensors, tokenizer) that transformers loads; a LoRA
+    student's adapters are merged into it, and also written as a PEFT adapter in
+    ``<path>/adapter`` (``base_model``: the folder it adapts)."""
+    model = models.merge(decoder, params)
+    models.save_pretrained(model, path)
     tokenizer.save_pretrained(path)
+    if model.config.lora.rank:
+        models.save_peft_adapter(model, os.path.join(path, "adapter"), base_model)
     # transformers takes special-token ids from config.json: write the tokenizer's, not a family default
     cfg_file = os.path.join(path, "config.json")
     with open(cfg_file) as f:

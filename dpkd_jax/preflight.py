@@ -12,11 +12,19 @@ import jax
 
 
 def _model_summary(role, path, cfg):
+    """One line: architecture, parameter count and bytes (with the run's dtype, int8 or LoRA)."""
+    import numpy as np
     from . import models
-    table = models.param_table(cfg)
-    n = sum(int(__import__("numpy").prod(s)) for s, _ in table.values())
+    info = models.param_table(cfg)
+    n = sum(int(np.prod(i.shape)) for i in info.values() if i.kind not in ("lora_a", "lora_b", "quant_scale"))
+    size = sum(int(np.prod(i.shape)) * np.dtype(i.dtype).itemsize for i in info.values())
+    extra = f", quantization {cfg.quantize}" if role == "teacher" else ""
+    if cfg.lora.rank:
+        trained = sum(int(np.prod(i.shape)) for i in info.values() if i.trainable)
+        extra += f", LoRA rank {cfg.lora.rank} on {','.join(cfg.lora.targets)}: {trained / 1e6:.2f}M trained"
     return (f"{role}: {path} ({cfg.model_type}, {cfg.n_layers} layers, width {cfg.d_model}, {cfg.n_heads} heads / "
-            f"{cfg.kv_heads} KV heads, vocab {cfg.vocab_size}, {n / 1e6:.1f}M params)")
+            f"{cfg.kv_heads} KV heads, vocab {cfg.vocab_size}, {n / 1e6:.1f}M params, "
+            f"{size / 2**30:.3f} GiB as {cfg.param_dtype}{extra})")
 
 
 def check_weights(path):
@@ -25,7 +33,7 @@ def check_weights(path):
     from .models import hf
     cfg = models.load_config(path)
     fam = models.family(cfg.model_type)
-    table = models.param_table(cfg)
+    table = models.param_table(cfg)  # base weights: what the files must hold
     rows = [r for r in fam.weights(cfg) if r.ours in table]
     reader = hf._Reader(path, allow_pickle=False)
     hf._check_names(path, cfg, rows, set(reader.files), fam.IGNORED)
@@ -54,7 +62,9 @@ def preflight(cfg, out=print):
                 return lines
             path = assets.resolve(path)
         paths[role] = path
-        say(_model_summary(role, path, check_weights(path)))
+        check_weights(path)
+        from .pipeline import model_options
+        say(_model_summary(role, path, models.load_config(path, **model_options(cfg, role, 0))))
     tokenizer = models.load_tokenizer(paths["student"])
     from . import objectives
     cross_ok = getattr(objectives.build(cfg.method, cfg.loss), "cross_tokenizer", False)

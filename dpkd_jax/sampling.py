@@ -3,8 +3,8 @@
 This module knows a model only through a *decode call*: a hashable object ``f``
 with ``f(params, tokens, positions, attention_mask, cache, cache_index,
 logits_range=None) -> (logits, cache)`` and ``f.init_cache(batch, length)``
-(our ``models.Config`` is one). ``model.decoder()`` returns ``(f, params)``. The
-model attends over as many cache slots as ``attention_mask`` has columns.
+(``models.split(model)`` returns ``(f, params)`` of an NNX model: its graph definition
+and flat state). The model attends over as many cache slots as ``attention_mask`` has columns.
 
 Prompts are left-padded to a fixed length ``P``; the cache has ``P + N`` slots
 for ``N`` new tokens. One prefill writes the prompt; decoding then runs in at most
@@ -188,8 +188,8 @@ def generate(model, prompt_ids, prompt_mask, *, max_new_tokens, rng=None, temper
              greedy=False, eos_token_id, pad_token_id):
     """Sample ``max_new_tokens`` after left-padded prompts.
 
-    Args: ``model`` with ``.decoder() -> (decode, params)`` (e.g. a
-    ``models.CausalLM``); ``prompt_ids``/``prompt_mask`` ``[B, P]``, left-padded.
+    Args: ``model``, an NNX ``models.CausalLM`` (split once into its decode call and
+    state) or a ``(decode, params)`` pair; ``prompt_ids``/``prompt_mask`` ``[B, P]``, left-padded.
     Returns ``(tokens [B, N], mask [B, N])``: after a row emits ``eos_token_id``
     its later tokens are ``pad_token_id`` with mask 0 (the EOS has mask 1).
     ``greedy`` takes the argmax; otherwise temperature / top-k / top-p sampling
@@ -203,7 +203,8 @@ def generate(model, prompt_ids, prompt_mask, *, max_new_tokens, rng=None, temper
         raise ValueError(f"top_p must be in (0, 1], got {top_p}")
     if jnp.shape(prompt_ids) != jnp.shape(prompt_mask):
         raise ValueError(f"prompt_mask has shape {jnp.shape(prompt_mask)}, prompt_ids {jnp.shape(prompt_ids)}")
-    decode, params = model.decoder()
+    from .models.split import split
+    decode, params = model if isinstance(model, tuple) else split(model)
     return generate_stepwise(decode, params, jnp.asarray(prompt_ids), jnp.asarray(prompt_mask),
                              jax.random.PRNGKey(0) if rng is None else rng, max_new_tokens=max_new_tokens,
                              temperature=temperature, top_k=top_k, top_p=top_p, greedy=greedy,

@@ -26,6 +26,7 @@ def step_flops(cfg, student, teacher, batch_size):
     P, R, N = cfg.data.max_prompt_length, cfg.data.max_length - cfg.data.max_prompt_length, cfg.gen.max_new_tokens
     S = P + max(R, N)
     n_resp = 1 + needs.teacher_samples + needs.student_samples
+    student, teacher = student.config, teacher.config
     f = batch_size * (P + R) * flops_per_token(student, S) * n_resp
     f += batch_size * (P + R) * forward_flops_per_token(teacher, S) * (n_resp if needs.teacher_logits else 0)
     if needs.teacher_samples:

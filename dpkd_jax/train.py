@@ -19,29 +19,49 @@ from . import objectives
 from .errors import InputError
 from .optim import apply_update, global_norm, make_schedule
 
-def init_state(params, tx):
-    return {"params": params, "opt_state": tx.init(params), "step": jnp.zeros((), jnp.int32)}
+def split_trainable(student, params):
+    """(trainable, frozen) parts of the student's flat params: a LoRA student trains its
+    adapters only (``student.trainable()``, from the variables' types)."""
+    names = set(student.trainable())
+    return ({k: v for k, v in params.items() if k in names}, {k: v for k, v in params.items() if k not in names})
+
+
+def init_state(student, params, tx):
+    """Params (all of them: frozen base weights ride along unchanged), optimizer state for
+    the trainable ones only, and the step count."""
+    return {"params": params, "opt_state": tx.init(split_trainable(student, params)[0]),
+            "step": jnp.zeros((), jnp.int32)}
 
 
 def step_shardings(placement, student, teacher, tx, student_params):
-    """Shardings of everything the step takes, from the run's :class:`sharding.Placement`."""
+    """Shardings of everything the step takes, from the run's :class:`sharding.Placement`
+    and the models' metadata."""
     from . import sharding
-    from .models import param_table
     mesh = placement.mesh
-    p_sh = placement.params(param_table(student), "student")
-    opt = sharding.like_params(jax.eval_shape(tx.init, student_params), student_params, p_sh, mesh)
+    p_sh = placement.params(student.info, "student")
+    trainable = split_trainable(student, student_params)[0]
+    opt = sharding.like_params(jax.eval_shape(tx.init, trainable), trainable, p_sh, mesh)
     rep = sharding.replicated(mesh)
     return {"params": p_sh, "state": {"params": p_sh, "opt_state": opt, "step": rep},
-            "teacher": placement.params(param_table(teacher), "teacher"), "ref": p_sh,
+            "teacher": placement.params(teacher.info, "teacher"), "ref": p_sh,
             "batch": sharding.batch_sharding(mesh), "replicated": rep}
 
 
-def place_state(params, tx, shardings):
+def place_state(student, params, tx, shardings):
     """A fresh train state (a copy of ``params``, so donation leaves the caller's arrays
     valid) on the step's shardings."""
     from .sharding import copy_to
     params = copy_to(params, shardings["params"])
-    return jax.jit(lambda p: init_state(p, tx), out_shardings=shardings["state"])(params)
+    return jax.jit(lambda p: init_state(student, p, tx), out_shardings=shardings["state"])(params)
+
+
+def update(tx, student, loss_fn, params, opt_state):
+    """One optax update of the trainable params (the gradient is taken w.r.t. them only):
+    ``(new params, opt state, total, aux, grads)``."""
+    trainable, frozen = split_trainable(student, params)
+    (total, aux), grads = jax.value_and_grad(lambda t: loss_fn({**frozen, **t}), has_aux=True)(trainable)
+    new, opt_state = apply_update(tx, trainable, opt_state, grads, total)
+    return {**frozen, **new}, opt_state, total, aux, grads
 
 
 def _pad_to(ids, mask, length, pad_token_id):
@@ -110,8 +130,7 @@ def make_step(cfg, student, teacher, tx, teacher_params, ref_params=None, shardi
             metrics["loss/total"] = total
             return total, metrics
 
-        (total, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-        new_params, opt_state = apply_update(tx, params, state["opt_state"], grads, total)
+        new_params, opt_state, total, metrics, grads = update(tx, student, loss_fn, params, state["opt_state"])
         metrics["grad_norm"] = global_norm(grads)
         for r, (_, m) in samples.items():
             metrics[f"length/{r.value}_response"] = m.sum(1).mean()
@@ -155,8 +174,7 @@ def make_step(cfg, student, teacher, tx, teacher_params, ref_params=None, shardi
                 terms = objective.inner_loss(student, p, teacher, teacher_params, prompts, sub, lm)
                 total = sum(w * v.mean() for w, v in terms.values())
                 return total, {f"loss/{k}": v.mean() for k, (_, v) in terms.items()}
-            (total, ms), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-            params, opt_state = apply_update(tx, params, opt_state, grads, total)
+            params, opt_state, total, ms, grads = update(tx, student, loss_fn, params, opt_state)
             return (params, opt_state), dict(ms, **{"loss/total": total, "grad_norm": global_norm(grads)})
 
         order = jnp.tile(jnp.arange(n), objective.ppo_epochs)

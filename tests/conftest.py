@@ -181,7 +181,7 @@ def tiny_setup(tmp_path, tok, n=24):
         block.lm_coef = 0.0
     data, _ = load_instructions(write_jsonl(tmp_path / "d.jsonl", rows), tok, max_prompt_length=56,
                                   max_length=64, pad_token_id=tok.eos_token_id)
-    mk = lambda d, L, seed: (lambda c: (c, models.init_params(c, jax.random.PRNGKey(seed))))(
+    mk = lambda d, L, seed: (lambda c: models.init(c, seed))(
         gpt2.tiny_config(vocab_size=PIPE_VOCAB, d_model=d, n_layers=L, n_heads=2, d_ff=2 * d, max_positions=72))
     return cfg, data, mk(32, 2, 0), mk(16, 1, 1)
 

@@ -26,7 +26,7 @@ def setup():
     cfg.gen.max_new_tokens, cfg.gen.eos_token_id, cfg.gen.pad_token_id = 5, 1, 0
     cfg.train.batch_size, cfg.train.lr, cfg.train.schedule, cfg.train.log_every = 8, 1e-3, "constant", 1
     cfg.loss.dpkd.lm_coef = 0.5
-    mk = lambda c, seed: (c, models.init_params(c, jax.random.PRNGKey(seed)))
+    mk = lambda c, seed: (c, models.init(c, seed)[1])
     # Teacher: a Llama with one KV head (MQA), so tensor=2 exceeds its KV heads; student: GPT-2.
     teacher = llama.tiny_config(vocab_size=96, d_model=32, n_layers=2, n_heads=2, n_kv_heads=1, d_ff=64)
     student = gpt2.tiny_config(vocab_size=96, d_model=16, n_layers=2, n_heads=2, d_ff=32, max_positions=32)

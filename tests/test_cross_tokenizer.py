@@ -65,7 +65,7 @@ def test_context_scores_the_teacher_in_its_own_tokens():
     """A hand-built step: DPKD through ``Context.views`` equals numpy on the same log-probs."""
     S, T = O.Model.STUDENT, O.Model.TEACHER
     rng = np.random.default_rng(0)
-    mk = lambda V, seed: (lambda c: (c, models.init_params(c, jax.random.PRNGKey(seed))))(
+    mk = lambda V, seed: (lambda c: models.init(c, seed))(
         gpt2.tiny_config(vocab_size=V, d_model=16, n_layers=1, n_heads=2, d_ff=32, max_positions=32))
     (s_cfg, s_p), (t_cfg, t_p) = mk(50, 0), mk(70, 1)
     arr = lambda V, shape: jnp.asarray(rng.integers(1, V, shape), jnp.int32)
@@ -100,7 +100,7 @@ def test_two_steps_across_tokenizers(tmp_path, tok, teacher_tok, method):
     cfg, data, _, (s_cfg, s_params) = tiny_setup(tmp_path, tok)
     cfg.method, cfg.train.steps, cfg.loss.dadpo.alpha = method, 2, 0.0
     t_cfg = gpt2.tiny_config(vocab_size=TEACHER_VOCAB, d_model=32, n_layers=2, n_heads=2, d_ff=64, max_positions=72)
-    t_params = models.init_params(t_cfg, jax.random.PRNGKey(3))
+    t_params = models.init(t_cfg, 3)[1]
     ref = s_params if method == "dadpo" else None
     out = train_loop(cfg, s_cfg, s_params, t_cfg, t_params, data, None, str(tmp_path / "w"), tokenizer=tok,
                      teacher_tokenizer=teacher_tok, ref_params=ref)
@@ -118,9 +118,9 @@ def test_token_level_methods_stop_naming_the_sequence_level_ones(tmp_path, tok, 
     cfg.method = "kd"
     t_cfg = gpt2.tiny_config(vocab_size=TEACHER_VOCAB, d_model=32, n_layers=1, n_heads=2, d_ff=64, max_positions=72)
     with pytest.raises(InputError, match="'kd' compares token distributions.*dpkd \\(every form\\), seqkd, plad"):
-        train_loop(cfg, s_cfg, s_params, t_cfg, models.init_params(t_cfg, jax.random.PRNGKey(0)), data, None,
+        train_loop(cfg, s_cfg, s_params, t_cfg, models.init(t_cfg, 0)[1], data, None,
                    str(tmp_path / "w"), tokenizer=tok, teacher_tokenizer=teacher_tok)
     cfg.method, cfg.loss.dadpo.alpha = "dadpo", 1.0  # daDPO's KL term needs one vocabulary
     with pytest.raises(InputError, match="'dadpo' compares token distributions"):
-        train_loop(cfg, s_cfg, s_params, t_cfg, models.init_params(t_cfg, jax.random.PRNGKey(0)), data, None,
+        train_loop(cfg, s_cfg, s_params, t_cfg, models.init(t_cfg, 0)[1], data, None,
                    str(tmp_path / "w"), tokenizer=tok, teacher_tokenizer=teacher_tok)

@@ -19,6 +19,7 @@ from transformers import AutoModelForCausalLM
 from conftest import MODEL_KINDS, VOCAB, hf_model, make_tokenizer
 from dpkd_jax import models, sampling
 from dpkd_jax.models import gpt2
+from flax import nnx
 
 
 def left_padded(rng, b=3, t=10, vocab=VOCAB):
@@ -52,7 +53,7 @@ def test_logits_parity_float32(checkpoints, kind, rng):
 def test_logits_parity_bfloat16(checkpoints, kind, rng):
     path, ref = checkpoints[kind]
     model = models.from_pretrained(path, dtype=jnp.bfloat16)
-    assert model.arrays()["embed/tokens"].dtype == jnp.bfloat16
+    assert models.split(model)[1]["embed/tokens"].dtype == jnp.bfloat16
     ids, mask = left_padded(rng)
     ours = np.asarray(model(ids, attention_mask=mask).astype(jnp.float32))
     want = torch_logits(ref, ids, mask)
@@ -63,7 +64,7 @@ def test_logits_parity_bfloat16(checkpoints, kind, rng):
 def test_bf16_compute_with_f32_master_weights(checkpoints, rng):
     path, ref = checkpoints["gpt2"]
     model = models.from_pretrained(path, dtype=jnp.float32, compute_dtype=jnp.bfloat16)
-    assert model.arrays()["blocks/up_w"].dtype == jnp.float32
+    assert models.split(model)[1]["blocks/mlp/up/w"].dtype == jnp.float32
     ids, mask = left_padded(rng)
     out = model(ids, attention_mask=mask)
     assert out.dtype == jnp.bfloat16
@@ -80,7 +81,7 @@ def test_left_padding_invariance_and_scan_equivalence(checkpoints, kind, rng):
         real = ids[r][mask[r] == 1][None]
         alone = np.asarray(model(real))
         np.testing.assert_allclose(batch[r][mask[r] == 1], alone[0], atol=1e-5)
-    unrolled = models.CausalLM(model.config.replace(scan_layers=False), model.arrays())
+    unrolled = models.with_config(model, scan_layers=False)
     np.testing.assert_allclose(np.asarray(unrolled(ids, attention_mask=mask)), batch, atol=1e-5)
 
 
@@ -90,7 +91,7 @@ def test_cached_decoding_equals_recomputation(checkpoints, kind, rng):
     ids, mask = left_padded(rng, t=12)
     P = 7
     full = np.asarray(model(ids, attention_mask=mask))
-    cache = model.config.init_cache(3, 12)
+    cache = model.init_cache(3, 12)
     pos = models.positions_from_mask(mask)
     logits, cache = model(ids[:, :P], attention_mask=mask, positions=pos[:, :P], cache=cache, cache_index=0)
     got = [np.asarray(logits)]
@@ -125,13 +126,13 @@ def test_export_round_trip_through_transformers(checkpoints, kind, rng, tmp_path
     np.testing.assert_allclose(torch_logits(back, ids, mask)[mask == 1], torch_logits(ref, ids, mask)[mask == 1],
                                atol=1e-6)
     again = models.from_pretrained(str(tmp_path))
-    for k, v in model.arrays().items():
-        np.testing.assert_array_equal(np.asarray(again.arrays()[k]), np.asarray(v), err_msg=k)
+    for k, v in models.split(model)[1].items():
+        np.testing.assert_array_equal(np.asarray(models.split(again)[1][k]), np.asarray(v), err_msg=k)
 
 
 def test_model_built_from_scratch_exports_to_transformers(tmp_path, rng):
     cfg = gpt2.tiny_config(vocab_size=80, d_model=32, n_layers=2, n_heads=2, d_ff=64, max_positions=32)
-    model = models.CausalLM(cfg, rng=jax.random.PRNGKey(3))
+    model = models.CausalLM(cfg, rngs=nnx.Rngs(3))
     models.save_pretrained(model, str(tmp_path), max_shard_bytes=20_000)  # forces several shards + index
     assert os.path.isfile(tmp_path / "model.safetensors.index.json")
     back = AutoModelForCausalLM.from_pretrained(str(tmp_path)).eval()
@@ -238,15 +239,17 @@ def test_padded_vocabulary_logits_cover_the_real_vocabulary_only(checkpoints, rn
 
 def test_param_table_and_flops(checkpoints):
     model = models.from_pretrained(checkpoints["opt_proj"][0])
-    table = models.param_table(model.config)
-    assert table["blocks/q_w"][1] == ("layers", "embed", "heads", "head_dim")
-    assert table["embed/tokens"][1] == ("vocab", "embed")
-    for k, v in model.arrays().items():
+    table = models.param_info(model)
+    assert table["blocks/attn/q/w"].axes == ("layers", "embed", "heads", "head_dim")
+    assert table["embed/tokens"].axes == ("vocab", "embed")
+    assert table["blocks/attn/q/w"].kind == "weight" and table["blocks/attn/q/b"].kind == "bias"
+    assert table["blocks/attn_norm/scale"].kind == "scale" and table["embed/positions"].kind == "position"
+    for k, v in models.split(model)[1].items():
         assert len(table[k][1]) == v.ndim == len(table[k][0]), k
     n = model.num_params()
-    assert n == sum(v.size for v in model.arrays().values())
+    assert n == sum(v.size for v in models.split(model)[1].values())
     f = model.flops_per_token(32)
-    assert 6 * (n - model.arrays()["embed/positions"].size) <= f * 1.5 and f > 0
+    assert 6 * (n - models.split(model)[1]["embed/positions"].size) <= f * 1.5 and f > 0
     assert model.flops_per_token(64) > f  # attention term grows with context
     # GQA and gating counted: 2 x matmul params of one layer (+ attention and head) for a Llama
     cfg = models.load_config(checkpoints["llama3_gqa4_bias"][0])
@@ -274,7 +277,7 @@ def test_pallas_decode_kernel_equals_the_xla_path(checkpoints, kind, rng):
     """JAX's Pallas GPU decode-attention kernel (interpreted on CPU) against our XLA attention,
     through whole cached greedy generations with left padding."""
     model = models.from_pretrained(checkpoints[kind][0])
-    pallas = models.CausalLM(model.config.replace(decode_kernel="pallas"), model.arrays())
+    pallas = models.with_config(model, decode_kernel="pallas")
     ids, mask = left_padded(rng, t=10)
     ids, mask = np.concatenate([ids, ids[:, :6]], 1), np.concatenate([mask, np.ones((3, 6), mask.dtype)], 1)
     kw = dict(max_new_tokens=16, greedy=True, eos_token_id=-1, pad_token_id=0)  # P + N = 32: 16-wide blocks
@@ -289,12 +292,13 @@ def test_remat_policies_give_the_same_loss_and_gradients(checkpoints, rng):
     model = models.from_pretrained(checkpoints["llama3_gqa4_bias"][0])
     ids, mask = left_padded(rng)
 
-    def loss(cfg, p):
-        return jnp.mean(jax.nn.log_softmax(models.forward(cfg, p, ids, models.positions_from_mask(mask), mask)[0]))
-    base = jax.value_and_grad(lambda p: loss(model.config, p))(model.arrays())
+    def loss(decoder, p):
+        return jnp.mean(jax.nn.log_softmax(decoder(p, ids, models.positions_from_mask(mask), mask)[0]))
+    decoder, params = models.split(model)
+    base = jax.value_and_grad(lambda p: loss(decoder, p))(params)
     for policy in ("full", "dots"):
-        cfg = model.config.replace(remat=policy)
-        got = jax.value_and_grad(lambda p: loss(cfg, p))(model.arrays())
+        other = models.split(models.with_config(model, remat=policy))[0]
+        got = jax.value_and_grad(lambda p: loss(other, p))(params)
         np.testing.assert_allclose(got[0], base[0], rtol=1e-6)
         for k in base[1]:
             np.testing.assert_allclose(got[1][k], base[1][k], rtol=1e-5, atol=1e-7, err_msg=f"{policy} {k}")

@@ -125,13 +125,14 @@ def test_mixture_sampler_draws_from_0p8_q_plus_0p2_p(checkpoints):
     s = models.from_pretrained(checkpoints["gpt2"][0])
     t = models.from_pretrained(checkpoints["opt"][0])
     # A peaked teacher (its head scaled 30x) so that the mixture is far from q alone.
-    t = models.CausalLM(t.config, dict(t.arrays(), **{"embed/proj_out": 30 * t.arrays()["embed/proj_out"]})
-                        if "embed/proj_out" in t.arrays() else dict(t.arrays(), **{
-                            "final_norm/scale": 30 * t.arrays()["final_norm/scale"]}))
-    mix = O.Mixture(s.config, t.config, 0.2)
+    (s_dec, s_params), (t_dec, t_params) = models.split(s), models.split(t)
+    key = "embed/proj_out" if "embed/proj_out" in t_params else "final_norm/scale"
+    t_params = dict(t_params, **{key: 30 * t_params[key]})
+    t = t_dec.module(t_params)
+    mix = O.Mixture(s_dec, t_dec, 0.2)
     n = 20000
     ids = np.tile(np.array([[5, 9, 13, 2]]), (n, 1))
-    toks, _ = sampling.sample_jit(mix, (s.arrays(), t.arrays()), ids, np.ones_like(ids), jax.random.PRNGKey(0),
+    toks, _ = sampling.sample_jit(mix, (s_params, t_params), ids, np.ones_like(ids), jax.random.PRNGKey(0),
                                   max_new_tokens=1, eos_token_id=-1, pad_token_id=0)
     q = np.asarray(jax.nn.softmax(s(ids[:1])[0, -1]))
     p = np.asarray(jax.nn.softmax(t(ids[:1])[0, -1]))

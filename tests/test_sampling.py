@@ -107,13 +107,14 @@ def test_compiled_once_per_shape(model, rng):
         ids, mask = prompts(np.random.default_rng(seed))
         mask[0, : seed + 1] = 0
         sampling.generate(model, ids, mask, rng=jax.random.PRNGKey(seed), temperature=0.5 + seed, **kw)
-        sampling.sample_jit(model.config, model.arrays(), ids, mask, jax.random.PRNGKey(seed),
+        sampling.sample_jit(*models.split(model), ids, mask, jax.random.PRNGKey(seed),
                             temperature=0.5 + seed, **kw)
     assert sampling._prefill_jit._cache_size() == 1
     assert sampling._chunk_jit._cache_size() == len(sampling.chunks(40)) == 3  # one per static chunk
     assert sampling._generate_jit._cache_size() == 1
+    decoder, params = models.split(model)
     jaxpr = str(jax.make_jaxpr(lambda p, i, m: sampling.sample(
-        model.config, p, i, m, jax.random.PRNGKey(0), **kw))(model.arrays(), ids, mask))
+        decoder, p, i, m, jax.random.PRNGKey(0), **kw))(params, ids, mask))
     assert "scan" in jaxpr and "cond" in jaxpr
 
 
@@ -122,14 +123,14 @@ def test_in_jit_sampler_equals_host_driven_and_early_exit_changes_nothing(model,
     ids, mask = prompts(rng)
     kw = dict(max_new_tokens=n, temperature=1.3, eos_token_id=-1, pad_token_id=0)
     key = jax.random.PRNGKey(4)
-    full, _ = sampling.sample_jit(model.config, model.arrays(), ids, mask, key, **kw)
+    full, _ = sampling.sample_jit(*models.split(model), ids, mask, key, **kw)
     host, _ = sampling.generate(model, ids, mask, rng=key, **kw)
     np.testing.assert_array_equal(np.asarray(full), np.asarray(host))
     # Pick a token every row emits early as EOS: rows stop, later chunks are skipped, and the
     # tokens equal the run to the maximum cut at each row's first EOS.
     eos = int(np.asarray(full)[:, 0][0])
     kw["eos_token_id"] = eos
-    for toks, m in (sampling.sample_jit(model.config, model.arrays(), ids, mask, key, **kw),
+    for toks, m in (sampling.sample_jit(*models.split(model), ids, mask, key, **kw),
                     sampling.generate(model, ids, mask, rng=key, **kw)):
         toks, m = np.asarray(toks), np.asarray(m)
         for r in range(4):
@@ -156,11 +157,11 @@ def test_early_exit_skips_the_remaining_chunks(model, rng, monkeypatch):
 def test_chunked_attention_over_the_filled_cache_equals_dense(model, rng, monkeypatch):
     ids, mask = prompts(rng)
     kw = dict(max_new_tokens=48, temperature=1.0, eos_token_id=-1, pad_token_id=0)
-    chunked, _ = sampling.sample_jit(model.config, model.arrays(), ids, mask, jax.random.PRNGKey(1), **kw)
+    chunked, _ = sampling.sample_jit(*models.split(model), ids, mask, jax.random.PRNGKey(1), **kw)
     monkeypatch.setattr(sampling, "MAX_CHUNKS", 1)  # one chunk: every step attends over the whole cache
     monkeypatch.setattr(sampling, "MIN_CHUNK", 10**6)
     sampling._generate_jit.clear_cache()
-    dense, _ = sampling.sample_jit(model.config, model.arrays(), ids, mask, jax.random.PRNGKey(1), **kw)
+    dense, _ = sampling.sample_jit(*models.split(model), ids, mask, jax.random.PRNGKey(1), **kw)
     sampling._generate_jit.clear_cache()
     assert len(sampling.chunks(48)) == 1
     np.testing.assert_array_equal(np.asarray(chunked), np.asarray(dense))
@@ -170,7 +171,7 @@ def test_score_matches_full_forward(model, rng):
     ids, mask = prompts(rng)
     resp, rmask = sampling.generate(model, ids, mask, max_new_tokens=5, rng=jax.random.PRNGKey(2),
                                     eos_token_id=3, pad_token_id=0)
-    logps, m = sampling.score(model.config, model.arrays(), ids, mask, resp, rmask)
+    logps, m = sampling.score(*models.split(model), ids, mask, resp, rmask)
     full = np.concatenate([ids, np.asarray(resp)], 1)
     fmask = np.concatenate([mask, np.asarray(rmask)], 1)
     lsm = np.asarray(jax.nn.log_softmax(model(full, attention_mask=fmask), -1))

@@ -53,11 +53,9 @@ class Experiment:
         self.tokenizer = models.load_tokenizer(path)
         resolve_token_ids(cfg, self.tokenizer)
         vocab = models.real_vocab_size(self.tokenizer)
-        self.t_cfg, self.t_params = load_model(cfg, self.placement, "teacher", path, cfg.teacher.dtype,
-                                               cfg.teacher.dtype, vocab)
-        full_cfg, full = load_model(cfg, self.placement, "student", path, cfg.student.dtype,
-                                    cfg.student.compute_dtype, vocab)
-        self.keep = parse_layers(self.e.keep_layers, full_cfg.n_layers, "config.experiment.keep_layers")
+        self.t_cfg, self.t_params = load_model(cfg, self.placement, "teacher", path, vocab)
+        full_cfg, full = load_model(cfg, self.placement, "student", path, vocab)
+        self.keep = parse_layers(self.e.keep_layers, full_cfg.config.n_layers, "config.experiment.keep_layers")
         self.s_cfg, self.s_params = prune(full_cfg, full, self.keep)
         self.train, self.dev, self.eval = self._data()
         self._measures()
@@ -173,7 +171,7 @@ def run_experiment(cfg):
     e = cfg.experiment
     os.makedirs(cfg.workdir, exist_ok=True)
     x = Experiment(cfg)
-    print(f"teacher {x.t_cfg.n_layers} layers; student keeps {len(x.keep)}: {e.keep_layers}; "
+    print(f"teacher {x.t_cfg.config.n_layers} layers; student keeps {len(x.keep)}: {e.keep_layers}; "
           f"train {len(x.train)}, dev {len(x.dev)}, eval {len(x.eval)} prompts")
     start = {"student": x.measure_eval(x.s_cfg, x.s_params), "teacher": x.measure_eval(x.t_cfg, x.t_params)}
     print(f"before training: student {start['student']}\n                 teacher {start['teacher']}")

@@ -139,3 +139,20 @@ def split(model: CausalLM) -> tuple[Decoder, dict]:
 
 def merge(decoder: Decoder, params: dict) -> CausalLM:
     return decoder.module(params)
+
+
+def decoder_for(config: Config, rules: tuple = DEFAULT_RULES, source: str = "") -> Decoder:
+    """The decode call of a ``config``'s model (no arrays are made)."""
+    return split(abstract(config, tuple(rules), source))[0]
+
+
+def init(config: Config, seed: int = 0, rules: tuple = DEFAULT_RULES, source: str = "") -> tuple[Decoder, dict]:
+    """A freshly initialised model as (decode call, flat params)."""
+    return split(CausalLM(config, rngs=nnx.Rngs(seed), rules=tuple(rules), source=source))
+
+
+def with_config(model: CausalLM, **changes) -> CausalLM:
+    """The same weights under a config with ``changes`` (execution fields: ``scan_layers``,
+    ``remat``, ``decode_kernel``, ``output_vocab``)."""
+    decoder, params = split(model)
+    return decoder_for(model.config.replace(**changes), model.rules, model.source).module(params)

@@ -92,17 +92,19 @@ def plan_one(cfg, mesh_sizes, devices, batch_per_replica=0):
     import numpy as np
     from .. import objectives, sharding
     from ..optim import make_optimizer
-    from ..train import make_step, step_shardings
-    from ..models import param_table
+    from ..train import init_state, make_step, step_shardings
+    from ..models import decoder_for
     from ..models.config import DTYPES
+    from ..config import lora_spec
     devices = jax.devices()[:devices] if isinstance(devices, int) else list(devices)
     placement = sharding.Placement({**dict(cfg.mesh), **mesh_sizes}, devices=devices)
     mesh = placement.mesh
     t_cfg = model_config(cfg.teacher.path, cfg.teacher.dtype, cfg.teacher.dtype, "teacher.path")
     s_cfg = model_config(cfg.student.path, cfg.student.dtype, cfg.student.compute_dtype, "student.path")
     vocab = min(t_cfg.vocab_size, s_cfg.vocab_size)  # differently padded embeddings share the real vocabulary
-    t_cfg = t_cfg.replace(rules=placement.rules("teacher"), output_vocab=vocab, remat=cfg.model.remat)
-    s_cfg = s_cfg.replace(rules=placement.rules("student"), output_vocab=vocab, remat=cfg.model.remat)
+    t_cfg = t_cfg.replace(output_vocab=vocab, remat=cfg.model.remat, quantize=cfg.teacher.quantize)
+    s_cfg = s_cfg.replace(output_vocab=vocab, remat=cfg.model.remat, lora=lora_spec(cfg))
+    teacher, student = decoder_for(t_cfg, placement.rules("teacher")), decoder_for(s_cfg, placement.rules("student"))
     with cfg.unlocked():
         cfg.gen.eos_token_id, cfg.gen.pad_token_id = 2, 1
     if batch_per_replica:
@@ -111,18 +113,15 @@ def plan_one(cfg, mesh_sizes, devices, batch_per_replica=0):
     sharding.check_batch(cfg.train.batch_size, mesh)
     sharding.check_heads(t_cfg.n_heads, mesh, "teacher")
     sharding.check_heads(s_cfg.n_heads, mesh, "student")
-    tx = make_optimizer(cfg.train)
+    tx = make_optimizer(cfg.train, kinds={n: i.kind for n, i in student.info.items()})
 
-    def abstract(model_cfg, shardings):
-        dt = DTYPES[model_cfg.param_dtype]
-        return {n: jax.ShapeDtypeStruct(s, dt, sharding=shardings[n]) for n, (s, _) in param_table(model_cfg).items()}
-    s_abs = abstract(s_cfg, placement.params(param_table(s_cfg), "student"))
-    sh = step_shardings(placement, s_cfg, t_cfg, tx, s_abs)
-    t_abs = abstract(t_cfg, sh["teacher"])
+    def abstract(decoder, shardings):  # shapes and dtypes from the NNX metadata
+        return {n: jax.ShapeDtypeStruct(i.shape, i.dtype, sharding=shardings[n]) for n, i in decoder.info.items()}
+    s_abs = abstract(student, placement.params(student.info, "student"))
+    sh = step_shardings(placement, student, teacher, tx, s_abs)
+    t_abs = abstract(teacher, sh["teacher"])
     state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                         jax.eval_shape(lambda p: {"params": p, "opt_state": tx.init(p),
-                                                   "step": jax.numpy.zeros((), jax.numpy.int32)}, s_abs),
-                         sh["state"])
+                         jax.eval_shape(lambda p: init_state(student, p, tx), s_abs), sh["state"])
     B, P, L = cfg.train.batch_size, cfg.data.max_prompt_length, cfg.data.max_length
     i32 = lambda *shape: jax.ShapeDtypeStruct(shape, np.int32, sharding=sh["batch"])
     batch = {"prompt_ids": i32(B, P), "prompt_mask": i32(B, P), "response_ids": i32(B, L - P),
@@ -130,7 +129,7 @@ def plan_one(cfg, mesh_sizes, devices, batch_per_replica=0):
     if getattr(objectives.build(cfg.method, cfg.loss), "lm_coef", 0.0) > 0 and cfg.data.pretrain:
         batch["lm_ids"] = i32(B, cfg.data.lm_seq_len)
     rng = jax.ShapeDtypeStruct((2,), np.uint32, sharding=sh["replicated"])
-    step = make_step(cfg, s_cfg, t_cfg, tx, None, None, sh)
+    step = make_step(cfg, student, teacher, tx, None, None, sh)
     compiled = step.lower(state, batch, rng, t_abs, None).compile()
     mem = compiled.memory_analysis()
 

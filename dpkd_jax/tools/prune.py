@@ -35,26 +35,27 @@ def parse_layers(spec: str, n_layers: int, where: str = "--keep-layers") -> tupl
     return tuple(sorted(keep))
 
 
-def prune(cfg, params: dict, keep: tuple[int, ...]):
-    """(config, params) with only the decoder layers ``keep``: block parameters are stacked
-    over a leading layer axis, so this is one gather per array; per-layer attention windows
-    follow their layers."""
+def prune(decoder, params: dict, keep: tuple[int, ...]):
+    """(decode call, params) of the model with only the decoder layers ``keep``: block
+    parameters are stacked over a leading layer axis, so this is one gather per array;
+    per-layer attention windows follow their layers."""
+    from .. import models
+    cfg = decoder.config
     idx = jnp.asarray(keep)
     windows = cfg.attention.layer_windows
     att = dataclasses.replace(cfg.attention, layer_windows=tuple(windows[i] for i in keep) if windows else ())
-    new_cfg = cfg.replace(n_layers=len(keep), attention=att)
-    new_params = {k: (v[idx] if k.startswith("blocks/") else v) for k, v in params.items()}
-    return new_cfg, new_params
+    module = decoder.abstract_module()
+    new_decoder = models.decoder_for(cfg.replace(n_layers=len(keep), attention=att), module.rules, module.source)
+    return new_decoder, {k: (v[idx] if k.startswith("blocks/") else v) for k, v in params.items()}
 
 
 def prune_checkpoint(src: str, out_dir: str, keep_spec: str) -> str:
     from .. import models
     from ..assets import resolve
     src = resolve(src)
-    model = models.from_pretrained(src)
-    keep = parse_layers(keep_spec, model.config.n_layers)
-    cfg, params = prune(model.config, model.arrays(), keep)
-    models.save_pretrained(models.CausalLM(cfg, params), out_dir)
+    decoder, params = models.split(models.from_pretrained(src))
+    keep = parse_layers(keep_spec, decoder.config.n_layers)
+    models.save_pretrained(models.merge(*prune(decoder, params, keep)), out_dir)
     models.load_tokenizer(src).save_pretrained(out_dir)
     return out_dir
 

@@ -47,7 +47,7 @@ def main():
                                          pad_token_id=s_tok.eos_token_id)
     keep, views = cross_tokenizer.teacher_prompts(data, t_tok, template="dolly", max_prompt_length=96)
     data = data.take(keep)
-    mk = lambda V, seed: (lambda m: (m, models.init_params(m, jax.random.PRNGKey(seed))))(gpt2.tiny_config(
+    mk = lambda V, seed: (lambda m: models.init(m, seed))(gpt2.tiny_config(
         vocab_size=V, d_model=args.width, n_layers=args.layers, n_heads=args.heads, d_ff=4 * args.width,
         max_positions=96 + 2 * args.new + 8))
     (s_cfg, s_p), (t_same, tp_same), (t_x, tp_x) = mk(len(s_tok), 0), mk(len(s_tok), 1), mk(len(t_tok), 2)
@@ -56,8 +56,8 @@ def main():
     cross = cross_tokenizer.wrap_step(make_step(c, s_cfg, t_x, tx, tp_x), c, same_needs(c), s_cfg, t_x, tp_x, s_tok,
                                       t_tok)
     batches = data_lib.Batches(data, args.batch, 0, views)
-    states = {"same": init_state(jax.tree.map(lambda a: a.copy(), s_p), tx),
-              "cross": init_state(jax.tree.map(lambda a: a.copy(), s_p), tx)}
+    states = {"same": init_state(s_cfg, jax.tree.map(lambda a: a.copy(), s_p), tx),
+              "cross": init_state(s_cfg, jax.tree.map(lambda a: a.copy(), s_p), tx)}
     fns = {"same": same, "cross": cross}
     times = {k: [] for k in fns}
     for r in range(args.repeats + 1):  # the first round compiles

@@ -23,6 +23,7 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
 from dpkd_jax import models, sampling
 from dpkd_jax.models import gpt2, llama
@@ -56,7 +57,7 @@ def build(args):
         cfg = llama.tiny_config(n_kv_heads=max(1, args.heads // 4), d_ff=int(8 * args.width / 3) // 64 * 64, **kw)
     else:
         cfg = gpt2.tiny_config(d_ff=4 * args.width, max_positions=2048, **kw)
-    model = models.CausalLM(cfg, models.init_params(cfg, jax.random.PRNGKey(0)))
+    model = models.CausalLM(cfg, rngs=nnx.Rngs(0))
     ids = rng.integers(0, args.vocab, (args.batch, args.prompt))
     return model, ids, np.ones_like(ids), -1
 
@@ -142,7 +143,7 @@ def main():
         res, t_med = compare(args, model, ids, mask, -1, run_torch, args.new)  # always N tokens, as HF below
         out.update(res)
         cfg = model.config  # roofline: each decode step reads all weights and the KV cache filled so far
-        wbytes = sum(v.size * v.dtype.itemsize for v in model.arrays().values())
+        wbytes = sum(v.size * v.dtype.itemsize for v in models.split(model)[1].values())
         kv = (2 * cfg.n_layers * args.batch * (ids.shape[1] + args.new / 2) * cfg.kv_heads * cfg.head_size
               * jnp.dtype(args.dtype).itemsize)
         out["achieved_bytes_per_s"] = float((wbytes + kv) / (t_med / args.new))

@@ -32,7 +32,7 @@ def main():
     path = resolve("asset:smollm2-135m-instruct")
     tok = models.load_tokenizer(path)
     m = models.from_pretrained(path, output_vocab=len(tok))
-    cfg, params = m.config, m.arrays()
+    cfg, params = models.split(m)
     eos = tok.eos_token_id
     recs = data_lib.read_jsonl(os.path.join(os.path.dirname(data_lib.__file__), "prompts", "eval.jsonl"),
                                data_lib.Report("eval"))[: args.prompts]
@@ -45,7 +45,7 @@ def main():
     t = logits(cfg, params)
     rows = []
     for spec in args.cuts:
-        keep = parse_layers(spec, cfg.n_layers)
+        keep = parse_layers(spec, cfg.config.n_layers)
         c2, p2 = prune(cfg, params, keep)
         s = logits(c2, p2)
         rows.append({"keep": spec, "layers": len(keep), "ce": float(losses.cross_entropy(s, ids, mask).mean()),

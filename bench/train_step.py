@@ -36,7 +36,7 @@ def build(args):
                                                    d_ff=4 * d, max_positions=1024, param_dtype=dt, compute_dtype=cdt)
     t = mk(args.t_width, args.t_layers, args.t_heads, args.dtype, args.dtype)
     s = mk(args.s_width, args.s_layers, args.s_heads, "float32", args.dtype)
-    return (t, models.init_params(t, jax.random.PRNGKey(0))), (s, models.init_params(s, jax.random.PRNGKey(1)))
+    return models.init(t, 0), models.init(s, 1)
 
 
 def config(args, new):
@@ -70,9 +70,9 @@ class Ours:
             self.sh = step_shardings(sharding.Placement(plan.parse_mesh(args.mesh)), self.s_cfg, self.t_cfg, self.tx,
                                      s_params)
             self.t_params = sharding.copy_to(self.t_params, self.sh["teacher"])
-            self.state = place_state(s_params, self.tx, self.sh)
+            self.state = place_state(self.s_cfg, s_params, self.tx, self.sh)
         else:
-            self.state = init_state(jax.tree.map(jnp.copy, s_params), self.tx)
+            self.state = init_state(self.s_cfg, jax.tree.map(jnp.copy, s_params), self.tx)
         self.step = make_step(self.cfg, self.s_cfg, self.t_cfg, self.tx, self.t_params, shardings=self.sh)
         self.flops = step_flops(self.cfg, self.s_cfg, self.t_cfg, args.batch)
 
@@ -106,7 +106,7 @@ class Torch:
         loaded = []
         for cfg, params, dt in ((*teacher, args.dtype), (*student, "float32")):
             d = tempfile.mkdtemp()
-            models.save_pretrained(models.CausalLM(cfg, params), d)
+            models.save_pretrained(models.merge(cfg, params), d)
             loaded.append(AutoModelForCausalLM.from_pretrained(d, dtype=getattr(torch, dt)).to(self.dev))
         self.teacher, self.student = loaded[0].eval(), loaded[1].train()
         self.opt = torch.optim.AdamW(self.student.parameters(), lr=5e-4, weight_decay=0.01)

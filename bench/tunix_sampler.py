@@ -60,7 +60,7 @@ def main():
                                                              head_dim=K))
     ours_cfg = our_llama.tiny_config(vocab_size=V, d_model=D, n_layers=L, n_heads=H, n_kv_heads=G, d_ff=F,
                                      attention=models.Attention(rope=Rope(theta=500000.0)), tied_head=False)
-    ours = models.CausalLM(ours_cfg, models.init_params(ours_cfg, jax.random.PRNGKey(0)))
+    ours = models.CausalLM(ours_cfg, rngs=nnx.Rngs(0))
     rng = np.random.default_rng(0)
     ids = rng.integers(3, V, (B, P))
     prompts = [" ".join(map(str, r)) for r in ids]

@@ -203,7 +203,7 @@ def generate(model, prompt_ids, prompt_mask, *, max_new_tokens, rng=None, temper
         raise ValueError(f"top_p must be in (0, 1], got {top_p}")
     if jnp.shape(prompt_ids) != jnp.shape(prompt_mask):
         raise ValueError(f"prompt_mask has shape {jnp.shape(prompt_mask)}, prompt_ids {jnp.shape(prompt_ids)}")
-    from .models.split import split
+    from .models.decoder import split
     decode, params = model if isinstance(model, tuple) else split(model)
     return generate_stepwise(decode, params, jnp.asarray(prompt_ids), jnp.asarray(prompt_mask),
                              jax.random.PRNGKey(0) if rng is None else rng, max_new_tokens=max_new_tokens,

@@ -45,7 +45,7 @@ def run(placement, steps=2):
     tx = make_optimizer(cfg.train)
     sh = step_shardings(placement, s_cfg, t_cfg, tx, s_params)
     t_params = sharding.put(t_params, sh["teacher"])
-    state = place_state(s_params, tx, sh)
+    state = place_state(s_cfg, s_params, tx, sh)
     step = make_step(cfg, s_cfg, t_cfg, tx, t_params, shardings=sh)
     losses = []
     for i in range(steps):

@@ -27,7 +27,7 @@ def test_corrupt_or_foreign_checkpoint_is_named_not_ignored(tmp_path, tok):  # n
     short_run(tmp_path, tok)()
     other = gpt2.tiny_config(vocab_size=VOCAB, d_model=24, n_layers=1, n_heads=2, d_ff=48, max_positions=72)
     with pytest.raises(ValueError, match=r"checkpoints/latest/2 cannot be restored.*resume=False"):
-        short_run(tmp_path, tok, 4)(s=other, p=models.init(other, 0)[1])
+        short_run(tmp_path, tok, 4)(*models.init(other, 0))
     # Damage every array file of the saved state.
     for root, _, files in os.walk(tmp_path / "w" / "checkpoints" / "latest" / "2" / "state"):
         for f in files:

@@ -52,7 +52,7 @@ def _steps(tmp_path, tok, method, n, **block):
         cfg.loss[method][k] = v
     tx = make_optimizer(cfg.train)
     step = make_step(cfg, s_cfg, t_cfg, tx, t_params)
-    state = init_state(jax.tree.map(jnp.copy, s_params), tx)
+    state = init_state(s_cfg, jax.tree.map(jnp.copy, s_params), tx)
     batches = D.Batches(data, 4, 0)
     out = []
     for i in range(n):
@@ -153,7 +153,7 @@ def test_minillm_takes_ppo_epochs_x_minibatches_updates_per_step(tmp_path, tok):
     cfg.loss.minillm.ppo_epochs, cfg.loss.minillm.minibatches = 3, 2
     tx = make_optimizer(cfg.train, O.updates_per_step(O.build("minillm", cfg.loss)))
     step = make_step(cfg, s_cfg, t_cfg, tx, t_params)
-    state = init_state(jax.tree.map(jnp.copy, s_params), tx)
+    state = init_state(s_cfg, jax.tree.map(jnp.copy, s_params), tx)
     b = {k: v for k, v in D.Batches(data, 4, 0).next().items() if k != "example_ids"}
     state, _ = step(state, b, jax.random.PRNGKey(0))
     counts = [int(x) for x in jax.tree.leaves(state["opt_state"]) if getattr(x, "dtype", None) == jnp.int32

@@ -19,7 +19,7 @@ import numpy as np
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
-from . import split as split_lib
+from . import decoder as split_lib
 from .components import VECTOR_KINDS, init_value, quantize_int8
 from .config import DTYPES, Config, LoRA
 from .lora import dequantize_int8, lora_delta
@@ -240,7 +240,7 @@ def export_arrays(model: CausalLM) -> dict[str, np.ndarray]:
         stem = name.rsplit("/", 1)[0]
         if p.dtype == jnp.int8:
             w = dequantize_int8(w, host[stem + "/scale"], stacked=name.startswith("blocks/"))
-        if stem + "/lora_a" in host:
+        if p.kind == "weight" and stem + "/lora_a" in host:
             w = w.astype(np.float32) + lora_delta(host[stem + "/lora_a"], host[stem + "/lora_b"],
                                                   model.config.lora, stacked=name.startswith("blocks/"))
         out[name] = w

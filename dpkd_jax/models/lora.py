@@ -54,7 +54,7 @@ def _hf_module(rows, target: str) -> str | None:
 def save_peft_adapter(model, path: str, base_model: str = "") -> bool:
     """Write a PEFT LoRA adapter for a LoRA student; False (with a log line) when its family
     stores a target in a form PEFT's LoRA cannot address separately (GPT-2's fused c_attn)."""
-    from . import split as split_lib
+    from . import decoder as split_lib
     from .hf import write_safetensors
     from .registry import family
     cfg = model.config

@@ -13,7 +13,7 @@ import pytest
 from dpkd_jax import models
 from dpkd_jax.config import default_config
 from dpkd_jax.data import format_prompt, load_instructions
-from dpkd_jax.models import gpt2
+from dpkd_jax.models import gpt2, llama
 
 VOCAB = 96
 
@@ -184,6 +184,15 @@ def tiny_setup(tmp_path, tok, n=24):
     mk = lambda d, L, seed: (lambda c: models.init(c, seed))(
         gpt2.tiny_config(vocab_size=PIPE_VOCAB, d_model=d, n_layers=L, n_heads=2, d_ff=2 * d, max_positions=72))
     return cfg, data, mk(32, 2, 0), mk(16, 1, 1)
+
+
+def lora_setup(tmp_path, tok):
+    """tiny_setup's config, data and teacher with a Llama-shaped LoRA student (rank 4 on q, v, o, up, down)."""
+    cfg, data, teacher, _ = tiny_setup(tmp_path, tok)
+    arch = llama.tiny_config(vocab_size=PIPE_VOCAB, d_model=16, n_layers=1, n_heads=2, n_kv_heads=1, d_ff=32,
+                             max_positions=72, lora=models.LoRA(rank=4, alpha=8.0, targets=("q", "v", "o", "up",
+                                                                                           "down")))
+    return cfg, data, teacher, models.init(arch, 1)
 
 
 def write_config(path, teacher, student, train, workdir, steps=2, **over):

@@ -26,7 +26,7 @@ def setup():
     cfg.gen.max_new_tokens, cfg.gen.eos_token_id, cfg.gen.pad_token_id = 5, 1, 0
     cfg.train.batch_size, cfg.train.lr, cfg.train.schedule, cfg.train.log_every = 8, 1e-3, "constant", 1
     cfg.loss.dpkd.lm_coef = 0.5
-    mk = lambda c, seed: (c, models.init(c, seed)[1])
+    mk = lambda c, seed: models.init(c, seed)
     # Teacher: a Llama with one KV head (MQA), so tensor=2 exceeds its KV heads; student: GPT-2.
     teacher = llama.tiny_config(vocab_size=96, d_model=32, n_layers=2, n_heads=2, n_kv_heads=1, d_ff=64)
     student = gpt2.tiny_config(vocab_size=96, d_model=16, n_layers=2, n_heads=2, d_ff=32, max_positions=32)
@@ -63,20 +63,20 @@ def main():
         np.testing.assert_allclose(np.asarray(s8["params"][k]), np.asarray(s1["params"][k]), rtol=1e-4, atol=1e-6,
                                    err_msg=k)
     # The rules: q [L, D, H, K] -> (None, fsdp, tensor, None); vocab over tensor.
-    q = s8["params"]["blocks/q_w"].sharding.spec
+    q = s8["params"]["blocks/attn/q/w"].sharding.spec
     assert tuple(q) == (None, "fsdp", "tensor", None), q
     assert tuple(s8["params"]["embed/tokens"].sharding.spec) == ("tensor", "fsdp")
-    assert tuple(s8["params"]["blocks/up_w"].sharding.spec) == (None, "fsdp", "tensor")
+    assert tuple(s8["params"]["blocks/mlp/up/w"].sharding.spec) == (None, "fsdp", "tensor")
     adam = s8["opt_state"].inner_state[1][0]  # apply_if_finite -> chain(clip, adamw) -> adam
-    assert adam.mu["blocks/q_w"].sharding.spec == s8["params"]["blocks/q_w"].sharding.spec
-    assert adam.nu["blocks/down_w"].sharding.spec == P(None, "tensor", "fsdp")
+    assert adam.mu["blocks/attn/q/w"].sharding.spec == s8["params"]["blocks/attn/q/w"].sharding.spec
+    assert adam.nu["blocks/mlp/down/w"].sharding.spec == P(None, "tensor", "fsdp")
     assert adam.count.sharding.spec == P()
     # Each device holds 1/4 of q (fsdp x tensor) and all 8 hold something.
-    shard = s8["params"]["blocks/q_w"].addressable_shards[0].data.shape
+    shard = s8["params"]["blocks/attn/q/w"].addressable_shards[0].data.shape
     assert shard == (2, 8, 1, 8), shard  # student: L=2, D=16/fsdp, H=2/tensor, K=8
     # Teacher: 1 KV head on tensor=2 is replicated over tensor (query heads stay split).
-    assert tuple(t8["blocks/k_w"].sharding.spec) == (None, "fsdp", None, None), t8["blocks/k_w"].sharding.spec
-    assert tuple(t8["blocks/q_w"].sharding.spec) == (None, "fsdp", "tensor", None)
+    assert tuple(t8["blocks/attn/k/w"].sharding.spec) == (None, "fsdp", None, None), t8["blocks/attn/k/w"].sharding.spec
+    assert tuple(t8["blocks/attn/q/w"].sharding.spec) == (None, "fsdp", "tensor", None)
     print("OK", l8, l1)
 
 

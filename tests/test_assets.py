@@ -59,6 +59,11 @@ def test_logits_match_transformers_gguf_reader_and_greedy_says_paris(smol):
                                    greedy=True, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
     answer = tok.decode(np.asarray(toks)[0][np.asarray(mask)[0] == 1], skip_special_tokens=True)
     assert "Paris" in answer, answer
+    # The weight-only int8 teacher gives the same greedy answer.
+    q = models.from_pretrained(path, quantize="int8")
+    toks8, mask8 = sampling.generate(q, jnp.asarray(ids), jnp.ones_like(jnp.asarray(ids)), max_new_tokens=24,
+                                     greedy=True, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    assert tok.decode(np.asarray(toks8)[0][np.asarray(mask8)[0] == 1], skip_special_tokens=True) == answer
 
 
 def test_chat_template_prompts_end_with_the_template_end_token(smol, tmp_path):

@@ -100,7 +100,7 @@ def test_two_steps_across_tokenizers(tmp_path, tok, teacher_tok, method):
     cfg, data, _, (s_cfg, s_params) = tiny_setup(tmp_path, tok)
     cfg.method, cfg.train.steps, cfg.loss.dadpo.alpha = method, 2, 0.0
     t_cfg = gpt2.tiny_config(vocab_size=TEACHER_VOCAB, d_model=32, n_layers=2, n_heads=2, d_ff=64, max_positions=72)
-    t_params = models.init(t_cfg, 3)[1]
+    t_cfg, t_params = models.init(t_cfg, 3)
     ref = s_params if method == "dadpo" else None
     out = train_loop(cfg, s_cfg, s_params, t_cfg, t_params, data, None, str(tmp_path / "w"), tokenizer=tok,
                      teacher_tokenizer=teacher_tok, ref_params=ref)
@@ -116,11 +116,12 @@ def test_token_level_methods_stop_naming_the_sequence_level_ones(tmp_path, tok, 
     from dpkd_jax.loop import train_loop
     cfg, data, _, (s_cfg, s_params) = tiny_setup(tmp_path, tok)
     cfg.method = "kd"
-    t_cfg = gpt2.tiny_config(vocab_size=TEACHER_VOCAB, d_model=32, n_layers=1, n_heads=2, d_ff=64, max_positions=72)
+    t_cfg, t_params = models.init(gpt2.tiny_config(vocab_size=TEACHER_VOCAB, d_model=32, n_layers=1, n_heads=2,
+                                                   d_ff=64, max_positions=72), 0)
     with pytest.raises(InputError, match="'kd' compares token distributions.*dpkd \\(every form\\), seqkd, plad"):
-        train_loop(cfg, s_cfg, s_params, t_cfg, models.init(t_cfg, 0)[1], data, None,
+        train_loop(cfg, s_cfg, s_params, t_cfg, t_params, data, None,
                    str(tmp_path / "w"), tokenizer=tok, teacher_tokenizer=teacher_tok)
     cfg.method, cfg.loss.dadpo.alpha = "dadpo", 1.0  # daDPO's KL term needs one vocabulary
     with pytest.raises(InputError, match="'dadpo' compares token distributions"):
-        train_loop(cfg, s_cfg, s_params, t_cfg, models.init(t_cfg, 0)[1], data, None,
+        train_loop(cfg, s_cfg, s_params, t_cfg, t_params, data, None,
                    str(tmp_path / "w"), tokenizer=tok, teacher_tokenizer=teacher_tok)

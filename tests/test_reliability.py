@@ -141,7 +141,7 @@ def run_kd(tmp_path, tok, steps, **train):  # noqa: F811
     for k, v in train.items():
         setattr(cfg.train, k, v)
     seen = {}
-    cb = lambda step, state: seen.__setitem__(step, np.asarray(state["params"]["blocks/up_w"]).copy())
+    cb = lambda step, state: seen.__setitem__(step, np.asarray(state["params"]["blocks/mlp/up/w"]).copy())
     return cfg, seen, lambda: train_loop(cfg, s_cfg, s_params, t_cfg, t_params, data, None, str(tmp_path / "w"),
                                          callback=cb)
 
@@ -168,7 +168,7 @@ def test_consecutive_nan_steps_stop_the_run_with_the_last_good_state_saved(monke
     assert ck.latest.latest_step() == 6
     restored = ck.latest.restore(6)
     ck.close()
-    np.testing.assert_array_equal(np.asarray(restored["state"]["params"]["blocks/up_w"]), seen[2])
+    np.testing.assert_array_equal(np.asarray(restored["state"]["params"]["blocks/mlp/up/w"]), seen[2])
 
 
 # ------------------------------------------------------- checkpoints break

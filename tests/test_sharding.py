@@ -9,6 +9,8 @@ import sys
 import types
 
 import jax
+import jax.numpy as jnp
+from dpkd_jax import models
 import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
@@ -157,9 +159,19 @@ def test_memory_plan_counts_shards_exactly(checkpoints):
     c.teacher.dtype = "bfloat16"
     c.data.max_prompt_length, c.data.max_length, c.gen.max_new_tokens, c.train.batch_size = 16, 32, 8, 2
     row = plan.plan_one(c, {"data": -1}, 1)
-    n = sum(int(np.prod(s)) for s, _ in param_table(load_config(c.student.path)).values())
+    n = sum(int(np.prod(i.shape)) for i in param_table(load_config(c.student.path)).values())
     assert row["student_params"] == 4 * n and row["teacher_params"] == 2 * n
     assert row["opt_state"] >= 2 * 4 * n  # Adam's two moments, float32
+    # A LoRA student: optimizer state for the adapters only; an int8 teacher: its projections at 1 byte.
+    c.student.lora.rank, c.teacher.quantize = 2, "int8"
+    small = plan.plan_one(c, {"data": -1}, 1)
+    lora = param_table(load_config(c.student.path, lora=models.LoRA(rank=2)))
+    n_lora = sum(int(np.prod(i.shape)) for i in lora.values() if i.trainable)
+    assert small["opt_state"] - 8 * n_lora in range(0, 64)  # + step counters
+    assert small["student_params"] == 4 * (n + n_lora)
+    q = param_table(load_config(c.teacher.path, dtype=jnp.bfloat16, quantize="int8"))
+    assert small["teacher_params"] == sum(int(np.prod(i.shape)) * np.dtype(i.dtype).itemsize for i in q.values())
+    assert small["teacher_params"] < row["teacher_params"]
     assert row["total"] >= row["student_params"] + row["teacher_params"] + row["opt_state"] and row["temp"] > 0
     assert "| 1 (XLA:CPU) | data1xfsdp1xtensor1 | 2 |" in plan.table([row])
     # A row compiled for a TPU chip says whether it fits that chip.

@@ -15,6 +15,8 @@ explicit arrays in and out, so sampling stays a pure function.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -30,6 +32,18 @@ CACHE = ("layers", "batch", "kv_heads", None, "head_dim")   # KV cache [L, B, G,
 _REMAT_POLICIES = {"full": None, "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable}
 
 
+class Pass(NamedTuple):
+    """What every layer of one forward pass shares: ``ropes`` (global, local) tables, the valid key
+    slots ``key_mask [B, S]``, the query slots ``q_slots [T]``, the cache slot of the first new
+    token, and the activation rules."""
+    cfg: Config
+    ropes: tuple | None
+    key_mask: jax.Array
+    q_slots: jax.Array
+    cache_index: object
+    rules: tuple
+
+
 class Block(nnx.Module):
     """One decoder layer (built stacked: ``mk.layers`` copies on a leading axis)."""
 
@@ -43,18 +57,19 @@ class Block(nnx.Module):
         self.post_attn_norm = norm() if cfg.sandwich_norm else None
         self.post_mlp_norm = norm() if cfg.sandwich_norm else None
 
-    def __call__(self, cfg: Config, x, ropes, window, layer, key_mask, q_slots, cache, cache_index, rules):
-        """``x [B, T, D]``; ``key_mask [B, S]``; ``q_slots [T]``. With ``cache=(k, v)``
-        (``[L, B, G, S, K]``, all layers) this layer's keys and values are written in place at
-        ``[layer, :, :, cache_index]`` and attention reads that layer's first ``S`` slots."""
+    def __call__(self, x, window, layer, cache, p: Pass):
+        """``x [B, T, D]``; ``window`` (0: full attention) and ``layer`` index of this layer. With
+        ``cache=(k, v)`` (``[L, B, G, S, K]``, all layers) this layer's keys and values are written
+        in place at ``[layer, :, :, cache_index]`` and attention reads that layer's first ``S`` slots."""
+        cfg, key_mask, q_slots = p.cfg, p.key_mask, p.q_slots
         rope_cs = None
-        if ropes is not None:
-            rope_cs = tuple(jnp.where(window > 0, l, g) for g, l in zip(*ropes))
+        if p.ropes is not None:
+            rope_cs = tuple(jnp.where(window > 0, l, g) for g, l in zip(*p.ropes))
         h = self.attn_norm(x) if self.pre_norm else x
         q, k, v = self.attn.qkv(h, rope_cs)
         k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # [B, G, T, K]: the cache's layout
         if cache is not None:
-            cache = tuple(_write(c, new, layer, cache_index) for c, new in zip(cache, (k, v)))
+            cache = tuple(_write(c, new, layer, p.cache_index) for c, new in zip(cache, (k, v)))
             k, v = (_read(c, layer, key_mask.shape[1]).astype(x.dtype) for c in cache)
         if cache is not None and C.pallas_decode_ok(cfg, q.shape[1], k.shape[2]):
             attn = C.attend_decode_pallas(cfg, q, k, v, key_mask, q_slots[0] + 1)
@@ -68,7 +83,7 @@ class Block(nnx.Module):
         x = x + (self.post_mlp_norm(h) if self.post_mlp_norm is not None else h)
         if not self.pre_norm:
             x = self.mlp_norm(x)
-        return constrain(x, ACT, rules), cache
+        return constrain(x, ACT, p.rules), cache
 
 
 def _write(c, new, layer, index):
@@ -135,8 +150,8 @@ class CausalLM(nnx.Module):
         """
         cfg = self.config
         x = constrain(self.embed(tokens, positions, DTYPES[cfg.compute_dtype]), ACT, self.rules)
-        ropes = _ropes(cfg, positions)
-        q_slots = cache_index + jnp.arange(tokens.shape[1])
+        shared = Pass(cfg, _ropes(cfg, positions), attention_mask, cache_index + jnp.arange(tokens.shape[1]),
+                      cache_index, self.rules)
         gdef, layers = nnx.split(self.blocks)
         windows = jnp.asarray(cfg.attention.layer_windows or (0,) * cfg.n_layers, jnp.int32)
         xs = (layers, windows, jnp.arange(cfg.n_layers))
@@ -144,8 +159,7 @@ class CausalLM(nnx.Module):
         def body(carry, layer):
             state, window, index = layer
             x, kv = carry
-            x, kv = nnx.merge(gdef, state)(cfg, x, ropes, window, index, attention_mask, q_slots, kv, cache_index,
-                                           self.rules)
+            x, kv = nnx.merge(gdef, state)(x, window, index, kv, shared)
             return (x, kv), None
         if cfg.remat != "none" and cache is None:
             body = jax.checkpoint(body, policy=_REMAT_POLICIES[cfg.remat])

@@ -128,13 +128,19 @@ class Decoder:
 
 
 
+_INTERNED: dict = {}  # one Decoder object per structure, so jit's static-argument lookups hit by identity
+
+
 def split(model: CausalLM) -> tuple[Decoder, dict]:
-    """(:class:`Decoder`, flat params) of an NNX model."""
+    """(:class:`Decoder`, flat params) of an NNX model; models of one structure share one
+    Decoder object (a jit cache lookup is then an identity check, not a graph comparison)."""
     gdef, state = nnx.split(model)
     pairs, treedef = jax.tree_util.tree_flatten_with_path(state)
     names = tuple("/".join(str(k.key) for k in path if isinstance(k, jax.tree_util.DictKey)) for path, _ in pairs)
     info = state_info(state, bool(model.config.lora.rank))
-    return Decoder(gdef, treedef, names, info), dict(zip(names, (leaf for _, leaf in pairs)))
+    decoder = Decoder(gdef, treedef, names, info)
+    decoder = _INTERNED.setdefault(decoder, decoder)
+    return decoder, dict(zip(names, (leaf for _, leaf in pairs)))
 
 
 def merge(decoder: Decoder, params: dict) -> CausalLM:

@@ -65,7 +65,7 @@ def load_model(cfg, placement, role, path, vocab):
     tokens (padded rows dropped)."""
     kw = model_options(cfg, role, vocab)
     rules = placement.rules(role)
-    table = models.param_table(models.load_config(path, **{k: v for k, v in kw.items()}), rules)
+    table = models.param_table(models.load_config(path, **kw), rules)
     model = models.from_pretrained(path, rules=rules, shardings=placement.params(table, role), seed=cfg.seed, **kw)
     return models.split(model)
 

@@ -21,9 +21,9 @@ def test_quantization_against_numpy(rng):
     np.testing.assert_array_equal(q, np.clip(np.rint(w / want_scale[:, None]), -127, 127))
     back = dequantize_int8(q, scale, stacked=True)
     assert np.all(np.abs(back - w) <= want_scale[:, None] / 2 + 1e-7)
-    q2, s2 = quantize_int8(w[0].reshape(8, 10).T, n_in=1)  # [out, in]? no: [in=10, out=8]
-    assert s2.shape == (8,) and np.all(np.abs(dequantize_int8(q2, s2, False) - w[0].reshape(8, 10).T)
-                                       <= s2 / 2 + 1e-7)
+    flat = w[0].reshape(8, 10).T  # unstacked [in=10, out=8]: one scale per output column
+    q2, s2 = quantize_int8(flat, n_in=1)
+    assert s2.shape == (8,) and np.all(np.abs(dequantize_int8(q2, s2, False) - flat) <= s2 / 2 + 1e-7)
 
 
 # Documented tolerance: int8 logits within 10% of the float logits' spread (std) at every position.

@@ -4,11 +4,12 @@ they use (RoPE, masks, grouped-query attention).
 
 Every parameter is an ``nnx.Param`` made by :func:`param`, whose metadata carries its
 logical axes (``out_sharding``) and its kind (``weight``, ``embedding``, ``position``,
-``bias``, ``scale``, ``lora``, ``quant_scale``). Those two fields are the one source
-of truth that init (:data:`INIT`), weight decay, export and sharding all read.
+``bias``, ``scale``, ``lora_a``, ``lora_b``, ``quant_scale``). Those two fields are the one
+source of truth that init (:func:`init_value`), weight decay (:data:`DECAYED`), export
+(:data:`VECTOR_KINDS`) and sharding all read.
 
-A ``stack=L`` argument gives every parameter a leading ``layers`` axis: the decoder
-builds one stacked :class:`~dpkd_jax.models.transformer.Block` and scans over it.
+A :class:`Stack` with ``layers=L`` gives every parameter a leading ``layers`` axis: the
+decoder builds one stacked :class:`~dpkd_jax.models.transformer.Block` and scans over it.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from .config import Attention, Config, LoRA, Mlp, Norm, Rope
+from .config import Attention, Config, LoRA, Norm, Rope
 
 ACTIVATIONS = {
     "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
@@ -109,7 +110,6 @@ class Linear(nnx.Module):
     def __init__(self, in_shape, out_shape, in_axes, out_axes, mk: Stack, *, bias=False, lora: LoRA | None = None,
                  quantize: str = "none"):
         self.n_in = len(in_shape)
-        self.quantize = quantize
         self.w = param(mk, "weight", (*in_shape, *out_shape), (*in_axes, *out_axes),
                        dtype=jnp.int8 if quantize == "int8" else None)
         self.scale = param(mk, "quant_scale", out_shape, out_axes, dtype=jnp.float32) if quantize == "int8" else None

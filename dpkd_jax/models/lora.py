@@ -67,8 +67,8 @@ def save_peft_adapter(model, path: str, base_model: str = "") -> bool:
     _, params = split_lib.split(model)
     tensors = []
     for t, module in modules.items():
-        a = np.asarray(jax.device_get(params[f"{proj(t, 'w')[:-2]}/lora_a"]), np.float32)
-        b = np.asarray(jax.device_get(params[f"{proj(t, 'w')[:-2]}/lora_b"]), np.float32)
+        a = np.asarray(jax.device_get(params[proj(t, "lora_a")]), np.float32)
+        b = np.asarray(jax.device_get(params[proj(t, "lora_b")]), np.float32)
         for i in range(cfg.n_layers):
             prefix = "base_model.model." + module.format(i=i)
             tensors.append((prefix + ".lora_A.weight", np.ascontiguousarray(a[i].reshape(-1, a.shape[-1]).T)))

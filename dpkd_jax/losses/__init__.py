@@ -14,8 +14,16 @@ so other projects can `import dpkd_jax.losses` alone. The contract, checked by
 Shapes: ``B`` batch, ``T`` response positions, ``V`` vocabulary. Logits are
 already aligned with their labels: ``logits[b, i]`` predicts ``labels[b, i]``.
 See ``shared/spec/method.md`` for the definitions followed here.
+
+Beside each logits-in loss sits its hidden-states-in form, ``chunked_<name>``
+(``chunked.py``): final hidden states ``[B, N, D]`` and the model's head instead of
+logits, computed in chunks of tokens so no ``[B, N, V]`` array is ever alive
+(method.md §11). ``tokenwise`` holds the per-position definitions both forms share.
 """
 
+from . import tokenwise
+from .chunked import *  # noqa: F401,F403
+from .chunked import __all__ as _chunked
 from .contrastive import cald_loss
 from .core import *  # noqa: F401,F403
 from .core import __all__ as _core
@@ -25,4 +33,4 @@ from .sparse import (sparse_adaptive_kl, sparse_forward_kl, sparse_generalized_j
 
 __all__ = [*_core, "minillm_rewards", "minillm_advantages", "ppo_clip_loss", "cald_loss", "sparse_forward_kl",
            "sparse_reverse_kl", "sparse_generalized_jsd", "sparse_skew_kl", "sparse_skew_reverse_kl",
-           "sparse_adaptive_kl", "topk_logprobs"]
+           "sparse_adaptive_kl", "topk_logprobs", "tokenwise", *_chunked]

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import jax
-
-from .core import _kl, _log_mix, _log_probs, masked_mean
+from . import tokenwise as tw
+from .core import _check_logits, masked_mean
 
 
 def cald_loss(student_logits_t, teacher_logits_t, mask_t, student_logits_s, teacher_logits_s, mask_s, *,
@@ -18,10 +17,8 @@ def cald_loss(student_logits_t, teacher_logits_t, mask_t, student_logits_s, teac
 
     Logits ``[B, T, V]`` aligned with their responses; masks ``[B, T]`` (y_t and y_s may
     have different lengths). Temperature 1, float32."""
-    if not 0.0 <= alpha < 1.0:
-        raise ValueError(f"alpha must be in [0, 1), got {alpha}")
-    logq_t, logp_t = _log_probs(student_logits_t, teacher_logits_t, mask_t, 1.0)
-    skl = masked_mean(_kl(logp_t, _log_mix(alpha, logp_t, logq_t)), mask_t)
-    logq_s, logp_s = _log_probs(student_logits_s, teacher_logits_s, mask_s, 1.0)
-    srkl = masked_mean(_kl(logq_s, _log_mix(1.0 - alpha, logp_s, jax.lax.stop_gradient(logq_s))), mask_s)
+    _check_logits(student_logits_t, teacher_logits_t, mask_t)
+    _check_logits(student_logits_s, teacher_logits_s, mask_s)
+    skl = masked_mean(tw.skew_kl(student_logits_t, teacher_logits_t, alpha=alpha), mask_t)
+    srkl = masked_mean(tw.cald_skew_reverse_kl(student_logits_s, teacher_logits_s, alpha=alpha), mask_s)
     return (1.0 - beta) * skl + beta * srkl

@@ -6,6 +6,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from . import tokenwise as tw
+
 __all__ = [
     "token_logprobs", "sequence_logprobs", "cross_entropy", "masked_mean",
     "dpkd_loss", "dpkd_token_loss", "DPKD_FORMS",
@@ -60,9 +62,7 @@ def token_logprobs(logits, labels):
     """
     if jnp.shape(labels) != jnp.shape(logits)[:-1]:
         raise ValueError(f"labels has shape {jnp.shape(labels)}, expected {jnp.shape(logits)[:-1]}")
-    picked = jnp.take_along_axis(logits, labels[..., None].astype(jnp.int32), axis=-1)[..., 0]
-    lse = jax.nn.logsumexp(logits.astype(jnp.float32), axis=-1)
-    return picked.astype(jnp.float32) - lse
+    return tw.logprob(logits, labels)
 
 
 def sequence_logprobs(logits, labels, mask):
@@ -178,42 +178,15 @@ def dpkd_token_loss(student_logits, teacher_logits, mask, *, beta=0.1, label_smo
     float32 logsumexp reductions over ``V``; no ``[B, T, V]`` float32 copy is kept.
     """
     _check_logits(student_logits, teacher_logits, mask)
-    chosen = jnp.argmax(teacher_logits, axis=-1)
-    rejected = jnp.argmax(jax.lax.stop_gradient(student_logits), axis=-1)
-    ratio_c = token_logprobs(student_logits, chosen)
-    ratio_r = token_logprobs(student_logits, rejected)
-    if not reference_free:
-        ratio_c = ratio_c - token_logprobs(teacher_logits, chosen)
-        ratio_r = ratio_r - token_logprobs(teacher_logits, rejected)
-    h = beta * (ratio_c - ratio_r)
-    per_token = -(1.0 - label_smoothing) * jax.nn.log_sigmoid(h) - label_smoothing * jax.nn.log_sigmoid(-h)
-    return masked_mean(per_token, mask)
+    return masked_mean(tw.dpkd_token(student_logits, teacher_logits, beta=beta, label_smoothing=label_smoothing,
+                                     reference_free=reference_free), mask)
 
 
 # ------------------------------------------------ token-level divergences ---
 
-def _log_probs(student_logits, teacher_logits, mask, temperature):
+def _token_mean(per_token, student_logits, teacher_logits, mask, **kw):
     _check_logits(student_logits, teacher_logits, mask)
-    if temperature <= 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
-    logq = jax.nn.log_softmax(student_logits.astype(jnp.float32) / temperature, axis=-1)
-    logp = jax.nn.log_softmax(teacher_logits.astype(jnp.float32) / temperature, axis=-1)
-    return logq, logp
-
-
-def _kl(log_a, log_b):
-    """``Σ_v a (log a − log b)`` over the last axis; 0·log 0 counts as 0."""
-    a = jnp.exp(log_a)
-    return jnp.sum(jnp.where(a > 0, a * (log_a - log_b), 0.0), axis=-1)
-
-
-def _log_mix(w_a, log_a, log_b):
-    """``log(w_a·a + (1−w_a)·b)`` from log-probabilities, stably."""
-    return jnp.logaddexp(jnp.log(w_a) + log_a, jnp.log1p(-w_a) + log_b)
-
-
-_MEMORY_NOTE = ("Memory: float32 log-softmax of both logits (two ``[B, T, V]`` arrays) "
-                "plus the fused elementwise KL term.")
+    return masked_mean(per_token(student_logits, teacher_logits, **kw), mask)
 
 
 def forward_kl(student_logits, teacher_logits, mask, *, temperature=1.0):
@@ -221,14 +194,12 @@ def forward_kl(student_logits, teacher_logits, mask, *, temperature=1.0):
 
     ``p = softmax(teacher/τ)``, ``q = softmax(student/τ)``; logits ``[B, T, V]``,
     mask ``[B, T]`` -> ``[B]``. """
-    logq, logp = _log_probs(student_logits, teacher_logits, mask, temperature)
-    return masked_mean(_kl(logp, logq), mask)
+    return _token_mean(tw.forward_kl, student_logits, teacher_logits, mask, temperature=temperature)
 
 
 def reverse_kl(student_logits, teacher_logits, mask, *, temperature=1.0):
     """Token-mean reverse KL ``KL(q‖p) = Σ_v q log(q/p)``; shapes as :func:`forward_kl`."""
-    logq, logp = _log_probs(student_logits, teacher_logits, mask, temperature)
-    return masked_mean(_kl(logq, logp), mask)
+    return _token_mean(tw.reverse_kl, student_logits, teacher_logits, mask, temperature=temperature)
 
 
 def generalized_jsd(student_logits, teacher_logits, mask, *, temperature=1.0, beta=0.5):
@@ -238,37 +209,17 @@ def generalized_jsd(student_logits, teacher_logits, mask, *, temperature=1.0, be
     exactly as the divergences method.md names, not through the mixture:
     ``β = 0`` is forward KL ``KL(p‖q)``, ``β = 1`` reverse KL ``KL(q‖p)``.
     Shapes as :func:`forward_kl`. """
-    if not 0.0 <= beta <= 1.0:
-        raise ValueError(f"beta must be in [0, 1], got {beta}")
-    logq, logp = _log_probs(student_logits, teacher_logits, mask, temperature)
-    return masked_mean(_jsd(logp, logq, beta), mask)
-
-
-def _jsd(logp, logq, beta, kl=None):
-    """Per-position JSD_β, its endpoints computed exactly (β = 0: KL(p‖q), β = 1: KL(q‖p))."""
-    kl = kl or _kl
-    if beta == 0.0:
-        return kl(logp, logq)
-    if beta == 1.0:
-        return kl(logq, logp)
-    log_m = _log_mix(beta, logp, logq)
-    return beta * _kl(logp, log_m) + (1.0 - beta) * _kl(logq, log_m)
+    return _token_mean(tw.generalized_jsd, student_logits, teacher_logits, mask, temperature=temperature, beta=beta)
 
 
 def skew_kl(student_logits, teacher_logits, mask, *, temperature=1.0, alpha=0.1):
     """Token-mean skew KL (DistiLLM): ``KL(p ‖ αp + (1−α)q)``; shapes as :func:`forward_kl`."""
-    if not 0.0 <= alpha < 1.0:
-        raise ValueError(f"alpha must be in [0, 1), got {alpha}")
-    logq, logp = _log_probs(student_logits, teacher_logits, mask, temperature)
-    return masked_mean(_kl(logp, _log_mix(alpha, logp, logq)), mask)
+    return _token_mean(tw.skew_kl, student_logits, teacher_logits, mask, temperature=temperature, alpha=alpha)
 
 
 def skew_reverse_kl(student_logits, teacher_logits, mask, *, temperature=1.0, alpha=0.1):
     """Token-mean skew reverse KL: ``KL(q ‖ (1−α)p + αq)``; shapes as :func:`forward_kl`."""
-    if not 0.0 <= alpha < 1.0:
-        raise ValueError(f"alpha must be in [0, 1), got {alpha}")
-    logq, logp = _log_probs(student_logits, teacher_logits, mask, temperature)
-    return masked_mean(_kl(logq, _log_mix(alpha, logq, logp)), mask)
+    return _token_mean(tw.skew_reverse_kl, student_logits, teacher_logits, mask, temperature=temperature, alpha=alpha)
 
 
 def adaptive_kl(student_logits, teacher_logits, mask, *, temperature=1.0, mu=0.5):
@@ -281,19 +232,7 @@ def adaptive_kl(student_logits, teacher_logits, mask, *, temperature=1.0, mu=0.5
     when ``p = q`` exactly). Shapes as :func:`forward_kl`. Memory: besides the
     two log-softmaxes, a sort of ``p`` over ``V`` (``[B, T, V]`` values and indices).
     """
-    logq, logp = _log_probs(student_logits, teacher_logits, mask, temperature)
-    p = jnp.exp(logp)
-    e = jnp.abs(p - jax.lax.stop_gradient(jnp.exp(logq)))
-    order = jnp.argsort(-p, axis=-1)
-    cum = jnp.cumsum(jnp.take_along_axis(p, order, axis=-1), axis=-1)
-    head_sorted = (cum <= mu).at[..., 0].set(True)
-    e_sorted = jnp.take_along_axis(e, order, axis=-1)
-    g_head = jnp.sum(jnp.where(head_sorted, e_sorted, 0.0), axis=-1)
-    g_tail = jnp.sum(jnp.where(head_sorted, 0.0, e_sorted), axis=-1)
-    total = g_head + g_tail
-    w_head = jax.lax.stop_gradient(jnp.where(total > 0, g_head / jnp.where(total > 0, total, 1.0), 0.5))
-    per_token = w_head * _kl(logp, logq) + (1.0 - w_head) * _kl(logq, logp)
-    return masked_mean(per_token, mask)
+    return _token_mean(tw.adaptive_kl, student_logits, teacher_logits, mask, temperature=temperature, mu=mu)
 
 
 # ------------------------------------------------------- PLaD and daDPO ---

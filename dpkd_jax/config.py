@@ -55,7 +55,10 @@ def default_config():
                                         "rules": dict(DEFAULT_RULES)})
     # Model execution: remat none | full | dots (save matmul outputs) for long sequences; scan over layers.
     # decode_kernel: pallas uses JAX's Pallas GPU decode-attention kernel for decode steps (xla elsewhere)
-    c.model = ml_collections.ConfigDict({"remat": "none", "scan_layers": True, "decode_kernel": "xla"})
+    # loss_chunk_tokens: token-level losses project to the vocabulary in chunks of this many tokens (batch rows x
+    # positions), recomputed in the backward pass (method.md §11); 0 = whole [B, N, V] logits (for comparisons)
+    c.model = ml_collections.ConfigDict({"remat": "none", "scan_layers": True, "decode_kernel": "xla",
+                                         "loss_chunk_tokens": 1024})
     # Multi-host: jax.distributed.initialize(); empty fields are auto-detected (TPU pods, SLURM).
     c.distributed = ml_collections.ConfigDict({"enabled": False, "coordinator_address": "", "num_processes": 0,
                                                "process_id": -1})
@@ -120,12 +123,12 @@ def validate(c):
         raise InputError(f"config.{field}: {msg}")
     objective = objectives.build(c.method, c.loss)  # unknown method or a bad field of its block: named
     if c.teacher.topk:
-        if not getattr(objective, "supports_topk", False):
+        if not objective.topk:
             fail("teacher.topk", f"the sparse teacher cache serves {', '.join(objectives.TOPK_METHODS)}; method "
                                  f"{c.method!r} with these settings needs the teacher itself (set teacher.topk=0)")
-        if getattr(objective, "loss_temperature", 1.0) != 1.0:
+        if objective.loss_temperature != 1.0:
             fail("teacher.topk", f"the cache holds log-probs at temperature 1, but loss.{c.method}.temperature="
-                                 f"{objective.temperature}")
+                                 f"{objective.loss_temperature}")
     if c.mode not in ("train", "eval", "generate", "check"):
         fail("mode", f"must be train, eval, generate or check, got {c.mode!r}")
     if c.data.max_prompt_length >= c.data.max_length:
@@ -149,6 +152,8 @@ def validate(c):
     if c.train.batch_size % dp:
         fail("train.batch_size", f"{c.train.batch_size} is not divisible by the data-parallel size {dp} "
                                  f"(mesh data={mesh['data']} x fsdp={mesh['fsdp']})")
+    if c.model.loss_chunk_tokens < 0:
+        fail("model.loss_chunk_tokens", f"must be >= 0 (0: no chunking), got {c.model.loss_chunk_tokens}")
     if c.train.max_bad_steps < 1:
         fail("train.max_bad_steps", f"must be >= 1, got {c.train.max_bad_steps}")
     if c.train.steps < 1:

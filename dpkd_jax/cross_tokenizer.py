@@ -15,6 +15,7 @@ The host round trip costs one device->host->device copy of the samples per step
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 import jax
@@ -25,15 +26,10 @@ from . import sampling, sharding
 from .errors import InputError
 from .models.tokenizers import pad_id
 
-# Model-side batch keys of the teacher's own tokenization (read by train.make_step).
-TEACHER_VIEW = ("x_teacher_prompt_ids", "x_teacher_prompt_mask", "x_teacher_yt_ids", "x_teacher_yt_mask",
-                "x_teacher_ys_ids", "x_teacher_ys_mask")
-
-
 def check_method(objective, method: str):
     """Token-level objectives compare next-token distributions over one vocabulary: stop."""
     from .objectives import CROSS_METHODS
-    if not getattr(objective, "cross_tokenizer", False):
+    if not objective.cross_tokenizer:
         raise InputError(f"config.method: {method!r} compares token distributions and needs one vocabulary, but the "
                          f"teacher and student tokenizers differ; the sequence-level methods work across tokenizers: "
                          f"{', '.join(CROSS_METHODS)}")
@@ -94,45 +90,40 @@ def teacher_prompts(data: data_lib.Tokenized, tokenizer, *, template, max_prompt
     if not keep:
         raise InputError(f"data.max_prompt_length={P}: no prompt fits in the teacher's tokens")
     keep = np.asarray(keep)
-    return keep, {"x_teacher_prompt_ids": ids[keep], "x_teacher_prompt_mask": mask[keep]}
+    return keep, {"teacher_view.prompt_ids": ids[keep], "teacher_view.prompt_mask": mask[keep]}
 
 
-def wrap_step(step, cfg, needs, student, teacher, teacher_params, student_tok, teacher_tok, batch_sharding=None):
+def wrap_step(step, spec, needs, student, teacher, teacher_params, student_tok, teacher_tok, batch_sharding=None):
     """The cross-tokenizer step around the generic compiled ``step``: sample what ``needs``
-    asks for, cross the samples as text on the host, then score and update. Metrics gain
-    ``xtok/truncated`` (rows cut at the length limit so far)."""
-    g = cfg.gen
-    gen_kw = dict(max_new_tokens=g.max_new_tokens, temperature=g.temperature, top_k=g.top_k, top_p=g.top_p)
-    length = 2 * g.max_new_tokens  # room for the finer of the two tokenizers
+    asks for, cross the samples as text on the host, then score and update. ``spec``: the
+    student's :class:`specs.Sampling`. Metrics gain ``xtok/truncated`` (rows cut at the
+    length limit so far)."""
+    length = 2 * spec.max_new_tokens  # room for the finer of the two tokenizers
     t_pad = pad_id(teacher_tok)
     to_student = Retokenizer(teacher_tok, student_tok, length, src_eos=teacher_tok.eos_token_id,
-                             dst_eos=g.eos_token_id, dst_pad=g.pad_token_id)
-    to_teacher = Retokenizer(student_tok, teacher_tok, length, src_eos=g.eos_token_id,
+                             dst_eos=spec.eos_token_id, dst_pad=spec.pad_token_id)
+    to_teacher = Retokenizer(student_tok, teacher_tok, length, src_eos=spec.eos_token_id,
                              dst_eos=teacher_tok.eos_token_id, dst_pad=t_pad)
-    draw_t = jax.jit(lambda tp, p, m, rng: sampling.sample(
-        teacher, tp, p, m, rng, **gen_kw, eos_token_id=teacher_tok.eos_token_id, pad_token_id=t_pad))
-    draw_s = jax.jit(lambda params, p, m, rng: sampling.sample(
-        student, jax.lax.stop_gradient(params), p, m, rng, **gen_kw, eos_token_id=g.eos_token_id,
-        pad_token_id=g.pad_token_id))
+    t_kw = spec.kwargs(eos_token_id=teacher_tok.eos_token_id, pad_token_id=t_pad)
+    draw_t = jax.jit(lambda tp, p, m, rng: sampling.sample(teacher, tp, p, m, rng, **t_kw))
+    draw_s = jax.jit(lambda params, p, m, rng: sampling.sample(student, jax.lax.stop_gradient(params), p, m, rng,
+                                                               **spec.kwargs()))
+    put = (lambda a: sharding.put(a, batch_sharding)) if batch_sharding is not None else (lambda a: a)
 
     def cross_step(state, batch, rng):
         rt, rs = jax.random.split(jax.random.fold_in(rng, 7))
-        host = {}
+        view, changes = batch.teacher_view, {}
         if needs.teacher_samples:
-            if "x_teacher_yt_ids" in batch:  # offline: y_t drawn once per prompt, in the teacher's tokens
-                yt, ytm = batch["x_teacher_yt_ids"], batch["x_teacher_yt_mask"]
-            else:
-                yt, ytm = draw_t(teacher_params, batch["x_teacher_prompt_ids"], batch["x_teacher_prompt_mask"], rt)
+            yt, ytm = draw_t(teacher_params, view.prompt_ids, view.prompt_mask, rt)
             yt, ytm = sharding.to_host(yt), sharding.to_host(ytm)
-            host["x_teacher_yt_ids"], host["x_teacher_yt_mask"] = yt, ytm
-            host["teacher_ids"], host["teacher_mask"] = to_student(yt, ytm)
+            view = dataclasses.replace(view, yt_ids=put(yt), yt_mask=put(ytm))
+            changes["teacher_ids"], changes["teacher_mask"] = (put(a) for a in to_student(yt, ytm))
         if needs.student_samples:
-            ys, ysm = (sharding.to_host(a) for a in draw_s(state["params"], batch["prompt_ids"], batch["prompt_mask"],
-                                                            rs))
-            host["student_ids"], host["student_mask"] = ys, ysm
-            host["x_teacher_ys_ids"], host["x_teacher_ys_mask"] = to_teacher(ys, ysm)
-        placed = sharding.put(host, batch_sharding) if batch_sharding is not None else host
-        state, metrics = step(state, dict(batch, **placed), rng)
+            ys, ysm = (sharding.to_host(a) for a in draw_s(state["params"], *batch.prompts, rs))
+            changes["student_ids"], changes["student_mask"] = put(ys), put(ysm)
+            ys_t, ysm_t = to_teacher(ys, ysm)
+            view = dataclasses.replace(view, ys_ids=put(ys_t), ys_mask=put(ysm_t))
+        state, metrics = step(state, batch.replace(teacher_view=view, **changes), rng)
         metrics["xtok/truncated"] = float(to_student.truncated + to_teacher.truncated)
         return state, metrics
     cross_step.retokenizers = (to_student, to_teacher)

@@ -23,8 +23,8 @@ from . import evaluate as eval_lib
 from . import sharding
 from .checkpoint import Checkpoints
 from .curves import plot_history
-from . import objectives
-from . import cross_tokenizer, teacher_cache
+from . import cross_tokenizer, specs, teacher_cache
+from .batch import Batch
 from .errors import InputError
 from .optim import make_optimizer
 from .throughput import Throughput, step_flops
@@ -75,32 +75,34 @@ class SigtermGuard:
             signal.signal(signal.SIGTERM, self._old)
 
 
-def train_loop(cfg, student, params, teacher, teacher_params, train_data, lm_rows, workdir, *, dev=None,
-               tokenizer=None, ref_params=None, desc=None, placement=None, callback=None, teacher_tokenizer=None):
-    """Train ``params`` with ``cfg.method`` on ``placement`` (from ``cfg.mesh`` by default).
+class Run(NamedTuple):
+    """A stage's placed pieces: the optimizer, the step's shardings, the state, the frozen models' params."""
+    tx: object
+    shardings: dict
+    state: dict
+    teacher_params: dict | None
+    ref_params: dict | None
 
-    ``teacher_tokenizer`` (a tokenizer other than the student's ``tokenizer``): train across
-    tokenizers (cross_tokenizer.py; sequence-level methods only).
 
-    Returns :class:`Trained`. ``callback(step, state)``, if given, runs after
-    every step. Raises :class:`Preempted` after a SIGTERM (checkpoint written) and
-    :class:`Diverged` after ``train.max_bad_steps`` non-finite steps in a row.
-    """
-    from tensorboardX import SummaryWriter
-    t = cfg.train
-    placement = placement or sharding.Placement(cfg.mesh)
+def place(placement, spec, student, params, teacher, teacher_params, ref_params, train_cfg) -> Run:
+    """Check the mesh against the models, build the optimizer, and put everything on its shardings."""
     mesh = placement.mesh
-    sharding.check_batch(t.batch_size, mesh)
+    sharding.check_batch(spec.batch_size, mesh)
     sharding.check_heads(student.config.n_heads, mesh, "student")
     sharding.check_heads(teacher.config.n_heads, mesh, "teacher")
-    objective = objectives.build(cfg.method, cfg.loss)
-    tx = make_optimizer(t, objectives.updates_per_step(objective), {n: i.kind for n, i in student.info.items()})
+    tx = make_optimizer(train_cfg, spec.objective.updates_per_step, {n: i.kind for n, i in student.info.items()})
     sh = step_shardings(placement, student, teacher, tx, params)
-    teacher_params = sharding.put(teacher_params, sh["teacher"])
-    if ref_params is not None:
-        ref_params = sharding.put(ref_params, sh["params"])
+    ref_params = None if ref_params is None else sharding.put(ref_params, sh["params"])
     state = place_state(student, params, tx, sh)  # a copy: the caller's params stay valid under donation
-    extra = {}
+    return Run(tx, sh, state, sharding.put(teacher_params, sh["teacher"]), ref_params)
+
+
+def row_extras(cfg, spec, teacher, teacher_params, train_data, workdir, mesh, teacher_tokenizer):
+    """(training data, extra row arrays for the batches, the teacher params the step takes): the
+    teacher's own prompts across tokenizers and the offline caches (samples, top-k; with the
+    top-k cache the step takes no teacher weights)."""
+    objective, extra = spec.objective, {}
+    cache = lambda name: os.path.join(cfg.teacher.cache_dir or workdir, name)
     if teacher_tokenizer is not None:
         cross_tokenizer.check_method(objective, cfg.method)
         if cfg.gen.teacher_mode == "offline":
@@ -111,95 +113,153 @@ def train_loop(cfg, student, params, teacher, teacher_params, train_data, lm_row
         train_data = train_data.take(keep)
         extra.update(views)
     if objective.needs.teacher_samples and cfg.gen.teacher_mode == "offline":
-        extra.update(teacher_cache.teacher_samples(cfg, teacher, teacher_params, train_data,
-                                                   os.path.join(cfg.teacher.cache_dir or workdir, "teacher_samples.npz"), mesh))
+        extra.update(teacher_cache.teacher_samples(spec.sampling, cfg.seed, spec.batch_size, teacher, teacher_params,
+                                                   train_data, cache("teacher_samples.npz"), mesh))
     if cfg.teacher.topk:
-        extra.update(teacher_cache.teacher_topk(cfg, teacher, teacher_params, train_data, cfg.teacher.topk,
-                                                os.path.join(cfg.teacher.cache_dir or workdir, f"teacher_top{cfg.teacher.topk}.npz"), mesh))
-        teacher_params = None  # the step trains from the cache: no teacher weights in it
-    batches = data_lib.Batches(train_data, t.batch_size, cfg.seed, extra or None)
-    if batches.dropped_per_epoch:
-        logging.info("%d examples per epoch fall in the last partial batch and are not used that epoch",
-                     batches.dropped_per_epoch)
-    use_lm = lm_rows is not None and getattr(objective, "lm_coef", 0.0) > 0
-    ckpt = Checkpoints(os.path.join(workdir, "checkpoints"), keep=t.keep)
-    history, start = [], 0
-    if cfg.resume:
-        restored = ckpt.restore_latest(state)
-        if restored is not None:
-            state, ext = restored
-            batches.restore(ext["data"])
-            history = ext.get("history", [])
-            start = int(state["step"])
-            done_already = " (finished: reusing it)" if start >= t.steps else ""
-            print(f"{desc or cfg.method}: resumed from step {start}{done_already} ({ckpt.latest.directory})")
-    step_fn = make_step(cfg, student, teacher, tx, teacher_params, ref_params, sh)
-    if teacher_tokenizer is not None:
-        step_fn = cross_tokenizer.wrap_step(step_fn, cfg, objective.needs, student, teacher, teacher_params,
-                                            tokenizer, teacher_tokenizer, sh["batch"])
-    writer = SummaryWriter(os.path.join(workdir, "tb")) if jax.process_index() == 0 else None
-    throughput = Throughput(step_flops(cfg, student, teacher, t.batch_size),
-                            t.batch_size * (cfg.data.max_length + cfg.gen.max_new_tokens))
-    base_rng = jax.random.PRNGKey(cfg.seed)
+        extra.update(teacher_cache.teacher_topk(spec.batch_size, teacher, teacher_params, train_data, cfg.teacher.topk,
+                                                cache(f"teacher_top{cfg.teacher.topk}.npz"), mesh))
+        teacher_params = None
+    return train_data, extra, teacher_params
 
+
+def resume(ckpt, state, batches, desc, steps):
+    """(state, history, start step) from the latest checkpoint, or the fresh state."""
+    restored = ckpt.restore_latest(state)
+    if restored is None:
+        return state, [], 0
+    state, ext = restored
+    batches.restore(ext["data"])
+    start = int(state["step"])
+    done_already = " (finished: reusing it)" if start >= steps else ""
+    print(f"{desc}: resumed from step {start}{done_already} ({ckpt.latest.directory})")
+    return state, ext.get("history", []), start
+
+
+def batch_source(batches, lm_rows, seed, batch_size, batch_sharding):
+    """``next_batch(step)``: the next typed :class:`Batch` on the mesh; pre-training rows
+    drawn deterministically per step, so a resumed run sees the same text."""
     def next_batch(step):
-        batch = batches.next()
-        if use_lm:
-            # Deterministic per step, so a resumed run sees the same text.
-            rows = np.random.default_rng([cfg.seed, step]).integers(0, len(lm_rows), t.batch_size)
-            batch["lm_ids"] = lm_rows[rows]
-        batch.pop("example_ids")
-        return sharding.put(batch, sh["batch"])
+        rows = batches.next()
+        rows.pop("example_ids")
+        if lm_rows is not None:
+            rows["lm_ids"] = lm_rows[np.random.default_rng([seed, step]).integers(0, len(lm_rows), batch_size)]
+        return sharding.put(Batch.of(rows), batch_sharding)
+    return next_batch
 
-    trainer = Trainer(step_fn, next_batch, lambda step: jax.random.fold_in(base_rng, step), start=start,
-                      steps=t.steps)
-    saved = [start]
 
-    def save(step, best=None):
-        trainer.flush()  # the history saved with it includes this step
-        ckpt.save(step, trainer.state, {"data": batches.state(), "history": history}, best_metric=best)
-        saved[0] = step
+class Saver:
+    """Checkpoints of the trainer's state with the data position and history; remembers the
+    last step saved so a hook never writes the same step twice."""
 
-    pbar = tqdm(initial=start, total=t.steps, desc=desc or cfg.method, leave=False,
-                disable=jax.process_index() != 0)
-    def save_now(step):
-        save(step)
-        ckpt.wait()
-        return ckpt.latest.directory
+    def __init__(self, ckpt, trainer, batches, history, start):
+        self.ckpt, self.trainer, self.batches, self.history, self.last = ckpt, trainer, batches, history, start
 
-    trainer.every(1, nan_guard(t.max_bad_steps, save_now, lambda: trainer.step))
+    def __call__(self, step, best=None):
+        if step == self.last and best is None:
+            return
+        self.trainer.flush()  # the history saved with it includes this step
+        self.ckpt.save(step, self.trainer.state, {"data": self.batches.state(), "history": self.history},
+                       best_metric=best)
+        self.last = step
+
+    def now(self, step):
+        """Save and wait: the directory of the checkpoint written."""
+        self(step)
+        self.ckpt.wait()
+        return self.ckpt.latest.directory
+
+
+def register_hooks(trainer, save, cfg, history, throughput, writer, pbar, evaluate=None, callback=None):
+    t = cfg.train
+    trainer.every(1, nan_guard(t.max_bad_steps, save.now, lambda: trainer.step))
     trainer.every(t.log_every, log_metrics(history, throughput, t.log_every, HackingWatch(t.hacking_warn_ratio, history),
                                            writer, pbar))
     trainer.every(1, lambda step, _: pbar.update(1), state=True, at_end=False)
     if callback:
         trainer.every(1, lambda step, tr: callback(step, tr.state), state=True, at_end=False)
-    if t.eval_every and dev is not None:
-        def evaluate(step, tr):
-            res = eval_lib.evaluate(student, tr.state["params"], {"dev": dev}, tokenizer, _quick_eval(cfg), cfg.gen,
-                                    mesh=mesh)
-            if writer:
-                writer.add_scalar("eval/dev_rougeL", res["dev"]["rougeL"], step)
-            save(step, res["dev"]["rougeL"])
+    if evaluate is not None:
         trainer.every(t.eval_every, evaluate, state=True, at_end=False)
     if t.save_every:
-        trainer.every(t.save_every, lambda step, tr: saved[0] != step and save(step), state=True)
+        trainer.every(t.save_every, lambda step, tr: save(step), state=True)
 
-    with SigtermGuard() as guard:
-        def preempt(step, tr):
-            if guard.requested:
-                if saved[0] != step:
-                    save(step)
-                ckpt.wait()
-                ckpt.close()
-                raise Preempted(step, ckpt.latest.directory)
-        trainer.every(1, preempt, state=True)
-        state = trainer.run(state)
-    pbar.close()
+
+def dev_eval(cfg, student, dev, tokenizer, mesh, writer, save):
+    """State hook: RougeL on the dev set, logged, and a checkpoint ranked by it."""
+    def evaluate(step, tr):
+        res = eval_lib.evaluate(student, tr.state["params"], {"dev": dev}, tokenizer, _quick_eval(cfg), cfg.gen,
+                                mesh=mesh)
+        if writer:
+            writer.add_scalar("eval/dev_rougeL", res["dev"]["rougeL"], step)
+        save(step, res["dev"]["rougeL"])
+    return evaluate
+
+
+def train_loop(cfg, student, params, teacher, teacher_params, train_data, lm_rows, workdir, *, dev=None,
+               tokenizer=None, ref_params=None, desc=None, placement=None, callback=None, teacher_tokenizer=None,
+               spec=None):
+    """Train ``params`` with the run's objective (``spec``, a :class:`specs.Step`; built from
+    ``cfg`` when not given) on ``placement`` (from ``cfg.mesh`` by default).
+
+    ``teacher_tokenizer`` (a tokenizer other than the student's ``tokenizer``): train across
+    tokenizers (cross_tokenizer.py; sequence-level methods only). Returns :class:`Trained`.
+    ``callback(step, state)``, if given, runs after every step. Raises :class:`Preempted`
+    after a SIGTERM (checkpoint written) and :class:`Diverged` after ``train.max_bad_steps``
+    non-finite steps in a row. The checkpoint manager is closed on every exit.
+    """
+    spec = spec or specs.Step.of(cfg)
+    desc = desc or cfg.method
+    placement = placement or sharding.Placement(cfg.mesh)
+    run = place(placement, spec, student, params, teacher, teacher_params, ref_params, cfg.train)
+    train_data, extra, step_teacher = row_extras(cfg, spec, teacher, run.teacher_params, train_data, workdir,
+                                                 placement.mesh, teacher_tokenizer)
+    batches = data_lib.Batches(train_data, spec.batch_size, cfg.seed, extra or None)
+    if batches.dropped_per_epoch:
+        logging.info("%d examples per epoch fall in the last partial batch and are not used that epoch",
+                     batches.dropped_per_epoch)
+    use_lm = lm_rows is not None and spec.objective.lm_coef > 0
+    with Checkpoints(os.path.join(workdir, "checkpoints"), keep=cfg.train.keep) as ckpt:
+        state, history, start = resume(ckpt, run.state, batches, desc, spec.steps) if cfg.resume else (run.state, [], 0)
+        step_fn = make_step(spec, student, teacher, run.tx, step_teacher, run.ref_params, run.shardings)
+        if teacher_tokenizer is not None:
+            step_fn = cross_tokenizer.wrap_step(step_fn, spec.sampling, spec.objective.needs, student, teacher,
+                                                run.teacher_params, tokenizer, teacher_tokenizer, run.shardings["batch"])
+        return _train(cfg, spec, student, step_fn, state, start, history, batches, ckpt, workdir, desc,
+                      batch_source(batches, lm_rows if use_lm else None, cfg.seed, spec.batch_size,
+                                   run.shardings["batch"]), dev=dev, tokenizer=tokenizer, mesh=placement.mesh,
+                      callback=callback, teacher=teacher)
+
+
+def _train(cfg, spec, student, step_fn, state, start, history, batches, ckpt, workdir, desc, next_batch, *, dev,
+           tokenizer, mesh, callback, teacher):
+    """Run the trainer with its hooks from ``start``; the best parameters when a dev eval ranked them."""
+    from tensorboardX import SummaryWriter
+    writer = SummaryWriter(os.path.join(workdir, "tb")) if jax.process_index() == 0 else None
+    d = cfg.data
+    throughput = Throughput(step_flops(spec.objective.needs, student, teacher, spec.batch_size,
+                                       (d.max_prompt_length, d.max_length - d.max_prompt_length,
+                                        spec.sampling.max_new_tokens)),
+                            spec.batch_size * (d.max_length + spec.sampling.max_new_tokens))
+    base_rng = jax.random.PRNGKey(cfg.seed)
+    trainer = Trainer(step_fn, next_batch, lambda step: jax.random.fold_in(base_rng, step), start=start,
+                      steps=spec.steps)
+    save = Saver(ckpt, trainer, batches, history, start)
+    pbar = tqdm(initial=start, total=spec.steps, desc=desc, leave=False, disable=jax.process_index() != 0)
+    evaluate = dev_eval(cfg, student, dev, tokenizer, mesh, writer, save) if cfg.train.eval_every and dev else None
+    register_hooks(trainer, save, cfg, history, throughput, writer, pbar, evaluate, callback)
+    try:
+        with SigtermGuard() as guard:
+            def preempt(step, tr):
+                if guard.requested:
+                    directory = save.now(step)
+                    raise Preempted(step, directory)
+            trainer.every(1, preempt, state=True)
+            state = trainer.run(state)
+    finally:
+        pbar.close()
+        if writer:
+            writer.close()
     ckpt.wait()
     best_params = ckpt.restore_best_params(state) if ckpt.has_best() else None
-    ckpt.close()
-    if writer:
-        writer.close()
     return Trained(state["params"], history, best_params)
 
 

@@ -65,6 +65,14 @@ def run(cfg):
     if cfg.mode == "check":
         from .preflight import preflight
         return preflight(cfg)
+    if cfg.mode == "train":  # one training run per work dir
+        from .checkpoint import WorkdirLock
+        with WorkdirLock(cfg.workdir):
+            return _dispatch(cfg)
+    return _dispatch(cfg)
+
+
+def _dispatch(cfg):
     if cfg.experiment.enabled:
         from .experiment import run_experiment
         return run_experiment(cfg)

@@ -83,7 +83,7 @@ def run(cfg):
     with cfg.unlocked():
         cfg.teacher.path, cfg.student.path = resolve(cfg.teacher.path), resolve(cfg.student.path)
     tokenizer = models.load_tokenizer(cfg.student.path)
-    cross_ok = getattr(objectives.build(cfg.method, cfg.loss), "cross_tokenizer", False) and cfg.mode == "train"
+    cross_ok = objectives.build(cfg.method, cfg.loss).cross_tokenizer and cfg.mode == "train"
     vocab, t_vocab, t_tok = models.vocabularies(cfg.teacher.path, cfg.student.path, cross_ok=cross_ok,
                                                 cross_methods=objectives.CROSS_METHODS, student_tok=tokenizer)
     resolve_token_ids(cfg, tokenizer)

@@ -67,7 +67,7 @@ def preflight(cfg, out=print):
         say(_model_summary(role, path, models.load_config(path, **model_options(cfg, role, 0))))
     tokenizer = models.load_tokenizer(paths["student"])
     from . import objectives
-    cross_ok = getattr(objectives.build(cfg.method, cfg.loss), "cross_tokenizer", False)
+    cross_ok = objectives.build(cfg.method, cfg.loss).cross_tokenizer
     vocab, t_vocab, t_tok = models.vocabularies(paths["teacher"], paths["student"], cross_ok=cross_ok,
                                                 cross_methods=objectives.CROSS_METHODS, student_tok=tokenizer)
     say(f"vocabulary: shared, {vocab} tokens" if t_tok is None else

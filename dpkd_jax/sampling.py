@@ -28,7 +28,7 @@ import jax.numpy as jnp
 
 from . import losses
 
-__all__ = ["generate", "sample", "sample_jit", "score", "response_logits", "process_logits", "chunks"]
+__all__ = ["generate", "sample", "sample_jit", "score", "response_logits", "response_hidden", "process_logits", "chunks"]
 
 MAX_CHUNKS = 4      # compiled decode bodies per generation; attention waste <= 1/MAX_CHUNKS of N
 MIN_CHUNK = 16
@@ -211,26 +211,44 @@ def generate(model, prompt_ids, prompt_mask, *, max_new_tokens, rng=None, temper
                              eos_token_id=eos_token_id, pad_token_id=pad_token_id)
 
 
+def _teacher_forced(prompt_ids, prompt_mask, response_ids, response_mask):
+    """Prompt and response as one row: (tokens, positions, mask) ``[B, P + N]``."""
+    tokens = jnp.concatenate([prompt_ids, response_ids], axis=1)
+    mask = jnp.concatenate([prompt_mask, response_mask], axis=1).astype(jnp.int32)
+    return tokens, jnp.maximum(jnp.cumsum(mask, axis=1) - 1, 0), mask
+
+
+def response_hidden(decode, params, prompt_ids, prompt_mask, response_ids, response_mask):
+    """Teacher-forced final hidden states at the positions that predict the response: ``[B, N, D]``
+    (``decode.head`` of ``out[b, i]`` predicts ``response[b, i]``). The losses apply the head
+    in chunks (``losses.token_map``)."""
+    P, N = prompt_ids.shape[1], response_ids.shape[1]
+    tokens, positions, mask = _teacher_forced(prompt_ids, prompt_mask, response_ids, response_mask)
+    return decode.hidden(params, tokens, positions, mask)[:, P - 1:P + N - 1]
+
+
 def response_logits(decode, params, prompt_ids, prompt_mask, response_ids, response_mask):
-    """Teacher-forced logits at the response positions: ``[B, N, V]``.
+    """Teacher-forced logits at the response positions: ``[B, N, V]`` (for analysis and tests;
+    the train step never builds them: it uses :func:`response_hidden`).
 
     The prompt ``[B, P]`` is left-padded, the response ``[B, N]`` follows it
     (right-padded, mask 0 after EOS); ``logits[b, i]`` predicts ``response[b, i]``.
     Only these ``N`` positions are projected to the vocabulary.
     """
     P, N = prompt_ids.shape[1], response_ids.shape[1]
-    tokens = jnp.concatenate([prompt_ids, response_ids], axis=1)
-    mask = jnp.concatenate([prompt_mask, response_mask], axis=1).astype(jnp.int32)
-    positions = jnp.maximum(jnp.cumsum(mask, axis=1) - 1, 0)
+    tokens, positions, mask = _teacher_forced(prompt_ids, prompt_mask, response_ids, response_mask)
     logits, _ = decode(params, tokens, positions, mask, None, 0, logits_range=(P - 1, P + N - 1))
     return logits
 
 
-def score(decode, params, prompt_ids, prompt_mask, response_ids, response_mask):
-    """Teacher-forced per-token log-probs of a response: ``(token_logps [B, N], mask [B, N])``.
+def score(decode, params, prompt_ids, prompt_mask, response_ids, response_mask, *,
+          chunk_tokens=losses.DEFAULT_CHUNK_TOKENS):
+    """Teacher-forced per-token log-probs of a response: ``(token_logps [B, N], mask [B, N])``,
+    the vocabulary projected in chunks of ``chunk_tokens`` tokens.
 
     ``token_logps[b, i] = log π(response[b, i] | prompt, response[b, :i])``; sum
     with the mask for ``log π(y|x)``. Shapes as :func:`response_logits`.
     """
-    logits = response_logits(decode, params, prompt_ids, prompt_mask, response_ids, response_mask)
-    return losses.token_logprobs(logits, response_ids), response_mask
+    h = response_hidden(decode, params, prompt_ids, prompt_mask, response_ids, response_mask)
+    head = functools.partial(decode.head, params)
+    return losses.chunked_token_logprobs(h, head, response_ids, chunk_size=chunk_tokens), response_mask

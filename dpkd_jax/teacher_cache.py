@@ -10,6 +10,8 @@ a fingerprint of its weights), rebuilt when stale, and written whole then rename
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import hashlib
 import json
 import logging
@@ -74,34 +76,31 @@ def generate_all(model, params, data, batch_size, *, seed, desc, mesh=None, **ge
     return np.concatenate(ids), np.concatenate(mask)
 
 
-def teacher_samples(cfg, teacher, teacher_params, data, path=None, mesh=None) -> dict:
-    """y_t for every training prompt: ``{"teacher_ids", "teacher_mask"}`` ``[n, N]``."""
-    g, bs = cfg.gen, cfg.train.batch_size
-    key = cache_key({"gen": g.to_dict(), "seed": cfg.seed, "batch": bs}, teacher, teacher_params,
+def teacher_samples(spec, seed, bs, teacher, teacher_params, data, path=None, mesh=None) -> dict:
+    """y_t for every training prompt: ``{"teacher_ids", "teacher_mask"}`` ``[n, N]``, drawn with
+    the :class:`specs.Sampling` ``spec`` in batches of ``bs`` from ``seed``."""
+    key = cache_key({"gen": dataclasses.asdict(spec), "seed": seed, "batch": bs}, teacher, teacher_params,
                     data.prompt_ids, data.prompt_mask)
-    kw = dict(max_new_tokens=g.max_new_tokens, temperature=g.temperature, top_k=g.top_k, top_p=g.top_p,
-              eos_token_id=g.eos_token_id, pad_token_id=g.pad_token_id)
 
     def compute():
-        ids, mask = generate_all(teacher, teacher_params, data, bs, seed=cfg.seed, desc="teacher samples (offline)",
-                                 mesh=mesh, **kw)
+        ids, mask = generate_all(teacher, teacher_params, data, bs, seed=seed, desc="teacher samples (offline)",
+                                 mesh=mesh, **spec.kwargs())
         return {"teacher_ids": ids, "teacher_mask": mask}
     return cached(path, key, "teacher samples", compute)
 
 
 def _topk(teacher, teacher_params, prompt_ids, prompt_mask, response_ids, response_mask, k):
-    logits = sampling.response_logits(teacher, teacher_params, prompt_ids, prompt_mask, response_ids, response_mask)
-    return losses.topk_logprobs(logits, k)
+    h = sampling.response_hidden(teacher, teacher_params, prompt_ids, prompt_mask, response_ids, response_mask)
+    return losses.chunked_topk_logprobs(h, functools.partial(teacher.head, teacher_params), k)
 
 
 _topk_of_batch = jax.jit(_topk, static_argnums=(0, 6))
 
 
-def teacher_topk(cfg, teacher, teacher_params, data, k, path=None, mesh=None) -> dict:
+def teacher_topk(bs, teacher, teacher_params, data, k, path=None, mesh=None) -> dict:
     """The teacher's top-k ids and log-probs (temperature 1, normalised over the full vocabulary)
     at every gold-response position: ``{"teacher_topk_ids" int32, "teacher_topk_logps" float32}``
-    ``[n, R, k]`` (k x 8 bytes per token)."""
-    bs = cfg.train.batch_size
+    ``[n, R, k]`` (k x 8 bytes per token), computed in batches of ``bs``."""
     key = cache_key({"topk": k, "batch": bs}, teacher, teacher_params, data.prompt_ids, data.prompt_mask,
                     data.response_ids, data.response_mask)
 

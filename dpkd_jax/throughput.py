@@ -18,12 +18,12 @@ def peak_flops(device=None):
     return next((v for k, v in PEAK_FLOPS.items() if k in kind), None)
 
 
-def step_flops(cfg, student, teacher, batch_size):
+def step_flops(needs, student, teacher, batch_size, lengths):
     """Model FLOPs of one step (for MFU): student train on scored tokens, teacher
-    forward scoring, generation forwards of both."""
-    needs = objectives.build(cfg.method, cfg.loss).needs
+    forward scoring, generation forwards of both. ``needs``: the objective's
+    :class:`objectives.Needs`; ``lengths``: (prompt, gold response, new tokens)."""
     from .models import flops_per_token, forward_flops_per_token
-    P, R, N = cfg.data.max_prompt_length, cfg.data.max_length - cfg.data.max_prompt_length, cfg.gen.max_new_tokens
+    P, R, N = lengths
     S = P + max(R, N)
     n_resp = 1 + needs.teacher_samples + needs.student_samples
     student, teacher = student.config, teacher.config

@@ -1,8 +1,10 @@
-"""The train step (pure, compiled once over the mesh), generic over objectives.
+"""The train step (pure, compiled once per method over the mesh), generic over objectives.
 
-``make_step`` returns ``step(state, batch, rng) -> (state, metrics)``: sample
-``y_t`` (online, or read from the batch when precomputed offline) and ``y_s``
-with the current student (no gradient), score, mix the losses, one optax update.
+``make_step`` returns ``step(state, batch, rng) -> (state, metrics)`` on a typed
+:class:`batch.Batch`: sample ``y_t`` (online, or read from the batch when precomputed
+offline) and ``y_s`` with the current student (no gradient), run the objective on the
+models' hidden states (token-level terms chunked over the vocabulary), one optax update.
+An objective that declares ``own_update`` (MiniLLM) supplies its rollout and inner loss.
 """
 
 from __future__ import annotations
@@ -13,11 +15,11 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from . import losses, sampling
+from . import losses, objectives, sampling
 from . import sharding as sharding_lib
-from . import objectives
 from .errors import InputError
-from .optim import apply_update, global_norm, make_schedule
+from .objectives import Model, Response
+from .optim import apply_update, global_norm
 
 def split_trainable(student, params):
     """(trainable, frozen) parts of the student's flat params: a LoRA student trains its
@@ -69,140 +71,172 @@ def _pad_to(ids, mask, length, pad_token_id):
     return (jnp.pad(ids, ((0, 0), (0, extra)), constant_values=pad_token_id), jnp.pad(mask, ((0, 0), (0, extra))))
 
 
-def make_step(cfg, student, teacher, tx, teacher_params, ref_params=None, shardings=None):
-    """The compiled step, generic over objectives: it provides what ``objective.needs`` asks
-    for (samples, reference model), sums the objective's weighted terms and takes one optax
-    update. ``student``/``teacher`` are model Configs (hashable decode calls).
+# ---------------------------------------------------------------- samples ---
 
-    ``shardings`` (from :func:`step_shardings`) compiles it over a mesh: state, batch,
-    teacher and reference parameters in and out on their rules' shardings."""
-    objective = objectives.build(cfg.method, cfg.loss)
-    needs = objective.needs
-    g = cfg.gen
-    gen_kw = dict(max_new_tokens=g.max_new_tokens, temperature=g.temperature, top_k=g.top_k, top_p=g.top_p,
-                  eos_token_id=g.eos_token_id, pad_token_id=g.pad_token_id)
-    updates_per_step = objectives.updates_per_step(objective)
-    schedule = make_schedule(cfg.train, updates_per_step)
-    T, S = objectives.Response.TEACHER, objectives.Response.STUDENT
+def _student_samples(spec, student, batch, params, rng, samples):
+    needs, g = spec.objective.needs, spec.sampling
+    if batch.student_ids is not None:  # given by the caller (bench/train_step.py times the step without generation)
+        return batch.student_ids, batch.student_mask
+    kw = g.kwargs(temperature=needs.student_temperature or g.temperature)
+    own = lambda: sampling.sample(student, jax.lax.stop_gradient(params), *batch.prompts, rng, **kw)
+    if needs.on_policy >= 1.0:
+        return own()
+    # GKD: the student's own samples with probability on_policy, else the fallback responses.
+    fallback = samples[Response.TEACHER] if needs.fallback is Response.TEACHER else batch.gold
+    L = max(g.max_new_tokens, fallback[0].shape[1])
+    coin = jax.random.uniform(jax.random.fold_in(rng, 1)) < needs.on_policy
+    return jax.lax.cond(coin, lambda: _pad_to(*own(), L, g.pad_token_id), lambda: _pad_to(*fallback, L, g.pad_token_id))
 
-    def student_samples(batch, params, rng, samples):
-        if "student_ids" in batch:  # given by the caller (bench/train_step.py times the step without generation)
-            return batch["student_ids"], batch["student_mask"]
-        kw = dict(gen_kw, temperature=needs.student_temperature or g.temperature)
-        own = lambda: sampling.sample(student, jax.lax.stop_gradient(params), batch["prompt_ids"],
-                                      batch["prompt_mask"], rng, **kw)
-        if needs.on_policy >= 1.0:
-            return own()
-        # GKD: the student's own samples with probability on_policy, else the fallback responses.
-        fallback = samples[T] if needs.fallback is T else (batch["response_ids"], batch["response_mask"])
-        L = max(g.max_new_tokens, fallback[0].shape[1])
-        coin = jax.random.uniform(jax.random.fold_in(rng, 1)) < needs.on_policy
-        return jax.lax.cond(coin, lambda: _pad_to(*own(), L, g.pad_token_id),
-                            lambda: _pad_to(*fallback, L, g.pad_token_id))
 
-    def _body(state, batch, rng, teacher_params, ref_params):
-        params = state["params"]
-        rng_t, rng_s = jax.random.split(rng)
-        samples = {}
-        if needs.teacher_samples:
-            if "teacher_ids" in batch:  # offline: precomputed once per prompt
-                samples[T] = (batch["teacher_ids"], batch["teacher_mask"])
-            else:
-                samples[T] = sampling.sample(teacher, teacher_params, batch["prompt_ids"], batch["prompt_mask"],
-                                             rng_t, **gen_kw)
-        if needs.student_samples:
-            samples[S] = student_samples(batch, params, rng_s, samples)
-        progress = state["step"].astype(jnp.float32) / cfg.train.steps
-        M = objectives.Model
+def _samples(spec, student, teacher, batch, params, teacher_params, rng):
+    """The responses the objective needs: ``{Response: (ids, mask)}``."""
+    needs, samples = spec.objective.needs, {}
+    rng_t, rng_s = jax.random.split(rng)
+    if needs.teacher_samples:
+        if batch.teacher_ids is not None:  # offline: precomputed once per prompt
+            samples[Response.TEACHER] = (batch.teacher_ids, batch.teacher_mask)
+        else:
+            samples[Response.TEACHER] = sampling.sample(teacher, teacher_params, *batch.prompts, rng_t,
+                                                        **spec.sampling.kwargs())
+    if needs.student_samples:
+        samples[Response.STUDENT] = _student_samples(spec, student, batch, params, rng_s, samples)
+    return samples
 
-        views = {}
-        if "x_teacher_prompt_ids" in batch:  # cross-tokenizer: the teacher reads its own tokens
-            v = lambda name: (batch[f"x_teacher_{name}_ids"], batch[f"x_teacher_{name}_mask"])
-            views[M.TEACHER] = (v("prompt"), {r: v(n) for r, n in ((T, "yt"), (S, "ys")) if r in samples})
+
+def _views(batch, samples):
+    """Across tokenizers the teacher reads its own tokens of the prompt and each response."""
+    v = batch.teacher_view
+    if v is None:
+        return {}
+    own = {Response.TEACHER: (v.yt_ids, v.yt_mask), Response.STUDENT: (v.ys_ids, v.ys_mask)}
+    return {Model.TEACHER: ((v.prompt_ids, v.prompt_mask), {r: own[r] for r in samples})}
+
+
+# ------------------------------------------------------------------- bodies ---
+
+def _total(terms):
+    return sum(w * v.mean() for w, v in terms.values())
+
+
+def _generic_body(spec, student, teacher, tx, state, batch, rng, teacher_params, ref_params):
+    """Samples, the objective's weighted terms on hidden states (chunked), one optax update."""
+    params = state["params"]
+    samples = _samples(spec, student, teacher, batch, params, teacher_params, rng)
+    progress = state["step"].astype(jnp.float32) / spec.steps
+    views = _views(batch, samples)
+
+    def loss_fn(p):
+        ctx = objectives.Context({Model.STUDENT: (student, p), Model.TEACHER: (teacher, teacher_params),
+                                  Model.REFERENCE: (student, ref_params)}, batch, samples, progress, views,
+                                 spec.chunk_tokens)
+        terms, metrics = spec.objective.loss(ctx)
+        metrics = {k: v.mean() for k, v in {**metrics, **objectives.reward_hacking(ctx)}.items()}
+        metrics.update({f"loss/{k}": v.mean() for k, (_, v) in terms.items()})
+        total = _total(terms)
+        return total, dict(metrics, **{"loss/total": total})
+
+    new_params, opt_state, _, metrics, grads = update(tx, student, loss_fn, params, state["opt_state"])
+    metrics["grad_norm"] = global_norm(grads)
+    for r, (_, m) in samples.items():
+        metrics[f"length/{r.value}_response"] = m.sum(1).mean()
+    return _finish(spec, student, teacher, state, new_params, opt_state, metrics, batch, teacher_params)
+
+
+def _own_update_body(spec, student, teacher, tx, state, batch, rng, teacher_params, ref_params):
+    """An objective with its own update (MiniLLM): one rollout, then ``ppo_epochs`` passes over
+    it in ``minibatches``, each an optimizer update."""
+    obj = spec.objective
+    roll = obj.rollout(student, state["params"], teacher, teacher_params, batch, rng, spec.sampling.kwargs(),
+                       spec.chunk_tokens)
+    mb = batch.rows // obj.minibatches
+    part = lambda a, i: None if a is None else jax.lax.dynamic_slice_in_dim(a, i * mb, mb)
+
+    def inner(carry, i):
+        params, opt_state = carry
+        sub = jax.tree.map(lambda a: part(a, i), roll)
+        prompts = (part(batch.prompt_ids, i), part(batch.prompt_mask, i))
 
         def loss_fn(p):
-            ctx = objectives.Context({M.STUDENT: (student, p), M.TEACHER: (teacher, teacher_params),
-                                      M.REFERENCE: (student, ref_params)}, batch, samples, progress, views)
-            terms, metrics = objective.loss(ctx)
-            total = sum(w * v.mean() for w, v in terms.values())
-            metrics = {k: v.mean() for k, v in {**metrics, **objectives.reward_hacking(ctx)}.items()}
-            metrics.update({f"loss/{k}": v.mean() for k, (_, v) in terms.items()})
-            metrics["loss/total"] = total
-            return total, metrics
+            terms = obj.inner_loss(student, p, teacher, teacher_params, prompts, sub, part(batch.lm_ids, i),
+                                   spec.chunk_tokens)
+            return _total(terms), {f"loss/{k}": v.mean() for k, (_, v) in terms.items()}
+        params, opt_state, total, ms, grads = update(tx, student, loss_fn, params, opt_state)
+        return (params, opt_state), dict(ms, **{"loss/total": total, "grad_norm": global_norm(grads)})
 
-        new_params, opt_state, total, metrics, grads = update(tx, student, loss_fn, params, state["opt_state"])
-        metrics["grad_norm"] = global_norm(grads)
-        for r, (_, m) in samples.items():
-            metrics[f"length/{r.value}_response"] = m.sum(1).mean()
-        return finish(state, new_params, opt_state, metrics, batch, teacher_params)
+    order = jnp.tile(jnp.arange(obj.minibatches), obj.ppo_epochs)
+    (params, opt_state), ms = jax.lax.scan(inner, (state["params"], state["opt_state"]), order)
+    metrics = {k: v.mean() for k, v in ms.items()}
+    metrics.update({"minillm/reward": losses.masked_mean(roll["rewards"], roll["mask"]).mean(),
+                    "minillm/importance_weight": losses.masked_mean(roll["weights"], roll["mask"]).mean(),
+                    "length/mixture_response": roll["mask"].sum(1).mean()})
+    return _finish(spec, student, teacher, state, params, opt_state, metrics, batch, teacher_params)
 
-    def finish(state, new_params, opt_state, metrics, batch, teacher_params):
-        """The metrics every step logs, and the new state."""
-        params = state["params"]
-        # Two extra prompt forwards: only on the steps the loop logs.
-        done = state["step"] + 1
-        log_step = (done % cfg.train.log_every == 0) | (done == cfg.train.steps)
-        zeros = jnp.zeros(batch["prompt_ids"].shape[:1], jnp.float32)
-        # None: a top-k cache run; a teacher view: another vocabulary (no token-level KL)
-        fkl, rkl = (zeros, zeros) if teacher_params is None or "x_teacher_prompt_ids" in batch else jax.lax.cond(
-            log_step, lambda: objectives.first_token_kls(student, params, teacher, teacher_params,
-                                                         batch["prompt_ids"], batch["prompt_mask"]),
-            lambda: (zeros, zeros))
-        lr = schedule(state["step"] * updates_per_step) if callable(schedule) else schedule
-        metrics["nonfinite/streak"] = opt_state.notfinite_count
-        metrics["nonfinite/skipped"] = opt_state.total_notfinite
-        metrics.update({"kl/first_token_forward": fkl.mean(), "kl/first_token_reverse": rkl.mean(),
-                        "lr": jnp.asarray(lr, jnp.float32), "length/gold": batch["response_mask"].sum(1).mean()})
-        return {"params": new_params, "opt_state": opt_state, "step": state["step"] + 1}, metrics
 
-    def _rollout_body(state, batch, rng, teacher_params, ref_params):
-        """An objective with its own update (MiniLLM): one rollout, then ``ppo_epochs`` passes over
-        it in ``minibatches``, each an optimizer update."""
-        roll = objective.rollout(student, state["params"], teacher, teacher_params, batch, rng, gen_kw)
-        n = objective.minibatches
-        B = batch["prompt_ids"].shape[0]
-        mb = B // n
-        part = lambda a, i: jax.lax.dynamic_slice_in_dim(a, i * mb, mb)
-
-        def inner(carry, i):
-            params, opt_state = carry
-            sub = jax.tree.map(lambda a: part(a, i), roll)
-            prompts = (part(batch["prompt_ids"], i), part(batch["prompt_mask"], i))
-            lm = part(batch["lm_ids"], i) if "lm_ids" in batch else None
-
-            def loss_fn(p):
-                terms = objective.inner_loss(student, p, teacher, teacher_params, prompts, sub, lm)
-                total = sum(w * v.mean() for w, v in terms.values())
-                return total, {f"loss/{k}": v.mean() for k, (_, v) in terms.items()}
-            params, opt_state, total, ms, grads = update(tx, student, loss_fn, params, opt_state)
-            return (params, opt_state), dict(ms, **{"loss/total": total, "grad_norm": global_norm(grads)})
-
-        order = jnp.tile(jnp.arange(n), objective.ppo_epochs)
-        (params, opt_state), ms = jax.lax.scan(inner, (state["params"], state["opt_state"]), order)
-        metrics = {k: v.mean() for k, v in ms.items()}
-        metrics.update({"minillm/reward": losses.masked_mean(roll["rewards"], roll["mask"]).mean(),
-                        "minillm/importance_weight": losses.masked_mean(roll["weights"], roll["mask"]).mean(),
-                        "length/mixture_response": roll["mask"].sum(1).mean()})
-        return finish(state, params, opt_state, metrics, batch, teacher_params)
-
-    if hasattr(objective, "rollout"):
-        if cfg.train.batch_size % objective.minibatches:
-            raise InputError(f"config.loss.{cfg.method}.minibatches: {objective.minibatches} does not divide "
-                             f"train.batch_size={cfg.train.batch_size}")
-
-    body = _rollout_body if hasattr(objective, "rollout") else _body  # MiniLLM supplies its own update
-    if shardings is None:
-        jitted = jax.jit(body, donate_argnums=(0,))
-        context = contextlib.nullcontext
+def _finish(spec, student, teacher, state, new_params, opt_state, metrics, batch, teacher_params):
+    """The metrics every step logs, and the new state."""
+    done = state["step"] + 1
+    log_step = (done % spec.log_every == 0) | (done == spec.steps)
+    zeros = jnp.zeros((batch.rows,), jnp.float32)
+    # Two extra prompt forwards, only on the steps the loop logs; none without the teacher's weights
+    # (a top-k cache run) or across vocabularies (a teacher view).
+    if teacher_params is None or batch.teacher_view is not None:
+        fkl, rkl = zeros, zeros
     else:
-        sh = shardings
-        jitted = jax.jit(body, donate_argnums=(0,),
-                         in_shardings=(sh["state"], sh["batch"], sh["replicated"],
-                                       sh["teacher"] if teacher_params is not None else None,
-                                       sh["ref"] if ref_params is not None else None),
-                         out_shardings=(sh["state"], sh["replicated"]))
-        # Traced inside JAX's mesh context, so the models' activation constraints apply.
-        context = functools.partial(sharding_lib.mesh_context, sh["replicated"].mesh)
+        fkl, rkl = jax.lax.cond(log_step, lambda: objectives.first_token_kls(
+            student, state["params"], teacher, teacher_params, *batch.prompts), lambda: (zeros, zeros))
+    metrics["nonfinite/streak"] = opt_state.notfinite_count
+    metrics["nonfinite/skipped"] = opt_state.total_notfinite
+    metrics.update({"kl/first_token_forward": fkl.mean(), "kl/first_token_reverse": rkl.mean(),
+                    "lr": jnp.asarray(spec.schedule(state["step"] * spec.objective.updates_per_step), jnp.float32),
+                    "length/gold": batch.response_mask.sum(1).mean()})
+    return {"params": new_params, "opt_state": opt_state, "step": done}, metrics
+
+
+# -------------------------------------------------------------- compiling ---
+
+class _Frozen:
+    """A pytree of shardings as a hashable key."""
+
+    def __init__(self, tree):
+        self.tree = tree
+        leaves, treedef = jax.tree.flatten(tree)
+        self.key = (tuple(leaves), treedef)
+
+    def __hash__(self):
+        return hash(self.key)
+
+    def __eq__(self, other):
+        return isinstance(other, _Frozen) and self.key == other.key
+
+
+@functools.lru_cache(maxsize=32)
+def _compiled(spec, student, teacher, tx, shardings, has_teacher, has_ref):
+    """One jitted step per (spec, models, optimizer, shardings): every seed of a method reuses it."""
+    body = _own_update_body if spec.objective.own_update else _generic_body
+    fn = functools.partial(body, spec, student, teacher, tx)
+    if shardings is None:
+        return jax.jit(fn, donate_argnums=(0,))
+    sh = shardings.tree
+    return jax.jit(fn, donate_argnums=(0,),
+                   in_shardings=(sh["state"], sh["batch"], sh["replicated"], sh["teacher"] if has_teacher else None,
+                                 sh["ref"] if has_ref else None),
+                   out_shardings=(sh["state"], sh["replicated"]))
+
+
+def make_step(spec, student, teacher, tx, teacher_params, ref_params=None, shardings=None):
+    """``step(state, batch, rng) -> (state, metrics)``, generic over objectives: it provides what
+    ``spec.objective.needs`` asks for (samples, reference model), sums the objective's weighted
+    terms (or runs its own update) and takes the optax update. ``spec``: :class:`specs.Step`;
+    ``student``/``teacher``: decoders; ``shardings`` (from :func:`step_shardings`) compiles it
+    over a mesh, traced inside JAX's mesh context so the models' activation constraints apply."""
+    obj = spec.objective
+    if obj.own_update and spec.batch_size % obj.minibatches:
+        raise InputError(f"config.loss.minillm.minibatches: {obj.minibatches} does not divide "
+                         f"train.batch_size={spec.batch_size}")
+    jitted = _compiled(spec, student, teacher, tx, None if shardings is None else _Frozen(shardings),
+                       teacher_params is not None, ref_params is not None)
+    context = contextlib.nullcontext if shardings is None else functools.partial(
+        sharding_lib.mesh_context, shardings["replicated"].mesh)
 
     def step(state, batch, rng):
         with context():

@@ -17,6 +17,8 @@ from dpkd_jax import models, sharding  # noqa: E402
 from dpkd_jax.config import default_config  # noqa: E402
 from dpkd_jax.models import gpt2, llama  # noqa: E402
 from dpkd_jax.optim import make_optimizer  # noqa: E402
+from dpkd_jax.batch import Batch  # noqa: E402
+from dpkd_jax.specs import Step  # noqa: E402
 from dpkd_jax.train import make_step, place_state, step_shardings  # noqa: E402
 
 
@@ -26,6 +28,7 @@ def setup():
     cfg.gen.max_new_tokens, cfg.gen.eos_token_id, cfg.gen.pad_token_id = 5, 1, 0
     cfg.train.batch_size, cfg.train.lr, cfg.train.schedule, cfg.train.log_every = 8, 1e-3, "constant", 1
     cfg.loss.dpkd.lm_coef = 0.5
+    cfg.model.loss_chunk_tokens = 16  # several chunks per loss, the vocabulary split over tensor
     mk = lambda c, seed: models.init(c, seed)
     # Teacher: a Llama with one KV head (MQA), so tensor=2 exceeds its KV heads; student: GPT-2.
     teacher = llama.tiny_config(vocab_size=96, d_model=32, n_layers=2, n_heads=2, n_kv_heads=1, d_ff=64)
@@ -34,9 +37,9 @@ def setup():
     B, Pl, R = 8, 10, 6
     mask = np.ones((B, Pl), np.int32)
     mask[:, :3] = rng.integers(0, 2, (B, 3)).cumsum(1).clip(0, 1)  # some left padding
-    batch = {"prompt_ids": (rng.integers(2, 96, (B, Pl)) * mask).astype(np.int32), "prompt_mask": mask,
-             "response_ids": rng.integers(2, 96, (B, R)).astype(np.int32), "response_mask": np.ones((B, R), np.int32),
-             "lm_ids": rng.integers(0, 96, (B, 9)).astype(np.int32)}
+    batch = Batch((rng.integers(2, 96, (B, Pl)) * mask).astype(np.int32), mask,
+                  rng.integers(2, 96, (B, R)).astype(np.int32), np.ones((B, R), np.int32),
+                  lm_ids=rng.integers(0, 96, (B, 9)).astype(np.int32))
     return cfg, mk(teacher, 0), mk(student, 1), batch
 
 
@@ -46,7 +49,7 @@ def run(placement, steps=2):
     sh = step_shardings(placement, s_cfg, t_cfg, tx, s_params)
     t_params = sharding.put(t_params, sh["teacher"])
     state = place_state(s_cfg, s_params, tx, sh)
-    step = make_step(cfg, s_cfg, t_cfg, tx, t_params, shardings=sh)
+    step = make_step(Step.of(cfg), s_cfg, t_cfg, tx, t_params, shardings=sh)
     losses = []
     for i in range(steps):
         state, m = step(state, sharding.put(batch, sh["batch"]), jax.random.PRNGKey(i))

@@ -4,6 +4,8 @@ length normalisation uses each side's own count; token-level methods stop at sta
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from dpkd_jax.batch import Batch
 import pytest
 
 from conftest import make_tokenizer, tiny_setup
@@ -70,8 +72,7 @@ def test_context_scores_the_teacher_in_its_own_tokens():
     (s_cfg, s_p), (t_cfg, t_p) = mk(50, 0), mk(70, 1)
     arr = lambda V, shape: jnp.asarray(rng.integers(1, V, shape), jnp.int32)
     ones = lambda shape: jnp.ones(shape, jnp.int32)
-    batch = {"prompt_ids": arr(50, (2, 5)), "prompt_mask": ones((2, 5)), "response_ids": arr(50, (2, 4)),
-             "response_mask": ones((2, 4))}
+    batch = Batch(arr(50, (2, 5)), ones((2, 5)), arr(50, (2, 4)), ones((2, 4)))
     s_yt, s_ys = (arr(50, (2, 6)), jnp.array([[1] * 6, [1] * 3 + [0] * 3])), (arr(50, (2, 4)), ones((2, 4)))
     t_prompt = (arr(70, (2, 7)), ones((2, 7)))
     t_yt, t_ys = (arr(70, (2, 5)), jnp.array([[1] * 5, [1, 1, 0, 0, 0]])), (arr(70, (2, 3)), ones((2, 3)))
@@ -87,7 +88,7 @@ def test_context_scores_the_teacher_in_its_own_tokens():
         lp = lg - np.log(np.exp(lg - lg.max(-1, keepdims=True)).sum(-1, keepdims=True)) - lg.max(-1, keepdims=True)
         ids, m = np.asarray(resp[0]), np.asarray(resp[1])
         return (np.take_along_axis(lp, ids[..., None], -1)[..., 0] * m).sum(1), m.sum(1)
-    sp = (batch["prompt_ids"], batch["prompt_mask"])
+    sp = batch.prompts
     (sc, nsc), (sr, nsr) = logp(s_cfg, s_p, sp, s_yt), logp(s_cfg, s_p, sp, s_ys)
     (tc, ntc), (tr, ntr) = logp(t_cfg, t_p, t_prompt, t_yt), logp(t_cfg, t_p, t_prompt, t_ys)
     u = (sc / nsc - tc / ntc) - (sr / nsr - tr / ntr)

@@ -13,6 +13,8 @@ from dpkd_jax import objectives as O
 from dpkd_jax.config import default_config
 from dpkd_jax.errors import InputError
 from dpkd_jax.optim import make_optimizer
+from dpkd_jax.batch import Batch
+from dpkd_jax.specs import Step
 from dpkd_jax.train import init_state, make_step
 from dpkd_jax import data as D
 
@@ -51,12 +53,12 @@ def _steps(tmp_path, tok, method, n, **block):
     for k, v in block.items():
         cfg.loss[method][k] = v
     tx = make_optimizer(cfg.train)
-    step = make_step(cfg, s_cfg, t_cfg, tx, t_params)
+    step = make_step(Step.of(cfg), s_cfg, t_cfg, tx, t_params)
     state = init_state(s_cfg, jax.tree.map(jnp.copy, s_params), tx)
     batches = D.Batches(data, 4, 0)
     out = []
     for i in range(n):
-        b = {k: v for k, v in batches.next().items() if k != "example_ids"}
+        b = Batch.of({k: v for k, v in batches.next().items() if k != "example_ids"})
         state, m = step(state, b, jax.random.PRNGKey(i))
         out.append((b, {k: float(v) for k, v in m.items()}))
     return out
@@ -65,7 +67,7 @@ def _steps(tmp_path, tok, method, n, **block):
 @pytest.mark.parametrize("lmbda", [0.0, 1.0])
 def test_gkd_trains_on_gold_or_on_its_own_samples(tmp_path, tok, lmbda):
     for b, m in _steps(tmp_path, tok, "gkd", 3, lmbda=lmbda):
-        gold = b["response_mask"].sum(1).mean()
+        gold = b.response_mask.sum(1).mean()
         if lmbda == 0.0:  # never on-policy: trains on the gold responses and draws no samples at all
             assert "length/student_response" not in m and np.isfinite(m["loss/gkd"]) and gold > 0
         else:  # always the student's own samples: at most max_new_tokens each
@@ -74,7 +76,7 @@ def test_gkd_trains_on_gold_or_on_its_own_samples(tmp_path, tok, lmbda):
 
 def test_gkd_on_policy_fraction_follows_lmbda(tmp_path, tok):
     runs = _steps(tmp_path, tok, "gkd", 24, lmbda=0.5)
-    on = [m["length/student_response"] != pytest.approx(b["response_mask"].sum(1).mean()) for b, m in runs]
+    on = [m["length/student_response"] != pytest.approx(b.response_mask.sum(1).mean()) for b, m in runs]
     assert 4 <= sum(on) <= 20  # Binomial(24, 0.5): outside [4, 20] with probability < 0.2%
 
 
@@ -151,17 +153,17 @@ def test_minillm_takes_ppo_epochs_x_minibatches_updates_per_step(tmp_path, tok):
     cfg, data, (t_cfg, t_params), (s_cfg, s_params) = tiny_setup(tmp_path, tok)
     cfg.method = "minillm"
     cfg.loss.minillm.ppo_epochs, cfg.loss.minillm.minibatches = 3, 2
-    tx = make_optimizer(cfg.train, O.updates_per_step(O.build("minillm", cfg.loss)))
-    step = make_step(cfg, s_cfg, t_cfg, tx, t_params)
+    tx = make_optimizer(cfg.train, O.build("minillm", cfg.loss).updates_per_step)
+    step = make_step(Step.of(cfg), s_cfg, t_cfg, tx, t_params)
     state = init_state(s_cfg, jax.tree.map(jnp.copy, s_params), tx)
-    b = {k: v for k, v in D.Batches(data, 4, 0).next().items() if k != "example_ids"}
+    b = Batch.of({k: v for k, v in D.Batches(data, 4, 0).next().items() if k != "example_ids"})
     state, _ = step(state, b, jax.random.PRNGKey(0))
     counts = [int(x) for x in jax.tree.leaves(state["opt_state"]) if getattr(x, "dtype", None) == jnp.int32
               and x.shape == ()]
     assert 6 in counts and int(state["step"]) == 1  # 3 epochs x 2 minibatches = 6 Adam updates in one step
     cfg.loss.minillm.minibatches = 3
     with pytest.raises(InputError, match="config.loss.minillm.minibatches: 3 does not divide train.batch_size=4"):
-        make_step(cfg, s_cfg, t_cfg, tx, t_params)
+        make_step(Step.of(cfg), s_cfg, t_cfg, tx, t_params)
 
 
 def test_token_methods_train_from_the_topk_cache_without_the_teacher(tmp_path, tok, monkeypatch):
@@ -189,7 +191,7 @@ def test_token_methods_train_from_the_topk_cache_without_the_teacher(tmp_path, t
     z = np.load(tmp_path / "sparse" / f"teacher_top{PIPE_VOCAB}.npz")
     assert z["teacher_topk_ids"].shape == (len(data), data.response_ids.shape[1], PIPE_VOCAB)
     # k = 4: a real sparse cache, 8 bytes per token per k (int32 id + float32 log-prob)
-    out = teacher_cache.teacher_topk(cfg, t_cfg, t_params, data, 4)
+    out = teacher_cache.teacher_topk(cfg.train.batch_size, t_cfg, t_params, data, 4)
     assert out["teacher_topk_ids"].nbytes + out["teacher_topk_logps"].nbytes == len(data) * 8 * 4 * 8
     cfg.method = "dpkd"
     with pytest.raises(InputError, match="config.teacher.topk: the sparse teacher cache serves kd, rkl, jsd, akl"):
@@ -205,7 +207,7 @@ def test_more_token_methods_train_from_the_cache_alone(tmp_path, tok, monkeypatc
     cfg, data, (t_cfg, t_params), (s_cfg, s_params) = tiny_setup(tmp_path, tok)
     cfg.method, cfg.train.steps, cfg.teacher.topk = method, 2, 8
     cfg.loss.gkd.lmbda = 0.0  # off-policy GKD on the gold responses
-    assert O.build(method, cfg.loss).supports_topk
+    assert O.build(method, cfg.loss).topk
     seen = {}
     real = __import__("dpkd_jax.train", fromlist=["make_step"]).make_step
     monkeypatch.setattr("dpkd_jax.loop.make_step", lambda c, s, t, tx, tp, *a, **k: (

@@ -64,9 +64,11 @@ def test_overfit_loss_decreases_and_no_recompilation(tmp_path, tok):
     cfg, data, (t_cfg, t_params), (s_cfg, s_params) = tiny_setup(tmp_path, tok)
     cfg.method = "dpkd"
     tx = make_optimizer(cfg.train)
-    step = make_step(cfg, s_cfg, t_cfg, tx, t_params)
+    from dpkd_jax.batch import Batch
+    from dpkd_jax.specs import Step
+    step = make_step(Step.of(cfg), s_cfg, t_cfg, tx, t_params)
     state = init_state(s_cfg, jax.tree.map(jax.numpy.copy, s_params), tx)
-    batch = {k: v for k, v in D.Batches(data, 4, 0).next().items() if k != "example_ids"}
+    batch = Batch.of({k: v for k, v in D.Batches(data, 4, 0).next().items() if k != "example_ids"})
     first = None
     for i in range(12):
         state, m = step(state, batch, jax.random.PRNGKey(i))

@@ -9,6 +9,7 @@ import sys
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -114,24 +115,17 @@ def test_second_sigterm_exits_at_once():
 
 # ---------------------------------------------------------------- NaN guard
 
-def poisoned(monkeypatch, bad_steps):
-    """Make the kd loss NaN on the given (1-based) steps, through a float batch field."""
-    calls = {"n": 0}
-    real_next = D.Batches.next
-
-    def next_(self):
-        b = real_next(self)
-        calls["n"] += 1
-        b["poison"] = np.full((len(b["prompt_ids"]),), np.nan if calls["n"] in bad_steps else 0.0, np.float32)
-        return b
-    monkeypatch.setattr(D.Batches, "next", next_)
+def poisoned(monkeypatch, bad_steps, steps):
+    """Make the kd loss NaN on the given (1-based) steps of a ``steps``-step run."""
     base = O.OBJECTIVES["kd"]
+    bad = jnp.asarray(sorted(bad_steps))
 
     class Poisoned(base):
         def loss(self, ctx):
             terms, metrics = base.loss(self, ctx)
             weight, value = terms["kd"]
-            return dict(terms, kd=(weight, value + ctx.batch["poison"])), metrics
+            step = jnp.round(ctx.progress * steps).astype(jnp.int32) + 1
+            return dict(terms, kd=(weight, value + jnp.where(jnp.isin(step, bad), jnp.nan, 0.0))), metrics
     monkeypatch.setitem(O.OBJECTIVES, "kd", Poisoned)
 
 
@@ -147,7 +141,7 @@ def run_kd(tmp_path, tok, steps, **train):  # noqa: F811
 
 
 def test_a_nan_step_is_skipped_and_counted(monkeypatch, tmp_path, tok):  # noqa: F811
-    poisoned(monkeypatch, {3})
+    poisoned(monkeypatch, {3}, 5)
     cfg, seen, go = run_kd(tmp_path, tok, 5)
     params, hist, _ = go()
     np.testing.assert_array_equal(seen[3], seen[2])  # the bad update was not applied
@@ -157,7 +151,7 @@ def test_a_nan_step_is_skipped_and_counted(monkeypatch, tmp_path, tok):  # noqa:
 
 
 def test_consecutive_nan_steps_stop_the_run_with_the_last_good_state_saved(monkeypatch, tmp_path, tok):  # noqa
-    poisoned(monkeypatch, set(range(3, 100)))
+    poisoned(monkeypatch, set(range(3, 100)), 20)
     cfg, seen, go = run_kd(tmp_path, tok, 20, max_bad_steps=3, save_every=100)
     with pytest.raises(Diverged, match=r"3 consecutive steps .*\(train.max_bad_steps=3\).*saved as step 6"):
         go()

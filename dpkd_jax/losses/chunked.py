@@ -77,8 +77,11 @@ def token_map(fn, hiddens, heads, inputs=None, *, chunk_size=DEFAULT_CHUNK_TOKEN
     (labels, top-k ids, ...). ``fn`` gets the tuple of ``[B, C, V]`` logits and the inputs'
     chunk and returns a pytree of ``[B, C, ...]``; the result is that pytree at ``[B, N, ...]``.
     The body is ``jax.checkpoint``-ed with nothing saveable: the backward pass recomputes
-    each chunk's logits from its hidden states.
+    each chunk's logits from its hidden states. ``chunk_size=0`` is the dense computation
+    (whole ``[B, N, V]`` logits, no scan), kept for comparisons and benchmarks.
     """
+    if chunk_size <= 0:
+        return fn(tuple(head(h) for head, h in zip(heads, hiddens)), inputs)
     B, N = hiddens[0].shape[:2]
     c = max(1, min(N, chunk_size // max(B, 1)))
     n_chunks = math.ceil(N / c)

@@ -9,8 +9,6 @@ at 1e-30 (it is exactly 0 when k = V, where these equal the dense losses).
 
 from __future__ import annotations
 
-import jax
-import jax.numpy as jnp
 
 from . import tokenwise as tw
 from .core import masked_mean

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 
 from ..errors import InputError
-from .base import Context, Model, Needs, Response
+from .base import Context, Model, Needs, Objective, Response
 from .diagnostics import distinct_2, first_token_kls, reward_hacking
 from .distillm2 import DistiLLM2
 from .minillm import MiniLLM, Mixture
@@ -44,10 +44,5 @@ def build(method: str, loss_cfg):
     return obj
 
 
-def updates_per_step(objective) -> int:
-    """Optimizer updates one train step takes (MiniLLM: PPO epochs x minibatches; else 1)."""
-    return getattr(objective, "ppo_epochs", 1) * getattr(objective, "minibatches", 1)
-
-
-__all__ = ["CROSS_METHODS", "TOPK_METHODS", "updates_per_step", "Mixture", "OBJECTIVES", "defaults", "build", "Context", "Model", "Needs", "Response", "first_token_kls",
+__all__ = ["CROSS_METHODS", "TOPK_METHODS", "Objective", "Mixture", "OBJECTIVES", "defaults", "build", "Context", "Model", "Needs", "Response", "first_token_kls",
            "reward_hacking", "distinct_2"]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -43,36 +44,66 @@ class Needs:
     student_temperature: float = 0.0  # sampling temperature of y_s (0: gen.temperature)
 
 
+class Objective:
+    """What every objective declares, read by the step, the loop and the preflight (no probes).
+
+    * ``needs``: the samples and models a step must provide (:class:`Needs`);
+    * ``topk``: it can train from the teacher's top-k cache instead of the teacher's weights;
+    * ``cross_tokenizer``: it works when teacher and student tokenizers differ;
+    * ``own_update``: it supplies its own update (``rollout`` + ``inner_loss``, MiniLLM) and
+      ``updates_per_step`` optimizer updates per train step; otherwise ``loss(ctx)``.
+    """
+    needs: Needs = Needs()
+    topk: bool = False
+    cross_tokenizer: bool = False
+    own_update: bool = False
+    updates_per_step: int = 1
+    loss_temperature: float = 1.0   # the distillation temperature of its token-level terms
+    lm_coef: float = 0.0            # > 0: it reads pre-training rows (``Batch.lm_ids``)
+
+    def validate(self):
+        pass
+
+    def loss(self, ctx: "Context"):
+        raise NotImplementedError(type(self).__name__)
+
+
 class Context:
-    """The step's arrays and memoised model calls: a method and the metrics never run
-    the same forward twice in one trace. y_t and y_s of one shape are scored by a model
-    in one forward of 2B rows.
+    """The step's arrays and memoised model calls: a method and the metrics never run the
+    same forward twice in one trace. y_t and y_s of one shape are run by a model in one
+    forward of 2B rows.
+
+    Objectives see **hidden states and heads, never logits**: every token-level quantity
+    goes through ``losses.token_map`` in chunks of ``chunk_tokens`` tokens, with the head
+    recomputed in the backward pass (method.md §11); no ``[B, N, V]`` array is alive.
 
     ``views``: a model with its own tokenizer (cross-tokenizer runs) maps to its own prompt
     ``(ids, mask)`` and its own tokenization of each response ``{Response: (ids, mask)}``;
     every other model reads the batch's prompts and ``samples``."""
 
-    def __init__(self, models: dict, batch: dict, samples: dict, progress=0.0, views=None):
+    def __init__(self, models: dict, batch, samples: dict, progress=0.0, views=None, chunk_tokens=1024):
         self.models, self.batch, self.samples = models, batch, samples
         self.progress = progress        # step / total steps (a traced scalar)
         self.views = views or {}
-        self._memo = {}
+        self.chunk_tokens = chunk_tokens
+        self._hidden, self._logps = {}, {}
 
     def response(self, r: Response, m: Model = Model.STUDENT):
         """(ids, mask) of a response, in model ``m``'s tokenization."""
         if m in self.views:
             return self.views[m][1][r]
         if r is Response.GOLD:
-            return self.batch["response_ids"], self.batch["response_mask"]
+            return self.batch.gold
         return self.samples[r]
 
     def prompt(self, m: Model):
-        return self.views[m][0] if m in self.views else (self.batch["prompt_ids"], self.batch["prompt_mask"])
+        return self.views[m][0] if m in self.views else self.batch.prompts
 
-    def logits(self, m: Model, r: Response):
+    def hidden(self, m: Model, r: Response):
+        """Final hidden states ``[B, N, D]`` of model ``m`` at response ``r``'s positions."""
         key = (m, r)
-        if key not in self._memo:
-            cfg, params = self.models[m]
+        if key not in self._hidden:
+            decoder, params = self.models[m]
             pair = [x for x in (Response.TEACHER, Response.STUDENT) if x in self.samples]
             same = len(pair) == 2 and self.response(pair[0], m)[0].shape == self.response(pair[1], m)[0].shape
             rs = pair if r in pair and same else [r]
@@ -80,35 +111,80 @@ class Context:
             k = len(rs)
             tile = lambda a: jnp.concatenate([a] * k, axis=0)
             prompt_ids, prompt_mask = self.prompt(m)
-            out = sampling.response_logits(cfg, params, tile(prompt_ids), tile(prompt_mask), ids, mask)
+            out = sampling.response_hidden(decoder, params, tile(prompt_ids), tile(prompt_mask), ids, mask)
             out = out if m is Model.STUDENT else jax.lax.stop_gradient(out)
             for x, part in zip(rs, jnp.split(out, k, axis=0)):
-                self._memo[(m, x)] = part
-        return self._memo[key]
+                self._hidden[(m, x)] = part
+        return self._hidden[key]
+
+    def head(self, m: Model):
+        """Model ``m``'s head: hidden ``[B, C, D]`` -> logits ``[B, C, V]`` (for ``losses.token_map``)."""
+        decoder, params = self.models[m]
+        return functools.partial(decoder.head, params)
+
+    def token_logps(self, m: Model, r: Response):
+        """``log π_m(y_i | ·)`` ``[B, N]`` of response ``r`` in model ``m``'s tokens (chunked)."""
+        if (m, r) not in self._logps:
+            ids, _ = self.response(r, m)
+            self._logps[(m, r)] = losses.chunked_token_logprobs(self.hidden(m, r), self.head(m), ids,
+                                                                chunk_size=self.chunk_tokens)
+        return self._logps[(m, r)]
 
     def has(self, m: Model, r: Response) -> bool:
-        return (m, r) in self._memo
+        return (m, r) in self._logps
 
     def logps(self, m: Model, r: Response):
         """(summed log-prob [B], length [B]) of a response under a model, in its own tokens."""
-        ids, mask = self.response(r, m)
-        return losses.sequence_logprobs(self.logits(m, r), ids, mask)
+        _, mask = self.response(r, m)
+        mask = mask.astype(jnp.float32)
+        return jnp.sum(self.token_logps(m, r) * mask, -1), mask.sum(-1)
 
     def ce(self, r: Response = Response.GOLD):
+        _, mask = self.response(r)
+        return -losses.masked_mean(self.token_logps(Model.STUDENT, r), mask)
+
+    def divergence(self, per_token, r: Response, **kw):
+        """Token mean ``[B]`` of ``per_token(student_logits, teacher_logits, **kw)`` (a ``losses.tokenwise``
+        function) on response ``r``, chunked; the same pass gives the student's token log-probs of ``r``."""
         ids, mask = self.response(r)
-        return losses.cross_entropy(self.logits(Model.STUDENT, r), ids, mask)
+        fn = lambda lg, y: (per_token(lg[0], jax.lax.stop_gradient(lg[1]), **kw), losses.tokenwise.logprob(lg[0], y))
+        values, logps = losses.token_map(fn, (self.hidden(Model.STUDENT, r), self.hidden(Model.TEACHER, r)),
+                                         (self.head(Model.STUDENT), self.head(Model.TEACHER)), ids,
+                                         chunk_size=self.chunk_tokens)
+        self._logps.setdefault((Model.STUDENT, r), logps)
+        return losses.masked_mean(values, mask)
+
+    def sparse_divergence(self, per_token, **kw):
+        """As :meth:`divergence` against the batch's top-k teacher cache on the gold responses."""
+        ids, mask = self.response(Response.GOLD)
+        b = self.batch
+        fn = lambda lg, x: (per_token(lg[0], x[1], x[2], **kw), losses.tokenwise.logprob(lg[0], x[0]))
+        values, logps = losses.token_map(fn, (self.hidden(Model.STUDENT, Response.GOLD),), (self.head(Model.STUDENT),),
+                                         (ids, b.teacher_topk_ids, b.teacher_topk_logps), chunk_size=self.chunk_tokens)
+        self._logps.setdefault((Model.STUDENT, Response.GOLD), logps)
+        return losses.masked_mean(values, mask)
 
     def lm(self):
         """Token-mean CE of the student on the batch's pre-training rows ``[B]`` (None without)."""
-        if "lm_ids" not in self.batch:
+        if self.batch.lm_ids is None:
             return None
-        if "lm" not in self._memo:
-            cfg, params = self.models[Model.STUDENT]
-            lm = self.batch["lm_ids"]
-            pos = jnp.broadcast_to(jnp.arange(lm.shape[1]), lm.shape)
-            logits, _ = cfg(params, lm[:, :-1], pos[:, :-1], jnp.ones_like(lm[:, :-1]))
-            self._memo["lm"] = losses.cross_entropy(logits, lm[:, 1:], jnp.ones_like(lm[:, 1:]))
-        return self._memo["lm"]
+        if "lm" not in self._logps:
+            decoder, params = self.models[Model.STUDENT]
+            x, y, ones = lm_rows(self.batch.lm_ids)
+            h = decoder.hidden(params, x, positions_of(x), ones)
+            self._logps["lm"] = losses.chunked_cross_entropy(h, self.head(Model.STUDENT), y, ones,
+                                                             chunk_size=self.chunk_tokens)
+        return self._logps["lm"]
+
+
+def lm_rows(lm_ids):
+    """(inputs, targets, mask) of pre-training rows: next-token prediction over each whole row."""
+    x = lm_ids[:, :-1]
+    return x, lm_ids[:, 1:], jnp.ones_like(x)
+
+
+def positions_of(tokens):
+    return jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
 
 
 def mixed(ctx: Context, name: str, value, *, kd_ratio: float, lm_coef: float) -> dict:

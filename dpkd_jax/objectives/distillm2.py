@@ -8,12 +8,12 @@ from typing import ClassVar
 
 import jax.numpy as jnp
 
-from .. import losses
-from .base import Model, Needs, Response, check, check_mix, mixed
+from ..losses import tokenwise as tw
+from .base import Needs, Objective, Response, check, check_mix, mixed
 
 
 @dataclasses.dataclass(frozen=True)
-class DistiLLM2:
+class DistiLLM2(Objective):
     """``(1−β)·SKL_α(y_t) + β·SRKL_α(y_s)`` (method.md). ``beta_ramp``: the released code's
     schedule, β from 0.5 to 0.75 by mid-training. No CE or LM term by default (the paper
     has none); ``kd_ratio``/``lm_coef`` add them."""
@@ -33,10 +33,9 @@ class DistiLLM2:
         beta = self.beta
         if self.beta_ramp:  # b = 1 + 0.5·min(1, 2·step/steps) in the code's (2−b)·SKL + b·SRKL
             beta = (1.0 + 0.5 * jnp.minimum(1.0, 2.0 * ctx.progress)) / 2.0
-        _, mt = ctx.response(Response.TEACHER)
-        _, ms = ctx.response(Response.STUDENT)
-        value = losses.cald_loss(ctx.logits(Model.STUDENT, Response.TEACHER), ctx.logits(Model.TEACHER, Response.TEACHER),
-                                 mt, ctx.logits(Model.STUDENT, Response.STUDENT),
-                                 ctx.logits(Model.TEACHER, Response.STUDENT), ms, alpha=self.alpha, beta=beta)
+        # CALD (losses.cald_loss) in chunks: SKL on the teacher's response, SRKL on the student's
+        skl = ctx.divergence(tw.skew_kl, Response.TEACHER, alpha=self.alpha)
+        srkl = ctx.divergence(tw.cald_skew_reverse_kl, Response.STUDENT, alpha=self.alpha)
+        value = (1.0 - beta) * skl + beta * srkl
         return (mixed(ctx, "distillm2", value, kd_ratio=self.kd_ratio, lm_coef=self.lm_coef),
                 {"distillm2/beta": jnp.broadcast_to(jnp.asarray(beta, jnp.float32), value.shape)})

@@ -10,13 +10,15 @@ rollout is the step's batch.)"""
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
 
 from .. import losses, sampling
-from .base import Needs, check, check_mix
+from ..losses import tokenwise as tw
+from .base import Needs, Objective, check, check_mix, lm_rows, positions_of
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,7 +43,7 @@ class Mixture:
 
 
 @dataclasses.dataclass(frozen=True)
-class MiniLLM:
+class MiniLLM(Objective):
     teacher_mix: float = 0.2        # α of the mixture sampler (teacher_mixed_alpha)
     reward_scale: float = 0.5
     reward_clip: float = 100.0
@@ -53,6 +55,11 @@ class MiniLLM:
     kd_ratio: float = 0.5           # inside the pre-training loss
     lm_coef: float = 1.0
     needs: ClassVar = Needs()       # samples come from its own mixture sampler
+    own_update: ClassVar = True
+
+    @property
+    def updates_per_step(self):
+        return self.ppo_epochs * self.minibatches
 
     def validate(self):
         check("minillm", "teacher_mix", 0.0 <= self.teacher_mix < 1.0, "must be in [0, 1)", self.teacher_mix)
@@ -62,11 +69,10 @@ class MiniLLM:
         check_mix("minillm", self.kd_ratio, self.lm_coef)
 
     # ---- the rollout (no gradient) ----
-    def rollout(self, student, params, teacher, teacher_params, batch, rng, gen_kw):
+    def rollout(self, student, params, teacher, teacher_params, batch, rng, gen_kw, chunk_tokens):
         mix = Mixture(student, teacher, self.teacher_mix)
-        ids, mask = sampling.sample(mix, (jax.lax.stop_gradient(params), teacher_params), batch["prompt_ids"],
-                                    batch["prompt_mask"], rng, **gen_kw)
-        score = lambda cfg, p: sampling.score(cfg, p, batch["prompt_ids"], batch["prompt_mask"], ids, mask)[0]
+        ids, mask = sampling.sample(mix, (jax.lax.stop_gradient(params), teacher_params), *batch.prompts, rng, **gen_kw)
+        score = lambda dec, p: sampling.score(dec, p, *batch.prompts, ids, mask, chunk_tokens=chunk_tokens)[0]
         old = jax.lax.stop_gradient(score(student, params))
         tlp = score(teacher, teacher_params)
         a = self.teacher_mix
@@ -77,22 +83,24 @@ class MiniLLM:
         return {"ids": ids, "mask": mask, "old": old, "weights": weights, "adv": adv, "rewards": rewards}
 
     # ---- one inner update's loss on a minibatch ----
-    def inner_loss(self, student, p, teacher, teacher_params, prompts, roll, lm_ids=None):
-        prompt_ids, prompt_mask = prompts
-        logits = sampling.response_logits(student, p, prompt_ids, prompt_mask, roll["ids"], roll["mask"])
-        t_logits = jax.lax.stop_gradient(
-            sampling.response_logits(teacher, teacher_params, prompt_ids, prompt_mask, roll["ids"], roll["mask"]))
-        logps = losses.token_logprobs(logits, roll["ids"])
+    def inner_loss(self, student, p, teacher, teacher_params, prompts, roll, lm_ids, chunk_tokens):
+        """PPO-clip + the single-step regulariser (exact reverse KL per token) on the rollout, and the
+        pre-training term; every token-level quantity in chunks of ``chunk_tokens`` (one pass per model)."""
+        hs = sampling.response_hidden(student, p, *prompts, roll["ids"], roll["mask"])
+        ht = jax.lax.stop_gradient(sampling.response_hidden(teacher, teacher_params, *prompts, roll["ids"], roll["mask"]))
+        fn = lambda lg, y: (tw.logprob(lg[0], y), tw.reverse_kl(lg[0], jax.lax.stop_gradient(lg[1])))
+        heads = (functools.partial(student.head, p), functools.partial(teacher.head, teacher_params))
+        logps, rkl = losses.token_map(fn, (hs, ht), heads, roll["ids"], chunk_size=chunk_tokens)
         pg = losses.ppo_clip_loss(logps, roll["old"], roll["adv"], roll["mask"],
                                   importance_weights=roll["weights"], clip_range=self.clip_range)
-        reg = losses.reverse_kl(logits, t_logits, roll["mask"])
-        terms = {"minillm": (1.0, pg), "minillm_reg": (self.reg_coef, reg)}
+        terms = {"minillm": (1.0, pg), "minillm_reg": (self.reg_coef, losses.masked_mean(rkl, roll["mask"]))}
         if lm_ids is not None and self.lm_coef > 0:
-            pos = jnp.broadcast_to(jnp.arange(lm_ids.shape[1] - 1), lm_ids[:, :-1].shape)
-            ones = jnp.ones_like(lm_ids[:, :-1])
-            s_lm, _ = student(p, lm_ids[:, :-1], pos, ones)
-            t_lm, _ = teacher(teacher_params, lm_ids[:, :-1], pos, ones)
-            ce = losses.cross_entropy(s_lm, lm_ids[:, 1:], ones)
-            kd = losses.forward_kl(s_lm, jax.lax.stop_gradient(t_lm), ones)  # −Σ p log q up to p's entropy
+            x, y, ones = lm_rows(lm_ids)
+            s_h = student.hidden(p, x, positions_of(x), ones)
+            t_h = jax.lax.stop_gradient(teacher.hidden(teacher_params, x, positions_of(x), ones))
+            # −Σ p log q is KL(p‖q) up to p's entropy (same gradient)
+            fn = lambda lg, y: (tw.logprob(lg[0], y), tw.forward_kl(lg[0], jax.lax.stop_gradient(lg[1])))
+            lp, fkl = losses.token_map(fn, (s_h, t_h), heads, y, chunk_size=chunk_tokens)
+            ce, kd = -losses.masked_mean(lp, ones), losses.masked_mean(fkl, ones)
             terms["lm"] = (self.lm_coef, (1 - self.kd_ratio) * ce + self.kd_ratio * kd)
         return terms

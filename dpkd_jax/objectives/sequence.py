@@ -10,13 +10,14 @@ import jax.numpy as jnp
 
 from .. import losses
 from ..losses import DPKD_FORMS
-from .base import Model, Needs, Response, check, check_mix, mixed
+from ..losses import tokenwise as tw
+from .base import Model, Needs, Objective, Response, check, check_mix, mixed
 
 _PAIR = Needs(teacher_samples=True, student_samples=True)
 
 
 @dataclasses.dataclass(frozen=True)
-class SeqKD:
+class SeqKD(Objective):
     """Cross-entropy on the teacher's sampled responses, mixed with CE on gold."""
     kd_ratio: float = 0.5
     lm_coef: float = 0.5
@@ -39,7 +40,7 @@ def preference_metrics(beta, normalize, sc, sr, tc, tr, nc, nr):
 
 
 @dataclasses.dataclass(frozen=True)
-class DPKD:
+class DPKD(Objective):
     """DPKD (arXiv 2406.19774, Eq. 9): the teacher's sample preferred over the student's,
     the implicit reward the student/teacher log-ratio; preference forms of Table 2."""
     beta: float = 0.1
@@ -76,7 +77,7 @@ class DPKD:
 
 
 @dataclasses.dataclass(frozen=True)
-class PLaD:
+class PLaD(Objective):
     """PLaD (arXiv 2406.02886): margin ranking of the student's length-normalised
     log-likelihoods, teacher sample over student sample; no teacher logits."""
     margin: float = 1.0
@@ -100,7 +101,7 @@ class PLaD:
 
 
 @dataclasses.dataclass(frozen=True)
-class DaDPO:
+class DaDPO(Objective):
     """daDPO (arXiv 2506.15717): DPO on teacher-preferred pairs against the frozen initial
     student, plus alpha x KL(p || q) on the teacher's response."""
     beta: float = 0.1
@@ -123,10 +124,8 @@ class DaDPO:
     def loss(self, ctx):
         (sc, _), (sr, _) = ctx.logps(Model.STUDENT, Response.TEACHER), ctx.logps(Model.STUDENT, Response.STUDENT)
         (rc, _), (rr, _) = ctx.logps(Model.REFERENCE, Response.TEACHER), ctx.logps(Model.REFERENCE, Response.STUDENT)
-        _, mask = ctx.response(Response.TEACHER)
         if self.alpha:
-            kl = losses.forward_kl(ctx.logits(Model.STUDENT, Response.TEACHER),
-                                   ctx.logits(Model.TEACHER, Response.TEACHER), mask, temperature=self.temperature)
+            kl = ctx.divergence(tw.forward_kl, Response.TEACHER, temperature=self.temperature)
         else:  # the preference term alone: no teacher logits (and it works across tokenizers)
             kl = jnp.zeros_like(sc)
         value = losses.dadpo_loss(sc, sr, rc, rr, kl, beta=self.beta, alpha=self.alpha)

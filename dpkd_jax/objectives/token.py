@@ -7,12 +7,12 @@ from __future__ import annotations
 import dataclasses
 from typing import ClassVar
 
-from .. import losses
-from .base import Model, Needs, Response, check, check_mix, mixed
+from ..losses import tokenwise as tw
+from .base import Needs, Objective, Response, check, check_mix, mixed
 
 
 @dataclasses.dataclass(frozen=True)
-class SFT:
+class SFT(Objective):
     """Cross-entropy on the gold response (+ ``lm_coef`` x the pre-training LM loss)."""
     lm_coef: float = 0.5
     needs: ClassVar = Needs(teacher_logits=False)
@@ -24,10 +24,11 @@ class SFT:
         return mixed(ctx, "sft", ctx.ce(Response.GOLD), kd_ratio=1.0, lm_coef=self.lm_coef), {}
 
 
-def _divergence(name, fn, doc, sparse=None, **extra):
-    """A teacher-forced divergence on the gold response, mixed with CE as the reference code does.
-    ``sparse``: its form against the teacher's top-k cache (``teacher.topk``), used when the
-    batch carries the cache: the step then needs no teacher weights."""
+def _divergence(name, per_token, doc, sparse, **extra):
+    """A teacher-forced divergence on the gold response (a ``losses.tokenwise`` function, computed
+    in chunks), mixed with CE as the reference code does. ``sparse``: its form against the
+    teacher's top-k cache (``teacher.topk``), used when the batch carries the cache: the step
+    then needs no teacher weights."""
     fields = [("kd_ratio", float, 0.5), ("lm_coef", float, 0.5), ("temperature", float, 1.0)]
     fields += [(k, float, v) for k, v in extra.items()]
 
@@ -36,38 +37,33 @@ def _divergence(name, fn, doc, sparse=None, **extra):
         check(name, "temperature", self.temperature > 0, "must be > 0", self.temperature)
 
     def loss(self, ctx):
-        ids, mask = ctx.response(Response.GOLD)
         kw = {k: getattr(self, k) for k in extra}
-        if "teacher_topk_ids" in ctx.batch:
-            value = sparse(ctx.logits(Model.STUDENT, Response.GOLD), ctx.batch["teacher_topk_ids"],
-                           ctx.batch["teacher_topk_logps"], mask, **kw)
+        if ctx.batch.teacher_topk_ids is not None:
+            value = ctx.sparse_divergence(sparse, **kw)
         else:
-            value = fn(ctx.logits(Model.STUDENT, Response.GOLD), ctx.logits(Model.TEACHER, Response.GOLD), mask,
-                       temperature=self.temperature, **kw)
+            value = ctx.divergence(per_token, Response.GOLD, temperature=self.temperature, **kw)
         return mixed(ctx, name, value, kd_ratio=self.kd_ratio, lm_coef=self.lm_coef), {}
-    cls = dataclasses.make_dataclass(name.upper(), fields, frozen=True,
-                                     namespace={"validate": validate, "loss": loss, "needs": Needs(), "__doc__": doc,
-                                                "supports_topk": sparse is not None,
-                                                "loss_temperature": property(lambda self: self.temperature)})
-    return cls
+    return dataclasses.make_dataclass(name.upper(), fields, bases=(Objective,), frozen=True,
+                                      namespace={"validate": validate, "loss": loss, "__doc__": doc, "topk": True,
+                                                 "loss_temperature": property(lambda self: self.temperature)})
 
 
-KD = _divergence("kd", losses.forward_kl, "Word-level KD (Hinton): forward KL on the gold response.",
-                 sparse=losses.sparse_forward_kl)
-RKL = _divergence("rkl", losses.reverse_kl, "Token-level reverse KL on the gold response.",
-                  sparse=losses.sparse_reverse_kl)
-JSD = _divergence("jsd", losses.generalized_jsd, "Generalised JSD(beta) on the gold response.",
-                  sparse=losses.sparse_generalized_jsd, beta=0.5)
-AKL = _divergence("akl", losses.adaptive_kl, "Adaptive KL (head/tail mix of forward and reverse KL).",
-                  sparse=losses.sparse_adaptive_kl, mu=0.5)
-SkewKL = _divergence("skew_kl", losses.skew_kl, "DistiLLM's skew KL(p || a p + (1-a) q).",
-                     sparse=losses.sparse_skew_kl, alpha=0.1)
-SkewRKL = _divergence("skew_rkl", losses.skew_reverse_kl, "DistiLLM's skew reverse KL.",
-                      sparse=losses.sparse_skew_reverse_kl, alpha=0.1)
+KD = _divergence("kd", tw.forward_kl, "Word-level KD (Hinton): forward KL on the gold response.",
+                 sparse=tw.sparse_forward_kl)
+RKL = _divergence("rkl", tw.reverse_kl, "Token-level reverse KL on the gold response.",
+                  sparse=tw.sparse_reverse_kl)
+JSD = _divergence("jsd", tw.generalized_jsd, "Generalised JSD(beta) on the gold response.",
+                  sparse=tw.sparse_generalized_jsd, beta=0.5)
+AKL = _divergence("akl", tw.adaptive_kl, "Adaptive KL (head/tail mix of forward and reverse KL).",
+                  sparse=tw.sparse_adaptive_kl, mu=0.5)
+SkewKL = _divergence("skew_kl", tw.skew_kl, "DistiLLM's skew KL(p || a p + (1-a) q).",
+                     sparse=tw.sparse_skew_kl, alpha=0.1)
+SkewRKL = _divergence("skew_rkl", tw.skew_reverse_kl, "DistiLLM's skew reverse KL.",
+                      sparse=tw.sparse_skew_reverse_kl, alpha=0.1)
 
 
 @dataclasses.dataclass(frozen=True)
-class DPKDToken:
+class DPKDToken(Objective):
     """The reference code's token-level DPKD (``--seqKD-DPO``): teacher argmax chosen,
     student argmax rejected, per position, on the gold response."""
     beta: float = 0.1
@@ -82,15 +78,13 @@ class DPKDToken:
         check_mix("dpkd_token", self.kd_ratio, self.lm_coef)
 
     def loss(self, ctx):
-        _, mask = ctx.response(Response.GOLD)
-        value = losses.dpkd_token_loss(ctx.logits(Model.STUDENT, Response.GOLD), ctx.logits(Model.TEACHER,
-                                       Response.GOLD), mask, beta=self.beta, label_smoothing=self.label_smoothing,
-                                       reference_free=self.reference_free)
+        value = ctx.divergence(tw.dpkd_token, Response.GOLD, beta=self.beta, label_smoothing=self.label_smoothing,
+                               reference_free=self.reference_free)
         return mixed(ctx, "dpkd_token", value, kd_ratio=self.kd_ratio, lm_coef=self.lm_coef), {}
 
 
 @dataclasses.dataclass(frozen=True)
-class GKD:
+class GKD(Objective):
     """On-policy GKD (arXiv 2306.13649, as TRL's): with probability ``lmbda`` a step trains on
     the student's own samples (at ``temperature``), otherwise on the gold responses (or the
     teacher's samples when ``seq_kd``); the loss is JSD(beta) per token, temperature 1.
@@ -113,7 +107,7 @@ class GKD:
                      student_temperature=self.temperature)
 
     @property
-    def supports_topk(self):
+    def topk(self):
         """The top-k cache holds the teacher on the gold responses: off-policy GKD on gold only."""
         return self.lmbda == 0.0 and not self.seq_kd
 
@@ -125,11 +119,8 @@ class GKD:
 
     def loss(self, ctx):
         r = Response.STUDENT if self.lmbda > 0 else Response.TEACHER if self.seq_kd else Response.GOLD
-        _, mask = ctx.response(r)
-        if "teacher_topk_ids" in ctx.batch:
-            value = losses.sparse_generalized_jsd(ctx.logits(Model.STUDENT, r), ctx.batch["teacher_topk_ids"],
-                                                  ctx.batch["teacher_topk_logps"], mask, beta=self.beta)
+        if ctx.batch.teacher_topk_ids is not None:
+            value = ctx.sparse_divergence(tw.sparse_generalized_jsd, beta=self.beta)
         else:
-            value = losses.generalized_jsd(ctx.logits(Model.STUDENT, r), ctx.logits(Model.TEACHER, r), mask,
-                                           beta=self.beta)
+            value = ctx.divergence(tw.generalized_jsd, r, beta=self.beta)
         return mixed(ctx, "gkd", value, kd_ratio=self.kd_ratio, lm_coef=self.lm_coef), {}

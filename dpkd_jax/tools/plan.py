@@ -90,7 +90,9 @@ def plan_one(cfg, mesh_sizes, devices, batch_per_replica=0):
     ``batch_per_replica`` > 0 sets the global batch to that times the data-parallel size."""
     import jax
     import numpy as np
-    from .. import objectives, sharding
+    import dataclasses
+    from .. import sharding, specs
+    from ..batch import Batch
     from ..optim import make_optimizer
     from ..train import init_state, make_step, step_shardings
     from ..models import decoder_for
@@ -105,12 +107,11 @@ def plan_one(cfg, mesh_sizes, devices, batch_per_replica=0):
     t_cfg = t_cfg.replace(output_vocab=vocab, remat=cfg.model.remat, quantize=cfg.teacher.quantize)
     s_cfg = s_cfg.replace(output_vocab=vocab, remat=cfg.model.remat, lora=lora_spec(cfg))
     teacher, student = decoder_for(t_cfg, placement.rules("teacher")), decoder_for(s_cfg, placement.rules("student"))
-    with cfg.unlocked():
-        cfg.gen.eos_token_id, cfg.gen.pad_token_id = 2, 1
-    if batch_per_replica:
-        with cfg.unlocked():
-            cfg.train.batch_size = batch_per_replica * sharding.data_parallel_size(mesh)
-    sharding.check_batch(cfg.train.batch_size, mesh)
+    spec = specs.Step.of(cfg)
+    spec = dataclasses.replace(spec, sampling=dataclasses.replace(spec.sampling, eos_token_id=2, pad_token_id=1),
+                               batch_size=batch_per_replica * sharding.data_parallel_size(mesh) if batch_per_replica
+                               else spec.batch_size)
+    sharding.check_batch(spec.batch_size, mesh)
     sharding.check_heads(t_cfg.n_heads, mesh, "teacher")
     sharding.check_heads(s_cfg.n_heads, mesh, "student")
     tx = make_optimizer(cfg.train, kinds={n: i.kind for n, i in student.info.items()})
@@ -122,14 +123,12 @@ def plan_one(cfg, mesh_sizes, devices, batch_per_replica=0):
     t_abs = abstract(teacher, sh["teacher"])
     state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
                          jax.eval_shape(lambda p: init_state(student, p, tx), s_abs), sh["state"])
-    B, P, L = cfg.train.batch_size, cfg.data.max_prompt_length, cfg.data.max_length
+    B, P, L = spec.batch_size, cfg.data.max_prompt_length, cfg.data.max_length
     i32 = lambda *shape: jax.ShapeDtypeStruct(shape, np.int32, sharding=sh["batch"])
-    batch = {"prompt_ids": i32(B, P), "prompt_mask": i32(B, P), "response_ids": i32(B, L - P),
-             "response_mask": i32(B, L - P)}
-    if getattr(objectives.build(cfg.method, cfg.loss), "lm_coef", 0.0) > 0 and cfg.data.pretrain:
-        batch["lm_ids"] = i32(B, cfg.data.lm_seq_len)
+    lm = i32(B, cfg.data.lm_seq_len) if spec.objective.lm_coef > 0 and cfg.data.pretrain else None
+    batch = Batch(i32(B, P), i32(B, P), i32(B, L - P), i32(B, L - P), lm_ids=lm)
     rng = jax.ShapeDtypeStruct((2,), np.uint32, sharding=sh["replicated"])
-    step = make_step(cfg, student, teacher, tx, None, None, sh)
+    step = make_step(spec, student, teacher, tx, None, None, sh)
     compiled = step.lower(state, batch, rng, t_abs, None).compile()
     mem = compiled.memory_analysis()
 

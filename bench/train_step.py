@@ -13,6 +13,7 @@ and with --growth the step time as new tokens (64..512) and batch double.
 """
 
 import argparse
+import dataclasses
 import json
 import statistics
 import tempfile
@@ -28,6 +29,8 @@ from dpkd_jax.models import gpt2
 from dpkd_jax.tools import plan
 from dpkd_jax.optim import make_optimizer
 from dpkd_jax.throughput import peak_flops, step_flops
+from dpkd_jax.batch import Batch
+from dpkd_jax.specs import Step
 from dpkd_jax.train import init_state, make_step, place_state, step_shardings
 
 
@@ -46,6 +49,8 @@ def config(args, new):
     c.gen.max_new_tokens, c.gen.eos_token_id, c.gen.pad_token_id = new, -1, 0  # always `new` tokens, as HF below
     c.train.batch_size, c.train.log_every, c.train.steps = args.batch, 10**9, 10**9  # no KL metrics in the timing
     c.loss.dpkd.lm_coef = 0.0
+    if "loss_chunk_tokens" in c.model and args.chunk_tokens >= 0:
+        c.model.loss_chunk_tokens = args.chunk_tokens
     return c
 
 
@@ -57,7 +62,12 @@ def batch_of(args, rng, new=None, with_samples=False):
         for k in ("teacher", "student"):
             b[f"{k}_ids"] = rng.integers(1, args.vocab, (B, new)).astype(np.int32)
             b[f"{k}_mask"] = np.ones((B, new), np.int32)
-    return {k: jnp.asarray(v) for k, v in b.items()}
+    return Batch.of({k: jnp.asarray(v) for k, v in b.items()})
+
+
+def fields(batch):
+    """The batch's arrays by name (the torch reference reads them)."""
+    return {f.name: getattr(batch, f.name) for f in dataclasses.fields(batch) if getattr(batch, f.name) is not None}
 
 
 class Ours:
@@ -73,8 +83,10 @@ class Ours:
             self.state = place_state(self.s_cfg, s_params, self.tx, self.sh)
         else:
             self.state = init_state(self.s_cfg, jax.tree.map(jnp.copy, s_params), self.tx)
-        self.step = make_step(self.cfg, self.s_cfg, self.t_cfg, self.tx, self.t_params, shardings=self.sh)
-        self.flops = step_flops(self.cfg, self.s_cfg, self.t_cfg, args.batch)
+        spec = Step.of(self.cfg)
+        self.step = make_step(spec, self.s_cfg, self.t_cfg, self.tx, self.t_params, shardings=self.sh)
+        self.flops = step_flops(spec.objective.needs, self.s_cfg, self.t_cfg, args.batch,
+                                (args.prompt, args.response, new))
 
     def __call__(self, batch, seed):
         if self.sh is not None:
@@ -87,7 +99,7 @@ class Ours:
     def sample(self, which, batch, new, seed):
         cfg, params = (self.t_cfg, self.t_params) if which == "teacher" else (self.s_cfg, self.state["params"])
         t = time.perf_counter()
-        out = sampling.sample_jit(cfg, params, batch["prompt_ids"], batch["prompt_mask"], jax.random.PRNGKey(seed),
+        out = sampling.sample_jit(cfg, params, *batch.prompts, jax.random.PRNGKey(seed),
                                   max_new_tokens=new, eos_token_id=-1, pad_token_id=0)
         jax.block_until_ready(out)
         return time.perf_counter() - t
@@ -123,7 +135,7 @@ class Torch:
     def __call__(self, batch, seed, samples=None):
         torch = self.torch
         t = time.perf_counter()
-        b = {k: torch.as_tensor(np.asarray(v), device=self.dev).long() for k, v in batch.items()}
+        b = {k: torch.as_tensor(np.asarray(v), device=self.dev).long() for k, v in fields(batch).items()}
         P = b["prompt_ids"].shape[1]
         torch.manual_seed(seed)
         if samples is None:
@@ -163,6 +175,8 @@ def main():
                      prompt=32, response=32, new=32, repeats=5).items():
         ap.add_argument("--" + k.replace("_", "-"), type=int, default=v)
     ap.add_argument("--dtype", default="float32")
+    ap.add_argument("--chunk-tokens", type=int, default=-1, help="model.loss_chunk_tokens (-1: the config default; "
+                    "0: whole-vocabulary logits)")
     ap.add_argument("--gpt2-xl-to-base", action="store_true", help="GPT-2 XL teacher, GPT-2 base student, bf16")
     ap.add_argument("--no-torch", action="store_true")
     ap.add_argument("--mesh", default="", help="e.g. data:-1,fsdp:1,tensor:1: compile our step over a device mesh")
@@ -211,7 +225,8 @@ def main():
     out["model_flops_per_step"] = ours.flops
     if peak:
         out["mfu_full_step"] = ours.flops / med["ours"] / peak
-        gen_flops = step_flops(config(args, 0), ours.s_cfg, ours.t_cfg, args.batch)
+        gen_flops = step_flops(Step.of(config(args, 0)).objective.needs, ours.s_cfg, ours.t_cfg, args.batch,
+                               (args.prompt, args.response, 0))
         out["mfu_without_generation"] = gen_flops / med["ours_nogen"] / peak
     if args.growth:
         g = {"new_tokens": {}, "batch": {}}

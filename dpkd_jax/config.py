@@ -58,7 +58,7 @@ def default_config():
     # loss_chunk_tokens: token-level losses project to the vocabulary in chunks of this many tokens (batch rows x
     # positions), recomputed in the backward pass (method.md §11); 0 = whole [B, N, V] logits (for comparisons)
     c.model = ml_collections.ConfigDict({"remat": "none", "scan_layers": True, "decode_kernel": "xla",
-                                         "loss_chunk_tokens": 1024})
+                                         "loss_chunk_tokens": 128})
     # Multi-host: jax.distributed.initialize(); empty fields are auto-detected (TPU pods, SLURM).
     c.distributed = ml_collections.ConfigDict({"enabled": False, "coordinator_address": "", "num_processes": 0,
                                                "process_id": -1})

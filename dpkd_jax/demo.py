@@ -9,7 +9,6 @@ teacher-student gap each method closes.
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
 import os
@@ -18,12 +17,11 @@ import jax
 import numpy as np
 
 from . import data as data_lib
-from . import evaluate as eval_lib
-from . import models, objectives, sharding
-from .loop import run_stage
-from .models import gpt2
+from . import models, sharding
+from . import run as run_lib
 from .checkpoint import prepare_workdir
-from .pipeline import data_options, export, load_eval_sets, resolve_token_ids
+from .models import gpt2
+from .pipeline import data_options, export, load_eval_sets
 from .tools.prune import parse_layers, prune
 
 DEMO_DIR = os.path.join(os.path.dirname(__file__), "data", "demo")
@@ -59,20 +57,11 @@ def train_tokenizer(path, vocab_size, files):
     return fast
 
 
-def _stage_cfg(cfg, method, steps, lr, workdir, seed=None):
-    c = copy.deepcopy(cfg)
-    with c.unlocked():
-        c.method, c.train.steps, c.train.lr, c.workdir = method, steps, lr, workdir
-        c.seed = cfg.seed if seed is None else seed
-    return c
-
-
-def run_demo(cfg):
-    d = cfg.demo
-    wd = cfg.workdir
-    prepare_workdir(cfg)
+def demo_run(cfg):
+    """Build the demo's run (``run.Run``): its tokenizer trained on the shipped data, its data,
+    and a fresh GPT-2-shaped teacher."""
+    d, wd = cfg.demo, cfg.workdir
     placement = sharding.Placement(cfg.mesh)
-    mesh = placement.mesh
     tok_dir = os.path.join(wd, "tokenizer")
     if jax.process_index() == 0:
         train_tokenizer(tok_dir, d.vocab_size, [cfg.data.train or demo_file("train.jsonl"), demo_file("pretrain.txt")])
@@ -80,46 +69,52 @@ def run_demo(cfg):
         from jax.experimental import multihost_utils
         multihost_utils.sync_global_devices("demo tokenizer")
     tokenizer = models.load_tokenizer(tok_dir)
-    resolve_token_ids(cfg, tokenizer)
+    cfg = run_lib.resolved(cfg, tokenizer)
     full, report = data_lib.load_instructions(cfg.data.train or demo_file("train.jsonl"), tokenizer,
                                               **data_options(cfg))
     print(report)
     train_data, dev = data_lib.split_dev(full, cfg.data.dev_num, cfg.seed)
     lm_rows = data_lib.load_packed(cfg.data.pretrain or demo_file("pretrain.txt"), tokenizer, cfg.data.lm_seq_len)
-    with cfg.unlocked():
-        if not cfg.data.eval_sets:
-            cfg.data.eval_sets = {"demo_eval": demo_file("eval.jsonl")}
-    sets = load_eval_sets(cfg, tokenizer, dev)
+    sets = load_eval_sets(cfg, tokenizer, dev, dict(cfg.data.eval_sets) or {"demo_eval": demo_file("eval.jsonl")})
+    arch = gpt2.tiny_config(vocab_size=len(tokenizer), max_positions=cfg.data.max_length, **dict(d.teacher))
+    teacher = models.init(arch, cfg.seed + 1, placement.rules("teacher"))
+    return run_lib.Run(cfg, tokenizer, placement, teacher, train_data, dev, lm_rows, sets)
 
-    vocab = len(tokenizer)
-    arch = gpt2.tiny_config(vocab_size=vocab, max_positions=cfg.data.max_length, **dict(d.teacher))
-    t_cfg, t_params = models.init(arch, cfg.seed + 1, placement.rules("teacher"))
+
+def run_demo(cfg):
+    d = cfg.demo
+    wd = cfg.workdir
+    prepare_workdir(cfg)
+    run = demo_run(cfg)
+    cfg = run.cfg
+    t_cfg, t_params = run.teacher
+    arch = t_cfg.config
     keep = parse_layers(d.keep_layers, arch.n_layers, "config.demo.keep_layers")
     print(f"teacher: {models.merge(t_cfg, t_params).num_params():,} params, {arch.n_layers} layers; the student "
-          f"is the trained teacher with layers {d.keep_layers} kept; vocab {vocab}")
+          f"is the trained teacher with layers {d.keep_layers} kept; vocab {len(run.tokenizer)}")
 
-    def stage(name, c, model, params, ref=None):
+    def stage(name, c, model, params, init=None):
         if c.train.steps == 0:  # a stage can be switched off (tests, or a teacher already trained)
             return params
-        return run_stage(c, model, params, t_cfg, t_params, train_data, lm_rows, c.workdir, dev=dev,
-                         tokenizer=tokenizer, ref_params=ref, desc=name, placement=placement).params
+        return run_lib.train_stage(run, c, model, params, desc=name, init=init).params
 
-    t_params = stage("teacher_sft", _stage_cfg(cfg, "sft", d.teacher_steps, d.teacher_lr, os.path.join(wd, "teacher")),
-                     t_cfg, t_params)
-    s_cfg, s_init = prune(models.decoder_for(arch, placement.rules("student")), t_params, keep)
-    ev = lambda model, params, tag: eval_lib.evaluate(model, params, sets, tokenizer, cfg.eval, cfg.gen,
-                                                      os.path.join(wd, "eval"), tag, mesh=mesh)
+    sft = run_lib.stage_config(cfg, "sft", os.path.join(wd, "teacher"), steps=d.teacher_steps, lr=d.teacher_lr)
+    t_params = stage("teacher_sft", sft, t_cfg, t_params)
+    run = run.with_teacher(t_cfg, t_params)
+    s_cfg, s_init = prune(models.decoder_for(arch, run.placement.rules("student")), t_params, keep)
+    ev = lambda model, params, tag: run_lib.evaluate(run, model, params, tag, os.path.join(wd, "eval"))
     results = {"teacher": [ev(t_cfg, t_params, "teacher")], "student at start (pruned teacher)":
                [ev(s_cfg, s_init, "student_init")]}
     for method in d.methods:
-        ref = s_init if objectives.build(method, cfg.loss).needs.reference else None
         results[method] = []
-        for seed in d.seeds:
-            c = _stage_cfg(cfg, method, d.distill_steps, d.distill_lr, os.path.join(wd, method, f"seed{seed}"), seed)
-            params = stage(f"{method} seed {seed}", c, s_cfg, s_init, ref=ref)
+        for seed in d.seeds:  # one compiled step serves every seed (train.make_step)
+            c = run_lib.stage_config(cfg, method, os.path.join(wd, method, f"seed{seed}"), seed=seed,
+                                     steps=d.distill_steps, lr=d.distill_lr)
+            params = stage(f"{method} seed {seed}", c, s_cfg, s_init, init=s_init)
             results[method].append(ev(s_cfg, params, f"{method}_seed{seed}"))
             if jax.process_index() == 0 and seed == d.seeds[0]:
-                export(s_cfg, jax.tree.map(sharding.to_host, params), tokenizer, os.path.join(wd, method, "export"))
+                export(s_cfg, jax.tree.map(sharding.to_host, params), run.tokenizer,
+                       os.path.join(wd, method, "export"))
     if jax.process_index() != 0:
         return results
     table = gap_table(results, d.distill_steps)

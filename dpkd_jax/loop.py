@@ -2,7 +2,7 @@
 trainer's hooks (logging, progress, periodic eval and checkpoints, preemption on SIGTERM,
 the NaN guard, the reward-hacking watch).
 
-``run_stage`` is what the CLI (`pipeline.run`) and the demo (several stages) both call.
+``run.train_stage`` (the one run path of the CLI, the demo and the experiment) calls :func:`train_loop`.
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ from . import data as data_lib
 from . import evaluate as eval_lib
 from . import sharding
 from .checkpoint import Checkpoints
-from .curves import plot_history
 from . import cross_tokenizer, specs, teacher_cache
 from .batch import Batch
 from .errors import InputError
@@ -290,19 +289,6 @@ def log_metrics(history, throughput, log_every, watch, writer, pbar):
             for k, v in m.items():
                 writer.add_scalar(k, v, step)
     return hook
-
-
-def run_stage(cfg, student, params, teacher, teacher_params, train_data, lm_rows, workdir, *, desc=None,
-              **kw) -> Trained:
-    """One training stage, as the CLI and the demo run it: :func:`train_loop`, then the stage's
-    curves (``<workdir>/curves.png``) and a one-line summary."""
-    trained = train_loop(cfg, student, params, teacher, teacher_params, train_data, lm_rows, workdir, desc=desc, **kw)
-    if jax.process_index() == 0 and trained.history:
-        plot_history(trained.history, os.path.join(workdir, "curves.png"), desc or cfg.method)
-        final = trained.history[-1]
-        print(f"[{desc or cfg.method}] step {final['step']}: loss {final['loss/total']:.3f}, "
-              f"{final['perf/tokens_per_s']:.0f} tokens/s")
-    return trained
 
 
 class HackingWatch:

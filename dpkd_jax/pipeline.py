@@ -15,17 +15,9 @@ from . import evaluate as eval_lib
 from . import models, sharding
 from .checkpoint import prepare_workdir
 from .config import lora_spec
-from .loop import run_stage
+from . import run as run_lib
 from . import objectives
 from .errors import InputError
-
-
-def resolve_token_ids(cfg, tokenizer):
-    with cfg.unlocked():
-        if cfg.gen.eos_token_id < 0:
-            cfg.gen.eos_token_id = int(tokenizer.eos_token_id)
-        if cfg.gen.pad_token_id < 0:
-            cfg.gen.pad_token_id = models.pad_id(tokenizer)
 
 
 def data_options(cfg) -> dict:
@@ -34,9 +26,11 @@ def data_options(cfg) -> dict:
                 pad_token_id=cfg.gen.pad_token_id, template=cfg.data.template)
 
 
-def load_eval_sets(cfg, tokenizer, dev):
+def load_eval_sets(cfg, tokenizer, dev, paths=None):
+    """The dev split and each named eval set (``paths``, default ``data.eval_sets``), capped at
+    ``eval.max_examples``."""
     sets = {"dev": dev}
-    for name, path in cfg.data.eval_sets.items():
+    for name, path in (cfg.data.eval_sets if paths is None else paths).items():
         sets[name], report = data_lib.load_instructions(path, tokenizer, **data_options(cfg))
         if jax.process_index() == 0:
             print(report)
@@ -77,43 +71,37 @@ def load_models(cfg, placement, vocab, teacher_vocab=None):
 
 
 def run(cfg):
-    """Train (or evaluate, or generate) with the models and data the config names."""
+    """Train (or evaluate, or generate) with the models and data the config names: one stage of
+    the shared run path (``run.py``)."""
     prepare_workdir(cfg)
     from .assets import resolve
-    with cfg.unlocked():
-        cfg.teacher.path, cfg.student.path = resolve(cfg.teacher.path), resolve(cfg.student.path)
-    tokenizer = models.load_tokenizer(cfg.student.path)
+    teacher_path, student_path = resolve(cfg.teacher.path), resolve(cfg.student.path)
+    tokenizer = models.load_tokenizer(student_path)
     cross_ok = objectives.build(cfg.method, cfg.loss).cross_tokenizer and cfg.mode == "train"
-    vocab, t_vocab, t_tok = models.vocabularies(cfg.teacher.path, cfg.student.path, cross_ok=cross_ok,
+    vocab, t_vocab, t_tok = models.vocabularies(teacher_path, student_path, cross_ok=cross_ok,
                                                 cross_methods=objectives.CROSS_METHODS, student_tok=tokenizer)
-    resolve_token_ids(cfg, tokenizer)
+    cfg = run_lib.resolved(cfg, tokenizer, teacher_path=teacher_path, student_path=student_path)
     placement = sharding.Placement(cfg.mesh)
-    mesh = placement.mesh
     (t_cfg, t_params), (s_cfg, params) = load_models(cfg, placement, vocab, t_vocab)
     if cfg.mode == "generate":
-        return generate_mode(cfg, s_cfg, params, tokenizer, mesh)
+        return generate_mode(cfg, s_cfg, params, tokenizer, placement.mesh)
     full, report = data_lib.load_instructions(cfg.data.train, tokenizer, **data_options(cfg))
     print(report)
     train_data, dev = data_lib.split_dev(full, cfg.data.dev_num, cfg.seed)
     lm_rows = data_lib.load_packed(cfg.data.pretrain, tokenizer, cfg.data.lm_seq_len) if cfg.data.pretrain else None
-    results = {}
+    run = run_lib.Run(cfg, tokenizer, placement, (t_cfg, t_params), train_data, dev, lm_rows,
+                      load_eval_sets(cfg, tokenizer, dev), t_tok)
     if cfg.mode == "train":
-        ref = params if objectives.build(cfg.method, cfg.loss).needs.reference else None
-        params, history, best = run_stage(cfg, s_cfg, params, t_cfg, t_params, train_data, lm_rows, cfg.workdir,
-                                          dev=dev, tokenizer=tokenizer, ref_params=ref, placement=placement,
-                                          teacher_tokenizer=t_tok)
+        params, _, best = run_lib.train_stage(run, cfg, s_cfg, params)
         exports = {"final": params, "best": best} if best is not None else {"final": params}
         for name, p in exports.items():
             host = jax.tree.map(sharding.to_host, p)  # every process takes part in the gather
             if jax.process_index() == 0:
                 export(s_cfg, host, tokenizer, os.path.join(cfg.workdir, "export", name), cfg.student.path)
-    sets = load_eval_sets(cfg, tokenizer, dev)
     out_dir = os.path.join(cfg.workdir, "eval")
-    results[cfg.method] = eval_lib.evaluate(s_cfg, params, sets, tokenizer, cfg.eval, cfg.gen, out_dir, "student",
-                                            mesh=mesh)
+    results = {cfg.method: run_lib.evaluate(run, s_cfg, params, "student", out_dir)}
     if cfg.eval.eval_teacher and t_tok is None:  # across tokenizers the teacher is scored by its own run
-        results["teacher"] = eval_lib.evaluate(t_cfg, t_params, sets, tokenizer, cfg.eval, cfg.gen, out_dir,
-                                               "teacher", mesh=mesh)
+        results["teacher"] = run_lib.evaluate(run, t_cfg, t_params, "teacher", out_dir)
     if jax.process_index() == 0:
         print_table(results)
     return results

@@ -45,7 +45,8 @@ def check_weights(path):
 def preflight(cfg, out=print):
     """Run the checks; print one line each. Returns the summary lines."""
     from . import assets, checkpoint, data as data_lib, models, sharding
-    from .pipeline import data_options, resolve_token_ids
+    from .pipeline import data_options
+    from .run import resolved
     lines = []
     say = lambda s: (lines.append(s), out(f"check: {s}"))
     say(f"config: method {cfg.method}, {cfg.train.steps} steps, batch {cfg.train.batch_size}, mode check")
@@ -72,7 +73,7 @@ def preflight(cfg, out=print):
                                                 cross_methods=objectives.CROSS_METHODS, student_tok=tokenizer)
     say(f"vocabulary: shared, {vocab} tokens" if t_tok is None else
         f"vocabularies differ (student {vocab}, teacher {t_vocab} tokens): {cfg.method} runs across tokenizers")
-    resolve_token_ids(cfg, tokenizer)
+    cfg = resolved(cfg, tokenizer)
     if cfg.mode != "generate" and cfg.data.train:
         full, report = data_lib.load_instructions(cfg.data.train, tokenizer, **data_options(cfg), log=False)
         say(f"train data: {report}; {len(full) - min(cfg.data.dev_num, len(full))} train / "

@@ -40,7 +40,7 @@ class Step:
     log_every: int
     batch_size: int
     schedule: Schedule      # the learning rate logged per step
-    chunk_tokens: int = 1024
+    chunk_tokens: int = 128
 
     @classmethod
     def of(cls, cfg, objective=None) -> "Step":

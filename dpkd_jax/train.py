@@ -54,7 +54,13 @@ def place_state(student, params, tx, shardings):
     valid) on the step's shardings."""
     from .sharding import copy_to
     params = copy_to(params, shardings["params"])
-    return jax.jit(lambda p: init_state(student, p, tx), out_shardings=shardings["state"])(params)
+    return _state_initializer(student, tx, _Frozen(shardings["state"]))(params)
+
+
+@functools.lru_cache(maxsize=32)
+def _state_initializer(student, tx, state_shardings):
+    """One compiled initializer per (model, optimizer, shardings): every seed of a method reuses it."""
+    return jax.jit(functools.partial(init_state, student, tx=tx), out_shardings=state_shardings.tree)
 
 
 def update(tx, student, loss_fn, params, opt_state):

@@ -83,3 +83,19 @@ def test_unwritable_workdir_is_named(tmp_path):
     with pytest.raises(ValueError, match=r"config.workdir: .*file/run.* is not writable"):
         check_workdir(str(tmp_path / "file" / "run"))
 
+
+
+def test_workdir_lock_is_one_per_run_and_taken_by_process_0_only(tmp_path, monkeypatch):
+    from dpkd_jax.checkpoint import WorkdirLock
+    from dpkd_jax.errors import InputError
+    with WorkdirLock(str(tmp_path)) as held:
+        assert open(held.path).read() == f"pid {os.getpid()} on {__import__('socket').gethostname()}"
+        # flock is per open file: a second lock in this process stands for a second run
+        with pytest.raises(InputError, match=f"{tmp_path} is in use by pid {os.getpid()}"):
+            WorkdirLock(str(tmp_path)).acquire()
+        monkeypatch.setattr(jax, "process_index", lambda: 1)  # another host of a multi-host run: no lock of its own
+        other = WorkdirLock(str(tmp_path)).acquire()
+        assert other.file is None
+        monkeypatch.undo()
+    assert open(held.path).read() == ""  # released
+    WorkdirLock(str(tmp_path)).acquire().release()

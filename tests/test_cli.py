@@ -159,3 +159,31 @@ def test_multi_host_error_is_printed_once_and_every_process_exits_2(good):
     assert [p.returncode for p in procs] == [2, 2], outs
     lines = [l for _, err in outs for l in err.splitlines() if l.startswith("error: ")]
     assert lines == ["error: config.loss.dpkd.beta: must be > 0, got -1.0"], outs
+
+
+def test_a_second_run_on_a_work_dir_is_refused_in_one_line(good, tmp_path):
+    from dpkd_jax.checkpoint import WorkdirLock
+    config = good()
+    with WorkdirLock(str(tmp_path / "work")):  # this process holds the work dir, as a running training would
+        r = run(config)
+    assert_user_error(r, f"config.workdir: {tmp_path / 'work'} is in use by pid {os.getpid()}")
+
+
+def test_stale_lock_is_taken_over_and_a_foreign_checkpoint_exits_cleanly(good, hf_pair, tmp_path):
+    """A lock left by a killed run is taken over (logged); resuming into a checkpoint of another
+    student shape prints the one error line and nothing after it, every time (the checkpoint
+    manager is closed before exit: no 'Event loop is closed' race)."""
+    config = good()
+    os.makedirs(tmp_path / "work", exist_ok=True)
+    with open(tmp_path / "work" / ".lock", "w") as f:
+        f.write("pid 999999 on gone-host")  # written by a run that died: no process holds the lock
+    r = run(config, "--config.train.steps=2")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "taking over a stale lock (pid 999999 on gone-host is gone)" in r.stderr + r.stdout
+    teacher = hf_pair[0]
+    for _ in range(3):
+        r = run(config, f"--config.student.path={teacher}", "--config.train.steps=4")
+        assert_user_error(r, "checkpoints/latest/2 cannot be restored into this run's state",
+                          "Start fresh with --config.resume=False or another --config.workdir")
+        assert r.stderr.strip().splitlines()[-1].startswith("error: "), r.stderr[-2000:]
+        assert "Event loop is closed" not in r.stderr

@@ -5,6 +5,8 @@ import os
 
 import numpy as np
 
+from dpkd_jax.specs import Sampling
+
 from conftest import tiny_setup
 from dpkd_jax import sampling as S
 from dpkd_jax import teacher_cache as TC
@@ -16,14 +18,14 @@ ROOT = os.path.dirname(os.path.dirname(__file__))
 def test_offline_teacher_cache_is_reused_only_for_the_config_that_made_it(monkeypatch, tmp_path, tok, capsys):  # noqa
     cfg, data, (t_cfg, t_params), _ = tiny_setup(tmp_path, tok)
     path = str(tmp_path / "teacher_samples.npz")
-    first = TC.teacher_samples(cfg, t_cfg, t_params, data, path)
+    first = TC.teacher_samples(Sampling.of(cfg.gen), cfg.seed, cfg.train.batch_size, t_cfg, t_params, data, path)
     assert first["teacher_ids"].shape == (len(data), cfg.gen.max_new_tokens)
     real = S.generate_stepwise
 
     def refuse(*a, **k):
         raise AssertionError("sampled again")
     monkeypatch.setattr(S, "generate_stepwise", refuse)
-    again = TC.teacher_samples(cfg, t_cfg, t_params, data, path)
+    again = TC.teacher_samples(Sampling.of(cfg.gen), cfg.seed, cfg.train.batch_size, t_cfg, t_params, data, path)
     np.testing.assert_array_equal(again["teacher_ids"], first["teacher_ids"])
     monkeypatch.setattr(S, "generate_stepwise", real)
     for change in ("gen", "teacher"):
@@ -32,7 +34,7 @@ def test_offline_teacher_cache_is_reused_only_for_the_config_that_made_it(monkey
             c.gen.temperature = 0.5
         else:
             tp = dict(t_params, **{"final_norm/bias": t_params["final_norm/bias"] + 1})
-        TC.teacher_samples(c, t_cfg, tp, data, path)
+        TC.teacher_samples(Sampling.of(c.gen), c.seed, c.train.batch_size, t_cfg, tp, data, path)
         assert "was made by another config, teacher or data; rebuilding" in capsys.readouterr().out
 
 

@@ -11,7 +11,6 @@ Each finished run is written to ``<workdir>/runs/<name>.json``; a rerun reuses t
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import shutil
@@ -24,8 +23,8 @@ from .. import data as data_lib
 from .. import models, objectives, sharding
 from ..assets import resolve
 from ..errors import InputError
-from ..loop import train_loop
-from ..pipeline import load_model, resolve_token_ids
+from ..pipeline import load_model
+from .. import run as run_lib
 from ..tools.prune import parse_layers, prune
 from . import report
 from .measure import Measure
@@ -47,17 +46,19 @@ class Experiment:
     """Models, data and settings shared by every run; ``run`` trains and measures one."""
 
     def __init__(self, cfg):
-        self.cfg, self.e = cfg, cfg.experiment
         self.placement = sharding.Placement(cfg.mesh)
         path = resolve(cfg.teacher.path)
         self.tokenizer = models.load_tokenizer(path)
-        resolve_token_ids(cfg, self.tokenizer)
+        cfg = run_lib.resolved(cfg, self.tokenizer, teacher_path=path)
+        self.cfg, self.e = cfg, cfg.experiment
         vocab = models.real_vocab_size(self.tokenizer)
         self.t_cfg, self.t_params = load_model(cfg, self.placement, "teacher", path, vocab)
         full_cfg, full = load_model(cfg, self.placement, "student", path, vocab)
         self.keep = parse_layers(self.e.keep_layers, full_cfg.config.n_layers, "config.experiment.keep_layers")
         self.s_cfg, self.s_params = prune(full_cfg, full, self.keep)
         self.train, self.dev, self.eval = self._data()
+        # the shared run path: the train prompts with the teacher's greedy answers as the gold responses
+        self.run_ctx = run_lib.Run(cfg, self.tokenizer, self.placement, (self.t_cfg, self.t_params), self.train)
         self._measures()
 
     def _data(self):
@@ -90,14 +91,10 @@ class Experiment:
         self.measure_dev = Measure(self.t_cfg, self.t_params, self.dev, self.tokenizer, full=False, **kw)
 
     def run_cfg(self, method, lr, seed, over, workdir):
-        c = copy.deepcopy(self.cfg)
-        with c.unlocked():
-            c.method, c.train.lr, c.seed, c.workdir = method, lr, seed, workdir
-            c.train.steps, c.resume, c.train.save_every, c.train.eval_every = self.e.steps, False, 0, 0
-            c.teacher.cache_dir = self.cfg.workdir  # y_t sampled once, shared by every run
-            for k, v in over.items():
-                c.loss[method][k] = v
-        return c
+        # y_t sampled once (teacher.cache_dir), shared by every run; no checkpoints
+        return run_lib.stage_config(self.cfg, method, workdir, seed=seed, steps=self.e.steps, lr=lr, loss=over,
+                                    resume=False, **{"train.save_every": 0, "train.eval_every": 0,
+                                                     "teacher.cache_dir": self.cfg.workdir})
 
     def run(self, method, lr, seed, over):
         """Train one run from the pruned student: the held-out metrics at ``experiment.eval_points``
@@ -121,11 +118,9 @@ class Experiment:
                     dev.update(self.measure_dev(self.s_cfg, state["params"]))
                 eval_s[0] += time.perf_counter() - t
 
-        needs_ref = objectives.build(method, c.loss).needs.reference
         start = time.perf_counter()
-        trained = train_loop(c, self.s_cfg, self.s_params, self.t_cfg, self.t_params, self.train, None, c.workdir,
-                             ref_params=self.s_params if needs_ref else None, desc=name, placement=self.placement,
-                             callback=on_step)
+        trained = run_lib.train_stage(self.run_ctx, c, self.s_cfg, self.s_params, desc=name, callback=on_step,
+                                      plot=False)
         out = {"name": name, "method": method, "lr": lr, "seed": seed, "over": over, "curve": curve, "dev": dev,
                "history": trained.history, "train_s": time.perf_counter() - start - eval_s[0], "eval_s": eval_s[0]}
         if jax.process_index() == 0:

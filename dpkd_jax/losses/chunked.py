@@ -34,9 +34,10 @@ __all__ = [
     "chunked_sparse_adaptive_kl", "chunked_topk_logprobs",
 ]
 
-# Tokens (batch rows x positions) per chunk: bench/chunk_sweep.py on the CPU box measured
-# step time flat from 256 to 4096 tokens and memory linear in it (bench/results/chunk_sweep_cpu.json).
-DEFAULT_CHUNK_TOKENS = 1024
+# Tokens (batch rows x positions) per chunk, from bench/vocab_memory.py's sweep at vocabulary 151936 (dpkd / kd
+# step temporaries, GiB: 128 -> 1.12 / 0.71, 256 -> 1.27 / 1.07, 512 -> 1.56 / 1.80, 1024 -> 2.14 / 3.25) and
+# bench/train_step.py's speed at the same chunk sizes (bench/results/chunk_sweep_cpu.json).
+DEFAULT_CHUNK_TOKENS = 128
 
 
 def linear_head(w, b=None, *, scale=1.0, softcap=0.0, vocab=None):

@@ -81,7 +81,7 @@ class Context:
     ``(ids, mask)`` and its own tokenization of each response ``{Response: (ids, mask)}``;
     every other model reads the batch's prompts and ``samples``."""
 
-    def __init__(self, models: dict, batch, samples: dict, progress=0.0, views=None, chunk_tokens=1024):
+    def __init__(self, models: dict, batch, samples: dict, progress=0.0, views=None, chunk_tokens=128):
         self.models, self.batch, self.samples = models, batch, samples
         self.progress = progress        # step / total steps (a traced scalar)
         self.views = views or {}

@@ -1,0 +1,105 @@
+"""The one run path the CLI pipeline, the demo and the experiment share:
+
+1. **build the run** once: the validated config completed by :func:`resolved` (token ids from
+   the tokenizer, asset paths), the placement, the teacher, the data (:class:`Run`);
+2. **train a stage**: :func:`train_stage` (one method from a student, its curves and summary);
+3. **evaluate**: :func:`evaluate` (RougeL/EM on the run's eval sets).
+
+The pipeline runs one stage; the demo and the experiment only choose which stages to run
+(:func:`stage_config` derives each stage's config as a copy; the run's own is never written).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import os
+
+import jax
+
+from . import evaluate as eval_lib
+from . import models, specs
+from .curves import plot_history
+from .loop import Trained, train_loop
+
+
+def resolved(cfg, tokenizer, **paths):
+    """The validated config completed before anything reads it, as a locked copy: the sampler's
+    EOS/pad ids from the tokenizer where the config says -1, and resolved model paths
+    (``teacher_path=``, ``student_path=``)."""
+    c = copy.deepcopy(cfg)
+    with c.unlocked():
+        if c.gen.eos_token_id < 0:
+            c.gen.eos_token_id = int(tokenizer.eos_token_id)
+        if c.gen.pad_token_id < 0:
+            c.gen.pad_token_id = models.pad_id(tokenizer)
+        for field, path in paths.items():
+            c[field.removesuffix("_path")].path = path
+    c.lock()
+    return c
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """What every stage of a run shares."""
+    cfg: object                 # the resolved config (:func:`resolved`)
+    tokenizer: object
+    placement: object           # sharding.Placement
+    teacher: tuple              # (decoder, params)
+    train: object               # data.Tokenized
+    dev: object = None
+    lm_rows: object = None
+    eval_sets: dict = dataclasses.field(default_factory=dict)
+    teacher_tokenizer: object = None  # a tokenizer other than the student's: train across tokenizers
+
+    @property
+    def sampling(self) -> specs.Sampling:
+        return specs.Sampling.of(self.cfg.gen)
+
+    def with_teacher(self, decoder, params) -> "Run":
+        return dataclasses.replace(self, teacher=(decoder, params))
+
+
+def stage_config(cfg, method, workdir, *, seed=None, steps=None, lr=None, loss=None, **fields):
+    """A stage's config: a copy of the run's with its method, work dir and the given changes
+    (``loss``: fields of the method's block; ``fields``: dotted paths such as ``resume``)."""
+    c = copy.deepcopy(cfg)
+    with c.unlocked():
+        c.method, c.workdir = method, workdir
+        c.seed = c.seed if seed is None else seed
+        c.train.steps = c.train.steps if steps is None else steps
+        c.train.lr = c.train.lr if lr is None else lr
+        for k, v in (loss or {}).items():
+            c.loss[method][k] = v
+        for path, v in fields.items():
+            *head, last = path.split(".")
+            node = c
+            for h in head:
+                node = node[h]
+            node[last] = v
+    c.lock()
+    return c
+
+
+def train_stage(run: Run, c, student, params, *, desc=None, init=None, callback=None, plot=True) -> Trained:
+    """Train ``params`` with the stage config ``c``: the objective is built once here; a method
+    that needs a reference model gets ``init`` (the student it started from). Writes
+    ``<workdir>/curves.png`` and prints a one-line summary when ``plot``."""
+    spec = specs.Step.of(c)
+    desc = desc or c.method
+    ref = (params if init is None else init) if spec.objective.needs.reference else None
+    trained = train_loop(c, student, params, *run.teacher, run.train, run.lm_rows, c.workdir, dev=run.dev,
+                         tokenizer=run.tokenizer, ref_params=ref, desc=desc, placement=run.placement,
+                         callback=callback, teacher_tokenizer=run.teacher_tokenizer, spec=spec)
+    if plot and jax.process_index() == 0 and trained.history:
+        plot_history(trained.history, os.path.join(c.workdir, "curves.png"), desc)
+        final = trained.history[-1]
+        print(f"[{desc}] step {final['step']}: loss {final['loss/total']:.3f}, "
+              f"{final['perf/tokens_per_s']:.0f} tokens/s")
+    return trained
+
+
+def evaluate(run: Run, decoder, params, tag, out_dir=None, sets=None) -> dict:
+    """RougeL/EM of a model on the run's eval sets (or ``sets``), answers written under ``out_dir``."""
+    return eval_lib.evaluate(decoder, params, run.eval_sets if sets is None else sets, run.tokenizer, run.cfg.eval,
+                             run.sampling, out_dir, tag, mesh=run.placement.mesh)

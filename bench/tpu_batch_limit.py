@@ -27,7 +27,14 @@ def fits(cfg_path, topology, mesh, bpr, limit=256):
     spec = importlib.util.spec_from_file_location("cfg", cfg_path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    row = plan.plan_one(mod.get_config(), plan.parse_mesh(mesh), plan.topology_devices(topology), bpr)
+    devices = plan.topology_devices(topology)
+    try:
+        row = plan.plan_one(mod.get_config(), plan.parse_mesh(mesh), devices, bpr)
+    except Exception as e:  # noqa: BLE001 -- XLA's TPU compiler refuses a step that cannot fit its HBM
+        if "RESOURCE_EXHAUSTED" not in str(e):
+            raise
+        _, gib = plan.TPU_HBM[devices[0].device_kind]
+        return False, {"total": float("inf"), "hbm_gib": gib}
     _, gib = plan.TPU_HBM[row["kind"]]
     row["hbm_gib"] = gib
     return row["total"] < 0.9 * gib * plan.GiB, row
@@ -45,7 +52,12 @@ def largest(cfg_path, topology, mesh, cap=256):
         return ok
     if not at(1):
         return 0, tried
-    at(8)
+    if not at(8) and tried[8][1] == float("inf"):  # the compiler refused it outright: bisect below 8
+        lo, hi = 1, 8
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            lo, hi = (mid, hi) if at(mid) else (lo, mid)
+        return lo, tried
     (_, m1, hbm), (_, m8, _) = tried[1], tried[8]
     slope = max((m8 - m1) / 7, 1e-6)
     b = max(1, min(cap, int(1 + (0.9 * hbm - m1) / slope)))

@@ -122,7 +122,7 @@ class WorkdirLock:
         f.seek(0)
         previous = f.read().strip()
         if previous:
-            logging.info("work dir lock %s: taking over a stale lock (%s is gone)", self.path, previous)
+            logging.warning("work dir lock %s: taking over a stale lock (%s is gone)", self.path, previous)
         f.seek(0)
         f.truncate()
         f.write(f"pid {os.getpid()} on {socket.gethostname()}")

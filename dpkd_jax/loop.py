@@ -74,7 +74,7 @@ class SigtermGuard:
             signal.signal(signal.SIGTERM, self._old)
 
 
-class Run(NamedTuple):
+class Placed(NamedTuple):
     """A stage's placed pieces: the optimizer, the step's shardings, the state, the frozen models' params."""
     tx: object
     shardings: dict
@@ -83,7 +83,7 @@ class Run(NamedTuple):
     ref_params: dict | None
 
 
-def place(placement, spec, student, params, teacher, teacher_params, ref_params, train_cfg) -> Run:
+def place(placement, spec, student, params, teacher, teacher_params, ref_params, train_cfg) -> Placed:
     """Check the mesh against the models, build the optimizer, and put everything on its shardings."""
     mesh = placement.mesh
     sharding.check_batch(spec.batch_size, mesh)
@@ -93,15 +93,16 @@ def place(placement, spec, student, params, teacher, teacher_params, ref_params,
     sh = step_shardings(placement, student, teacher, tx, params)
     ref_params = None if ref_params is None else sharding.put(ref_params, sh["params"])
     state = place_state(student, params, tx, sh)  # a copy: the caller's params stay valid under donation
-    return Run(tx, sh, state, sharding.put(teacher_params, sh["teacher"]), ref_params)
+    return Placed(tx, sh, state, sharding.put(teacher_params, sh["teacher"]), ref_params)
 
 
-def row_extras(cfg, spec, teacher, teacher_params, train_data, workdir, mesh, teacher_tokenizer):
+def row_extras(run, cfg, spec, teacher_params):
     """(training data, extra row arrays for the batches, the teacher params the step takes): the
     teacher's own prompts across tokenizers and the offline caches (samples, top-k; with the
     top-k cache the step takes no teacher weights)."""
     objective, extra = spec.objective, {}
-    cache = lambda name: os.path.join(cfg.teacher.cache_dir or workdir, name)
+    teacher, train_data, teacher_tokenizer, mesh = run.teacher[0], run.train, run.teacher_tokenizer, run.placement.mesh
+    cache = lambda name: os.path.join(cfg.teacher.cache_dir or cfg.workdir, name)
     if teacher_tokenizer is not None:
         cross_tokenizer.check_method(objective, cfg.method)
         if cfg.gen.teacher_mode == "offline":
@@ -168,98 +169,93 @@ class Saver:
         return self.ckpt.latest.directory
 
 
-def register_hooks(trainer, save, cfg, history, throughput, writer, pbar, evaluate=None, callback=None):
-    t = cfg.train
+def register_hooks(trainer, save, run, cfg, spec, student, history, desc, callback=None):
+    """The stage's hooks: NaN guard, logging (TensorBoard, throughput, the hacking watch),
+    progress bar, the caller's callback, dev eval, periodic checkpoints. Returns what to close."""
+    from tensorboardX import SummaryWriter
+    t, d = cfg.train, cfg.data
+    writer = SummaryWriter(os.path.join(cfg.workdir, "tb")) if jax.process_index() == 0 else None
+    throughput = Throughput(step_flops(spec.objective.needs, student, run.teacher[0], spec.batch_size,
+                                       (d.max_prompt_length, d.max_length - d.max_prompt_length,
+                                        spec.sampling.max_new_tokens)),
+                            spec.batch_size * (d.max_length + spec.sampling.max_new_tokens))
+    pbar = tqdm(initial=trainer.step, total=spec.steps, desc=desc, leave=False, disable=jax.process_index() != 0)
     trainer.every(1, nan_guard(t.max_bad_steps, save.now, lambda: trainer.step))
     trainer.every(t.log_every, log_metrics(history, throughput, t.log_every, HackingWatch(t.hacking_warn_ratio, history),
                                            writer, pbar))
     trainer.every(1, lambda step, _: pbar.update(1), state=True, at_end=False)
     if callback:
         trainer.every(1, lambda step, tr: callback(step, tr.state), state=True, at_end=False)
-    if evaluate is not None:
-        trainer.every(t.eval_every, evaluate, state=True, at_end=False)
+    if t.eval_every and run.dev is not None:
+        trainer.every(t.eval_every, dev_eval(run, cfg, student, writer, save), state=True, at_end=False)
     if t.save_every:
         trainer.every(t.save_every, lambda step, tr: save(step), state=True)
+    return [pbar] + ([writer] if writer else [])
 
 
-def dev_eval(cfg, student, dev, tokenizer, mesh, writer, save):
+def dev_eval(run, cfg, student, writer, save):
     """State hook: RougeL on the dev set, logged, and a checkpoint ranked by it."""
     def evaluate(step, tr):
-        res = eval_lib.evaluate(student, tr.state["params"], {"dev": dev}, tokenizer, _quick_eval(cfg), cfg.gen,
-                                mesh=mesh)
+        res = eval_lib.evaluate(student, tr.state["params"], {"dev": run.dev}, run.tokenizer, _quick_eval(cfg),
+                                cfg.gen, mesh=run.placement.mesh)
         if writer:
             writer.add_scalar("eval/dev_rougeL", res["dev"]["rougeL"], step)
         save(step, res["dev"]["rougeL"])
     return evaluate
 
 
-def train_loop(cfg, student, params, teacher, teacher_params, train_data, lm_rows, workdir, *, dev=None,
-               tokenizer=None, ref_params=None, desc=None, placement=None, callback=None, teacher_tokenizer=None,
-               spec=None):
-    """Train ``params`` with the run's objective (``spec``, a :class:`specs.Step`; built from
-    ``cfg`` when not given) on ``placement`` (from ``cfg.mesh`` by default).
+def train_loop(run, cfg, student, params, *, spec=None, ref_params=None, desc=None, callback=None):
+    """Train ``params`` from the shared :class:`run.Run` (teacher, data, placement, tokenizers)
+    with the stage config ``cfg`` (its method, steps and ``workdir``) and its objective ``spec``
+    (a :class:`specs.Step`, built from ``cfg`` when not given).
 
-    ``teacher_tokenizer`` (a tokenizer other than the student's ``tokenizer``): train across
-    tokenizers (cross_tokenizer.py; sequence-level methods only). Returns :class:`Trained`.
-    ``callback(step, state)``, if given, runs after every step. Raises :class:`Preempted`
-    after a SIGTERM (checkpoint written) and :class:`Diverged` after ``train.max_bad_steps``
-    non-finite steps in a row. The checkpoint manager is closed on every exit.
+    A run with a ``teacher_tokenizer`` trains across tokenizers (cross_tokenizer.py;
+    sequence-level methods only). Returns :class:`Trained`. ``callback(step, state)``, if given,
+    runs after every step. Raises :class:`Preempted` after a SIGTERM (checkpoint written) and
+    :class:`Diverged` after ``train.max_bad_steps`` non-finite steps in a row. The checkpoint
+    manager is closed on every exit.
     """
     spec = spec or specs.Step.of(cfg)
     desc = desc or cfg.method
-    placement = placement or sharding.Placement(cfg.mesh)
-    run = place(placement, spec, student, params, teacher, teacher_params, ref_params, cfg.train)
-    train_data, extra, step_teacher = row_extras(cfg, spec, teacher, run.teacher_params, train_data, workdir,
-                                                 placement.mesh, teacher_tokenizer)
+    placed = place(run.placement, spec, student, params, *run.teacher, ref_params, cfg.train)
+    train_data, extra, step_teacher = row_extras(run, cfg, spec, placed.teacher_params)
     batches = data_lib.Batches(train_data, spec.batch_size, cfg.seed, extra or None)
     if batches.dropped_per_epoch:
         logging.info("%d examples per epoch fall in the last partial batch and are not used that epoch",
                      batches.dropped_per_epoch)
-    use_lm = lm_rows is not None and spec.objective.lm_coef > 0
-    with Checkpoints(os.path.join(workdir, "checkpoints"), keep=cfg.train.keep) as ckpt:
-        state, history, start = resume(ckpt, run.state, batches, desc, spec.steps) if cfg.resume else (run.state, [], 0)
-        step_fn = make_step(spec, student, teacher, run.tx, step_teacher, run.ref_params, run.shardings)
-        if teacher_tokenizer is not None:
-            step_fn = cross_tokenizer.wrap_step(step_fn, spec.sampling, spec.objective.needs, student, teacher,
-                                                run.teacher_params, tokenizer, teacher_tokenizer, run.shardings["batch"])
-        return _train(cfg, spec, student, step_fn, state, start, history, batches, ckpt, workdir, desc,
-                      batch_source(batches, lm_rows if use_lm else None, cfg.seed, spec.batch_size,
-                                   run.shardings["batch"]), dev=dev, tokenizer=tokenizer, mesh=placement.mesh,
-                      callback=callback, teacher=teacher)
-
-
-def _train(cfg, spec, student, step_fn, state, start, history, batches, ckpt, workdir, desc, next_batch, *, dev,
-           tokenizer, mesh, callback, teacher):
-    """Run the trainer with its hooks from ``start``; the best parameters when a dev eval ranked them."""
-    from tensorboardX import SummaryWriter
-    writer = SummaryWriter(os.path.join(workdir, "tb")) if jax.process_index() == 0 else None
-    d = cfg.data
-    throughput = Throughput(step_flops(spec.objective.needs, student, teacher, spec.batch_size,
-                                       (d.max_prompt_length, d.max_length - d.max_prompt_length,
-                                        spec.sampling.max_new_tokens)),
-                            spec.batch_size * (d.max_length + spec.sampling.max_new_tokens))
-    base_rng = jax.random.PRNGKey(cfg.seed)
-    trainer = Trainer(step_fn, next_batch, lambda step: jax.random.fold_in(base_rng, step), start=start,
-                      steps=spec.steps)
-    save = Saver(ckpt, trainer, batches, history, start)
-    pbar = tqdm(initial=start, total=spec.steps, desc=desc, leave=False, disable=jax.process_index() != 0)
-    evaluate = dev_eval(cfg, student, dev, tokenizer, mesh, writer, save) if cfg.train.eval_every and dev else None
-    register_hooks(trainer, save, cfg, history, throughput, writer, pbar, evaluate, callback)
-    try:
-        with SigtermGuard() as guard:
-            def preempt(step, tr):
-                if guard.requested:
-                    directory = save.now(step)
-                    raise Preempted(step, directory)
-            trainer.every(1, preempt, state=True)
-            state = trainer.run(state)
-    finally:
-        pbar.close()
-        if writer:
-            writer.close()
-    ckpt.wait()
-    best_params = ckpt.restore_best_params(state) if ckpt.has_best() else None
+    lm_rows = run.lm_rows if spec.objective.lm_coef > 0 else None
+    with Checkpoints(os.path.join(cfg.workdir, "checkpoints"), keep=cfg.train.keep) as ckpt:
+        state, history, start = resume(ckpt, placed.state, batches, desc, spec.steps) if cfg.resume else (
+            placed.state, [], 0)
+        step_fn = make_step(spec, student, run.teacher[0], placed.tx, step_teacher, placed.ref_params,
+                            placed.shardings)
+        if run.teacher_tokenizer is not None:
+            step_fn = cross_tokenizer.wrap_step(step_fn, spec.sampling, spec.objective.needs, student, run.teacher[0],
+                                                placed.teacher_params, run.tokenizer, run.teacher_tokenizer,
+                                                placed.shardings["batch"])
+        base_rng = jax.random.PRNGKey(cfg.seed)
+        trainer = Trainer(step_fn, batch_source(batches, lm_rows, cfg.seed, spec.batch_size, placed.shardings["batch"]),
+                          lambda step: jax.random.fold_in(base_rng, step), start=start, steps=spec.steps)
+        save = Saver(ckpt, trainer, batches, history, start)
+        to_close = register_hooks(trainer, save, run, cfg, spec, student, history, desc, callback)
+        try:
+            state = _run_guarded(trainer, save, state)
+        finally:
+            for c in to_close:
+                c.close()
+        ckpt.wait()
+        best_params = ckpt.restore_best_params(state) if ckpt.has_best() else None
     return Trained(state["params"], history, best_params)
+
+
+def _run_guarded(trainer, save, state):
+    """Run the trainer; a SIGTERM finishes the step, saves, and raises :class:`Preempted`."""
+    with SigtermGuard() as guard:
+        def preempt(step, tr):
+            if guard.requested:
+                raise Preempted(step, save.now(step))
+        trainer.every(1, preempt, state=True)
+        return trainer.run(state)
 
 
 def nan_guard(max_bad_steps, save, current_step):

@@ -88,9 +88,7 @@ def train_stage(run: Run, c, student, params, *, desc=None, init=None, callback=
     spec = specs.Step.of(c)
     desc = desc or c.method
     ref = (params if init is None else init) if spec.objective.needs.reference else None
-    trained = train_loop(c, student, params, *run.teacher, run.train, run.lm_rows, c.workdir, dev=run.dev,
-                         tokenizer=run.tokenizer, ref_params=ref, desc=desc, placement=run.placement,
-                         callback=callback, teacher_tokenizer=run.teacher_tokenizer, spec=spec)
+    trained = train_loop(run, c, student, params, spec=spec, ref_params=ref, desc=desc, callback=callback)
     if plot and jax.process_index() == 0 and trained.history:
         plot_history(trained.history, os.path.join(c.workdir, "curves.png"), desc)
         final = trained.history[-1]

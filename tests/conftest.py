@@ -214,3 +214,14 @@ def write_config(path, teacher, student, train, workdir, steps=2, **over):
             c.eval.eval_teacher = False
         """) + lines + "\n    return c\n")
     return str(path)
+
+
+def train(cfg, student, params, teacher, teacher_params, data, lm_rows, workdir, **kw):
+    """``loop.train_loop`` on a :class:`run.Run` of these pieces, with ``cfg`` as the stage's config;
+    ``kw``: the run's ``tokenizer``/``teacher_tokenizer``, and train_loop's own keywords."""
+    from dpkd_jax import run as run_lib, sharding
+    from dpkd_jax.loop import train_loop
+    c = run_lib.stage_config(cfg, cfg.method, workdir)
+    run = run_lib.Run(c, kw.pop("tokenizer", None), sharding.Placement(c.mesh), (teacher, teacher_params), data,
+                      lm_rows=lm_rows, teacher_tokenizer=kw.pop("teacher_tokenizer", None))
+    return train_loop(run, c, student, params, **kw)

@@ -7,7 +7,7 @@ import jax
 import pytest
 
 from conftest import PIPE_VOCAB as VOCAB, tiny_setup
-from dpkd_jax.loop import train_loop
+from conftest import train
 
 ROOT = os.path.dirname(os.path.dirname(__file__))
 
@@ -17,7 +17,7 @@ def short_run(tmp_path, tok, steps=2, **over):  # noqa: F811
     cfg.method, cfg.train.steps = "sft", steps
     for k, v in over.items():
         setattr(cfg.train, k, v)
-    return lambda s=s_cfg, p=s_params, c=cfg: train_loop(c, s, p, t_cfg, t_params, data, None,
+    return lambda s=s_cfg, p=s_params, c=cfg: train(c, s, p, t_cfg, t_params, data, None,
                                                          str(tmp_path / "w"))
 
 

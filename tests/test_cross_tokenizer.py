@@ -97,13 +97,13 @@ def test_context_scores_the_teacher_in_its_own_tokens():
 
 @pytest.mark.parametrize("method", ["dpkd", "seqkd", "plad", "dadpo"])
 def test_two_steps_across_tokenizers(tmp_path, tok, teacher_tok, method):
-    from dpkd_jax.loop import train_loop
+    from conftest import train
     cfg, data, _, (s_cfg, s_params) = tiny_setup(tmp_path, tok)
     cfg.method, cfg.train.steps, cfg.loss.dadpo.alpha = method, 2, 0.0
     t_cfg = gpt2.tiny_config(vocab_size=TEACHER_VOCAB, d_model=32, n_layers=2, n_heads=2, d_ff=64, max_positions=72)
     t_cfg, t_params = models.init(t_cfg, 3)
     ref = s_params if method == "dadpo" else None
-    out = train_loop(cfg, s_cfg, s_params, t_cfg, t_params, data, None, str(tmp_path / "w"), tokenizer=tok,
+    out = train(cfg, s_cfg, s_params, t_cfg, t_params, data, None, str(tmp_path / "w"), tokenizer=tok,
                      teacher_tokenizer=teacher_tok, ref_params=ref)
     last = out.history[-1]
     assert last["step"] == 2 and np.isfinite(last["loss/total"]) and f"loss/{method}" in last
@@ -114,15 +114,15 @@ def test_two_steps_across_tokenizers(tmp_path, tok, teacher_tok, method):
 
 
 def test_token_level_methods_stop_naming_the_sequence_level_ones(tmp_path, tok, teacher_tok):
-    from dpkd_jax.loop import train_loop
+    from conftest import train
     cfg, data, _, (s_cfg, s_params) = tiny_setup(tmp_path, tok)
     cfg.method = "kd"
     t_cfg, t_params = models.init(gpt2.tiny_config(vocab_size=TEACHER_VOCAB, d_model=32, n_layers=1, n_heads=2,
                                                    d_ff=64, max_positions=72), 0)
     with pytest.raises(InputError, match="'kd' compares token distributions.*dpkd \\(every form\\), seqkd, plad"):
-        train_loop(cfg, s_cfg, s_params, t_cfg, t_params, data, None,
+        train(cfg, s_cfg, s_params, t_cfg, t_params, data, None,
                    str(tmp_path / "w"), tokenizer=tok, teacher_tokenizer=teacher_tok)
     cfg.method, cfg.loss.dadpo.alpha = "dadpo", 1.0  # daDPO's KL term needs one vocabulary
     with pytest.raises(InputError, match="'dadpo' compares token distributions"):
-        train_loop(cfg, s_cfg, s_params, t_cfg, t_params, data, None,
+        train(cfg, s_cfg, s_params, t_cfg, t_params, data, None,
                    str(tmp_path / "w"), tokenizer=tok, teacher_tokenizer=teacher_tok)

@@ -71,6 +71,6 @@ def test_short_experiment_writes_table_and_plots(short_experiment, monkeypatch):
     for png in ("curves.png", "hacking.png"):
         assert os.path.getsize(os.path.join(wd, png)) > 10_000
     # A rerun trains nothing: every run is read back from its record.
-    monkeypatch.setattr(runner, "train_loop", lambda *a, **k: pytest.fail("retrained a finished run"))
+    monkeypatch.setattr(runner.run_lib, "train_stage", lambda *a, **k: pytest.fail("retrained a finished run"))
     again = runner.run_experiment(cfg)
     assert again["sft"][0]["curve"] == runs["sft"][0]["curve"]

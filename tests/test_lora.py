@@ -10,7 +10,7 @@ import torch
 
 from conftest import lora_setup
 from dpkd_jax import models
-from dpkd_jax.loop import train_loop
+from conftest import train
 from dpkd_jax.models import LoRA
 from dpkd_jax.optim import make_optimizer
 from dpkd_jax.train import init_state
@@ -30,11 +30,11 @@ def test_only_adapters_get_gradients_and_optimizer_state(tmp_path, tok):
 def test_lora_run_resumes_exactly(tmp_path, tok):
     cfg, data, (t_dec, t_params), (student, params) = lora_setup(tmp_path, tok)
     cfg.method, cfg.train.steps = "kd", 4
-    straight, _, _ = train_loop(cfg, student, params, t_dec, t_params, data, None, str(tmp_path / "a"))
+    straight, _, _ = train(cfg, student, params, t_dec, t_params, data, None, str(tmp_path / "a"))
     cfg.train.steps = 2
-    train_loop(cfg, student, params, t_dec, t_params, data, None, str(tmp_path / "b"))
+    train(cfg, student, params, t_dec, t_params, data, None, str(tmp_path / "b"))
     cfg.train.steps = 4
-    resumed, hist, _ = train_loop(cfg, student, params, t_dec, t_params, data, None, str(tmp_path / "b"))
+    resumed, hist, _ = train(cfg, student, params, t_dec, t_params, data, None, str(tmp_path / "b"))
     assert [h["step"] for h in hist] == [1, 2, 3, 4]
     for k in straight:
         np.testing.assert_allclose(resumed[k], straight[k], rtol=1e-6, atol=1e-7, err_msg=k)

@@ -100,8 +100,8 @@ def test_cald_equals_dense(arrays):
     mask_s = a["mask"][::-1]
     dense = lambda hs, ws: L.cald_loss(s(ws)(hs), t(a["ht"]), a["mask"], s(ws)(hs[:, ::-1]), t(a["ht"][:, ::-1]),
                                        mask_s, alpha=0.2, beta=0.6)
-    chunked = lambda hs, ws: L.chunked_cald_loss(hs, a["ht"], a["mask"], hs[:, ::-1], a["ht"][:, ::-1], mask_s,
-                                                 s(ws), t, alpha=0.2, beta=0.6, chunk_size=6)
+    chunked = lambda hs, ws: L.chunked_cald_loss((hs, a["ht"]), a["mask"], (hs[:, ::-1], a["ht"][:, ::-1]), mask_s,
+                                                 (s(ws), t), alpha=0.2, beta=0.6, chunk_size=6)
     _close(dense, chunked, a["hs"], a["ws"])
 
 

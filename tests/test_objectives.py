@@ -170,10 +170,10 @@ def test_token_methods_train_from_the_topk_cache_without_the_teacher(tmp_path, t
     from conftest import PIPE_VOCAB
     from dpkd_jax import teacher_cache
     from dpkd_jax.config import validate
-    from dpkd_jax.loop import train_loop
+    from conftest import train
     cfg, data, (t_cfg, t_params), (s_cfg, s_params) = tiny_setup(tmp_path, tok)
     cfg.method, cfg.train.steps = "kd", 2
-    dense = train_loop(cfg, s_cfg, s_params, t_cfg, t_params, data, None, str(tmp_path / "dense")).history
+    dense = train(cfg, s_cfg, s_params, t_cfg, t_params, data, None, str(tmp_path / "dense")).history
     # k = V: the sparse loss is the dense one, step for step, though the step never sees the teacher.
     seen = {}
     real = __import__("dpkd_jax.train", fromlist=["make_step"]).make_step
@@ -183,7 +183,7 @@ def test_token_methods_train_from_the_topk_cache_without_the_teacher(tmp_path, t
         return real(cfg_, student, teacher, tx, teacher_params, *a, **k)
     monkeypatch.setattr("dpkd_jax.loop.make_step", spy)
     cfg.teacher.topk = PIPE_VOCAB
-    sparse = train_loop(cfg, s_cfg, s_params, t_cfg, t_params, data, None, str(tmp_path / "sparse")).history
+    sparse = train(cfg, s_cfg, s_params, t_cfg, t_params, data, None, str(tmp_path / "sparse")).history
     assert seen["teacher_params"] is None
     # KL ~0.01 is a difference of entropies ~6 nats: float32 cancellation leaves ~1e-5 absolute
     for a, b in zip(dense, sparse):
@@ -203,7 +203,7 @@ def test_token_methods_train_from_the_topk_cache_without_the_teacher(tmp_path, t
 
 @pytest.mark.parametrize("method", ["akl", "skew_rkl", "gkd"])
 def test_more_token_methods_train_from_the_cache_alone(tmp_path, tok, monkeypatch, method):
-    from dpkd_jax.loop import train_loop
+    from conftest import train
     cfg, data, (t_cfg, t_params), (s_cfg, s_params) = tiny_setup(tmp_path, tok)
     cfg.method, cfg.train.steps, cfg.teacher.topk = method, 2, 8
     cfg.loss.gkd.lmbda = 0.0  # off-policy GKD on the gold responses
@@ -212,6 +212,6 @@ def test_more_token_methods_train_from_the_cache_alone(tmp_path, tok, monkeypatc
     real = __import__("dpkd_jax.train", fromlist=["make_step"]).make_step
     monkeypatch.setattr("dpkd_jax.loop.make_step", lambda c, s, t, tx, tp, *a, **k: (
         seen.setdefault("teacher_params", tp), real(c, s, t, tx, tp, *a, **k))[1])
-    hist = train_loop(cfg, s_cfg, s_params, t_cfg, t_params, data, None, str(tmp_path / "w")).history
+    hist = train(cfg, s_cfg, s_params, t_cfg, t_params, data, None, str(tmp_path / "w")).history
     assert seen["teacher_params"] is None
     assert np.isfinite(hist[-1][f"loss/{method}"]) and hist[-1][f"loss/{method}"] > 0

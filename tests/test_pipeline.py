@@ -14,7 +14,7 @@ from dpkd_jax import evaluate as E
 from dpkd_jax import models
 from dpkd_jax.config import default_config, validate
 from dpkd_jax.objectives import OBJECTIVES
-from dpkd_jax.loop import train_loop
+from conftest import train
 
 ROOT = os.path.dirname(os.path.dirname(__file__))
 
@@ -46,7 +46,7 @@ def test_every_method_trains_a_lora_student(method, tmp_path, tok):
     cfg.train.steps = 2
     lm = np.tile(np.arange(17, dtype=np.int32) % VOCAB, (8, 1))
     cfg.loss[method].lm_coef = 0.5
-    params, hist, _ = train_loop(cfg, s_cfg, s_params, t_cfg, t_params, data, lm, str(tmp_path / "w"),
+    params, hist, _ = train(cfg, s_cfg, s_params, t_cfg, t_params, data, lm, str(tmp_path / "w"),
                               ref_params=s_params if method == "dadpo" else None)
     assert len(hist) == 2 and all(np.isfinite(h["loss/total"]) for h in hist)
     assert f"loss/{method}" in hist[-1] and "loss/lm" in hist[-1] and "kl/first_token_forward" in hist[-1]
@@ -80,11 +80,11 @@ def test_overfit_loss_decreases_and_no_recompilation(tmp_path, tok):
 def test_checkpoint_resume_gives_the_same_run(tmp_path, tok):
     cfg, data, (t_cfg, t_params), (s_cfg, s_params) = tiny_setup(tmp_path, tok)
     cfg.method, cfg.train.steps = "dpkd", 4
-    straight, h1, _ = train_loop(cfg, s_cfg, s_params, t_cfg, t_params, data, None, str(tmp_path / "a"))
+    straight, h1, _ = train(cfg, s_cfg, s_params, t_cfg, t_params, data, None, str(tmp_path / "a"))
     cfg.train.steps = 2
-    train_loop(cfg, s_cfg, s_params, t_cfg, t_params, data, None, str(tmp_path / "b"))
+    train(cfg, s_cfg, s_params, t_cfg, t_params, data, None, str(tmp_path / "b"))
     cfg.train.steps = 4
-    resumed, h2, _ = train_loop(cfg, s_cfg, s_params, t_cfg, t_params, data, None, str(tmp_path / "b"))
+    resumed, h2, _ = train(cfg, s_cfg, s_params, t_cfg, t_params, data, None, str(tmp_path / "b"))
     assert [h["step"] for h in h2] == [1, 2, 3, 4]
     # CPU keeps the old tight tolerance (the CLI resume test is bitwise there); GPU reductions may
     # reorder, and on the H100 the values differed by ~1e-9.

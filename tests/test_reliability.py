@@ -15,7 +15,8 @@ import pytest
 
 from dpkd_jax import data as D
 from dpkd_jax import objectives as O
-from dpkd_jax.loop import Diverged, train_loop
+from dpkd_jax.loop import Diverged
+from conftest import train
 from conftest import tiny_setup, write_config
 
 ROOT = os.path.dirname(os.path.dirname(__file__))
@@ -136,7 +137,7 @@ def run_kd(tmp_path, tok, steps, **train):  # noqa: F811
         setattr(cfg.train, k, v)
     seen = {}
     cb = lambda step, state: seen.__setitem__(step, np.asarray(state["params"]["blocks/mlp/up/w"]).copy())
-    return cfg, seen, lambda: train_loop(cfg, s_cfg, s_params, t_cfg, t_params, data, None, str(tmp_path / "w"),
+    return cfg, seen, lambda: train(cfg, s_cfg, s_params, t_cfg, t_params, data, None, str(tmp_path / "w"),
                                          callback=cb)
 
 
@@ -178,5 +179,5 @@ def test_host_memory_does_not_grow_per_step(tmp_path, tok):  # noqa: F811
         if step in (100, 400):
             with open("/proc/self/statm") as f:
                 rss[step] = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-    train_loop(cfg, s_cfg, s_params, t_cfg, t_params, data, None, str(tmp_path / "w"), callback=cb)
+    train(cfg, s_cfg, s_params, t_cfg, t_params, data, None, str(tmp_path / "w"), callback=cb)
     assert rss[400] - rss[100] < 25, rss  # MiB over 300 steps (4 checkpoints, 30 log rows)

@@ -10,7 +10,7 @@ from dpkd_jax.specs import Sampling
 from conftest import tiny_setup
 from dpkd_jax import sampling as S
 from dpkd_jax import teacher_cache as TC
-from dpkd_jax.loop import train_loop
+from conftest import train
 
 ROOT = os.path.dirname(os.path.dirname(__file__))
 
@@ -41,6 +41,6 @@ def test_offline_teacher_cache_is_reused_only_for_the_config_that_made_it(monkey
 def test_offline_teacher_mode_trains(tmp_path, tok):  # noqa: F811
     cfg, data, (t_cfg, t_params), (s_cfg, s_params) = tiny_setup(tmp_path, tok)
     cfg.method, cfg.gen.teacher_mode = "seqkd", "offline"
-    _, hist, _ = train_loop(cfg, s_cfg, s_params, t_cfg, t_params, data, None, str(tmp_path / "w"))
+    _, hist, _ = train(cfg, s_cfg, s_params, t_cfg, t_params, data, None, str(tmp_path / "w"))
     assert os.path.isfile(tmp_path / "w" / "teacher_samples.npz") and len(hist) == 3
 

@@ -148,15 +148,18 @@ chunked_dpkd_token_loss = _pair(tw.dpkd_token, "The reference code's token-level
                                 "(``beta``, ``label_smoothing``, ``reference_free``).")
 
 
-def chunked_cald_loss(student_hidden_t, teacher_hidden_t, mask_t, student_hidden_s, teacher_hidden_s, mask_s,
-                      student_head, teacher_head, *, alpha=0.1, beta=0.5, chunk_size=DEFAULT_CHUNK_TOKENS):
+def chunked_cald_loss(hidden_t, mask_t, hidden_s, mask_s, heads, *, alpha=0.1, beta=0.5,
+                      chunk_size=DEFAULT_CHUNK_TOKENS):
     """DistiLLM-2's CALD ``(1−β)·TM SKL_α(y_t) + β·TM SRKL_α(y_s)`` ``[B]`` (``contrastive.cald_loss``,
-    the q inside SRKL's mixture detached), on hidden states ``[B, N_t, D]`` and ``[B, N_s, D]``."""
-    skl = chunked_skew_kl(student_hidden_t, student_head, teacher_hidden_t, teacher_head, mask_t, alpha=alpha,
-                          chunk_size=chunk_size)
-    srkl = _pair(tw.cald_skew_reverse_kl, "")(student_hidden_s, student_head, teacher_hidden_s, teacher_head, mask_s,
-                                              alpha=alpha, chunk_size=chunk_size)
+    the q inside SRKL's mixture detached). ``hidden_t``/``hidden_s``: (student, teacher) hidden
+    states ``[B, N, D]`` on the teacher's and the student's response; ``heads``: (student, teacher)."""
+    (s_head, t_head), kw = heads, dict(alpha=alpha, chunk_size=chunk_size)
+    skl = chunked_skew_kl(hidden_t[0], s_head, hidden_t[1], t_head, mask_t, **kw)
+    srkl = _chunked_cald_srkl(hidden_s[0], s_head, hidden_s[1], t_head, mask_s, **kw)
     return (1.0 - beta) * skl + beta * srkl
+
+
+_chunked_cald_srkl = _pair(tw.cald_skew_reverse_kl, "DistiLLM-2's ``KL(q ‖ (1−α)p + α·sg(q))``.")
 
 
 def _sparse(per_token, doc):

@@ -96,7 +96,6 @@ def plan_one(cfg, mesh_sizes, devices, batch_per_replica=0):
     from ..optim import make_optimizer
     from ..train import init_state, make_step, step_shardings
     from ..models import decoder_for
-    from ..models.config import DTYPES
     from ..config import lora_spec
     devices = jax.devices()[:devices] if isinstance(devices, int) else list(devices)
     placement = sharding.Placement({**dict(cfg.mesh), **mesh_sizes}, devices=devices)
@@ -135,14 +134,7 @@ def plan_one(cfg, mesh_sizes, devices, batch_per_replica=0):
     def per_device(tree):
         return sum(int(np.prod(x.sharding.shard_shape(x.shape))) * np.dtype(x.dtype).itemsize
                    for x in jax.tree.leaves(tree))
-    n_gen = cfg.gen.max_new_tokens
-    dp = sharding.data_parallel_size(mesh)
-
-    def kv(model_cfg):  # [2, L, B/dp, P+N, G/tensor (G when replicated), K] in the compute dtype
-        g = model_cfg.kv_heads
-        g = g // mesh.shape["tensor"] if g % mesh.shape["tensor"] == 0 else g
-        return (2 * model_cfg.n_layers * (B // dp) * (P + n_gen) * g * model_cfg.head_size
-                * np.dtype(DTYPES[model_cfg.compute_dtype]).itemsize)
+    kv = lambda c: kv_cache_bytes(c, mesh, B, P + spec.sampling.max_new_tokens)
     return {"devices": len(devices), "kind": devices[0].device_kind, "batch": B,
             "mesh": "x".join(f"{a}{mesh.shape[a]}" for a in sharding.AXES),
             "teacher_params": per_device(t_abs), "student_params": per_device(state["params"]),
@@ -150,6 +142,17 @@ def plan_one(cfg, mesh_sizes, devices, batch_per_replica=0):
             "temp": int(mem.temp_size_in_bytes),
             "total": int(mem.argument_size_in_bytes + mem.output_size_in_bytes - mem.alias_size_in_bytes
                          + mem.temp_size_in_bytes)}
+
+
+def kv_cache_bytes(model_cfg, mesh, batch, length):
+    """One model's KV cache per device: ``[2, L, B/dp, P+N, G/tensor (G when replicated), K]``."""
+    import numpy as np
+    from .. import sharding
+    from ..models.config import DTYPES
+    g = model_cfg.kv_heads
+    g = g // mesh.shape["tensor"] if g % mesh.shape["tensor"] == 0 else g
+    return (2 * model_cfg.n_layers * (batch // sharding.data_parallel_size(mesh)) * length * g * model_cfg.head_size
+            * np.dtype(DTYPES[model_cfg.compute_dtype]).itemsize)
 
 
 def table(rows):

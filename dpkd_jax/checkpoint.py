@@ -53,7 +53,34 @@ class Checkpoints:
                                f"The latest complete checkpoint is step {prev}; free space or change "
                                "--config.workdir, then rerun to resume from it.") from e
 
+    def _check_params(self, manager, step, like_state):
+        """Compare the stored parameters' names and shapes with this run's before restoring: a
+        mismatch is named at once, and orbax never starts reads it would abandon (their callbacks
+        into a closed event loop printed tracebacks after the error)."""
+        absl_logger = logging.getLogger("absl")
+        level = absl_logger.level
+        absl_logger.setLevel(logging.ERROR)  # orbax warns that a metadata file it does not need is absent
+        try:
+            meta = ocp.StandardCheckpointer().metadata(os.path.join(manager.directory, str(step), "state"))
+        except Exception:  # noqa: BLE001 -- unreadable metadata: the restore itself names the problem
+            return
+        finally:
+            absl_logger.setLevel(level)
+        tree = getattr(getattr(meta, "item_metadata", meta), "tree", None)  # orbax versions differ here
+        if not isinstance(tree, dict) or not isinstance(tree.get("params"), dict):
+            return
+        stored = {k: tuple(v.shape) for k, v in tree["params"].items()}
+        wanted = {k: tuple(v.shape) for k, v in like_state["params"].items()}
+        diff = sorted(set(stored) ^ set(wanted)) or [k for k in wanted if stored[k] != wanted[k]]
+        if diff:
+            k = diff[0]
+            raise InputError(f"checkpoint {manager.directory}/{step} cannot be restored into this run's state "
+                             f"(parameter {k}: stored {stored.get(k, 'absent')}, this run {wanted.get(k, 'absent')}; "
+                             f"{len(diff)} parameters differ). Start fresh with --config.resume=False or another "
+                             "--config.workdir.")
+
     def _restore(self, manager, step, like_state):
+        self._check_params(manager, step, like_state)
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like_state)
         try:
             out = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract),

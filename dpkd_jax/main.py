@@ -56,6 +56,9 @@ def fail(message: str, status: int):
     and the same exit status on every process."""
     if _process_index() == 0:
         print(f"error: {message}", file=sys.stderr, flush=True)
+    # The error is reported: a library's leftover background work (orbax's unawaited restore coroutines
+    # after a failed restore) must not print "Exception ignored ..." tracebacks after it at shutdown.
+    sys.unraisablehook = lambda unraisable: None
     sys.exit(status)
 
 

@@ -57,7 +57,7 @@ def place_state(student, params, tx, shardings):
     return _state_initializer(student, tx, _Frozen(shardings["state"]))(params)
 
 
-@functools.lru_cache(maxsize=32)
+@functools.lru_cache(maxsize=4)
 def _state_initializer(student, tx, state_shardings):
     """One compiled initializer per (model, optimizer, shardings): every seed of a method reuses it."""
     return jax.jit(functools.partial(init_state, student, tx=tx), out_shardings=state_shardings.tree)
@@ -215,7 +215,9 @@ class _Frozen:
         return isinstance(other, _Frozen) and self.key == other.key
 
 
-@functools.lru_cache(maxsize=32)
+# Small caches: consecutive seeds of a method share an entry; keeping many compiled steps alive across a
+# process (the test suite compiles hundreds) is what a long-lived cache would cost.
+@functools.lru_cache(maxsize=4)
 def _compiled(spec, student, teacher, tx, shardings, has_teacher, has_ref):
     """One jitted step per (spec, models, optimizer, shardings): every seed of a method reuses it."""
     body = _own_update_body if spec.objective.own_update else _generic_body

@@ -225,3 +225,13 @@ def train(cfg, student, params, teacher, teacher_params, data, lm_rows, workdir,
     run = run_lib.Run(c, kw.pop("tokenizer", None), sharding.Placement(c.mesh), (teacher, teacher_params), data,
                       lm_rows=lm_rows, teacher_tokenizer=kw.pop("teacher_tokenizer", None))
     return train_loop(run, c, student, params, **kw)
+
+
+@pytest.fixture(autouse=True)
+def fresh_compiled_steps():
+    """Each test compiles its own steps: the process-wide cache (one compiled step per method across
+    seeds) must not carry executables from one test's shapes and shardings into another's checks."""
+    from dpkd_jax import train
+    train._compiled.cache_clear()
+    train._state_initializer.cache_clear()
+    yield

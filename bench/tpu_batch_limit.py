@@ -1,7 +1,8 @@
 """The largest batch per replica whose train step fits a TPU slice, by deviceless compile.
 
-Doubles ``--batch_per_replica`` from 1 until the planner's per-device total passes 90% of
-the chip's HBM, then bisects. Needs libtpu (best in its own venv: ``pip install libtpu``);
+Compiles at 1 and 8 per replica, fits the per-device total as affine in the batch, then
+confirms at the predicted limit (bisecting below 8 when XLA refuses batch 8 outright); the
+limit keeps the total under 90% of the chip's HBM. Needs libtpu (best in its own venv: ``pip install libtpu``);
 no TPU. Runs on any revision of this project (``PYTHONPATH=<tree>``), so the "before"
 column comes from a git worktree of the earlier commit:
 

@@ -35,8 +35,9 @@ __all__ = [
 ]
 
 # Tokens (batch rows x positions) per chunk, from bench/vocab_memory.py's sweep at vocabulary 151936 (dpkd / kd
-# step temporaries, GiB: 128 -> 1.12 / 0.71, 256 -> 1.27 / 1.07, 512 -> 1.56 / 1.80, 1024 -> 2.14 / 3.25) and
-# bench/train_step.py's speed at the same chunk sizes (bench/results/chunk_sweep_cpu.json).
+# step temporaries, GiB: 128 -> 1.12 / 0.71, 256 -> 1.27 / 1.07, 512 -> 1.56 / 1.80, 1024 -> 2.14 / 3.25): the
+# largest that keeps both under half of one [8, 512, V] logits tensor. Its speed against the dense step:
+# bench/results/chunked_train_step_cpu*.json.
 DEFAULT_CHUNK_TOKENS = 128
 
 

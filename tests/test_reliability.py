@@ -130,10 +130,10 @@ def poisoned(monkeypatch, bad_steps, steps):
     monkeypatch.setitem(O.OBJECTIVES, "kd", Poisoned)
 
 
-def run_kd(tmp_path, tok, steps, **train):  # noqa: F811
+def run_kd(tmp_path, tok, steps, **train_fields):
     cfg, data, (t_cfg, t_params), (s_cfg, s_params) = tiny_setup(tmp_path, tok)
     cfg.method, cfg.train.steps = "kd", steps
-    for k, v in train.items():
+    for k, v in train_fields.items():
         setattr(cfg.train, k, v)
     seen = {}
     cb = lambda step, state: seen.__setitem__(step, np.asarray(state["params"]["blocks/mlp/up/w"]).copy())

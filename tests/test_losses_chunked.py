@@ -66,6 +66,30 @@ def test_pair_divergences_equal_dense(arrays, name, kw, chunk):
     assert float(d[1]) == 0.0 and float(d[0]) > 0
 
 
+ROUND3 = [("abkd_divergence", dict(alpha=0.2, beta=0.7, temperature=1.5)), ("abkd_divergence", dict(alpha=0.0, beta=0.5)),
+          ("abkd_divergence", dict(alpha=0.5, beta=-0.5)), ("todi_divergence", dict(temperature=2.0)),
+          ("taid_loss", dict(lam=0.4)), ("entropy_aware_fkl", dict(tau=2.7, k=6))]
+
+
+@pytest.mark.parametrize("name,kw", ROUND3, ids=[f"{n}-{list(k.values())}" for n, k in ROUND3])
+def test_round3_divergences_equal_dense(arrays, name, kw):
+    a = arrays
+    s, t = heads(a)
+    dense = lambda hs, ws: getattr(L, name)(s(ws)(hs), t(a["ht"]), a["mask"], **kw)
+    chunked = lambda hs, ws: getattr(L, f"chunked_{name}")(hs, s(ws), a["ht"], t, a["mask"], chunk_size=12, **kw)
+    d = _close(dense, chunked, a["hs"], a["ws"])
+    assert float(d[1]) == 0.0 and float(d[0]) > 0
+
+
+def test_sampled_cache_equals_dense(arrays):
+    a = arrays
+    s, t = heads(a)
+    ids, counts = L.sampled_tokens(t(a["ht"]), jax.random.key(0), 12)
+    dense = lambda hs, ws: L.sampled_forward_kl(s(ws)(hs), ids, counts, a["mask"])
+    chunked = lambda hs, ws: L.chunked_sampled_forward_kl(hs, s(ws), ids, counts, a["mask"], chunk_size=8)
+    _close(dense, chunked, a["hs"], a["ws"])
+
+
 @pytest.mark.parametrize("name,kw", [("forward_kl", {}), ("reverse_kl", {}), ("generalized_jsd", dict(beta=0.5)),
                                      ("skew_kl", dict(alpha=0.1)), ("skew_reverse_kl", dict(alpha=0.1)),
                                      ("adaptive_kl", dict(mu=0.5))])

@@ -100,3 +100,35 @@ def test_cald_matches_numpy_and_stops_the_gradient_inside_srkl():
     inner = q * (f + 1)
     want = (inner - q * inner.sum(-1, keepdims=True)) * (ms / np.maximum(ms.sum(1, keepdims=True), 1))[..., None]
     np.testing.assert_allclose(g, want, rtol=1e-4, atol=1e-6)
+
+
+# ------------------------------------------------------ the sampled (RS-KD) cache ---
+
+def test_sampled_forward_kl_matches_numpy_and_is_unbiased():
+    r = np.random.default_rng(7)
+    B_, T_, V_, U = 2, 4, 9, 12
+    s = r.normal(size=(B_, T_, V_)).astype(np.float32)
+    t = (2 * r.normal(size=(B_, T_, V_))).astype(np.float32)
+    m = np.ones((B_, T_), np.float32)
+    m[1, 2:] = 0
+    ids, counts = L.sampled_tokens(jnp.asarray(t), jax.random.key(0), U)
+    ids, counts = np.asarray(ids), np.asarray(counts)
+    assert np.all(counts.sum(-1) == U) and counts.min() >= 0
+    for b, i in np.ndindex(B_, T_):  # each kept id once, with its multiplicity
+        kept = ids[b, i][counts[b, i] > 0]
+        assert len(set(kept)) == len(kept)
+    ls = s - np.log(np.exp(s).sum(-1, keepdims=True))
+    that = counts / U
+    per = np.where(that > 0, that * (np.log(np.where(that > 0, that, 1)) - np.take_along_axis(ls, ids, -1)), 0).sum(-1)
+    want = (per * m).sum(-1) / m.sum(-1)
+    np.testing.assert_allclose(L.sampled_forward_kl(s, ids, counts, m), want, rtol=1e-5, atol=1e-6)
+    # unbiased: the mean gradient over many caches approaches the forward-KL gradient
+    keys = jax.random.split(jax.random.key(1), 400)
+    caches = jax.vmap(lambda k: L.sampled_tokens(jnp.asarray(t), k, U))(keys)
+    grad = lambda c: jax.grad(lambda x: L.sampled_forward_kl(x, c[0], c[1], m).sum())(jnp.asarray(s))
+    mean_g = np.asarray(jax.vmap(grad)(caches)).mean(0)
+    dense_g = np.asarray(jax.grad(lambda x: L.forward_kl(x, t, m).sum())(jnp.asarray(s)))
+    np.testing.assert_allclose(mean_g, dense_g, atol=0.02)
+    topk_g = np.asarray(jax.grad(lambda x: L.sparse_forward_kl(x, *L.topk_logprobs(jnp.asarray(t), 3), m).sum())(
+        jnp.asarray(s)))
+    assert np.abs(mean_g - dense_g).max() < np.abs(topk_g - dense_g).max()

@@ -27,10 +27,15 @@ from .chunked import __all__ as _chunked
 from .contrastive import cald_loss
 from .core import *  # noqa: F401,F403
 from .core import __all__ as _core
+from .divergences import abkd_divergence, taid_loss, todi_divergence
+from .onpolicy import entropy_aware_fkl, iw_opd_weights, opd_advantages
 from .policy import minillm_advantages, minillm_rewards, ppo_clip_loss
-from .sparse import (sparse_adaptive_kl, sparse_forward_kl, sparse_generalized_jsd, sparse_reverse_kl,
-                     sparse_skew_kl, sparse_skew_reverse_kl, topk_logprobs)
+from .sparse import (sampled_forward_kl, sampled_tokens, sparse_adaptive_kl, sparse_forward_kl,
+                     sparse_generalized_jsd, sparse_reverse_kl, sparse_skew_kl, sparse_skew_reverse_kl,
+                     topk_logprobs)
 
 __all__ = [*_core, "minillm_rewards", "minillm_advantages", "ppo_clip_loss", "cald_loss", "sparse_forward_kl",
            "sparse_reverse_kl", "sparse_generalized_jsd", "sparse_skew_kl", "sparse_skew_reverse_kl",
-           "sparse_adaptive_kl", "topk_logprobs", "tokenwise", *_chunked]
+           "sparse_adaptive_kl", "topk_logprobs", "tokenwise", "opd_advantages", "iw_opd_weights",
+           "entropy_aware_fkl", "abkd_divergence", "todi_divergence", "taid_loss", "sampled_forward_kl",
+           "sampled_tokens", *_chunked]

@@ -31,7 +31,8 @@ __all__ = [
     "chunked_skew_kl", "chunked_skew_reverse_kl", "chunked_adaptive_kl", "chunked_dpkd_token_loss",
     "chunked_cald_loss", "chunked_sparse_forward_kl", "chunked_sparse_reverse_kl",
     "chunked_sparse_generalized_jsd", "chunked_sparse_skew_kl", "chunked_sparse_skew_reverse_kl",
-    "chunked_sparse_adaptive_kl", "chunked_topk_logprobs",
+    "chunked_sparse_adaptive_kl", "chunked_topk_logprobs", "chunked_abkd_divergence", "chunked_todi_divergence",
+    "chunked_taid_loss", "chunked_entropy_aware_fkl", "chunked_sampled_forward_kl",
 ]
 
 # Tokens (batch rows x positions) per chunk, from bench/vocab_memory.py's sweep at vocabulary 151936 (dpkd / kd
@@ -163,21 +164,23 @@ def chunked_cald_loss(hidden_t, mask_t, hidden_s, mask_s, heads, *, alpha=0.1, b
 _chunked_cald_srkl = _pair(tw.cald_skew_reverse_kl, "DistiLLM-2's ``KL(q ‖ (1−α)p + α·sg(q))``.")
 
 
-def _sparse(per_token, doc):
-    """A divergence against the teacher's cached top-k, the student's logits chunked, token mean ``[B]``."""
-    def loss(student_hidden, student_head, teacher_topk_ids, teacher_topk_logps, mask, *,
-             chunk_size=DEFAULT_CHUNK_TOKENS, **kw):
+def _cached(per_token, doc, what="top-k ids/log-probs ``[B, N, k]``"):
+    """A divergence against a cached teacher (two ``[B, N, k]`` arrays), the student's logits
+    chunked, token mean ``[B]``."""
+    def loss(student_hidden, student_head, teacher_a, teacher_b, mask, *, chunk_size=DEFAULT_CHUNK_TOKENS, **kw):
         _check(student_hidden, mask, "student_hidden")
-        if teacher_topk_ids.shape != teacher_topk_logps.shape or teacher_topk_ids.shape[:2] != mask.shape:
-            raise ValueError(f"teacher_topk_ids {teacher_topk_ids.shape} and teacher_topk_logps "
-                             f"{teacher_topk_logps.shape} must be [B, N, k] with [B, N] = mask {mask.shape}")
-        fn = lambda lg, top: per_token(lg[0], *top, **kw)
-        values = token_map(fn, (student_hidden,), (student_head,), (teacher_topk_ids, teacher_topk_logps),
-                           chunk_size=chunk_size)
+        if teacher_a.shape != teacher_b.shape or teacher_a.shape[:2] != mask.shape:
+            raise ValueError(f"the teacher cache's arrays {teacher_a.shape} and {teacher_b.shape} must be "
+                             f"[B, N, k] with [B, N] = mask {mask.shape}")
+        fn = lambda lg, cache: per_token(lg[0], *cache, **kw)
+        values = token_map(fn, (student_hidden,), (student_head,), (teacher_a, teacher_b), chunk_size=chunk_size)
         return masked_mean(values, mask)
-    loss.__doc__ = doc + (" Over the teacher's k tokens plus one residual bucket (``sparse``); hidden ``[B, N, D]``, "
-                          "top-k ids/log-probs ``[B, N, k]``, mask ``[B, N]`` -> ``[B]``.")
+    loss.__doc__ = doc + f" Hidden ``[B, N, D]``, the cache's {what}, mask ``[B, N]`` -> ``[B]``."
     return loss
+
+
+def _sparse(per_token, doc):
+    return _cached(per_token, doc + " Over the teacher's k tokens plus one residual bucket (``sparse``).")
 
 
 chunked_sparse_forward_kl = _sparse(tw.sparse_forward_kl, "Token-mean ``KL(p‖q)``.")
@@ -192,3 +195,18 @@ def chunked_topk_logprobs(hidden, head, k: int, *, chunk_size=DEFAULT_CHUNK_TOKE
     """The sparse cache from hidden states: (ids ``[B, N, k]`` int32, log-probs ``[B, N, k]``)."""
     _check(hidden, None)
     return token_map(lambda lg, _: tw.topk(lg[0], k), (hidden,), (head,), chunk_size=chunk_size)
+
+
+# ----------------------------------------------------- round 3 (method.md §4–7, §10) ---
+
+chunked_abkd_divergence = _pair(tw.abkd, "Token-mean ABKD α-β divergence (``alpha``, ``beta``, ``temperature``; "
+                                "``divergences.abkd_divergence``).")
+chunked_todi_divergence = _pair(tw.todi, "Token-mean ToDi, value FKL + RKL, gradient the ``σ(log p − log q)``-weighted "
+                                "mix (``temperature``).")
+chunked_taid_loss = _pair(tw.taid, "Token-mean TAID cross-entropy ``−Σ p^(λ) log q``, "
+                          "``p^(λ) = softmax((1−λ)·sg(z_s) + λ·z_t)`` (``lam``, possibly traced).")
+chunked_entropy_aware_fkl = _pair(tw.entropy_aware_fkl, "Token-mean EOPD term ``1[H(p) > τ]·FKL^(k)`` "
+                                  "(``tau``, ``k``; ``onpolicy.entropy_aware_fkl``).")
+chunked_sampled_forward_kl = _cached(tw.sampled_forward_kl, "Token-mean RS-KD estimate "
+                                     "``Σ t̂ (log t̂ − log q)``, ``t̂ = counts / Σ counts``.",
+                                     what="sampled ids/counts ``[B, N, U]``")

@@ -43,11 +43,14 @@ def minillm_advantages(rewards, mask, *, gamma=0.95):
 def ppo_clip_loss(logps, old_logps, advantages, mask, *, importance_weights=None, clip_range=0.2):
     """Masked token mean of ``max(−A·ρ, −A·clip(ρ, 1−ε, 1+ε))`` with
     ``ρ = exp(logps − old_logps) · w`` (``w``: mixture-sampling importance weights, no
-    gradient; 1 when None). ``[B, T]`` inputs; returns ``[B]``."""
+    gradient; 1 when None). ``clip_range=None``: no clipping, ``−A·ρ`` (Tinker's
+    importance-sampling loss). ``[B, T]`` inputs; returns ``[B]``."""
     logps = logps.astype(jnp.float32)
     ratio = jnp.exp(logps - jax.lax.stop_gradient(old_logps.astype(jnp.float32)))
     if importance_weights is not None:
         ratio = ratio * jax.lax.stop_gradient(importance_weights.astype(jnp.float32))
     adv = jax.lax.stop_gradient(advantages.astype(jnp.float32))
+    if clip_range is None:
+        return masked_mean(-adv * ratio, mask)
     per_token = jnp.maximum(-adv * ratio, -adv * jnp.clip(ratio, 1.0 - clip_range, 1.0 + clip_range))
     return masked_mean(per_token, mask)

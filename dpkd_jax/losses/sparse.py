@@ -63,3 +63,24 @@ def sparse_adaptive_kl(student_logits, teacher_topk_ids, teacher_topk_logps, mas
     probability is ``≤ μ`` (the top-1 always) and the residual bucket is always tail; weights
     as :func:`adaptive_kl` (``q`` detached in ``e = |p − q|``). Shapes as above."""
     return _checked(tw.sparse_adaptive_kl, student_logits, teacher_topk_ids, teacher_topk_logps, mask, mu=mu)
+
+
+# ------------------------------------------- a sampled (RS-KD) teacher cache ---
+
+def sampled_tokens(teacher_logits, key, n: int = 12):
+    """RS-KD's cache (arXiv 2503.16870): ``n`` draws with replacement from the teacher per
+    position, duplicates merged: (ids ``[..., n]`` int32, counts ``[..., n]`` int32, Σ = n)."""
+    return tw.sample_tokens(teacher_logits, key, n)
+
+
+def sampled_forward_kl(student_logits, sampled_ids, sampled_counts, mask):
+    """RS-KD's unbiased forward-KL estimate: token mean of ``Σ_i t̂_i (log t̂_i − log q(i))``,
+    ``t̂ = counts / Σ counts`` (count-0 entries are padding), ``log q`` the student's
+    full-vocabulary log-softmax. ``E[t̂] = p``, so the gradient is unbiased for FKL's.
+    ``[B, T, V]``, ``[B, T, U]`` x2, ``[B, T]`` -> ``[B]``."""
+    if sampled_ids.shape != sampled_counts.shape or sampled_ids.shape[:-1] != student_logits.shape[:-1]:
+        raise ValueError(f"sampled_ids {sampled_ids.shape} and sampled_counts {sampled_counts.shape} must be "
+                         f"[B, T, U] with [B, T] = student_logits {student_logits.shape[:-1]}")
+    if mask.shape != student_logits.shape[:-1]:
+        raise ValueError(f"mask has shape {mask.shape}, expected {student_logits.shape[:-1]}")
+    return masked_mean(tw.sampled_forward_kl(student_logits, sampled_ids, sampled_counts), mask)

@@ -188,3 +188,97 @@ def topk(logits, k: int):
     log-probs normalised over the whole vocabulary, temperature 1 (the sparse cache)."""
     vals, ids = jax.lax.top_k(log_softmax(logits), k)
     return ids.astype(jnp.int32), vals
+
+
+# ----------------------------------------------- round 3: newer divergences ---
+
+def _finite_pair(logp, logq):
+    """Zero where both log-probabilities are −inf (a token neither model can emit), so the
+    terms below give 0 there with finite gradients instead of ``−inf − (−inf)``."""
+    both = jnp.isneginf(logp) & jnp.isneginf(logq)
+    return jnp.where(both, 0.0, logp), jnp.where(both, 0.0, logq), both
+
+
+def abkd(s, t, *, alpha=0.2, beta=0.7, temperature=1.0):
+    """ABKD's α-β divergence per position (method.md §4), in log space, continuous (squared
+    prefactor) degenerate branches: general ``−1/(αβ) Σ[p^α q^β − α/(α+β) p^{α+β} − β/(α+β) q^{α+β}]``;
+    α=0: ``1/β² Σ[q^β log(q^β/p^β) − q^β + p^β]``; β=0: ``1/α² Σ[p^α log(p^α/q^α) − p^α + q^α]``;
+    α=−β: ``1/α² Σ[log(q^α/p^α) + p^α/q^α − 1]``; α=β=0: ``½ Σ (log p − log q)²``."""
+    lp, lq, both = _finite_pair(log_softmax(t, temperature), log_softmax(s, temperature))
+    a, b = float(alpha), float(beta)
+    if a == 0.0 and b == 0.0:
+        terms = 0.5 * (lp - lq) ** 2
+    elif a == 0.0:
+        qb, pb = jnp.exp(b * lq), jnp.exp(b * lp)
+        terms = (jnp.where(qb > 0, qb * b * (lq - lp), 0.0) - qb + pb) / b**2
+    elif b == 0.0:
+        pa, qa = jnp.exp(a * lp), jnp.exp(a * lq)
+        terms = (jnp.where(pa > 0, pa * a * (lp - lq), 0.0) - pa + qa) / a**2
+    elif a + b == 0.0:
+        terms = (a * (lq - lp) + jnp.exp(a * (lp - lq)) - 1.0) / a**2
+    else:
+        g = a + b
+        terms = -(jnp.exp(a * lp + b * lq) - a / g * jnp.exp(g * lp) - b / g * jnp.exp(g * lq)) / (a * b)
+    return jnp.sum(jnp.where(both, 0.0, terms), axis=-1)
+
+
+def todi(s, t, *, temperature=1.0):
+    """ToDi per position (method.md §5): ``Σ_v [w p (log p − log q) + (1 − w) q (log q − log p)]``,
+    ``w = sg(σ(log p − log q))``. Its value is ``FKL + RKL``; its gradient is the w-weighted mix."""
+    lp, lq = log_softmax(t, temperature), log_softmax(s, temperature)
+    w = jax.lax.stop_gradient(jax.nn.sigmoid(lp - lq))
+    p, q = jnp.exp(lp), jnp.exp(lq)
+    fkl = jnp.where(p > 0, p * (lp - lq), 0.0)
+    rkl = jnp.where(q > 0, q * (lq - lp), 0.0)
+    return jnp.sum(w * fkl + (1.0 - w) * rkl, axis=-1)
+
+
+def taid(s, t, *, lam):
+    """TAID's cross-entropy per position (method.md §6): ``−Σ_v p^(λ) log q`` with
+    ``p^(λ) = softmax((1−λ)·sg(z_s) + λ·z_t)``; ``lam`` a scalar (possibly traced)."""
+    zs = s.astype(jnp.float32)
+    target = jax.nn.softmax((1.0 - lam) * jax.lax.stop_gradient(zs) + lam * t.astype(jnp.float32), axis=-1)
+    return -jnp.sum(target * jax.nn.log_softmax(zs, axis=-1), axis=-1)
+
+
+def entropy(logits):
+    """``H(softmax(logits))`` in nats per position."""
+    lp = log_softmax(logits)
+    return -jnp.sum(jnp.where(lp > -jnp.inf, jnp.exp(lp) * lp, 0.0), axis=-1)
+
+
+def entropy_aware_fkl(s, t, *, tau=0.8, k=16):
+    """EOPD's term per position (method.md §10): ``1[H(p) > τ] · Σ_{j∈TopK(p)} p̃_j (log p̃_j − log q_j)``,
+    ``p̃`` the teacher renormalised over its top-k, ``log q`` the student's full-vocabulary
+    log-softmax; the indicator and ``p̃`` carry no gradient."""
+    lp = jax.lax.stop_gradient(log_softmax(t))
+    top_lp, ids = jax.lax.top_k(lp, k)
+    top_lp = top_lp - jax.nn.logsumexp(top_lp, axis=-1, keepdims=True)
+    lq = jnp.take_along_axis(log_softmax(s), ids, axis=-1)
+    fkl = jnp.sum(jnp.where(top_lp > -jnp.inf, jnp.exp(top_lp) * (top_lp - lq), 0.0), axis=-1)
+    gate = jax.lax.stop_gradient(entropy(t) > tau)
+    return jnp.where(gate, fkl, 0.0)
+
+
+# ------------------------------------ against a sampled (RS-KD) teacher cache ---
+
+def sampled_forward_kl(s, ids, counts):
+    """RS-KD per position (method.md §7): ``Σ_i t̂_i (log t̂_i − log q(i))``, ``t̂ = counts / Σ counts``,
+    ``log q`` the full-vocabulary log-softmax; entries with count 0 (padding) add nothing."""
+    c = counts.astype(jnp.float32)
+    that = c / jnp.maximum(jnp.sum(c, axis=-1, keepdims=True), 1.0)
+    lq = jnp.take_along_axis(log_softmax(s), ids.astype(jnp.int32), axis=-1)
+    log_that = jnp.log(jnp.where(that > 0, that, 1.0))
+    return jnp.sum(jnp.where(that > 0, that * (log_that - lq), 0.0), axis=-1)
+
+
+def sample_tokens(logits, key, n: int):
+    """RS-KD's cache entry: ``n`` draws with replacement from ``softmax(logits)`` (temperature 1),
+    duplicates merged: (ids ``[..., n]`` int32, counts ``[..., n]`` int32) where a repeated id keeps
+    its count at its first draw and 0 at the others, so ``Σ counts = n`` and ``E[counts/n] = p``."""
+    draws = jax.random.categorical(key, logits.astype(jnp.float32)[..., None, :], axis=-1,
+                                   shape=(*logits.shape[:-1], n)).astype(jnp.int32)
+    same = draws[..., :, None] == draws[..., None, :]                      # [..., n, n]
+    first = ~jnp.any(jnp.tril(same, k=-1), axis=-1)                        # no equal draw before it
+    counts = jnp.where(first, same.sum(-1), 0).astype(jnp.int32)
+    return draws, counts

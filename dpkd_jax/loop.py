@@ -90,9 +90,9 @@ def place(placement, spec, student, params, teacher, teacher_params, ref_params,
     sharding.check_heads(student.config.n_heads, mesh, "student")
     sharding.check_heads(teacher.config.n_heads, mesh, "teacher")
     tx = make_optimizer(train_cfg, spec.objective.updates_per_step, {n: i.kind for n, i in student.info.items()})
-    sh = step_shardings(placement, student, teacher, tx, params)
+    sh = step_shardings(placement, student, teacher, tx, params, spec.objective)
     ref_params = None if ref_params is None else sharding.put(ref_params, sh["params"])
-    state = place_state(student, params, tx, sh)  # a copy: the caller's params stay valid under donation
+    state = place_state(student, params, tx, sh, spec.objective)  # a copy: the caller's params stay valid under donation
     return Placed(tx, sh, state, sharding.put(teacher_params, sh["teacher"]), ref_params)
 
 

@@ -28,39 +28,42 @@ def split_trainable(student, params):
     return ({k: v for k, v in params.items() if k in names}, {k: v for k, v in params.items() if k not in names})
 
 
-def init_state(student, params, tx):
+def init_state(student, params, tx, objective=None):
     """Params (all of them: frozen base weights ride along unchanged), optimizer state for
-    the trainable ones only, and the step count."""
+    the trainable ones only, the step count, and the objective's own state (TAID's λ;
+    empty for most), so all of it is checkpointed and resumes exactly."""
     return {"params": params, "opt_state": tx.init(split_trainable(student, params)[0]),
-            "step": jnp.zeros((), jnp.int32)}
+            "step": jnp.zeros((), jnp.int32), "objective": {} if objective is None else objective.init_state()}
 
 
-def step_shardings(placement, student, teacher, tx, student_params):
+def step_shardings(placement, student, teacher, tx, student_params, objective=None):
     """Shardings of everything the step takes, from the run's :class:`sharding.Placement`
-    and the models' metadata."""
+    and the models' metadata (the objective's own state, a few scalars, replicated)."""
     from . import sharding
     mesh = placement.mesh
     p_sh = placement.params(student.info, "student")
     trainable = split_trainable(student, student_params)[0]
     opt = sharding.like_params(jax.eval_shape(tx.init, trainable), trainable, p_sh, mesh)
     rep = sharding.replicated(mesh)
-    return {"params": p_sh, "state": {"params": p_sh, "opt_state": opt, "step": rep},
+    own = jax.tree.map(lambda _: rep, {} if objective is None else objective.init_state())
+    return {"params": p_sh, "state": {"params": p_sh, "opt_state": opt, "step": rep, "objective": own},
             "teacher": placement.params(teacher.info, "teacher"), "ref": p_sh,
             "batch": sharding.batch_sharding(mesh), "replicated": rep}
 
 
-def place_state(student, params, tx, shardings):
+def place_state(student, params, tx, shardings, objective=None):
     """A fresh train state (a copy of ``params``, so donation leaves the caller's arrays
     valid) on the step's shardings."""
     from .sharding import copy_to
     params = copy_to(params, shardings["params"])
-    return _state_initializer(student, tx, _Frozen(shardings["state"]))(params)
+    return _state_initializer(student, tx, _Frozen(shardings["state"]), objective)(params)
 
 
 @functools.lru_cache(maxsize=4)
-def _state_initializer(student, tx, state_shardings):
+def _state_initializer(student, tx, state_shardings, objective):
     """One compiled initializer per (model, optimizer, shardings): every seed of a method reuses it."""
-    return jax.jit(functools.partial(init_state, student, tx=tx), out_shardings=state_shardings.tree)
+    return jax.jit(functools.partial(init_state, student, tx=tx, objective=objective),
+                   out_shardings=state_shardings.tree)
 
 
 def update(tx, student, loss_fn, params, opt_state):
@@ -134,7 +137,7 @@ def _generic_body(spec, student, teacher, tx, state, batch, rng, teacher_params,
     def loss_fn(p):
         ctx = objectives.Context({Model.STUDENT: (student, p), Model.TEACHER: (teacher, teacher_params),
                                   Model.REFERENCE: (student, ref_params)}, batch, samples, progress, views,
-                                 spec.chunk_tokens)
+                                 spec.chunk_tokens, state["objective"])
         terms, metrics = spec.objective.loss(ctx)
         metrics = {k: v.mean() for k, v in {**metrics, **objectives.reward_hacking(ctx)}.items()}
         metrics.update({f"loss/{k}": v.mean() for k, (_, v) in terms.items()})
@@ -145,7 +148,10 @@ def _generic_body(spec, student, teacher, tx, state, batch, rng, teacher_params,
     metrics["grad_norm"] = global_norm(grads)
     for r, (_, m) in samples.items():
         metrics[f"length/{r.value}_response"] = m.sum(1).mean()
-    return _finish(spec, student, teacher, state, new_params, opt_state, metrics, batch, teacher_params)
+    own, own_metrics = spec.objective.next_state(state["objective"], metrics, progress)
+    new_state = _finish(spec, student, teacher, state, new_params, opt_state, {**metrics, **own_metrics}, batch,
+                        teacher_params)
+    return {**new_state[0], "objective": own}, new_state[1]
 
 
 def _own_update_body(spec, student, teacher, tx, state, batch, rng, teacher_params, ref_params):
@@ -195,7 +201,7 @@ def _finish(spec, student, teacher, state, new_params, opt_state, metrics, batch
     metrics.update({"kl/first_token_forward": fkl.mean(), "kl/first_token_reverse": rkl.mean(),
                     "lr": jnp.asarray(spec.schedule(state["step"] * spec.objective.updates_per_step), jnp.float32),
                     "length/gold": batch.response_mask.sum(1).mean()})
-    return {"params": new_params, "opt_state": opt_state, "step": done}, metrics
+    return {"params": new_params, "opt_state": opt_state, "step": done, "objective": state["objective"]}, metrics
 
 
 # -------------------------------------------------------------- compiling ---

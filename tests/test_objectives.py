@@ -53,8 +53,9 @@ def _steps(tmp_path, tok, method, n, **block):
     for k, v in block.items():
         cfg.loss[method][k] = v
     tx = make_optimizer(cfg.train)
-    step = make_step(Step.of(cfg), s_cfg, t_cfg, tx, t_params)
-    state = init_state(s_cfg, jax.tree.map(jnp.copy, s_params), tx)
+    spec = Step.of(cfg)
+    step = make_step(spec, s_cfg, t_cfg, tx, t_params, s_params if spec.objective.needs.reference else None)
+    state = init_state(s_cfg, jax.tree.map(jnp.copy, s_params), tx, spec.objective)
     batches = D.Batches(data, 4, 0)
     out = []
     for i in range(n):
@@ -215,3 +216,67 @@ def test_more_token_methods_train_from_the_cache_alone(tmp_path, tok, monkeypatc
     hist = train(cfg, s_cfg, s_params, t_cfg, t_params, data, None, str(tmp_path / "w")).history
     assert seen["teacher_params"] is None
     assert np.isfinite(hist[-1][f"loss/{method}"]) and hist[-1][f"loss/{method}"] > 0
+
+
+# ----------------------------------------------------------- round 3: opd, taid ---
+
+def test_opd_advantage_is_teacher_minus_sampler_and_iw_weights_are_logged(tmp_path, tok):
+    runs = _steps(tmp_path, tok, "opd", 2, iw_gamma=0.5)
+    for _, m in runs:
+        assert np.isfinite(m["loss/opd"]) and m["opd/teacher_kl"] > 0  # q_old ≠ p: the student's own tokens
+        assert 1.0 <= m["opd/mean_weight"] <= 1.5
+        # one update per rollout: ρ ≡ 1, so the loss is −mean(w·A) and the advantage −teacher_kl without weights
+        assert m["loss/opd"] == pytest.approx(-m["opd/advantage"], rel=1e-4, abs=1e-6)
+    plain = _steps(tmp_path, tok, "opd", 1)[0][1]
+    assert plain["opd/advantage"] == pytest.approx(-plain["opd/teacher_kl"], rel=1e-4, abs=1e-6)
+
+
+@pytest.mark.parametrize("block", [dict(exact=True), dict(reward_scale=1.25, entropy_fkl=1.0, entropy_tau=0.0)])
+def test_opd_options_train(tmp_path, tok, block):
+    (_, m), = _steps(tmp_path, tok, "opd", 1, **block)
+    assert np.isfinite(m["loss/total"]) and m["loss/opd"] != 0
+    if "entropy_fkl" in block:
+        assert m["loss/entropy_fkl"] > 0  # τ = 0: every position is gated in
+
+
+def test_opd_exact_with_iw_weights_is_a_named_error():
+    from dpkd_jax.errors import InputError
+    loss = default_config().loss
+    loss.opd.exact, loss.opd.iw_gamma = True, 0.5
+    with pytest.raises(InputError, match="config.loss.opd.exact"):
+        O.build("opd", loss)
+
+
+def _taid_lambdas(losses_, steps, t_start=0.4, t_end=1.0, alpha=0.8, beta=0.9):
+    """method.md §6's schedule in plain Python: λ used at each step, from the steps' losses."""
+    lam, prev, m, out = t_start, None, 0.0, []
+    for n, j in enumerate(losses_):
+        out.append(lam)
+        if prev is not None:
+            d = (prev - j) / (prev + 1e-15)
+            m = beta * m + (1 - beta) * d
+            lam = min(t_end, max(t_start + (t_end - t_start) * n / steps, lam + alpha * (1 / (1 + np.exp(-m))) * (1 - lam)))
+        prev = j
+    return out
+
+
+def test_taid_lambda_follows_its_schedule_and_resumes_exactly(tmp_path, tok, capsys):
+    from conftest import train
+    cfg, data, (t_cfg, t_params), (s_cfg, s_params) = tiny_setup(tmp_path, tok)
+    cfg.method, cfg.train.steps = "taid", 4
+    cfg.loss.taid.alpha, cfg.loss.taid.beta = 0.8, 0.9  # large enough to leave the linear ramp
+    straight, h1, _ = train(cfg, s_cfg, s_params, t_cfg, t_params, data, None, str(tmp_path / "a"))
+    lams = [h["taid/lambda"] for h in h1]
+    np.testing.assert_allclose(lams, _taid_lambdas([h["loss/taid"] for h in h1], 4), rtol=1e-5)
+    assert lams[2] > 0.4 + 0.6 * 1 / 4 + 1e-3  # adaptive: above the linear ramp
+
+    def crash(step, state):  # the run dies after step 2's checkpoint (train.save_every=2)
+        if step == 3:
+            raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, s_cfg, s_params, t_cfg, t_params, data, None, str(tmp_path / "b"), callback=crash)
+    resumed, h2, _ = train(cfg, s_cfg, s_params, t_cfg, t_params, data, None, str(tmp_path / "b"))
+    assert "resumed from step 2" in capsys.readouterr().out
+    np.testing.assert_allclose([h["taid/lambda"] for h in h2], lams, rtol=1e-6)
+    for k in straight:
+        np.testing.assert_allclose(resumed[k], straight[k], rtol=1e-6, atol=1e-7, err_msg=k)

@@ -18,11 +18,13 @@ from dpkd_jax.train import init_state, make_step
 
 def three_steps(cfg, data, teacher, student, chunk, extra=None, teacher_params=True):
     (t_dec, t_params), (s_dec, s_params) = teacher, student
-    c = run_lib.stage_config(cfg, cfg.method, "/unused", **{"model.loss_chunk_tokens": chunk})
+    # Adam's ε at 1e-4: with 1e-8 a gradient entry of ~1e-9 (a rare token's embedding) becomes a whole lr-sized
+    # step, so float32 summation-order noise would be compared at the scale of the update itself.
+    c = run_lib.stage_config(cfg, cfg.method, "/unused", **{"model.loss_chunk_tokens": chunk, "train.adam_eps": 1e-4})
     spec = Step.of(c)
     tx = make_optimizer(c.train, spec.objective.updates_per_step)
     step = make_step(spec, s_dec, t_dec, tx, t_params if teacher_params else None, s_params)
-    state = init_state(s_dec, jax.tree.map(jnp.copy, s_params), tx)
+    state = init_state(s_dec, jax.tree.map(jnp.copy, s_params), tx, spec.objective)
     batches = D.Batches(data, 4, 0, extra)
     lm = np.random.default_rng(0).integers(0, 500, (4, 12)).astype(np.int32)
     for i in range(3):

@@ -1,9 +1,10 @@
 """One small object per method: typed hyperparameters (``config.loss.<method>.<field>``),
 what it needs (``Needs``), and its whole loss as weighted terms with its metrics.
 
-  sft kd rkl jsd akl skew_kl skew_rkl dpkd_token gkd      token level (one vocabulary)
-  seqkd dpkd plad dadpo distillm2                          on sampled responses
-  minillm                                                  policy gradient with its own update (PPO epochs)
+  sft kd rkl jsd akl skew_kl skew_rkl abkd todi taid dpkd_token gkd   token level (one vocabulary)
+  opd                                                            on-policy: the teacher grades sampled tokens
+  seqkd dpkd plad dadpo distillm2                                on sampled responses
+  minillm                                                        policy gradient with its own update (PPO epochs)
 """
 
 from __future__ import annotations
@@ -15,12 +16,13 @@ from .base import Context, Model, Needs, Objective, Response
 from .diagnostics import distinct_2, first_token_kls, reward_hacking
 from .distillm2 import DistiLLM2
 from .minillm import MiniLLM, Mixture
+from .onpolicy import OPD
 from .sequence import DPKD, DaDPO, PLaD, SeqKD
-from .token import AKL, GKD, JSD, KD, RKL, SFT, DPKDToken, SkewKL, SkewRKL
+from .token import ABKD, AKL, GKD, JSD, KD, RKL, SFT, DPKDToken, SkewKL, SkewRKL, TAID, ToDi
 
 OBJECTIVES = {"sft": SFT, "kd": KD, "rkl": RKL, "jsd": JSD, "akl": AKL, "skew_kl": SkewKL, "skew_rkl": SkewRKL,
               "dpkd_token": DPKDToken, "gkd": GKD, "seqkd": SeqKD, "dpkd": DPKD, "plad": PLaD, "dadpo": DaDPO,
-              "distillm2": DistiLLM2, "minillm": MiniLLM}
+              "distillm2": DistiLLM2, "minillm": MiniLLM, "abkd": ABKD, "todi": ToDi, "taid": TAID, "opd": OPD}
 
 # Served by the sparse teacher cache (teacher.topk): the token-level divergences on gold responses.
 TOPK_METHODS = ("kd", "rkl", "jsd", "akl", "skew_kl", "skew_rkl", "gkd (off-policy: lmbda=0, seq_kd=False)")

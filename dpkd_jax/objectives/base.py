@@ -51,7 +51,10 @@ class Objective:
     * ``topk``: it can train from the teacher's top-k cache instead of the teacher's weights;
     * ``cross_tokenizer``: it works when teacher and student tokenizers differ;
     * ``own_update``: it supplies its own update (``rollout`` + ``inner_loss``, MiniLLM) and
-      ``updates_per_step`` optimizer updates per train step; otherwise ``loss(ctx)``.
+      ``updates_per_step`` optimizer updates per train step; otherwise ``loss(ctx)``;
+    * ``init_state()`` / ``next_state(state, metrics, progress)``: its own state in the train
+      state (TAID's adaptive λ), read in ``loss`` as ``ctx.state``, advanced once per step from
+      the step's metrics, checkpointed with the rest; empty for most objectives.
     """
     needs: Needs = Needs()
     topk: bool = False
@@ -67,6 +70,13 @@ class Objective:
     def loss(self, ctx: "Context"):
         raise NotImplementedError(type(self).__name__)
 
+    def init_state(self) -> dict:
+        return {}
+
+    def next_state(self, state: dict, metrics: dict, progress):
+        """(the state for the next step, metrics to log); ``metrics`` are this step's (no gradient)."""
+        return state, {}
+
 
 class Context:
     """The step's arrays and memoised model calls: a method and the metrics never run the
@@ -81,8 +91,9 @@ class Context:
     ``(ids, mask)`` and its own tokenization of each response ``{Response: (ids, mask)}``;
     every other model reads the batch's prompts and ``samples``."""
 
-    def __init__(self, models: dict, batch, samples: dict, progress=0.0, views=None, chunk_tokens=128):
+    def __init__(self, models: dict, batch, samples: dict, progress=0.0, views=None, chunk_tokens=128, state=None):
         self.models, self.batch, self.samples = models, batch, samples
+        self.state = state if state is not None else {}   # the objective's own (``Objective.init_state``)
         self.progress = progress        # step / total steps (a traced scalar)
         self.views = views or {}
         self.chunk_tokens = chunk_tokens

@@ -7,6 +7,9 @@ from __future__ import annotations
 import dataclasses
 from typing import ClassVar
 
+import jax
+import jax.numpy as jnp
+
 from ..losses import tokenwise as tw
 from .base import Needs, Objective, Response, check, check_mix, mixed
 
@@ -24,12 +27,12 @@ class SFT(Objective):
         return mixed(ctx, "sft", ctx.ce(Response.GOLD), kd_ratio=1.0, lm_coef=self.lm_coef), {}
 
 
-def _divergence(name, per_token, doc, sparse, **extra):
+def _divergence(name, per_token, doc, sparse, kd_ratio=0.5, temperature=1.0, **extra):
     """A teacher-forced divergence on the gold response (a ``losses.tokenwise`` function, computed
     in chunks), mixed with CE as the reference code does. ``sparse``: its form against the
     teacher's top-k cache (``teacher.topk``), used when the batch carries the cache: the step
-    then needs no teacher weights."""
-    fields = [("kd_ratio", float, 0.5), ("lm_coef", float, 0.5), ("temperature", float, 1.0)]
+    then needs no teacher weights; None when the formula needs the teacher's whole distribution."""
+    fields = [("kd_ratio", float, kd_ratio), ("lm_coef", float, 0.5), ("temperature", float, temperature)]
     fields += [(k, float, v) for k, v in extra.items()]
 
     def validate(self):
@@ -44,7 +47,8 @@ def _divergence(name, per_token, doc, sparse, **extra):
             value = ctx.divergence(per_token, Response.GOLD, temperature=self.temperature, **kw)
         return mixed(ctx, name, value, kd_ratio=self.kd_ratio, lm_coef=self.lm_coef), {}
     return dataclasses.make_dataclass(name.upper(), fields, bases=(Objective,), frozen=True,
-                                      namespace={"validate": validate, "loss": loss, "__doc__": doc, "topk": True,
+                                      namespace={"validate": validate, "loss": loss, "__doc__": doc,
+                                                 "topk": sparse is not None,
                                                  "loss_temperature": property(lambda self: self.temperature)})
 
 
@@ -60,6 +64,11 @@ SkewKL = _divergence("skew_kl", tw.skew_kl, "DistiLLM's skew KL(p || a p + (1-a)
                      sparse=tw.sparse_skew_kl, alpha=0.1)
 SkewRKL = _divergence("skew_rkl", tw.skew_reverse_kl, "DistiLLM's skew reverse KL.",
                       sparse=tw.sparse_skew_reverse_kl, alpha=0.1)
+# Their formulas need the teacher's whole distribution (every p_v enters a power or a weight), so no top-k form.
+ABKD = _divergence("abkd", tw.abkd, "ABKD (arXiv 2505.04560): the alpha-beta divergence on the gold response.",
+                   sparse=None, kd_ratio=1.0, alpha=0.2, beta=0.7)
+ToDi = _divergence("todi", tw.todi, "ToDi (arXiv 2505.16297): token-wise FKL/RKL mix, w = sg(sigmoid(log p - log q)).",
+                   sparse=None, temperature=2.0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -124,3 +133,48 @@ class GKD(Objective):
         else:
             value = ctx.divergence(tw.generalized_jsd, r, beta=self.beta)
         return mixed(ctx, "gkd", value, kd_ratio=self.kd_ratio, lm_coef=self.lm_coef), {}
+
+
+@dataclasses.dataclass(frozen=True)
+class TAID(Objective):
+    """TAID (arXiv 2501.16937): cross-entropy to ``softmax((1−λ)·sg(z_s) + λ·z_t)`` on the gold
+    response, λ adapted once per step (method.md §6): ``δ = (J_prev − J)/(J_prev + 1e-15)``,
+    ``m ← βm + (1−β)δ``, ``λ ← min(t_end, max(λ_lin, λ + α·σ(m)·(1 − λ)))`` with ``λ_lin`` the
+    linear ramp from ``t_start`` to ``t_end`` over the run; the first step only records ``J``.
+    λ lives in the train state (checkpointed, so a resumed run continues it exactly) and is
+    logged as ``taid/lambda``. Needs the teacher's whole distribution: no top-k form."""
+    t_start: float = 0.4
+    t_end: float = 1.0
+    alpha: float = 5e-4
+    beta: float = 0.99
+    adaptive: bool = True
+    kd_ratio: float = 1.0
+    lm_coef: float = 0.0
+
+    def validate(self):
+        check("taid", "t_start", 0.0 <= self.t_start <= self.t_end, "must be in [0, t_end]", self.t_start)
+        check("taid", "t_end", self.t_end <= 1.0, "must be <= 1", self.t_end)
+        check("taid", "beta", 0.0 <= self.beta < 1.0, "must be in [0, 1)", self.beta)
+        check("taid", "alpha", self.alpha >= 0, "must be >= 0", self.alpha)
+        check_mix("taid", self.kd_ratio, self.lm_coef)
+
+    def init_state(self):
+        return {"lam": jnp.float32(self.t_start), "prev": jnp.float32(0.0), "momentum": jnp.float32(0.0),
+                "seen": jnp.bool_(False)}
+
+    def loss(self, ctx):
+        value = ctx.divergence(tw.taid, Response.GOLD, lam=ctx.state["lam"])
+        return mixed(ctx, "taid", value, kd_ratio=self.kd_ratio, lm_coef=self.lm_coef), {"taid/lambda": ctx.state["lam"]}
+
+    def next_state(self, state, metrics, progress):
+        j = jax.lax.stop_gradient(metrics["loss/taid"])
+        linear = self.t_start + (self.t_end - self.t_start) * progress
+        delta = (state["prev"] - j) / (state["prev"] + 1e-15)
+        momentum = self.beta * state["momentum"] + (1.0 - self.beta) * delta
+        step = self.alpha * jax.nn.sigmoid(momentum) * (1.0 - state["lam"])
+        lam = jnp.minimum(self.t_end, jnp.maximum(linear, state["lam"] + step)) if self.adaptive else \
+            jnp.minimum(self.t_end, linear)
+        seen = state["seen"]
+        new = {"lam": jnp.where(seen, lam, state["lam"]).astype(jnp.float32), "prev": j.astype(jnp.float32),
+               "momentum": jnp.where(seen, momentum, 0.0).astype(jnp.float32), "seen": jnp.bool_(True)}
+        return new, {"taid/delta": jnp.where(seen, step, 0.0)}

@@ -118,10 +118,10 @@ def plan_one(cfg, mesh_sizes, devices, batch_per_replica=0):
     def abstract(decoder, shardings):  # shapes and dtypes from the NNX metadata
         return {n: jax.ShapeDtypeStruct(i.shape, i.dtype, sharding=shardings[n]) for n, i in decoder.info.items()}
     s_abs = abstract(student, placement.params(student.info, "student"))
-    sh = step_shardings(placement, student, teacher, tx, s_abs)
+    sh = step_shardings(placement, student, teacher, tx, s_abs, spec.objective)
     t_abs = abstract(teacher, sh["teacher"])
     state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                         jax.eval_shape(lambda p: init_state(student, p, tx), s_abs), sh["state"])
+                         jax.eval_shape(lambda p: init_state(student, p, tx, spec.objective), s_abs), sh["state"])
     B, P, L = spec.batch_size, cfg.data.max_prompt_length, cfg.data.max_length
     i32 = lambda *shape: jax.ShapeDtypeStruct(shape, np.int32, sharding=sh["batch"])
     lm = i32(B, cfg.data.lm_seq_len) if spec.objective.lm_coef > 0 and cfg.data.pretrain else None

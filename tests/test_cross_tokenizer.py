@@ -126,3 +126,8 @@ def test_token_level_methods_stop_naming_the_sequence_level_ones(tmp_path, tok, 
     with pytest.raises(InputError, match="'dadpo' compares token distributions"):
         train(cfg, s_cfg, s_params, t_cfg, t_params, data, None,
                    str(tmp_path / "w"), tokenizer=tok, teacher_tokenizer=teacher_tok)
+    for method in ("opd", "abkd", "todi", "taid"):  # round 3's token-level methods stop the same way
+        cfg.method = method
+        with pytest.raises(InputError, match=f"'{method}' compares token distributions"):
+            train(cfg, s_cfg, s_params, t_cfg, t_params, data, None,
+                  str(tmp_path / "w"), tokenizer=tok, teacher_tokenizer=teacher_tok)

@@ -1,6 +1,7 @@
 """daDPO's pair: Qwen2.5-7B-Instruct -> Qwen2.5-1.5B-Instruct (same tokenizer; the 7B's
 embedding matrix is padded to 152064 rows, the 1.5B's to 151936: losses use the real
-vocabulary). Point the paths at local checkpoint folders:
+vocabulary). The models default to their Hugging Face Hub ids (fetched into the hub cache;
+``HF_HUB_OFFLINE=1`` uses the cache only); local folders override them:
 
   python -m dpkd_jax.main --config=configs/qwen25_7b_to_1p5b.py \\
       --config.teacher.path=/ckpt/qwen2.5-7b-instruct --config.student.path=/ckpt/qwen2.5-1.5b-instruct
@@ -10,7 +11,7 @@ from dpkd_jax.config import paper_config
 
 
 def get_config():
-    c = paper_config("checkpoints/qwen2.5-7b-instruct", "checkpoints/qwen2.5-1.5b-instruct",
+    c = paper_config("Qwen/Qwen2.5-7B-Instruct", "Qwen/Qwen2.5-1.5B-Instruct",
                      "work_dirs/qwen25_7b_to_1p5b")
     c.data.template = "chat"           # instruct models: their own chat template, <|im_end|> ends a turn
     c.train.lr = 1e-6                  # instruct-tuned students: a small lr, as daDPO

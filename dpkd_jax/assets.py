@@ -102,11 +102,15 @@ def fetch(name: str, *, quiet=False) -> str:
     return final
 
 
-def resolve(path: str) -> str:
-    """``asset:NAME`` -> its local folder (fetched once); anything else unchanged."""
+def resolve(path: str, *, allow_pickle: bool = False) -> str:
+    """A model path as a local folder or file: ``asset:NAME`` -> its folder (fetched once), a hub
+    id ``org/name[@rev]`` -> its snapshot in the hub cache (:mod:`dpkd_jax.hub`); anything else
+    unchanged."""
     if isinstance(path, str) and path.startswith(PREFIX):
         return fetch(path[len(PREFIX):])
-    return path
+    from . import hub
+    hid = hub.parse(path)
+    return path if hid is None else hub.resolve(hid, allow_pickle=allow_pickle)
 
 
 def main(argv=None):

@@ -57,8 +57,9 @@ def default_config():
     # decode_kernel: pallas uses JAX's Pallas GPU decode-attention kernel for decode steps (xla elsewhere)
     # loss_chunk_tokens: token-level losses project to the vocabulary in chunks of this many tokens (batch rows x
     # positions), recomputed in the backward pass (method.md §11); 0 = whole [B, N, V] logits (for comparisons)
+    # allow_pickle: load pickle (.bin) weights, from a folder or a hub id (they can run code: off by default)
     c.model = ml_collections.ConfigDict({"remat": "none", "scan_layers": True, "decode_kernel": "xla",
-                                         "loss_chunk_tokens": 128})
+                                         "loss_chunk_tokens": 128, "allow_pickle": False})
     # Multi-host: jax.distributed.initialize(); empty fields are auto-detected (TPU pods, SLURM).
     c.distributed = ml_collections.ConfigDict({"enabled": False, "coordinator_address": "", "num_processes": 0,
                                                "process_id": -1})
@@ -164,12 +165,15 @@ def validate(c):
         for field in ("teacher.path",) if experiment else ("teacher.path", "student.path"):
             path = c.teacher.path if field == "teacher.path" else c.student.path
             if not path:
-                fail(field, "is empty: point it at a local Hugging Face checkpoint folder, a .gguf file or "
-                            "asset:<name>")
+                fail(field, "is empty: point it at a hub id (org/name[@revision]), a local Hugging Face "
+                            "checkpoint folder, a .gguf file or asset:<name>")
+            from . import hub
             if path.startswith("asset:"):
                 from .assets import ASSETS
                 if path[len("asset:"):] not in ASSETS:
                     fail(field, f"unknown asset {path!r}; known: {sorted('asset:' + k for k in ASSETS)}")
+            elif hub.parse(path) is not None:
+                pass  # a hub id, resolved when the run starts (hub.py)
             elif path.endswith(".gguf"):
                 if not os.path.isfile(path):
                     fail(field, f"{path!r}: no such GGUF file")

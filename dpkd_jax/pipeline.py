@@ -60,7 +60,8 @@ def load_model(cfg, placement, role, path, vocab):
     kw = model_options(cfg, role, vocab)
     rules = placement.rules(role)
     table = models.param_table(models.load_config(path, **kw), rules)
-    model = models.from_pretrained(path, rules=rules, shardings=placement.params(table, role), seed=cfg.seed, **kw)
+    model = models.from_pretrained(path, rules=rules, shardings=placement.params(table, role), seed=cfg.seed,
+                                   allow_pickle=cfg.model.allow_pickle, **kw)
     return models.split(model)
 
 
@@ -75,7 +76,8 @@ def run(cfg):
     the shared run path (``run.py``)."""
     prepare_workdir(cfg)
     from .assets import resolve
-    teacher_path, student_path = resolve(cfg.teacher.path), resolve(cfg.student.path)
+    pickle = cfg.model.allow_pickle
+    teacher_path, student_path = (resolve(p, allow_pickle=pickle) for p in (cfg.teacher.path, cfg.student.path))
     tokenizer = models.load_tokenizer(student_path)
     cross_ok = objectives.build(cfg.method, cfg.loss).cross_tokenizer and cfg.mode == "train"
     vocab, t_vocab, t_tok = models.vocabularies(teacher_path, student_path, cross_ok=cross_ok,

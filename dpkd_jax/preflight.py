@@ -27,7 +27,7 @@ def _model_summary(role, path, cfg):
             f"{size / 2**30:.3f} GiB as {cfg.param_dtype}{extra})")
 
 
-def check_weights(path):
+def check_weights(path, allow_pickle=False):
     """The weight files' headers and tensor names (no tensor is read)."""
     from . import models
     from .models import hf
@@ -35,7 +35,7 @@ def check_weights(path):
     fam = models.family(cfg.model_type)
     table = models.param_table(cfg)  # base weights: what the files must hold
     rows = [r for r in fam.weights(cfg) if r.ours in table]
-    reader = hf._Reader(path, allow_pickle=False)
+    reader = hf._Reader(path, allow_pickle=allow_pickle)
     hf._check_names(path, cfg, rows, set(reader.files), fam.IGNORED)
     for fn in sorted({f for f in reader.files.values() if f and f.endswith(".safetensors")}):
         hf._safe_open(fn)  # a truncated file fails its header check here
@@ -44,7 +44,7 @@ def check_weights(path):
 
 def preflight(cfg, out=print):
     """Run the checks; print one line each. Returns the summary lines."""
-    from . import assets, checkpoint, data as data_lib, models, sharding
+    from . import assets, checkpoint, data as data_lib, hub, models, sharding
     from .pipeline import data_options
     from .run import resolved
     lines = []
@@ -62,8 +62,13 @@ def preflight(cfg, out=print):
                 say(f"{role}: {path} is not cached yet; the run fetches it (python -m dpkd_jax.assets {name})")
                 return lines
             path = assets.resolve(path)
+        elif hub.parse(path) is not None:
+            say(f"{role}: hub id {hub.describe(path)}")
+            if hub.cached(hub.parse(path)) is None:
+                return lines
+            path = hub.cached(hub.parse(path))
         paths[role] = path
-        check_weights(path)
+        check_weights(path, cfg.model.allow_pickle)
         from .pipeline import model_options
         say(_model_summary(role, path, models.load_config(path, **model_options(cfg, role, 0))))
     tokenizer = models.load_tokenizer(paths["student"])

@@ -182,3 +182,4 @@ def test_memory_plan_counts_shards_exactly(checkpoints):
     with pytest.raises(ValueError, match="config.teacher.path: 'nowhere/opt-99b' has no config.json"):
         plan.model_config("nowhere/opt-99b", "float32", "float32", "teacher.path")
     assert plan.model_config("checkpoints/opt-13b-sft", "bfloat16", "bfloat16", "teacher.path").n_layers == 40
+    assert plan.model_config("MiniLLM/teacher-gpt2-1.5B", "bfloat16", "bfloat16", "teacher.path").n_layers == 48

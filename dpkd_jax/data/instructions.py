@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import logging
 
 import numpy as np
@@ -106,11 +107,26 @@ def read_jsonl(path: str, report: Report) -> list[dict]:
     return out
 
 
+def _hub_dataset(name: str):
+    """A dataset by hub id with the same offline rules as models (``HF_HUB_OFFLINE``, ``HF_HOME``,
+    ``HF_TOKEN``, read by ``datasets``); a failure is one line naming the dataset."""
+    import datasets
+    from .. import hub
+    try:
+        return datasets.load_dataset(name, split="train", token=os.environ.get("HF_TOKEN") or None)
+    except ConnectionError as e:
+        why = "HF_HUB_OFFLINE is set" if hub.offline() else "the hub cannot be reached"
+        raise InputError(f"hf:{name}: not in the datasets cache and {why} ({e}); fill it on a machine with network "
+                         f"with `python -c \"import datasets; datasets.load_dataset('{name}')\"` (same HF_HOME)") from None
+    except Exception as e:  # noqa: BLE001 -- datasets raises many types (not found, gated, bad split)
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise InputError(f"hf:{name}: cannot load it from the hub: {first} (gated or private: set HF_TOKEN)") from None
+
+
 def load_records(source: str, report: Report) -> list[dict]:
     """A local JSONL path, ``hf:<dataset name>`` (HF datasets) or ``tfds:<name>`` (TFDS)."""
     if source.startswith("hf:"):
-        import datasets
-        rows = datasets.load_dataset(source[3:], split="train")
+        rows = _hub_dataset(source[3:])
     elif source.startswith("tfds:"):
         import tensorflow_datasets as tfds
         rows = ({k: (v.decode() if isinstance(v, bytes) else v) for k, v in ex.items()}

@@ -47,6 +47,9 @@ KNOWN = {"gpt2-base": _GPT2(768, 12, 12), "gpt2": _GPT2(768, 12, 12), "gpt2-medi
          "qwen2.5-1.5b-instruct": _QWEN(1536, 8960, 28, 12, 2, 151936, True),
          "llama-3.1-8b-instruct": _LLAMA3(4096, 14336, 32, 8.0, False),
          "llama-3.2-1b-instruct": _LLAMA3(2048, 8192, 16, 32.0, True)}
+# The MiniLLM project's SFT checkpoints on the hub (the GPT-2 configs' defaults): GPT-2 shapes.
+KNOWN.update({"teacher-gpt2-1.5b": KNOWN["gpt2-xl"], "init-gpt2-120m": KNOWN["gpt2"],
+              "init-gpt2-340m": KNOWN["gpt2-medium"], "init-gpt2-760m": KNOWN["gpt2-large"]})
 
 # HBM per device, for the "fits" column.
 DEVICES = {"TPU v5e": 16, "TPU v4": 32, "A100-40G": 40, "H100": 80, "TPU v5p": 95}

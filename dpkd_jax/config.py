@@ -24,10 +24,12 @@ def default_config():
     c.overwrite = False         # with resume=False: clear earlier checkpoints in workdir instead of stopping
     # topk > 0: token-level methods (objectives.TOPK_METHODS) train from a cache of the teacher's top-k log-probs on
     # the gold responses (computed once, hash-checked), with no teacher weights in the train step
+    # cache: topk (the teacher's top-k tokens with their log-probs) or sampled (RS-KD: topk draws per position from
+    # the teacher, duplicates merged with counts; an unbiased forward-KL estimate, kd only)
     # cache_dir: where the offline teacher caches live (shared by several runs); empty = the run's workdir
     # quantize: none | int8 (weight-only, per output channel; the frozen teacher's projections)
-    c.teacher = ml_collections.ConfigDict({"path": "", "dtype": "bfloat16", "topk": 0, "cache_dir": "",
-                                           "quantize": "none"})
+    c.teacher = ml_collections.ConfigDict({"path": "", "dtype": "bfloat16", "topk": 0, "cache": "topk",
+                                           "cache_dir": "", "quantize": "none"})
     # lora.rank > 0: train low-rank adapters on lora.targets (a subset of q k v o gate up down) only;
     # the base weights stay frozen. Exports merge them, and also write a PEFT adapter folder.
     c.student = ml_collections.ConfigDict({
@@ -123,7 +125,13 @@ def validate(c):
     def fail(field, msg):
         raise InputError(f"config.{field}: {msg}")
     objective = objectives.build(c.method, c.loss)  # unknown method or a bad field of its block: named
-    if c.teacher.topk:
+    if c.teacher.cache not in ("topk", "sampled"):
+        fail("teacher.cache", f"must be topk or sampled, got {c.teacher.cache!r}")
+    if c.teacher.topk and c.teacher.cache == "sampled":
+        if not objective.sampled_cache:
+            fail("teacher.cache", f"the sampled (RS-KD) cache estimates forward KL only and serves kd; method "
+                                  f"{c.method!r} needs the teacher or the top-k cache (teacher.cache=topk)")
+    elif c.teacher.topk:
         if not objective.topk:
             fail("teacher.topk", f"the sparse teacher cache serves {', '.join(objectives.TOPK_METHODS)}; method "
                                  f"{c.method!r} with these settings needs the teacher itself (set teacher.topk=0)")

@@ -115,7 +115,12 @@ def row_extras(run, cfg, spec, teacher_params):
     if objective.needs.teacher_samples and cfg.gen.teacher_mode == "offline":
         extra.update(teacher_cache.teacher_samples(spec.sampling, cfg.seed, spec.batch_size, teacher, teacher_params,
                                                    train_data, cache("teacher_samples.npz"), mesh))
-    if cfg.teacher.topk:
+    if cfg.teacher.topk and cfg.teacher.cache == "sampled":
+        extra.update(teacher_cache.teacher_sampled(spec.batch_size, teacher, teacher_params, train_data,
+                                                   cfg.teacher.topk, cfg.seed,
+                                                   cache(f"teacher_sampled{cfg.teacher.topk}.npz"), mesh))
+        teacher_params = None
+    elif cfg.teacher.topk:
         extra.update(teacher_cache.teacher_topk(spec.batch_size, teacher, teacher_params, train_data, cfg.teacher.topk,
                                                 cache(f"teacher_top{cfg.teacher.topk}.npz"), mesh))
         teacher_params = None

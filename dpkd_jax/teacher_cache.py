@@ -2,7 +2,9 @@
 
 * ``teacher_samples``: y_t for every prompt (sequence-level methods, ``gen.teacher_mode=offline``);
 * ``teacher_topk``: the teacher's top-k tokens and log-probs at every gold-response position
-  (token-level methods, ``teacher.topk=k``), so the train step runs without the teacher.
+  (token-level methods, ``teacher.topk=k``), so the train step runs without the teacher;
+* ``teacher_sampled``: RS-KD's cache (``teacher.cache=sampled``): U draws from the teacher per
+  position, duplicates merged into counts, an unbiased forward-KL target (5 bytes per entry).
 
 Each cache is keyed by a sha256 of what made it (data, settings, teacher architecture and
 a fingerprint of its weights), rebuilt when stale, and written whole then renamed.
@@ -114,3 +116,42 @@ def teacher_topk(bs, teacher, teacher_params, data, k, path=None, mesh=None) -> 
             lps.append(to_host(lp)[: len(sl)])
         return {"teacher_topk_ids": np.concatenate(ids), "teacher_topk_logps": np.concatenate(lps)}
     return cached(path, key, f"teacher top-{k}", compute)
+
+
+def _sampled(teacher, teacher_params, prompt_ids, prompt_mask, response_ids, response_mask, seeds, n):
+    h = sampling.response_hidden(teacher, teacher_params, prompt_ids, prompt_mask, response_ids, response_mask)
+
+    def draw(logits, s):  # one key per position, so a row's draws do not depend on its batch or chunk
+        keys = jax.vmap(jax.random.key)(s[0].reshape(-1))
+        ids, counts = jax.vmap(lambda lg, k: losses.tokenwise.sample_tokens(lg, k, n))(
+            logits[0].reshape(-1, logits[0].shape[-1]), keys)
+        shape = (*logits[0].shape[:-1], n)
+        return ids.reshape(shape), counts.reshape(shape)
+    return losses.token_map(draw, (h,), (functools.partial(teacher.head, teacher_params),), (seeds,))
+
+
+_sampled_of_batch = jax.jit(_sampled, static_argnums=(0, 7))
+
+
+def teacher_sampled(bs, teacher, teacher_params, data, n, seed, path=None, mesh=None) -> dict:
+    """RS-KD's sampled cache at every gold-response position: ``n`` draws with replacement from the
+    teacher (temperature 1), duplicates merged: ``{"teacher_sampled_ids" int32, "teacher_sampled_counts"
+    uint8}`` ``[rows, R, n]`` (n x 5 bytes per token), each position drawn with its own key from ``seed``."""
+    if not 0 < n < 256:
+        raise ValueError(f"teacher.topk: {n} draws per position do not fit the cache's uint8 counts (1..255)")
+    key = cache_key({"sampled": n, "seed": seed, "batch": bs}, teacher, teacher_params, data.prompt_ids,
+                    data.prompt_mask, data.response_ids, data.response_mask)
+    R = data.response_ids.shape[1]
+
+    def compute():
+        ids, counts = [], []
+        for i, sl, idx in tqdm(list(static_batches(len(data), bs)), desc=f"teacher sampled-{n} (offline)",
+                               leave=False):
+            seeds = (seed * 1_000_003 + (idx[:, None] * R + np.arange(R)[None])).astype(np.uint32)
+            arrays = put_batch((data.prompt_ids[idx], data.prompt_mask[idx], data.response_ids[idx],
+                                data.response_mask[idx], seeds), mesh)
+            d, c = _sampled_of_batch(teacher, teacher_params, *arrays, n)
+            ids.append(to_host(d)[: len(sl)])
+            counts.append(to_host(c)[: len(sl)].astype(np.uint8))
+        return {"teacher_sampled_ids": np.concatenate(ids), "teacher_sampled_counts": np.concatenate(counts)}
+    return cached(path, key, f"teacher sampled-{n}", compute)

@@ -49,6 +49,7 @@ class Objective:
 
     * ``needs``: the samples and models a step must provide (:class:`Needs`);
     * ``topk``: it can train from the teacher's top-k cache instead of the teacher's weights;
+    * ``sampled_cache``: it can train from the sampled (RS-KD) cache instead (forward KL only);
     * ``cross_tokenizer``: it works when teacher and student tokenizers differ;
     * ``own_update``: it supplies its own update (``rollout`` + ``inner_loss``, MiniLLM) and
       ``updates_per_step`` optimizer updates per train step; otherwise ``loss(ctx)``;
@@ -58,6 +59,7 @@ class Objective:
     """
     needs: Needs = Needs()
     topk: bool = False
+    sampled_cache: bool = False     # it can train from the sampled (RS-KD) cache: an unbiased forward KL
     cross_tokenizer: bool = False
     own_update: bool = False
     updates_per_step: int = 1
@@ -165,13 +167,15 @@ class Context:
         self._logps.setdefault((Model.STUDENT, r), logps)
         return losses.masked_mean(values, mask)
 
-    def sparse_divergence(self, per_token, **kw):
-        """As :meth:`divergence` against the batch's top-k teacher cache on the gold responses."""
+    def sparse_divergence(self, per_token, cache=None, **kw):
+        """As :meth:`divergence` against a teacher cache on the gold responses: ``cache`` = its two
+        ``[B, R, k]`` arrays, by default the batch's top-k (ids, log-probs)."""
         ids, mask = self.response(Response.GOLD)
         b = self.batch
+        first, second = cache if cache is not None else (b.teacher_topk_ids, b.teacher_topk_logps)
         fn = lambda lg, x: (per_token(lg[0], x[1], x[2], **kw), losses.tokenwise.logprob(lg[0], x[0]))
         values, logps = losses.token_map(fn, (self.hidden(Model.STUDENT, Response.GOLD),), (self.head(Model.STUDENT),),
-                                         (ids, b.teacher_topk_ids, b.teacher_topk_logps), chunk_size=self.chunk_tokens)
+                                         (ids, first, second), chunk_size=self.chunk_tokens)
         self._logps.setdefault((Model.STUDENT, Response.GOLD), logps)
         return losses.masked_mean(values, mask)
 

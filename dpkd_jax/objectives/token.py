@@ -41,7 +41,10 @@ def _divergence(name, per_token, doc, sparse, kd_ratio=0.5, temperature=1.0, **e
 
     def loss(self, ctx):
         kw = {k: getattr(self, k) for k in extra}
-        if ctx.batch.teacher_topk_ids is not None:
+        b = ctx.batch
+        if b.teacher_sampled_ids is not None:  # only forward KL has an unbiased sampled form (RS-KD)
+            value = ctx.sparse_divergence(tw.sampled_forward_kl, (b.teacher_sampled_ids, b.teacher_sampled_counts))
+        elif b.teacher_topk_ids is not None:
             value = ctx.sparse_divergence(sparse, **kw)
         else:
             value = ctx.divergence(per_token, Response.GOLD, temperature=self.temperature, **kw)
@@ -49,6 +52,7 @@ def _divergence(name, per_token, doc, sparse, kd_ratio=0.5, temperature=1.0, **e
     return dataclasses.make_dataclass(name.upper(), fields, bases=(Objective,), frozen=True,
                                       namespace={"validate": validate, "loss": loss, "__doc__": doc,
                                                  "topk": sparse is not None,
+                                                 "sampled_cache": per_token is tw.forward_kl,
                                                  "loss_temperature": property(lambda self: self.temperature)})
 
 

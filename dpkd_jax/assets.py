@@ -137,7 +137,11 @@ def fetch(name: str, *, quiet=False) -> str:
         from .tools.convert import convert
         convert(gguf, tmp)
         os.chmod(tmp, 0o755)
-        os.replace(tmp, final)  # atomic: the folder appears whole or not at all
+        try:
+            os.replace(tmp, final)  # atomic: the folder appears whole or not at all
+        except OSError:  # another process finished the same fetch first: use its folder
+            if not os.path.isfile(os.path.join(final, "config.json")):
+                raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return final

@@ -119,25 +119,15 @@ def check_devices(c) -> int:
     return c.check.devices if c.mode == "check" and c.check.devices > 0 else jax.device_count()
 
 
+def _fail(field, msg):
+    raise InputError(f"config.{field}: {msg}")
+
+
 def validate(c):
     """Stop at start-up with one message naming the field."""
-
-    def fail(field, msg):
-        raise InputError(f"config.{field}: {msg}")
+    fail = _fail
     objective = objectives.build(c.method, c.loss)  # unknown method or a bad field of its block: named
-    if c.teacher.cache not in ("topk", "sampled"):
-        fail("teacher.cache", f"must be topk or sampled, got {c.teacher.cache!r}")
-    if c.teacher.topk and c.teacher.cache == "sampled":
-        if not objective.sampled_cache:
-            fail("teacher.cache", f"the sampled (RS-KD) cache estimates forward KL only and serves kd; method "
-                                  f"{c.method!r} needs the teacher or the top-k cache (teacher.cache=topk)")
-    elif c.teacher.topk:
-        if not objective.topk:
-            fail("teacher.topk", f"the sparse teacher cache serves {', '.join(objectives.TOPK_METHODS)}; method "
-                                 f"{c.method!r} with these settings needs the teacher itself (set teacher.topk=0)")
-        if objective.loss_temperature != 1.0:
-            fail("teacher.topk", f"the cache holds log-probs at temperature 1, but loss.{c.method}.temperature="
-                                 f"{objective.loss_temperature}")
+    _check_teacher_cache(c, objective)
     if c.mode not in ("train", "eval", "generate", "check"):
         fail("mode", f"must be train, eval, generate or check, got {c.mode!r}")
     if c.data.max_prompt_length >= c.data.max_length:
@@ -168,25 +158,47 @@ def validate(c):
     if c.train.steps < 1:
         fail("train.steps", f"must be >= 1, got {c.train.steps}")
     if not c.demo.enabled:
-        import os
-        experiment = c.experiment.enabled  # the student is the teacher with layers removed
-        for field in ("teacher.path",) if experiment else ("teacher.path", "student.path"):
-            path = c.teacher.path if field == "teacher.path" else c.student.path
-            if not path:
-                fail(field, "is empty: point it at a hub id (org/name[@revision]), a local Hugging Face "
-                            "checkpoint folder, a .gguf file or asset:<name>")
-            from . import hub
-            if path.startswith("asset:"):
-                from .assets import ASSETS
-                if path[len("asset:"):] not in ASSETS:
-                    fail(field, f"unknown asset {path!r}; known: {sorted('asset:' + k for k in ASSETS)}")
-            elif hub.parse(path) is not None:
-                pass  # a hub id, resolved when the run starts (hub.py)
-            elif path.endswith(".gguf"):
-                if not os.path.isfile(path):
-                    fail(field, f"{path!r}: no such GGUF file")
-            elif not os.path.isdir(path):
-                fail(field, f"{path!r} is not a directory")
-        if c.mode in ("train", "check") and not c.data.train and not experiment:
-            fail("data.train", "is empty: a Dolly-format JSONL path, hf:<name> or tfds:<name>")
+        _check_model_paths(c)
     return c
+
+
+def _check_teacher_cache(c, objective):
+    """The offline teacher cache (top-k or sampled) serves only the methods whose formula allows it."""
+    if c.teacher.cache not in ("topk", "sampled"):
+        _fail("teacher.cache", f"must be topk or sampled, got {c.teacher.cache!r}")
+    if c.teacher.topk and c.teacher.cache == "sampled":
+        if not objective.sampled_cache:
+            _fail("teacher.cache", f"the sampled (RS-KD) cache estimates forward KL only and serves kd; method "
+                                   f"{c.method!r} needs the teacher or the top-k cache (teacher.cache=topk)")
+    elif c.teacher.topk:
+        if not objective.topk:
+            _fail("teacher.topk", f"the sparse teacher cache serves {', '.join(objectives.TOPK_METHODS)}; method "
+                                  f"{c.method!r} with these settings needs the teacher itself (set teacher.topk=0)")
+        if objective.loss_temperature != 1.0:
+            _fail("teacher.topk", f"the cache holds log-probs at temperature 1, but loss.{c.method}.temperature="
+                                  f"{objective.loss_temperature}")
+
+
+def _check_model_paths(c):
+    """Each model path names a hub id, an asset, a GGUF file or a folder; the data path is set."""
+    import os
+    from . import hub
+    experiment = c.experiment.enabled  # the student is the teacher with layers removed
+    for field in ("teacher.path",) if experiment else ("teacher.path", "student.path"):
+        path = c.teacher.path if field == "teacher.path" else c.student.path
+        if not path:
+            _fail(field, "is empty: point it at a hub id (org/name[@revision]), a local Hugging Face "
+                         "checkpoint folder, a .gguf file or asset:<name>")
+        if path.startswith("asset:"):
+            from .assets import ASSETS
+            if path[len("asset:"):] not in ASSETS:
+                _fail(field, f"unknown asset {path!r}; known: {sorted('asset:' + k for k in ASSETS)}")
+        elif hub.parse(path) is not None:
+            pass  # a hub id, resolved when the run starts (hub.py)
+        elif path.endswith(".gguf"):
+            if not os.path.isfile(path):
+                _fail(field, f"{path!r}: no such GGUF file")
+        elif not os.path.isdir(path):
+            _fail(field, f"{path!r} is not a directory")
+    if c.mode in ("train", "check") and not c.data.train and not experiment:
+        _fail("data.train", "is empty: a Dolly-format JSONL path, hf:<name> or tfds:<name>")

@@ -42,9 +42,25 @@ def check_weights(path, allow_pickle=False):
     return cfg
 
 
+def _local_path(role, path, say):
+    """A model path as a local folder or file, or None (said why) when an asset or hub id is not cached."""
+    from . import assets, hub
+    if path.startswith(assets.PREFIX):
+        name = path[len(assets.PREFIX):]
+        if not os.path.isdir(assets.path_of(name)):
+            say(f"{role}: {path} is not cached yet; the run fetches it (python -m dpkd_jax.assets {name})")
+            return None
+        return assets.resolve(path)
+    hid = hub.parse(path)
+    if hid is not None:
+        say(f"{role}: hub id {hub.describe(path)}")
+        return hub.cached(hid)
+    return path
+
+
 def preflight(cfg, out=print):
     """Run the checks; print one line each. Returns the summary lines."""
-    from . import assets, checkpoint, data as data_lib, hub, models, sharding
+    from . import checkpoint, data as data_lib, models, sharding
     from .pipeline import data_options
     from .run import resolved
     lines = []
@@ -55,18 +71,9 @@ def preflight(cfg, out=print):
         return lines
     paths = {}
     for role in ("teacher", "student"):
-        path = cfg[role].path
-        if path.startswith(assets.PREFIX):
-            name = path[len(assets.PREFIX):]
-            if not os.path.isdir(assets.path_of(name)):
-                say(f"{role}: {path} is not cached yet; the run fetches it (python -m dpkd_jax.assets {name})")
-                return lines
-            path = assets.resolve(path)
-        elif hub.parse(path) is not None:
-            say(f"{role}: hub id {hub.describe(path)}")
-            if hub.cached(hub.parse(path)) is None:
-                return lines
-            path = hub.cached(hub.parse(path))
+        path = _local_path(role, cfg[role].path, say)
+        if path is None:  # not fetched yet: the run will fetch it, nothing further to read
+            return lines
         paths[role] = path
         check_weights(path, cfg.model.allow_pickle)
         from .pipeline import model_options

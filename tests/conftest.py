@@ -6,8 +6,8 @@ import textwrap
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # The suite compiles hundreds of small steps, where XLA:CPU's LLVM optimisation is most of the time: level 0
-# halves a step test's wall time (66 s -> 27 s for test_train's dpkd case) and leaves the HLO passes, buffer
-# assignment (the memory tests read it) and float32 semantics as they are. Subprocesses (the CLI tests) inherit
+# halves a step test's wall time (66 s -> 27 s for test_train's dpkd case). It is LLVM's level: the HLO passes and
+# float32 semantics stay, and the compiled-memory tests still pass under it. Subprocesses (the CLI tests) inherit
 # it. Benchmarks and real runs keep the default level.
 if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0").strip()
@@ -231,6 +231,26 @@ def train(cfg, student, params, teacher, teacher_params, data, lm_rows, workdir,
     run = run_lib.Run(c, kw.pop("tokenizer", None), sharding.Placement(c.mesh), (teacher, teacher_params), data,
                       lm_rows=lm_rows, teacher_tokenizer=kw.pop("teacher_tokenizer", None))
     return train_loop(run, c, student, params, **kw)
+
+
+def against_gguf_reader(path, ids):
+    """(our model from ``path``, transformers' model from its ``model.gguf``, max |Δ logit| on ``ids``)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+    ours = models.from_pretrained(path)
+    ref = AutoModelForCausalLM.from_pretrained(path, gguf_file="model.gguf", dtype=torch.float32).eval()
+    with torch.no_grad():
+        want = ref(torch.tensor(ids)).logits.numpy()
+    return ours, ref, float(np.abs(np.asarray(ours(ids)) - want).max())
+
+
+def greedy_text(model, tok, ids, n):
+    """Our greedy continuation of ``ids`` ``[1, P]``, ``n`` new tokens, decoded."""
+    import jax.numpy as jnp
+    from dpkd_jax import sampling
+    toks, mask = sampling.generate(model, jnp.asarray(ids), jnp.ones_like(jnp.asarray(ids)), max_new_tokens=n,
+                                   greedy=True, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    return tok.decode(np.asarray(toks)[0][np.asarray(mask)[0] == 1], skip_special_tokens=True)
 
 
 @pytest.fixture(autouse=True)

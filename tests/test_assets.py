@@ -3,12 +3,11 @@
 
 import os
 
-import jax.numpy as jnp
 import numpy as np
 import pytest
-import torch
 
-from dpkd_jax import assets, models, sampling
+from conftest import against_gguf_reader, greedy_text
+from dpkd_jax import assets, models
 
 NAME = "smollm2-135m-instruct"
 QUESTION = "What is the capital of France? Answer in one sentence."
@@ -44,26 +43,17 @@ def test_offline_without_a_cache_says_what_to_run(tmp_path, monkeypatch):
 
 
 def test_logits_match_transformers_gguf_reader_and_greedy_says_paris(smol):
-    from transformers import AutoModelForCausalLM
     path, tok, ids = smol
-    ours = models.from_pretrained(path)
-    ref = AutoModelForCausalLM.from_pretrained(path, gguf_file="model.gguf", dtype=torch.float32).eval()
-    with torch.no_grad():
-        want = ref(torch.tensor(ids)).logits.numpy()
+    ours, _, diff = against_gguf_reader(path, ids)
+    assert diff < 2e-3, diff
     got = np.asarray(ours(ids))
-    assert np.abs(got - want).max() < 2e-3, np.abs(got - want).max()
     # The same GGUF read directly (no converted folder) gives the same logits.
     direct = np.asarray(models.from_pretrained(assets.gguf_of(NAME))(ids))
     np.testing.assert_allclose(direct, got, atol=1e-5)
-    toks, mask = sampling.generate(ours, jnp.asarray(ids), jnp.ones_like(jnp.asarray(ids)), max_new_tokens=24,
-                                   greedy=True, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
-    answer = tok.decode(np.asarray(toks)[0][np.asarray(mask)[0] == 1], skip_special_tokens=True)
+    answer = greedy_text(ours, tok, ids, 24)
     assert "Paris" in answer, answer
     # The weight-only int8 teacher gives the same greedy answer.
-    q = models.from_pretrained(path, quantize="int8")
-    toks8, mask8 = sampling.generate(q, jnp.asarray(ids), jnp.ones_like(jnp.asarray(ids)), max_new_tokens=24,
-                                     greedy=True, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
-    assert tok.decode(np.asarray(toks8)[0][np.asarray(mask8)[0] == 1], skip_special_tokens=True) == answer
+    assert greedy_text(models.from_pretrained(path, quantize="int8"), tok, ids, 24) == answer
 
 
 def test_chat_template_prompts_end_with_the_template_end_token(smol, tmp_path):

@@ -3,12 +3,12 @@ against transformers' own GGUF reader (``Gemma3ForCausalLM``)."""
 
 import os
 
-import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
 
-from dpkd_jax import assets, models, sampling
+from conftest import against_gguf_reader, greedy_text
+from dpkd_jax import assets, models
 
 NAME = "gemma3-270m"
 
@@ -34,18 +34,11 @@ def test_asset_is_assembled_checked_and_converted(gemma):
 
 
 def test_logits_match_transformers_gguf_reader_and_greedy_continues_as_the_base_model(gemma):
-    from transformers import AutoModelForCausalLM
     path, tok = gemma
     ids = np.asarray([tok("The capital of France is").input_ids])
-    ours = models.from_pretrained(path)
-    ref = AutoModelForCausalLM.from_pretrained(path, gguf_file="model.gguf", dtype=torch.float32).eval()
-    with torch.no_grad():
-        want = ref(torch.tensor(ids)).logits.numpy()
-    got = np.asarray(ours(ids))
-    assert np.abs(got - want).max() < 2e-3, np.abs(got - want).max()
-    toks, mask = sampling.generate(ours, jnp.asarray(ids), jnp.ones_like(jnp.asarray(ids)), max_new_tokens=9,
-                                   greedy=True, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
-    answer = tok.decode(np.asarray(toks)[0][np.asarray(mask)[0] == 1], skip_special_tokens=True)
+    ours, ref, diff = against_gguf_reader(path, ids)
+    assert diff < 2e-3, diff
+    answer = greedy_text(ours, tok, ids, 9)
     assert answer.startswith(" the capital of the country of France."), answer
     with torch.no_grad():
         ref_toks = ref.generate(torch.tensor(ids), max_new_tokens=9, do_sample=False)[0, ids.shape[1]:]

@@ -3,6 +3,9 @@ and the same model with layers removed (the student), recovered by every method.
 
   python -m dpkd_jax.main --config=configs/smollm2_pruned.py          # the full scale (one GPU)
   python -m dpkd_jax.main --config=configs/smollm2_pruned.py:cpu      # reduced, ~2 h on 2 CPU cores
+  # only the rows added since the published CPU table (opd, opd_iw, abkd, todi, taid), beside it:
+  python -m dpkd_jax.main --config=configs/smollm2_pruned.py:cpu \
+      --config.experiment.previous=bench/results/smollm2_pruned_cpu/results.json
 
 See dpkd_jax/experiment/ and the README's "Does distillation work?".
 """
@@ -11,7 +14,8 @@ import ml_collections
 
 from dpkd_jax.config import default_config
 
-METHODS = ("sft", "kd", "seqkd", "rkl", "gkd", "dpkd", "dpkd_dpop", "dadpo", "plad", "minillm", "distillm2")
+METHODS = ("sft", "kd", "seqkd", "rkl", "gkd", "dpkd", "dpkd_dpop", "dadpo", "plad", "minillm", "distillm2",
+           "opd", "opd_iw", "abkd", "todi", "taid")
 # The one switch between scales: what differs from the full (GPU) scale.
 SCALES = {
     "gpu": {},
@@ -49,6 +53,9 @@ def get_config(scale="gpu"):
         # 30 layers -> 20: layers 12-21 removed. Measured on 16 held-out prompts (greedy teacher answers):
         # forward KL 2.85 / token (CE 3.94 vs the teacher's 0.61); other cuts in the README
         "keep_layers": "0-11,22-29", "prompts": "", "methods": METHODS,
+        # an earlier results.json: its rows are reported beside this run's and not retrained
+        # (the CPU table's rows from sft to distillm2: bench/results/smollm2_pruned_cpu/results.json)
+        "previous": "",
         "command": f"python -m dpkd_jax.main --config=configs/smollm2_pruned.py:{scale}",
         **{k: s[k] for k in ("steps", "n_train", "n_dev", "n_eval", "eval_points", "lr_grid", "seeds",
                              "dpkd_betas", "dpkd_kd_ratios", "machine")}})

@@ -74,3 +74,27 @@ def test_short_experiment_writes_table_and_plots(short_experiment, monkeypatch):
     monkeypatch.setattr(runner.run_lib, "train_stage", lambda *a, **k: pytest.fail("retrained a finished run"))
     again = runner.run_experiment(cfg)
     assert again["sft"][0]["curve"] == runs["sft"][0]["curve"]
+
+
+def test_previous_rows_are_reported_beside_new_ones_without_retraining(short_experiment, monkeypatch):
+    cfg = short_experiment
+    with cfg.unlocked():
+        cfg.experiment.methods, cfg.experiment.dpkd_betas = ("sft", "kd"), ()
+    first = runner.run_experiment(cfg)
+    prev = os.path.join(cfg.workdir, "previous.json")
+    os.replace(os.path.join(cfg.workdir, "results.json"), prev)
+    trained = []
+    real = runner.run_lib.train_stage
+    monkeypatch.setattr(runner.run_lib, "train_stage", lambda ctx, c, *a, **k: trained.append(c.method)
+                        or real(ctx, c, *a, **k))
+    with cfg.unlocked():
+        cfg.experiment.methods, cfg.experiment.previous = ("sft", "kd", "opd_iw"), prev
+    runs = runner.run_experiment(cfg)
+    assert trained == ["opd"]  # only the new row: its one lr and one seed
+    assert runs["kd"] == first["kd"] and runs["opd_iw"][0]["over"] == {"iw_gamma": 0.5}
+    table = open(os.path.join(cfg.workdir, "table.md")).read()
+    assert "| kd, lr 0.001 (earlier run †)" in table and "| opd_iw [iw_gamma=0.5], lr 0.001 |" in table
+    with cfg.unlocked():
+        cfg.experiment.previous = os.path.join(cfg.workdir, "missing.json")
+    with pytest.raises(runner.InputError, match="config.experiment.previous: cannot read"):
+        runner.run_experiment(cfg)

@@ -22,14 +22,15 @@ def _fmt(values):
     return f"{v.mean():.2f} ± {v.std():.2f}" if len(v) > 1 else f"{v.mean():.2f}"
 
 
-def _label(name, rows, lrs):
+def _label(name, rows, lrs, previous=()):
     method, over = rows[name]
     knobs = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in over.items())
     tag = {"dpkd": " (paper: β=0.1, kd_ratio=0.5)", "dpkd_best": " (best on dev)"}.get(name, "")
-    return f"{name}{tag}" + (f" [{knobs}]" if knobs else "") + f", lr {lrs[name]:g}"
+    return (f"{name}{tag}" + (f" [{knobs}]" if knobs else "") + f", lr {lrs[name]:g}"
+            + (" (earlier run †)" if name in previous else ""))
 
 
-def table(cfg, start, runs, lrs, rows) -> str:
+def table(cfg, start, runs, lrs, rows, previous=()) -> str:
     e = cfg.experiment
     head = "| student | " + " | ".join(LABELS[m] for m in METRICS) + " | train s / run |"
     lines = [head, "|" + "---|" * (len(METRICS) + 2)]
@@ -38,7 +39,7 @@ def table(cfg, start, runs, lrs, rows) -> str:
         lines.append(f"| {label} | " + " | ".join(f"{start[who][m]:.2f}" for m in METRICS) + " | |")
     for name, rs in runs.items():
         finals = [r["curve"][-1] for r in rs]
-        lines.append(f"| {_label(name, rows, lrs)} | " + " | ".join(_fmt([f[m] for f in finals]) for m in METRICS)
+        lines.append(f"| {_label(name, rows, lrs, previous)} | " + " | ".join(_fmt([f[m] for f in finals]) for m in METRICS)
                      + f" | {np.mean([r['train_s'] for r in rs]):.0f} |")
     return "\n".join(lines)
 
@@ -99,10 +100,14 @@ def plot_hacking(runs, knob_runs, path):
     plt.close(fig)
 
 
-def write(cfg, start, runs, lrs, grid, knobs, rows, knob_runs=()):
+def write(cfg, start, runs, lrs, grid, knobs, rows, knob_runs=(), previous=()):
+    """``previous``: rows read from ``experiment.previous`` (not retrained here), marked † in the table."""
     wd, e = cfg.workdir, cfg.experiment
     machine = e.machine or f"{platform.machine()}, {os.cpu_count()} CPU cores"
-    main = table(cfg, start, runs, lrs, rows)
+    main = table(cfg, start, runs, lrs, rows, previous)
+    if previous:
+        main += (f"\n\n† read from `{e.previous}` (an earlier run at the same scale and machine, with the code "
+                 f"of its day), not retrained; the reference rows above are this run's.")
     grid_lines = "\n".join(f"- {n}: " + ", ".join(f"lr {lr:g} → {s:.2f}" for lr, s in g.items()) + f" (picked "
                            f"{lrs[n]:g})" for n, g in grid.items())
     text = (f"# {e.title}\n\nMachine: {machine}. Scale: {e.scale}. Steps {e.steps}, batch {cfg.train.batch_size}, "
@@ -115,7 +120,7 @@ def write(cfg, start, runs, lrs, grid, knobs, rows, knob_runs=()):
         f.write(text)
     with open(os.path.join(wd, "results.json"), "w") as f:
         json.dump({"start": start, "lrs": lrs, "grid": {n: {str(k): v for k, v in g.items()} for n, g in grid.items()},
-                   "knobs": knobs, "runs": runs}, f, indent=1)
+                   "knobs": knobs, "runs": runs, "previous": list(previous)}, f, indent=1)
     plot_curves(start, runs, os.path.join(wd, "curves.png"))
     plot_hacking(runs, knob_runs, os.path.join(wd, "hacking.png"))
     print(text)

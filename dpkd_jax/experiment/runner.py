@@ -32,7 +32,7 @@ from .targets import greedy_targets, prompts_only
 
 PROMPTS_DIR = os.path.join(os.path.dirname(os.path.dirname(__file__)), "data", "prompts")
 # A row of the table that is a method with some of its fields changed.
-VARIANTS = {"dpkd_dpop": ("dpkd", {"form": "dpop"})}
+VARIANTS = {"dpkd_dpop": ("dpkd", {"form": "dpop"}), "opd_iw": ("opd", {"iw_gamma": 0.5})}
 
 
 def variant(name: str):
@@ -162,24 +162,43 @@ def dpkd_knobs(x: Experiment, lr):
     return rows, runs
 
 
+def previous_rows(e):
+    """The rows of an earlier ``results.json`` (``experiment.previous``) reported beside this
+    run's and not retrained: {row: runs}, their lrs, lr grid and DPKD knob rows."""
+    if not e.get("previous", ""):
+        return {}, {}, {}, []
+    try:
+        with open(e.previous) as f:
+            prev = json.load(f)
+    except (OSError, ValueError) as err:
+        raise InputError(f"config.experiment.previous: cannot read {e.previous!r}: {err}") from None
+    grid = {n: {float(k): v for k, v in g.items()} for n, g in prev.get("grid", {}).items()}
+    return prev["runs"], dict(prev["lrs"]), grid, prev.get("knobs", [])
+
+
 def run_experiment(cfg):
     e = cfg.experiment
     os.makedirs(cfg.workdir, exist_ok=True)
+    old_runs, lrs, grid, knobs = previous_rows(e)  # before the models load: a bad path fails at once
     x = Experiment(cfg)
     print(f"teacher {x.t_cfg.config.n_layers} layers; student keeps {len(x.keep)}: {e.keep_layers}; "
           f"train {len(x.train)}, dev {len(x.dev)}, eval {len(x.eval)} prompts")
     start = {"student": x.measure_eval(x.s_cfg, x.s_params), "teacher": x.measure_eval(x.t_cfg, x.t_params)}
     print(f"before training: student {start['student']}\n                 teacher {start['teacher']}")
-    names = list(e.methods)
-    lrs, grid = pick_lrs(x, names)
-    knobs, knob_runs = dpkd_knobs(x, lrs["dpkd"]) if "dpkd" in names and e.dpkd_betas else ([], [])
-    rows = {n: (variant(n)[0], variant(n)[1]) for n in names}
+    names = [n for n in e.methods if n not in old_runs]
+    new_lrs, new_grid = pick_lrs(x, names)
+    lrs.update(new_lrs)
+    grid.update(new_grid)
+    knob_runs = []
+    if "dpkd" in names and e.dpkd_betas:
+        knobs, knob_runs = dpkd_knobs(x, lrs["dpkd"])
+    rows = {n: variant(n) for n in (*old_runs, *names) if n != "dpkd_best"}
     if knobs:
         best = max(knobs, key=lambda k: k["dev_rougeL"])
         rows["dpkd_best"] = ("dpkd", {"beta": best["beta"], "kd_ratio": best["kd_ratio"]})
         lrs["dpkd_best"] = lrs["dpkd"]
-    runs = {n: [x.run(m, lrs[n], s, over) for s in e.seeds]
+    runs = {n: old_runs[n] if n in old_runs else [x.run(m, lrs[n], s, over) for s in e.seeds]
             for n, (m, over) in rows.items()}
     if jax.process_index() == 0:
-        report.write(cfg, start, runs, lrs, grid, knobs, rows, knob_runs)
+        report.write(cfg, start, runs, lrs, grid, knobs, rows, knob_runs, previous=sorted(old_runs))
     return runs

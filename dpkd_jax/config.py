@@ -28,8 +28,10 @@ def default_config():
     # the teacher, duplicates merged with counts; an unbiased forward-KL estimate, kd only)
     # cache_dir: where the offline teacher caches live (shared by several runs); empty = the run's workdir
     # quantize: none | int8 (weight-only, per output channel; the frozen teacher's projections)
+    # paths: several teachers {name: path} (multi-teacher routing; replaces path): each training row names
+    # its teacher in the field data.teacher_field, and each step's rows come from one teacher
     c.teacher = ml_collections.ConfigDict({"path": "", "dtype": "bfloat16", "topk": 0, "cache": "topk",
-                                           "cache_dir": "", "quantize": "none"})
+                                           "cache_dir": "", "quantize": "none", "paths": ml_collections.ConfigDict()})
     # lora.rank > 0: train low-rank adapters on lora.targets (a subset of q k v o gate up down) only;
     # the base weights stay frozen. Exports merge them, and also write a PEFT adapter folder.
     c.student = ml_collections.ConfigDict({
@@ -40,7 +42,9 @@ def default_config():
         "train": "", "dev_num": 500, "eval_sets": ml_collections.ConfigDict(), "pretrain": "",
         "max_prompt_length": 256, "max_length": 512, "lm_seq_len": 512,
         # dolly: the reference code's template; chat: the tokenizer's chat template (instruct models)
-        "template": "dolly"})
+        "template": "dolly",
+        # multi-teacher: the field of each training row that names its teacher (a key of teacher.paths)
+        "teacher_field": ""})
     c.train = ml_collections.ConfigDict({
         "steps": 1000, "batch_size": 8, "grad_accum": 1, "lr": 5e-4, "weight_decay": 0.01, "warmup_steps": 0,
         "schedule": "cosine", "min_lr_ratio": 0.0, "grad_clip": 1.0, "adam_b1": 0.9, "adam_b2": 0.999,
@@ -179,26 +183,49 @@ def _check_teacher_cache(c, objective):
                                   f"{objective.loss_temperature}")
 
 
-def _check_model_paths(c):
-    """Each model path names a hub id, an asset, a GGUF file or a folder; the data path is set."""
+def _check_model_path(field, path):
+    """A model path names a hub id, an asset, a GGUF file or a folder."""
     import os
     from . import hub
+    if not path:
+        _fail(field, "is empty: point it at a hub id (org/name[@revision]), a local Hugging Face "
+                     "checkpoint folder, a .gguf file or asset:<name>")
+    if path.startswith("asset:"):
+        from .assets import ASSETS
+        if path[len("asset:"):] not in ASSETS:
+            _fail(field, f"unknown asset {path!r}; known: {sorted('asset:' + k for k in ASSETS)}")
+    elif hub.parse(path) is not None:
+        pass  # a hub id, resolved when the run starts (hub.py)
+    elif path.endswith(".gguf"):
+        if not os.path.isfile(path):
+            _fail(field, f"{path!r}: no such GGUF file")
+    elif not os.path.isdir(path):
+        _fail(field, f"{path!r} is not a directory")
+
+
+def _check_teachers(c):
+    """Multi-teacher routing: ``teacher.paths`` and ``data.teacher_field`` come together."""
+    names = tuple(c.teacher.paths)
+    if bool(names) != bool(c.data.teacher_field):
+        _fail("data.teacher_field" if names else "teacher.paths",
+              f"teacher.paths names {len(names)} teachers: set data.teacher_field to the training rows' field that "
+              f"names each row's teacher" if names else
+              f"data.teacher_field={c.data.teacher_field!r} routes rows to teachers, but teacher.paths is empty")
+    if names and (c.experiment.enabled or c.demo.enabled):
+        _fail("teacher.paths", "the demo and the experiment have one teacher each")
+    for name, path in c.teacher.paths.items():
+        if not isinstance(path, str):
+            _fail(f"teacher.paths.{name}", f"must be a path or hub id, got {path!r}")
+        _check_model_path(f"teacher.paths.{name}", path)
+
+
+def _check_model_paths(c):
+    """Each model path names a hub id, an asset, a GGUF file or a folder; the data path is set."""
     experiment = c.experiment.enabled  # the student is the teacher with layers removed
-    for field in ("teacher.path",) if experiment else ("teacher.path", "student.path"):
-        path = c.teacher.path if field == "teacher.path" else c.student.path
-        if not path:
-            _fail(field, "is empty: point it at a hub id (org/name[@revision]), a local Hugging Face "
-                         "checkpoint folder, a .gguf file or asset:<name>")
-        if path.startswith("asset:"):
-            from .assets import ASSETS
-            if path[len("asset:"):] not in ASSETS:
-                _fail(field, f"unknown asset {path!r}; known: {sorted('asset:' + k for k in ASSETS)}")
-        elif hub.parse(path) is not None:
-            pass  # a hub id, resolved when the run starts (hub.py)
-        elif path.endswith(".gguf"):
-            if not os.path.isfile(path):
-                _fail(field, f"{path!r}: no such GGUF file")
-        elif not os.path.isdir(path):
-            _fail(field, f"{path!r} is not a directory")
+    _check_teachers(c)
+    if not c.teacher.paths:
+        _check_model_path("teacher.path", c.teacher.path)
+    if not experiment:
+        _check_model_path("student.path", c.student.path)
     if c.mode in ("train", "check") and not c.data.train and not experiment:
         _fail("data.train", "is empty: a Dolly-format JSONL path, hf:<name> or tfds:<name>")

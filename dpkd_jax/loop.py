@@ -7,6 +7,7 @@ the NaN guard, the reward-hacking watch).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import signal
@@ -22,7 +23,7 @@ from . import data as data_lib
 from . import evaluate as eval_lib
 from . import sharding
 from .checkpoint import Checkpoints
-from . import cross_tokenizer, specs, teacher_cache
+from . import cross_tokenizer, specs, teacher_cache, teachers
 from .batch import Batch
 from .errors import InputError
 from .optim import make_optimizer
@@ -96,13 +97,14 @@ def place(placement, spec, student, params, teacher, teacher_params, ref_params,
     return Placed(tx, sh, state, sharding.put(teacher_params, sh["teacher"]), ref_params)
 
 
-def row_extras(run, cfg, spec, teacher_params):
+def row_extras(run, cfg, spec, teacher_params, tag=""):
     """(training data, extra row arrays for the batches, the teacher params the step takes): the
     teacher's own prompts across tokenizers and the offline caches (samples, top-k; with the
-    top-k cache the step takes no teacher weights)."""
+    top-k cache the step takes no teacher weights). ``tag``: in the cache files' names (one
+    cache per teacher of a multi-teacher run)."""
     objective, extra = spec.objective, {}
     teacher, train_data, teacher_tokenizer, mesh = run.teacher[0], run.train, run.teacher_tokenizer, run.placement.mesh
-    cache = lambda name: os.path.join(cfg.teacher.cache_dir or cfg.workdir, name)
+    cache = lambda name: os.path.join(cfg.teacher.cache_dir or cfg.workdir, name.replace(".npz", f"{tag}.npz"))
     if teacher_tokenizer is not None:
         cross_tokenizer.check_method(objective, cfg.method)
         if cfg.gen.teacher_mode == "offline":
@@ -140,16 +142,54 @@ def resume(ckpt, state, batches, desc, steps):
     return state, ext.get("history", []), start
 
 
-def batch_source(batches, lm_rows, seed, batch_size, batch_sharding):
-    """``next_batch(step)``: the next typed :class:`Batch` on the mesh; pre-training rows
-    drawn deterministically per step, so a resumed run sees the same text."""
+def batch_source(batches, lm_rows, seed, batch_size, batch_sharding, routed=False):
+    """``next_batch(step)``: the next typed :class:`Batch` on the mesh (``routed``: ``(teacher
+    name, Batch)`` from :class:`teachers.GroupedBatches`); pre-training rows drawn
+    deterministically per step, so a resumed run sees the same text."""
     def next_batch(step):
-        rows = batches.next()
+        name, rows = batches.next() if routed else (None, batches.next())
         rows.pop("example_ids")
         if lm_rows is not None:
             rows["lm_ids"] = lm_rows[np.random.default_rng([seed, step]).integers(0, len(lm_rows), batch_size)]
-        return sharding.put(Batch.of(rows), batch_sharding)
+        batch = sharding.put(Batch.of(rows), batch_sharding)
+        return (name, batch) if routed else batch
     return next_batch
+
+
+def one_teacher(run, cfg, spec, student, placed):
+    """(batches, step) of a one-teacher run (across tokenizers: the wrapped step)."""
+    train_data, extra, step_teacher = row_extras(run, cfg, spec, placed.teacher_params)
+    batches = data_lib.Batches(train_data, spec.batch_size, cfg.seed, extra or None)
+    step_fn = make_step(spec, student, run.teacher[0], placed.tx, step_teacher, placed.ref_params, placed.shardings)
+    if run.teacher_tokenizer is not None:
+        step_fn = cross_tokenizer.wrap_step(step_fn, spec.sampling, spec.objective.needs, student, run.teacher[0],
+                                            placed.teacher_params, run.tokenizer, run.teacher_tokenizer,
+                                            placed.shardings["batch"])
+    return batches, step_fn
+
+
+def routed_teachers(run, cfg, spec, student, placed):
+    """(batches, step) of a multi-teacher run: each teacher's rows with their own caches, one step
+    per teacher (teachers of one architecture share its compiled step: only the params differ),
+    dispatched by the batch's teacher; the metrics count the steps each teacher graded."""
+    groups, steps = {}, {}
+    for name, data in teachers.split(run.train, run.routing, spec.batch_size).items():
+        decoder, params = run.teachers[name]
+        sharding.check_heads(decoder.config.n_heads, run.placement.mesh, f"teacher {name}")
+        sh = dict(placed.shardings, teacher=run.placement.params(decoder.info, "teacher"))
+        params = placed.teacher_params if name == run.routing.names[0] else sharding.put(params, sh["teacher"])
+        sub = dataclasses.replace(run, teacher=(decoder, params), train=data)
+        data, extra, step_teacher = row_extras(sub, cfg, spec, params, tag=f"_{name}")
+        groups[name] = data_lib.Batches(data, spec.batch_size, cfg.seed, extra or None)
+        steps[name] = make_step(spec, student, decoder, placed.tx, step_teacher, placed.ref_params, sh)
+    batches = teachers.GroupedBatches(groups, cfg.seed)
+
+    def step(state, routed, rng):
+        name, batch = routed
+        state, metrics = steps[name](state, batch, rng)
+        counts = {f"teacher/{n}_steps": float(batches.counts.get(n, 0)) for n in run.routing.names}
+        return state, {**metrics, **counts}
+    return batches, step
 
 
 class Saver:
@@ -223,8 +263,8 @@ def train_loop(run, cfg, student, params, *, spec=None, ref_params=None, desc=No
     spec = spec or specs.Step.of(cfg)
     desc = desc or cfg.method
     placed = place(run.placement, spec, student, params, *run.teacher, ref_params, cfg.train)
-    train_data, extra, step_teacher = row_extras(run, cfg, spec, placed.teacher_params)
-    batches = data_lib.Batches(train_data, spec.batch_size, cfg.seed, extra or None)
+    routed = run.routing is not None
+    batches, step_fn = (routed_teachers if routed else one_teacher)(run, cfg, spec, student, placed)
     if batches.dropped_per_epoch:
         logging.info("%d examples per epoch fall in the last partial batch and are not used that epoch",
                      batches.dropped_per_epoch)
@@ -232,15 +272,10 @@ def train_loop(run, cfg, student, params, *, spec=None, ref_params=None, desc=No
     with Checkpoints(os.path.join(cfg.workdir, "checkpoints"), keep=cfg.train.keep) as ckpt:
         state, history, start = resume(ckpt, placed.state, batches, desc, spec.steps) if cfg.resume else (
             placed.state, [], 0)
-        step_fn = make_step(spec, student, run.teacher[0], placed.tx, step_teacher, placed.ref_params,
-                            placed.shardings)
-        if run.teacher_tokenizer is not None:
-            step_fn = cross_tokenizer.wrap_step(step_fn, spec.sampling, spec.objective.needs, student, run.teacher[0],
-                                                placed.teacher_params, run.tokenizer, run.teacher_tokenizer,
-                                                placed.shardings["batch"])
         base_rng = jax.random.PRNGKey(cfg.seed)
-        trainer = Trainer(step_fn, batch_source(batches, lm_rows, cfg.seed, spec.batch_size, placed.shardings["batch"]),
-                          lambda step: jax.random.fold_in(base_rng, step), start=start, steps=spec.steps)
+        trainer = Trainer(step_fn, batch_source(batches, lm_rows, cfg.seed, spec.batch_size, placed.shardings["batch"],
+                                                routed), lambda step: jax.random.fold_in(base_rng, step),
+                          start=start, steps=spec.steps)
         save = Saver(ckpt, trainer, batches, history, start)
         to_close = register_hooks(trainer, save, run, cfg, spec, student, history, desc, callback)
         try:

@@ -16,7 +16,7 @@ from . import models, sharding
 from .checkpoint import prepare_workdir
 from .config import lora_spec
 from . import run as run_lib
-from . import objectives
+from . import objectives, teachers
 from .errors import InputError
 
 
@@ -71,15 +71,50 @@ def load_models(cfg, placement, vocab, teacher_vocab=None):
             load_model(cfg, placement, "student", cfg.student.path, vocab))
 
 
+def load_teachers(cfg, placement, vocab, tokenizer, first):
+    """Multi-teacher (``teacher.paths``): ``{name: (decoder, params)}``, each teacher sharing the
+    student's tokenizer (a mismatch is an error naming the teacher); ``first``: the first one,
+    already loaded as the run's teacher."""
+    from .assets import resolve
+    out = {}
+    for i, (name, path) in enumerate(cfg.teacher.paths.items()):
+        path = resolve(path, allow_pickle=cfg.model.allow_pickle)
+        try:
+            models.check_same_vocabulary(path, cfg.student.path, student_tok=tokenizer)
+        except InputError as e:
+            raise InputError(f"config.teacher.paths.{name}: every teacher must share the student's tokenizer: {e}") \
+                from None
+        out[name] = first if i == 0 else load_model(cfg, placement, "teacher", path, vocab)
+    return out
+
+
+def load_train(cfg, tokenizer):
+    """(train, dev, routing): the training rows, the dev split, and (multi-teacher) each train
+    row's teacher; every row's teacher name is checked, dev rows' too."""
+    field = cfg.data.teacher_field
+    full, report = data_lib.load_instructions(cfg.data.train, tokenizer, **data_options(cfg),
+                                              fields=(field,) if field else ())
+    print(report)
+    if field:
+        teachers.route(full, field, tuple(cfg.teacher.paths), cfg.data.train)
+    train_data, dev = data_lib.split_dev(full, cfg.data.dev_num, cfg.seed)
+    routing = teachers.route(train_data, field, tuple(cfg.teacher.paths), cfg.data.train) if field else None
+    if routing is not None:
+        print(f"teachers ({field}): {routing.describe()} (train rows)")
+    return train_data, dev, routing
+
+
 def run(cfg):
     """Train (or evaluate, or generate) with the models and data the config names: one stage of
     the shared run path (``run.py``)."""
     prepare_workdir(cfg)
     from .assets import resolve
     pickle = cfg.model.allow_pickle
-    teacher_path, student_path = (resolve(p, allow_pickle=pickle) for p in (cfg.teacher.path, cfg.student.path))
+    multi = tuple(cfg.teacher.paths.values())
+    teacher_path, student_path = (resolve(p, allow_pickle=pickle) for p in (multi[0] if multi else cfg.teacher.path,
+                                                                             cfg.student.path))
     tokenizer = models.load_tokenizer(student_path)
-    cross_ok = objectives.build(cfg.method, cfg.loss).cross_tokenizer and cfg.mode == "train"
+    cross_ok = objectives.build(cfg.method, cfg.loss).cross_tokenizer and cfg.mode == "train" and not multi
     vocab, t_vocab, t_tok = models.vocabularies(teacher_path, student_path, cross_ok=cross_ok,
                                                 cross_methods=objectives.CROSS_METHODS, student_tok=tokenizer)
     cfg = run_lib.resolved(cfg, tokenizer, teacher_path=teacher_path, student_path=student_path)
@@ -87,12 +122,11 @@ def run(cfg):
     (t_cfg, t_params), (s_cfg, params) = load_models(cfg, placement, vocab, t_vocab)
     if cfg.mode == "generate":
         return generate_mode(cfg, s_cfg, params, tokenizer, placement.mesh)
-    full, report = data_lib.load_instructions(cfg.data.train, tokenizer, **data_options(cfg))
-    print(report)
-    train_data, dev = data_lib.split_dev(full, cfg.data.dev_num, cfg.seed)
+    train_data, dev, routing = load_train(cfg, tokenizer)
+    all_teachers = load_teachers(cfg, placement, vocab, tokenizer, (t_cfg, t_params)) if multi else {"teacher": (t_cfg, t_params)}
     lm_rows = data_lib.load_packed(cfg.data.pretrain, tokenizer, cfg.data.lm_seq_len) if cfg.data.pretrain else None
-    run = run_lib.Run(cfg, tokenizer, placement, (t_cfg, t_params), train_data, dev, lm_rows,
-                      load_eval_sets(cfg, tokenizer, dev), t_tok)
+    run = run_lib.Run(cfg, tokenizer, placement, next(iter(all_teachers.values())), train_data, dev, lm_rows,
+                      load_eval_sets(cfg, tokenizer, dev), t_tok, all_teachers if multi else None, routing)
     if cfg.mode == "train":
         params, _, best = run_lib.train_stage(run, cfg, s_cfg, params)
         exports = {"final": params, "best": best} if best is not None else {"final": params}
@@ -103,7 +137,9 @@ def run(cfg):
     out_dir = os.path.join(cfg.workdir, "eval")
     results = {cfg.method: run_lib.evaluate(run, s_cfg, params, "student", out_dir)}
     if cfg.eval.eval_teacher and t_tok is None:  # across tokenizers the teacher is scored by its own run
-        results["teacher"] = run_lib.evaluate(run, t_cfg, t_params, "teacher", out_dir)
+        for name, (decoder, p) in all_teachers.items():
+            tag = f"teacher {name}" if multi else "teacher"
+            results[tag] = run_lib.evaluate(run, decoder, p, tag.replace(" ", "_"), out_dir)
     if jax.process_index() == 0:
         print_table(results)
     return results

@@ -58,10 +58,68 @@ def _local_path(role, path, say):
     return path
 
 
+def _check_models(cfg, say):
+    """{role: local path} of every model (each teacher of ``teacher.paths``), headers read and
+    summarised; None when one is not fetched yet (the run fetches it: nothing more to read)."""
+    from . import models
+    from .pipeline import model_options
+    roles = {f"teacher {n}": p for n, p in cfg.teacher.paths.items()} or {"teacher": cfg.teacher.path}
+    paths = {}
+    for role, spec in {**roles, "student": cfg.student.path}.items():
+        path = _local_path(role, spec, say)
+        if path is None:
+            return None
+        paths[role] = path
+        check_weights(path, cfg.model.allow_pickle)
+        kind = "student" if role == "student" else "teacher"
+        say(_model_summary(role, path, models.load_config(path, **model_options(cfg, kind, 0))))
+    return paths
+
+
+def _check_vocabularies(cfg, paths, tokenizer, say):
+    from . import models, objectives
+    from .errors import InputError
+    if cfg.teacher.paths:
+        for role, path in paths.items():
+            if role != "student":
+                try:
+                    vocab = models.check_same_vocabulary(path, paths["student"], student_tok=tokenizer)
+                except InputError as e:
+                    raise InputError(f"config.teacher.paths.{role.split()[1]}: every teacher must share the student's "
+                                  f"tokenizer: {e}") from None
+        say(f"vocabulary: shared by the student and {len(paths) - 1} teachers, {vocab} tokens")
+        return
+    cross_ok = objectives.build(cfg.method, cfg.loss).cross_tokenizer
+    vocab, t_vocab, t_tok = models.vocabularies(paths["teacher"], paths["student"], cross_ok=cross_ok,
+                                                cross_methods=objectives.CROSS_METHODS, student_tok=tokenizer)
+    say(f"vocabulary: shared, {vocab} tokens" if t_tok is None else
+        f"vocabularies differ (student {vocab}, teacher {t_vocab} tokens): {cfg.method} runs across tokenizers")
+
+
+def _check_data(cfg, tokenizer, say):
+    """The training rows (and each teacher's count), the eval sets and the pre-training text."""
+    from . import data as data_lib, teachers
+    from .pipeline import data_options
+    field = cfg.data.teacher_field
+    if cfg.mode != "generate" and cfg.data.train:
+        full, report = data_lib.load_instructions(cfg.data.train, tokenizer, **data_options(cfg), log=False,
+                                                  fields=(field,) if field else ())
+        say(f"train data: {report}; {len(full) - min(cfg.data.dev_num, len(full))} train / "
+            f"{min(cfg.data.dev_num, len(full))} dev")
+        if field:
+            routing = teachers.route(full, field, tuple(cfg.teacher.paths), cfg.data.train)
+            say(f"teachers by {field!r}: {routing.describe()} (train and dev rows)")
+    for name, path in cfg.data.eval_sets.items():
+        _, report = data_lib.load_instructions(path, tokenizer, **data_options(cfg), log=False)
+        say(f"eval set {name}: {report}")
+    if cfg.data.pretrain:
+        rows = data_lib.load_packed(cfg.data.pretrain, tokenizer, cfg.data.lm_seq_len)
+        say(f"pre-training text: {len(rows)} rows of {cfg.data.lm_seq_len} tokens")
+
+
 def preflight(cfg, out=print):
     """Run the checks; print one line each. Returns the summary lines."""
-    from . import checkpoint, data as data_lib, models, sharding
-    from .pipeline import data_options
+    from . import checkpoint, models, sharding
     from .run import resolved
     lines = []
     say = lambda s: (lines.append(s), out(f"check: {s}"))
@@ -69,40 +127,20 @@ def preflight(cfg, out=print):
     if cfg.demo.enabled:
         say("demo: builds its own tokenizer and models from the shipped data; nothing else to check")
         return lines
-    paths = {}
-    for role in ("teacher", "student"):
-        path = _local_path(role, cfg[role].path, say)
-        if path is None:  # not fetched yet: the run will fetch it, nothing further to read
-            return lines
-        paths[role] = path
-        check_weights(path, cfg.model.allow_pickle)
-        from .pipeline import model_options
-        say(_model_summary(role, path, models.load_config(path, **model_options(cfg, role, 0))))
+    paths = _check_models(cfg, say)
+    if paths is None:
+        return lines
     tokenizer = models.load_tokenizer(paths["student"])
-    from . import objectives
-    cross_ok = objectives.build(cfg.method, cfg.loss).cross_tokenizer
-    vocab, t_vocab, t_tok = models.vocabularies(paths["teacher"], paths["student"], cross_ok=cross_ok,
-                                                cross_methods=objectives.CROSS_METHODS, student_tok=tokenizer)
-    say(f"vocabulary: shared, {vocab} tokens" if t_tok is None else
-        f"vocabularies differ (student {vocab}, teacher {t_vocab} tokens): {cfg.method} runs across tokenizers")
+    _check_vocabularies(cfg, paths, tokenizer, say)
     cfg = resolved(cfg, tokenizer)
-    if cfg.mode != "generate" and cfg.data.train:
-        full, report = data_lib.load_instructions(cfg.data.train, tokenizer, **data_options(cfg), log=False)
-        say(f"train data: {report}; {len(full) - min(cfg.data.dev_num, len(full))} train / "
-            f"{min(cfg.data.dev_num, len(full))} dev")
-    for name, path in cfg.data.eval_sets.items():
-        _, report = data_lib.load_instructions(path, tokenizer, **data_options(cfg), log=False)
-        say(f"eval set {name}: {report}")
-    if cfg.data.pretrain:
-        rows = data_lib.load_packed(cfg.data.pretrain, tokenizer, cfg.data.lm_seq_len)
-        say(f"pre-training text: {len(rows)} rows of {cfg.data.lm_seq_len} tokens")
+    _check_data(cfg, tokenizer, say)
     from types import SimpleNamespace
     from .config import check_devices
     n = check_devices(cfg)
     mesh = SimpleNamespace(shape=sharding.mesh_shape(dict(cfg.mesh), n))  # arithmetic only: no devices needed
     sharding.check_batch(cfg.train.batch_size, mesh)
-    for role in ("teacher", "student"):
-        sharding.check_heads(models.load_config(paths[role]).n_heads, mesh, role)
+    for role, path in paths.items():
+        sharding.check_heads(models.load_config(path).n_heads, mesh, role)
     say(f"mesh: {mesh.shape} over {n} devices; batch and heads divide")
     checkpoint.check_workdir(cfg.workdir)
     found = checkpoint.find_checkpoints(cfg.workdir)
@@ -115,7 +153,7 @@ def preflight(cfg, out=print):
         from .tools import plan
         c = cfg.copy_and_resolve_references()
         with c.unlocked():
-            c.teacher.path, c.student.path = paths["teacher"], paths["student"]
+            c.teacher.path, c.student.path = next(iter(paths.values())), paths["student"]
         row = plan.plan_one(c, {a: cfg.mesh[a] for a in sharding.AXES}, jax.device_count())
         say(f"memory: {row['total'] / 2**30:.2f} GiB per device (params, optimizer state, activations; "
             f"compiled for {row['kind']})")

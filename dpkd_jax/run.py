@@ -51,6 +51,8 @@ class Run:
     lm_rows: object = None
     eval_sets: dict = dataclasses.field(default_factory=dict)
     teacher_tokenizer: object = None  # a tokenizer other than the student's: train across tokenizers
+    teachers: dict = None       # multi-teacher: {name: (decoder, params)}; ``teacher`` is the first
+    routing: object = None      # multi-teacher: teachers.Routing of ``train``'s rows
 
     @property
     def sampling(self) -> specs.Sampling:

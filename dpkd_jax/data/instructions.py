@@ -74,8 +74,9 @@ class Report:
         return s
 
 
-def read_jsonl(path: str, report: Report) -> list[dict]:
-    """Records ``{prompt, response, category}`` from a Dolly-format JSONL file."""
+def read_jsonl(path: str, report: Report, fields=()) -> list[dict]:
+    """Records ``{instruction, context, response, category, line}`` from a Dolly-format JSONL
+    file, plus each of ``fields`` as it is in the line (``None`` when absent)."""
     out = []
     try:
         f = open(path, encoding="utf-8")
@@ -103,7 +104,8 @@ def read_jsonl(path: str, report: Report) -> list[dict]:
                 report.bad(lineno, "missing field 'response' (or 'output')")
                 continue
             ctx = rec.get("context", rec.get("input", "")) or ""
-            out.append({"instruction": ins, "context": ctx, "response": resp, "category": rec.get("category", "")})
+            out.append({"instruction": ins, "context": ctx, "response": resp, "category": rec.get("category", ""),
+                        "line": lineno, **{k: rec.get(k) for k in fields}})
     return out
 
 
@@ -123,8 +125,9 @@ def _hub_dataset(name: str):
         raise InputError(f"hf:{name}: cannot load it from the hub: {first} (gated or private: set HF_TOKEN)") from None
 
 
-def load_records(source: str, report: Report) -> list[dict]:
-    """A local JSONL path, ``hf:<dataset name>`` (HF datasets) or ``tfds:<name>`` (TFDS)."""
+def load_records(source: str, report: Report, fields=()) -> list[dict]:
+    """A local JSONL path, ``hf:<dataset name>`` (HF datasets) or ``tfds:<name>`` (TFDS); ``line``
+    is the line number (a row number for datasets), ``fields`` extra columns kept as they are."""
     if source.startswith("hf:"):
         rows = _hub_dataset(source[3:])
     elif source.startswith("tfds:"):
@@ -132,7 +135,7 @@ def load_records(source: str, report: Report) -> list[dict]:
         rows = ({k: (v.decode() if isinstance(v, bytes) else v) for k, v in ex.items()}
                 for ex in tfds.as_numpy(tfds.load(source[5:], split="train")))
     else:
-        return read_jsonl(source, report)
+        return read_jsonl(source, report, fields)
     tmp = []
     for i, row in enumerate(rows, 1):
         report.read += 1
@@ -141,7 +144,8 @@ def load_records(source: str, report: Report) -> list[dict]:
             report.bad(i, "missing instruction or response")
             continue
         tmp.append({"instruction": ins, "context": row.get("context", row.get("input", "")) or "",
-                    "response": resp, "category": row.get("category", "")})
+                    "response": resp, "category": row.get("category", ""), "line": i,
+                    **{k: row.get(k) for k in fields}})
     return tmp
 
 
@@ -154,7 +158,8 @@ class Tokenized:
     response_mask: np.ndarray   # [n, R]
     references: list            # gold response text per example
     prompts: list               # prompt text per example (rendered with the template)
-    sources: list = dataclasses.field(default_factory=list)  # the records (another model renders its own)
+    # the records (another model renders its own), with their ``line`` and the loader's extra ``fields``
+    sources: list = dataclasses.field(default_factory=list)
 
     def __len__(self):
         return len(self.prompts)
@@ -198,14 +203,16 @@ def tokenize(records, tokenizer, *, max_prompt_length: int, max_length: int, rep
         out.response_mask[i, :len(r)] = 1
         out.references.append(rec["response"])
         out.prompts.append(rec["prompt"])
-        out.sources.append({k: rec[k] for k in ("instruction", "context", "response") if k in rec})
+        out.sources.append({k: v for k, v in rec.items() if k not in ("prompt", "category")})
     return out
 
 
 def load_instructions(source, tokenizer, *, max_prompt_length, max_length, pad_token_id, template="dolly",
-                      log=True):
+                      log=True, fields=()):
+    """(:class:`Tokenized`, :class:`Report`) of an instruction set; ``fields``: extra columns kept
+    in ``Tokenized.sources`` (``data.teacher_field``)."""
     report = Report(source)
-    records = load_records(source, report)
+    records = load_records(source, report, fields)
     data = tokenize(records, tokenizer, max_prompt_length=max_prompt_length, max_length=max_length,
                     report=report, pad_token_id=pad_token_id, template=template)
     if log:

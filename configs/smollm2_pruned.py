@@ -56,6 +56,8 @@ def get_config(scale="gpu"):
         # an earlier results.json: its rows are reported beside this run's and not retrained
         # (the CPU table's rows from sft to distillm2: bench/results/smollm2_pruned_cpu/results.json)
         "previous": "",
+        # rows of which only the best on dev (after its lr grid) is trained over every seed
+        "best_of": ("abkd", "todi", "taid"),
         "command": f"python -m dpkd_jax.main --config=configs/smollm2_pruned.py:{scale}",
         **{k: s[k] for k in ("steps", "n_train", "n_dev", "n_eval", "eval_points", "lr_grid", "seeds",
                              "dpkd_betas", "dpkd_kd_ratios", "machine")}})

@@ -62,8 +62,13 @@ def test_short_experiment_writes_table_and_plots(short_experiment, monkeypatch):
     runs = runner.run_experiment(cfg)
     wd = cfg.workdir
     table = open(os.path.join(wd, "table.md")).read()
+    group = cfg.experiment.best_of
+    assert sum(f"| {n}" in table for n in group) == 1  # only the best on dev is trained over the seeds
+    assert table.count("on dev, so not trained further") == len(group) - 1
     for name in (*cfg.experiment.methods, "dpkd_best"):
-        assert f"| {name}" in table, name
+        assert (f"| {name}" in table) == (name in runs), name
+        if name not in runs:
+            continue
         (run,) = runs[name]
         assert run["curve"][-1]["step"] == 2
         assert all(np.isfinite(v) for v in run["curve"][-1].values())

@@ -109,7 +109,9 @@ def write(cfg, start, runs, lrs, grid, knobs, rows, knob_runs=(), previous=()):
         main += (f"\n\n† read from `{e.previous}` (an earlier run at the same scale and machine, with the code "
                  f"of its day), not retrained; the reference rows above are this run's.")
     grid_lines = "\n".join(f"- {n}: " + ", ".join(f"lr {lr:g} → {s:.2f}" for lr, s in g.items()) + f" (picked "
-                           f"{lrs[n]:g})" for n, g in grid.items())
+                           f"{lrs[n]:g})" + ("" if n in runs else "; not the best of "
+                                             f"{', '.join(e.get('best_of', ()))} on dev, so not trained further")
+                           for n, g in grid.items())
     text = (f"# {e.title}\n\nMachine: {machine}. Scale: {e.scale}. Steps {e.steps}, batch {cfg.train.batch_size}, "
             f"responses ≤ {cfg.gen.max_new_tokens} tokens, {len(e.seeds)} seeds {tuple(e.seeds)}; "
             f"train/dev/eval prompts {e.n_train}/{e.n_dev}/{e.n_eval}.\nCommand: `{e.command}`\n\n{main}\n\n"

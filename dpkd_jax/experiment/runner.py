@@ -192,7 +192,9 @@ def run_experiment(cfg):
     knob_runs = []
     if "dpkd" in names and e.dpkd_betas:
         knobs, knob_runs = dpkd_knobs(x, lrs["dpkd"])
-    rows = {n: variant(n) for n in (*old_runs, *names) if n != "dpkd_best"}
+    group = [n for n in e.get("best_of", ()) if n in new_grid]
+    dropped = {n for n in group if n != max(group, key=lambda n: max(new_grid[n].values()))} if group else set()
+    rows = {n: variant(n) for n in (*old_runs, *names) if n != "dpkd_best" and n not in dropped}
     if knobs:
         best = max(knobs, key=lambda k: k["dev_rougeL"])
         rows["dpkd_best"] = ("dpkd", {"beta": best["beta"], "kd_ratio": best["kd_ratio"]})

@@ -71,6 +71,12 @@ def default_config():
                                                "process_id": -1})
     # One block per method, its typed hyperparameters (objectives/): --config.loss.dpkd.beta=0.5
     c.loss = ml_collections.ConfigDict(objectives.defaults())
+    # A feature-distillation term added to any method (weight 0: off): hidden states at student:teacher layer
+    # pairs ("1:3,3:11", 0-based, the residual stream after that block) on one response (gold | teacher |
+    # student), a learned projection when the widths differ, mse or cosine; the weight goes from weight to
+    # final_weight along schedule (constant | linear | cosine)
+    c.loss.feature = ml_collections.ConfigDict({"layers": "", "distance": "mse", "weight": 0.0, "final_weight": 0.0,
+                                                "schedule": "constant", "response": "gold"})
     c.gen = ml_collections.ConfigDict({
         "max_new_tokens": 256, "temperature": 1.0, "top_k": 0, "top_p": 1.0, "teacher_mode": "online",
         "eos_token_id": -1, "pad_token_id": -1})  # -1: taken from the tokenizer
@@ -132,6 +138,7 @@ def validate(c):
     fail = _fail
     objective = objectives.build(c.method, c.loss)  # unknown method or a bad field of its block: named
     _check_teacher_cache(c, objective)
+    _check_feature(c, objective)
     if c.mode not in ("train", "eval", "generate", "check"):
         fail("mode", f"must be train, eval, generate or check, got {c.mode!r}")
     if c.data.max_prompt_length >= c.data.max_length:
@@ -181,6 +188,25 @@ def _check_teacher_cache(c, objective):
         if objective.loss_temperature != 1.0:
             _fail("teacher.topk", f"the cache holds log-probs at temperature 1, but loss.{c.method}.temperature="
                                   f"{objective.loss_temperature}")
+
+
+def _check_feature(c, objective):
+    """``loss.feature`` parses, and the method's step has what it reads: the teacher's weights and
+    the response it names (an own-update method, MiniLLM, has no place for it)."""
+    from .specs import Feature
+    feature = Feature.of(c.loss.feature)
+    if feature is None:
+        return
+    if objective.own_update:
+        _fail("loss.feature", f"{c.method} runs its own PPO update; the feature term joins the methods with one loss")
+    if c.teacher.topk:
+        _fail("loss.feature", "the feature term reads the teacher's hidden states; the top-k/sampled cache runs without "
+                              "the teacher's weights (set teacher.topk=0)")
+    needs = objective.needs
+    have = {"gold": True, "teacher": needs.teacher_samples, "student": needs.student_samples}
+    if not have[feature.response.value]:
+        _fail("loss.feature.response", f"{c.method} does not sample the {feature.response.value}'s responses; use "
+                                       f"response=gold or a method that does")
 
 
 def _check_model_path(field, path):

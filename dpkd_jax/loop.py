@@ -90,10 +90,13 @@ def place(placement, spec, student, params, teacher, teacher_params, ref_params,
     sharding.check_batch(spec.batch_size, mesh)
     sharding.check_heads(student.config.n_heads, mesh, "student")
     sharding.check_heads(teacher.config.n_heads, mesh, "teacher")
-    tx = make_optimizer(train_cfg, spec.objective.updates_per_step, {n: i.kind for n, i in student.info.items()})
-    sh = step_shardings(placement, student, teacher, tx, params, spec.objective)
+    kinds = {n: i.kind for n, i in student.info.items()}
+    kinds.update({n: "weight" for n in (spec.feature.init_params() if spec.feature else {})})  # decayed like a matrix
+    tx = make_optimizer(train_cfg, spec.objective.updates_per_step, kinds)
+    sh = step_shardings(placement, student, teacher, tx, params, spec.objective, spec.feature)
     ref_params = None if ref_params is None else sharding.put(ref_params, sh["params"])
-    state = place_state(student, params, tx, sh, spec.objective)  # a copy: the caller's params stay valid under donation
+    # a copy: the caller's params stay valid under donation
+    state = place_state(student, params, tx, sh, spec.objective, spec.feature)
     return Placed(tx, sh, state, sharding.put(teacher_params, sh["teacher"]), ref_params)
 
 
@@ -127,6 +130,21 @@ def row_extras(run, cfg, spec, teacher_params, tag=""):
                                                 cache(f"teacher_top{cfg.teacher.topk}.npz"), mesh))
         teacher_params = None
     return train_data, extra, teacher_params
+
+
+def bind_feature(spec, student, run):
+    """The feature term checked against the models (layers exist; every teacher of one width) and
+    bound to their widths (the projection's shape)."""
+    if spec.feature is None:
+        return spec
+    if run.teacher_tokenizer is not None:
+        raise InputError("config.loss.feature: across tokenizers the teacher's positions are other tokens; the "
+                         "feature term needs one tokenizer")
+    shapes = {(d.config.d_model, d.config.n_layers) for d, _ in (run.teachers or {"": run.teacher}).values()}
+    if len(shapes) > 1:
+        raise InputError("config.loss.feature: the teachers of teacher.paths differ in width or depth; the feature "
+                         "term needs one projection for all of them")
+    return dataclasses.replace(spec, feature=spec.feature.bind(student.config, run.teacher[0].config))
 
 
 def resume(ckpt, state, batches, desc, steps):
@@ -260,7 +278,7 @@ def train_loop(run, cfg, student, params, *, spec=None, ref_params=None, desc=No
     :class:`Diverged` after ``train.max_bad_steps`` non-finite steps in a row. The checkpoint
     manager is closed on every exit.
     """
-    spec = spec or specs.Step.of(cfg)
+    spec = bind_feature(spec or specs.Step.of(cfg), student, run)
     desc = desc or cfg.method
     placed = place(run.placement, spec, student, params, *run.teacher, ref_params, cfg.train)
     routed = run.routing is not None

@@ -227,6 +227,15 @@ def response_hidden(decode, params, prompt_ids, prompt_mask, response_ids, respo
     return decode.hidden(params, tokens, positions, mask)[:, P - 1:P + N - 1]
 
 
+def response_features(decode, params, prompt_ids, prompt_mask, response_ids, response_mask, layers):
+    """:func:`response_hidden` and, from the same forward, the residual stream after each block
+    in ``layers`` at the same positions: ``([B, N, D], [K, B, N, D])``."""
+    P, N = prompt_ids.shape[1], response_ids.shape[1]
+    tokens, positions, mask = _teacher_forced(prompt_ids, prompt_mask, response_ids, response_mask)
+    x, feats = decode.features(params, tokens, positions, mask, tuple(layers))
+    return x[:, P - 1:P + N - 1], feats[:, :, P - 1:P + N - 1]
+
+
 def response_logits(decode, params, prompt_ids, prompt_mask, response_ids, response_mask):
     """Teacher-forced logits at the response positions: ``[B, N, V]`` (for analysis and tests;
     the train step never builds them: it uses :func:`response_hidden`).

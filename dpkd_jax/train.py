@@ -28,51 +28,61 @@ def split_trainable(student, params):
     return ({k: v for k, v in params.items() if k in names}, {k: v for k, v in params.items() if k not in names})
 
 
-def init_state(student, params, tx, objective=None):
+def init_state(student, params, tx, objective=None, feature=None):
     """Params (all of them: frozen base weights ride along unchanged), optimizer state for
-    the trainable ones only, the step count, and the objective's own state (TAID's λ;
-    empty for most), so all of it is checkpointed and resumes exactly."""
-    return {"params": params, "opt_state": tx.init(split_trainable(student, params)[0]),
-            "step": jnp.zeros((), jnp.int32), "objective": {} if objective is None else objective.init_state()}
+    the trainable ones only (and the feature term's projection), the step count, the
+    objective's own state (TAID's λ; empty for most) and the feature projection (``specs.Feature``;
+    empty without one), so all of it is checkpointed and resumes exactly."""
+    extra = {} if feature is None else {k: jnp.asarray(v) for k, v in feature.init_params().items()}
+    return {"params": params, "opt_state": tx.init({**split_trainable(student, params)[0], **extra}),
+            "step": jnp.zeros((), jnp.int32), "objective": {} if objective is None else objective.init_state(),
+            "feature": extra}
 
 
-def step_shardings(placement, student, teacher, tx, student_params, objective=None):
+def step_shardings(placement, student, teacher, tx, student_params, objective=None, feature=None):
     """Shardings of everything the step takes, from the run's :class:`sharding.Placement`
-    and the models' metadata (the objective's own state, a few scalars, replicated)."""
+    and the models' metadata (the objective's own state, the feature projection and a few
+    scalars, replicated)."""
     from . import sharding
     mesh = placement.mesh
     p_sh = placement.params(student.info, "student")
-    trainable = split_trainable(student, student_params)[0]
+    extra = {} if feature is None else feature.init_params()
+    trainable = {**split_trainable(student, student_params)[0], **extra}
     opt = sharding.like_params(jax.eval_shape(tx.init, trainable), trainable, p_sh, mesh)
     rep = sharding.replicated(mesh)
     own = jax.tree.map(lambda _: rep, {} if objective is None else objective.init_state())
-    return {"params": p_sh, "state": {"params": p_sh, "opt_state": opt, "step": rep, "objective": own},
+    state = {"params": p_sh, "opt_state": opt, "step": rep, "objective": own,
+             "feature": jax.tree.map(lambda _: rep, extra)}
+    return {"params": p_sh, "state": state,
             "teacher": placement.params(teacher.info, "teacher"), "ref": p_sh,
             "batch": sharding.batch_sharding(mesh), "replicated": rep}
 
 
-def place_state(student, params, tx, shardings, objective=None):
+def place_state(student, params, tx, shardings, objective=None, feature=None):
     """A fresh train state (a copy of ``params``, so donation leaves the caller's arrays
     valid) on the step's shardings."""
     from .sharding import copy_to
     params = copy_to(params, shardings["params"])
-    return _state_initializer(student, tx, _Frozen(shardings["state"]), objective)(params)
+    return _state_initializer(student, tx, _Frozen(shardings["state"]), objective, feature)(params)
 
 
 @functools.lru_cache(maxsize=4)
-def _state_initializer(student, tx, state_shardings, objective):
+def _state_initializer(student, tx, state_shardings, objective, feature):
     """One compiled initializer per (model, optimizer, shardings): every seed of a method reuses it."""
-    return jax.jit(functools.partial(init_state, student, tx=tx, objective=objective),
+    return jax.jit(functools.partial(init_state, student, tx=tx, objective=objective, feature=feature),
                    out_shardings=state_shardings.tree)
 
 
-def update(tx, student, loss_fn, params, opt_state):
-    """One optax update of the trainable params (the gradient is taken w.r.t. them only):
-    ``(new params, opt state, total, aux, grads)``."""
+def update(tx, student, loss_fn, params, opt_state, extra=None):
+    """One optax update of the trainable params and ``extra`` (the feature projection; the
+    gradient is taken w.r.t. them only). ``loss_fn`` sees one dict of all of them:
+    ``(new params, new extra, opt state, total, aux, grads)``."""
+    extra = extra or {}
     trainable, frozen = split_trainable(student, params)
-    (total, aux), grads = jax.value_and_grad(lambda t: loss_fn({**frozen, **t}), has_aux=True)(trainable)
-    new, opt_state = apply_update(tx, trainable, opt_state, grads, total)
-    return {**frozen, **new}, opt_state, total, aux, grads
+    train = {**trainable, **extra}
+    (total, aux), grads = jax.value_and_grad(lambda t: loss_fn({**frozen, **t}), has_aux=True)(train)
+    new, opt_state = apply_update(tx, train, opt_state, grads, total)
+    return {**frozen, **{k: new[k] for k in trainable}}, {k: new[k] for k in extra}, opt_state, total, aux, grads
 
 
 def _pad_to(ids, mask, length, pad_token_id):
@@ -134,24 +144,39 @@ def _generic_body(spec, student, teacher, tx, state, batch, rng, teacher_params,
     progress = state["step"].astype(jnp.float32) / spec.steps
     views = _views(batch, samples)
 
+    f = spec.feature
+    layers = {} if f is None else {Model.STUDENT: f.student_layers, Model.TEACHER: f.teacher_layers}
+
     def loss_fn(p):
         ctx = objectives.Context({Model.STUDENT: (student, p), Model.TEACHER: (teacher, teacher_params),
                                   Model.REFERENCE: (student, ref_params)}, batch, samples, progress, views,
-                                 spec.chunk_tokens, state["objective"])
+                                 spec.chunk_tokens, state["objective"], layers)
         terms, metrics = spec.objective.loss(ctx)
+        if f is not None:
+            terms["feature"] = (f.weight_at(progress), _feature_term(ctx, f, p.get("feature/projection")))
+            metrics["feature/weight"] = jnp.asarray(f.weight_at(progress), jnp.float32)
         metrics = {k: v.mean() for k, v in {**metrics, **objectives.reward_hacking(ctx)}.items()}
         metrics.update({f"loss/{k}": v.mean() for k, (_, v) in terms.items()})
         total = _total(terms)
         return total, dict(metrics, **{"loss/total": total})
 
-    new_params, opt_state, _, metrics, grads = update(tx, student, loss_fn, params, state["opt_state"])
+    new_params, feature, opt_state, _, metrics, grads = update(tx, student, loss_fn, params, state["opt_state"],
+                                                               state["feature"])
     metrics["grad_norm"] = global_norm(grads)
     for r, (_, m) in samples.items():
         metrics[f"length/{r.value}_response"] = m.sum(1).mean()
     own, own_metrics = spec.objective.next_state(state["objective"], metrics, progress)
     new_state = _finish(spec, student, teacher, state, new_params, opt_state, {**metrics, **own_metrics}, batch,
                         teacher_params)
-    return {**new_state[0], "objective": own}, new_state[1]
+    return {**new_state[0], "objective": own, "feature": feature}, new_state[1]
+
+
+def _feature_term(ctx, f, projection):
+    """``loss.feature``: the distance between the chosen layers' outputs on ``f.response``, from the
+    forwards the objective already ran (or runs, memoised, for the method's own terms)."""
+    _, mask = ctx.response(f.response)
+    return losses.feature_distance(ctx.features(Model.STUDENT, f.response), ctx.features(Model.TEACHER, f.response),
+                                   mask, projection=projection, distance=f.distance)
 
 
 def _own_update_body(spec, student, teacher, tx, state, batch, rng, teacher_params, ref_params):
@@ -172,7 +197,7 @@ def _own_update_body(spec, student, teacher, tx, state, batch, rng, teacher_para
             terms = obj.inner_loss(student, p, teacher, teacher_params, prompts, sub, part(batch.lm_ids, i),
                                    spec.chunk_tokens)
             return _total(terms), {f"loss/{k}": v.mean() for k, (_, v) in terms.items()}
-        params, opt_state, total, ms, grads = update(tx, student, loss_fn, params, opt_state)
+        params, _, opt_state, total, ms, grads = update(tx, student, loss_fn, params, opt_state)
         return (params, opt_state), dict(ms, **{"loss/total": total, "grad_norm": global_norm(grads)})
 
     order = jnp.tile(jnp.arange(obj.minibatches), obj.ppo_epochs)
@@ -201,7 +226,8 @@ def _finish(spec, student, teacher, state, new_params, opt_state, metrics, batch
     metrics.update({"kl/first_token_forward": fkl.mean(), "kl/first_token_reverse": rkl.mean(),
                     "lr": jnp.asarray(spec.schedule(state["step"] * spec.objective.updates_per_step), jnp.float32),
                     "length/gold": batch.response_mask.sum(1).mean()})
-    return {"params": new_params, "opt_state": opt_state, "step": done, "objective": state["objective"]}, metrics
+    return {"params": new_params, "opt_state": opt_state, "step": done, "objective": state["objective"],
+            "feature": state["feature"]}, metrics
 
 
 # -------------------------------------------------------------- compiling ---

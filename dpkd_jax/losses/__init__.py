@@ -28,6 +28,7 @@ from .contrastive import cald_loss
 from .core import *  # noqa: F401,F403
 from .core import __all__ as _core
 from .divergences import abkd_divergence, taid_loss, todi_divergence
+from .features import feature_distance
 from .onpolicy import entropy_aware_fkl, iw_opd_weights, opd_advantages
 from .policy import minillm_advantages, minillm_rewards, ppo_clip_loss
 from .sparse import (sampled_forward_kl, sampled_tokens, sparse_adaptive_kl, sparse_forward_kl,
@@ -38,4 +39,4 @@ __all__ = [*_core, "minillm_rewards", "minillm_advantages", "ppo_clip_loss", "ca
            "sparse_reverse_kl", "sparse_generalized_jsd", "sparse_skew_kl", "sparse_skew_reverse_kl",
            "sparse_adaptive_kl", "topk_logprobs", "tokenwise", "opd_advantages", "iw_opd_weights",
            "entropy_aware_fkl", "abkd_divergence", "todi_divergence", "taid_loss", "sampled_forward_kl",
-           "sampled_tokens", *_chunked]
+           "sampled_tokens", "feature_distance", *_chunked]

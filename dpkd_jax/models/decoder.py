@@ -117,6 +117,10 @@ class Decoder:
     def hidden(self, params, tokens, positions, attention_mask):
         return self.module(params).hidden(tokens, positions, attention_mask)[0]
 
+    def features(self, params, tokens, positions, attention_mask, layers):
+        """(final hidden, per-layer residual streams ``[K, B, T, D]`` of ``layers``), one forward."""
+        return self.module(params).hidden_and_features(tokens, positions, attention_mask, layers)
+
     def head(self, params, x):
         return self.module(params).head_logits(x)
 

@@ -148,6 +148,17 @@ class CausalLM(nnx.Module):
         (``S = T`` without a cache; with one, attention reads its first ``S`` slots).
         ``cache_index`` is the slot of ``tokens[:, 0]``. Attention is causal over slots.
         """
+        x, cache, _ = self._run(tokens, positions, attention_mask, cache, cache_index, ())
+        return x, cache
+
+    def hidden_and_features(self, tokens, positions, attention_mask, layers: tuple):
+        """(final hidden ``[B, T, D]``, the residual stream after each block in ``layers``
+        ``[K, B, T, D]``) from one forward: the intermediates come out of the layer scan as its
+        per-layer output (what ``sow`` gives an unscanned module; feature distillation reads them)."""
+        x, _, feats = self._run(tokens, positions, attention_mask, None, 0, tuple(layers))
+        return x, feats
+
+    def _run(self, tokens, positions, attention_mask, cache, cache_index, collect):
         cfg = self.config
         x = constrain(self.embed(tokens, positions, DTYPES[cfg.compute_dtype]), ACT, self.rules)
         shared = Pass(cfg, _ropes(cfg, positions), attention_mask, cache_index + jnp.arange(tokens.shape[1]),
@@ -160,19 +171,23 @@ class CausalLM(nnx.Module):
             state, window, index = layer
             x, kv = carry
             x, kv = nnx.merge(gdef, state)(x, window, index, kv, shared)
-            return (x, kv), None
+            return (x, kv), (x if collect else None)
         if cfg.remat != "none" and cache is None:
             body = jax.checkpoint(body, policy=_REMAT_POLICIES[cfg.remat])
         carry = (x, None if cache is None else (cache["k"], cache["v"]))
         if cfg.scan_layers:
-            carry, _ = jax.lax.scan(body, carry, xs)
+            carry, per_layer = jax.lax.scan(body, carry, xs)
         else:
+            outs = []
             for i in range(cfg.n_layers):
-                carry, _ = body(carry, jax.tree.map(lambda a: a[i], xs))
+                carry, out = body(carry, jax.tree.map(lambda a: a[i], xs))
+                outs.append(out)
+            per_layer = jnp.stack(outs) if collect else None
+        feats = per_layer[jnp.asarray(collect)] if collect else None
         x, kv = carry
         if self.final_norm is not None:
             x = self.final_norm(x)
-        return x, None if kv is None else {"k": kv[0], "v": kv[1]}
+        return x, None if kv is None else {"k": kv[0], "v": kv[1]}, feats
 
     def head_logits(self, x):
         """Hidden ``[..., D]`` -> logits ``[..., V']`` over the first ``config.logits_vocab`` rows,

@@ -93,8 +93,12 @@ class Context:
     ``(ids, mask)`` and its own tokenization of each response ``{Response: (ids, mask)}``;
     every other model reads the batch's prompts and ``samples``."""
 
-    def __init__(self, models: dict, batch, samples: dict, progress=0.0, views=None, chunk_tokens=128, state=None):
+    def __init__(self, models: dict, batch, samples: dict, progress=0.0, views=None, chunk_tokens=128, state=None,
+                 feature_layers=None):
         self.models, self.batch, self.samples = models, batch, samples
+        # {Model: layers}: those models' forwards also return the residual streams after these blocks
+        self.feature_layers = feature_layers or {}
+        self._features = {}
         self.state = state if state is not None else {}   # the objective's own (``Objective.init_state``)
         self.progress = progress        # step / total steps (a traced scalar)
         self.views = views or {}
@@ -124,11 +128,24 @@ class Context:
             k = len(rs)
             tile = lambda a: jnp.concatenate([a] * k, axis=0)
             prompt_ids, prompt_mask = self.prompt(m)
-            out = sampling.response_hidden(decoder, params, tile(prompt_ids), tile(prompt_mask), ids, mask)
+            args = (decoder, params, tile(prompt_ids), tile(prompt_mask), ids, mask)
+            if m in self.feature_layers:  # the same forward also gives the chosen layers' outputs
+                out, feats = sampling.response_features(*args, self.feature_layers[m])
+                feats = feats if m is Model.STUDENT else jax.lax.stop_gradient(feats)
+                for x, part in zip(rs, jnp.split(feats, k, axis=1)):
+                    self._features[(m, x)] = part
+            else:
+                out = sampling.response_hidden(*args)
             out = out if m is Model.STUDENT else jax.lax.stop_gradient(out)
             for x, part in zip(rs, jnp.split(out, k, axis=0)):
                 self._hidden[(m, x)] = part
         return self._hidden[key]
+
+    def features(self, m: Model, r: Response):
+        """The residual streams after ``feature_layers[m]`` ``[K, B, N, D]`` at response ``r``'s positions,
+        from the same forward as :meth:`hidden`."""
+        self.hidden(m, r)
+        return self._features[(m, r)]
 
     def head(self, m: Model):
         """Model ``m``'s head: hidden ``[B, C, D]`` -> logits ``[B, C, V]`` (for ``losses.token_map``)."""

@@ -21,7 +21,7 @@ from dpkd_jax import data as D
 
 def test_every_method_has_a_typed_block_and_bad_fields_are_named():
     c = default_config()
-    assert set(c.loss) == set(O.OBJECTIVES)
+    assert set(c.loss) == set(O.OBJECTIVES) | {"feature"}  # one block per method, and the feature term's
     assert c.loss.dpkd.beta == 0.1 and c.loss.gkd.lmbda == 0.5 and c.loss.distillm2.alpha == 0.1
     for method, field, value, msg in [("dpkd", "beta", -1.0, "config.loss.dpkd.beta: must be > 0"),
                                       ("gkd", "lmbda", 1.5, "config.loss.gkd.lmbda: must be in"),

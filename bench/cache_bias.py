@@ -98,6 +98,22 @@ def measure_batch(student, params, t_logits, arrays, fn, key):
     return value, offset, g_logits, g_params
 
 
+def one_pass(step, student, params, batches, fn, seed, dense=None):
+    """(value / token, value less its q-free offset / token, per-position logit-gradient cosines to
+    ``dense`` (or the logit gradients themselves when ``dense`` is None), the parameter gradient)."""
+    value = offset = 0.0
+    tokens, logits, g_params = 0, [], None
+    for b, (arrays, t_logits, n) in enumerate(batches):
+        v, o, gl, gp = step(student, params, t_logits, arrays, fn, jax.random.key(1000 * seed + b))
+        mask = np.asarray(arrays[3])[:n].astype(bool)
+        value, offset, tokens = value + float(v), offset + float(o), tokens + int(mask.sum())
+        gl = np.asarray(gl)[:n][mask]
+        logits.append(gl if dense is None else cosine(gl.astype(np.float64), dense[0][b].astype(np.float64), axis=-1))
+        flat = np.concatenate([np.ravel(x) for x in jax.tree_util.tree_leaves(gp)])
+        g_params = flat if g_params is None else g_params + flat
+    return value / tokens, (value - offset) / tokens, logits, g_params, tokens
+
+
 def run(args):
     teacher, (student, params), tok, data = load(args.prompts, args.max_new_tokens, args.workdir)
     est = estimators(args.k, args.u)
@@ -107,43 +123,31 @@ def run(args):
                                                       data.response_mask))
         batches.append((arrays, sampling.response_logits(*teacher, *arrays), len(sl)))
     step = jax.jit(measure_batch, static_argnums=(0, 4))
-    results = {}
+    d_value, _, d_logits, d_params, tokens = one_pass(step, student, params, batches, est["dense"][0], 0)
+    dense = (d_logits, d_params.astype(np.float64))
+    rows = {}
     for name, (fn, nbytes) in est.items():
         seeds = range(args.draws) if name.startswith("sampled") else [0]
-        per_seed = []
+        values, centred, cos_l, cos_p, mean_gp = [], [], [], [], 0.0
         for seed in seeds:
-            value, offset, tokens, g_logits, g_params = 0.0, 0.0, 0, [], None
-            for b, (arrays, t_logits, n) in enumerate(batches):
-                v, o, gl, gp = step(student, params, t_logits, arrays, fn, jax.random.key(1000 * seed + b))
-                mask = np.asarray(arrays[3])[:n].astype(bool)
-                value += float(v)
-                offset += float(o)
-                tokens += int(mask.sum())
-                g_logits.append(np.asarray(gl)[:n][mask].astype(np.float64))
-                flat = np.concatenate([np.ravel(x) for x in jax.tree_util.tree_leaves(gp)]).astype(np.float64)
-                g_params = flat if g_params is None else g_params + flat
-            per_seed.append((value / tokens, (value - offset) / tokens, np.concatenate(g_logits), g_params))
-        results[name] = (per_seed, nbytes)
-    return summarise(results, tokens=tokens), tok
+            v, c, cl, gp, _ = one_pass(step, student, params, batches, fn, seed, dense)
+            values.append(v)
+            centred.append(c)
+            cos_l.append(np.concatenate(cl).mean())
+            cos_p.append(cosine(gp.astype(np.float64), dense[1]))
+            mean_gp = mean_gp + gp.astype(np.float64) / len(seeds)
+        rows[name] = summary_row(nbytes, np.array(values), np.array(centred), np.array(cos_l), np.array(cos_p),
+                                 cosine(mean_gp, dense[1]), d_value)
+    return {"tokens": tokens, "rows": rows}, tok
 
 
-def summarise(results, tokens):
-    (dense,), _ = results["dense"]
-    d_value, _, d_logits, d_params = dense
-    rows = {}
-    for name, (per_seed, nbytes) in results.items():
-        values = np.array([v for v, _, _, _ in per_seed])
-        centred = np.array([c for _, c, _, _ in per_seed])
-        cos_logits = np.array([cosine(gl, d_logits, axis=-1).mean() for _, _, gl, _ in per_seed])
-        cos_params = np.array([cosine(gp, d_params) for _, _, _, gp in per_seed])
-        mean_gp = np.mean([gp for _, _, _, gp in per_seed], axis=0)
-        rows[name] = {"bytes_per_token": nbytes, "forward_kl": float(values.mean()), "forward_kl_std": float(values.std()),
-                      "bias": float(values.mean() - d_value), "relative_bias": float((values.mean() - d_value) / d_value),
-                      "centred_bias": float(centred.mean() - d_value), "centred_bias_std": float(centred.std()),
-                      "cos_logit_grad": float(cos_logits.mean()), "cos_logit_grad_std": float(cos_logits.std()),
-                      "cos_param_grad": float(cos_params.mean()), "cos_param_grad_std": float(cos_params.std()),
-                      "cos_param_grad_of_mean": float(cosine(mean_gp, d_params)), "draws": len(per_seed)}
-    return {"tokens": tokens, "rows": rows}
+def summary_row(nbytes, values, centred, cos_logits, cos_params, cos_mean, d_value):
+    return {"bytes_per_token": nbytes, "forward_kl": float(values.mean()), "forward_kl_std": float(values.std()),
+            "bias": float(values.mean() - d_value), "relative_bias": float((values.mean() - d_value) / d_value),
+            "centred_bias": float(centred.mean() - d_value), "centred_bias_std": float(centred.std()),
+            "cos_logit_grad": float(cos_logits.mean()), "cos_logit_grad_std": float(cos_logits.std()),
+            "cos_param_grad": float(cos_params.mean()), "cos_param_grad_std": float(cos_params.std()),
+            "cos_param_grad_of_mean": float(cos_mean), "draws": len(values)}
 
 
 def table(out) -> str:

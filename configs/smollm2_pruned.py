@@ -29,7 +29,7 @@ def get_config(scale="gpu"):
     if scale not in SCALES:
         raise ValueError(f"--config=configs/smollm2_pruned.py:<scale>: scale must be one of {sorted(SCALES)}, "
                          f"got {scale!r}")
-    s = {"steps": 200, "n_train": 2000, "n_dev": 100, "n_eval": 200, "eval_points": 5, "lr_grid": (5e-5, 2e-4, 1e-3),
+    s = {"steps": 200, "n_train": 1900, "n_dev": 100, "n_eval": 200, "eval_points": 5, "lr_grid": (5e-5, 2e-4, 1e-3),
          "seeds": (0, 1, 2), "dpkd_betas": (0.1, 0.5, 1.0, 5.0), "dpkd_kd_ratios": (0.5, 1.0), "batch_size": 16,
          "max_new_tokens": 64, "teacher_dtype": "bfloat16", "compute_dtype": "bfloat16", "machine": "",
          **SCALES[scale]}

@@ -249,7 +249,9 @@ def _check_model_paths(c):
     """Each model path names a hub id, an asset, a GGUF file or a folder; the data path is set."""
     experiment = c.experiment.enabled  # the student is the teacher with layers removed
     _check_teachers(c)
-    if not c.teacher.paths:
+    # generating reads the student alone; evaluating reads the teacher only when one is given
+    one_model = c.mode == "generate" or (c.mode == "eval" and not c.teacher.path)
+    if not c.teacher.paths and not one_model:
         _check_model_path("teacher.path", c.teacher.path)
     if not experiment:
         _check_model_path("student.path", c.student.path)

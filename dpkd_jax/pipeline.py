@@ -29,7 +29,7 @@ def data_options(cfg) -> dict:
 def load_eval_sets(cfg, tokenizer, dev, paths=None):
     """The dev split and each named eval set (``paths``, default ``data.eval_sets``), capped at
     ``eval.max_examples``."""
-    sets = {"dev": dev}
+    sets = {} if dev is None else {"dev": dev}
     for name, path in (cfg.data.eval_sets if paths is None else paths).items():
         sets[name], report = data_lib.load_instructions(path, tokenizer, **data_options(cfg))
         if jax.process_index() == 0:
@@ -104,10 +104,36 @@ def load_train(cfg, tokenizer):
     return train_data, dev, routing
 
 
+def one_model(cfg):
+    """``mode=generate``, or ``mode=eval`` without a teacher: the student alone is loaded (no teacher
+    path is read); answers are written, or RougeL/EM on ``data.eval_sets`` (and the dev split when
+    ``data.train`` is set) printed."""
+    from .assets import resolve
+    from .specs import Sampling
+    path = resolve(cfg.student.path, allow_pickle=cfg.model.allow_pickle)
+    tokenizer = models.load_tokenizer(path)
+    cfg = run_lib.resolved(cfg, tokenizer, student_path=path)
+    placement = sharding.Placement(cfg.mesh)
+    s_cfg, params = load_model(cfg, placement, "student", path, models.real_vocab_size(tokenizer))
+    if cfg.mode == "generate":
+        return generate_mode(cfg, s_cfg, params, tokenizer, placement.mesh)
+    dev = load_train(cfg, tokenizer)[1] if cfg.data.train else None
+    sets = load_eval_sets(cfg, tokenizer, dev)
+    if not sets:
+        raise InputError("config.data.eval_sets: mode=eval needs an eval set (or data.train for its dev split)")
+    results = {cfg.method: eval_lib.evaluate(s_cfg, params, sets, tokenizer, cfg.eval, Sampling.of(cfg.gen),
+                                             os.path.join(cfg.workdir, "eval"), "student", mesh=placement.mesh)}
+    if jax.process_index() == 0:
+        print_table(results)
+    return results
+
+
 def run(cfg):
     """Train (or evaluate, or generate) with the models and data the config names: one stage of
-    the shared run path (``run.py``)."""
+    the shared run path (``run.py``). Generating, or evaluating without a teacher, loads the student only."""
     prepare_workdir(cfg)
+    if cfg.mode == "generate" or (cfg.mode == "eval" and not cfg.teacher.path and not cfg.teacher.paths):
+        return one_model(cfg)
     from .assets import resolve
     pickle = cfg.model.allow_pickle
     multi = tuple(cfg.teacher.paths.values())
@@ -120,8 +146,6 @@ def run(cfg):
     cfg = run_lib.resolved(cfg, tokenizer, teacher_path=teacher_path, student_path=student_path)
     placement = sharding.Placement(cfg.mesh)
     (t_cfg, t_params), (s_cfg, params) = load_models(cfg, placement, vocab, t_vocab)
-    if cfg.mode == "generate":
-        return generate_mode(cfg, s_cfg, params, tokenizer, placement.mesh)
     train_data, dev, routing = load_train(cfg, tokenizer)
     all_teachers = load_teachers(cfg, placement, vocab, tokenizer, (t_cfg, t_params)) if multi else {"teacher": (t_cfg, t_params)}
     lm_rows = data_lib.load_packed(cfg.data.pretrain, tokenizer, cfg.data.lm_seq_len) if cfg.data.pretrain else None

@@ -64,8 +64,10 @@ def _check_models(cfg, say):
     from . import models
     from .pipeline import model_options
     roles = {f"teacher {n}": p for n, p in cfg.teacher.paths.items()} or {"teacher": cfg.teacher.path}
+    if not cfg.experiment.enabled:  # the experiment's student is the teacher with layers removed
+        roles["student"] = cfg.student.path
     paths = {}
-    for role, spec in {**roles, "student": cfg.student.path}.items():
+    for role, spec in roles.items():
         path = _local_path(role, spec, say)
         if path is None:
             return None
@@ -74,6 +76,49 @@ def _check_models(cfg, say):
         kind = "student" if role == "student" else "teacher"
         say(_model_summary(role, path, models.load_config(path, **model_options(cfg, kind, 0))))
     return paths
+
+
+def _check_demo(cfg, say):
+    """The demo builds its tokenizer and models: its data, its layers and its work dir."""
+    from . import checkpoint, data as data_lib
+    from .demo import demo_file
+    from .models import gpt2
+    from .tools.prune import parse_layers
+    d = cfg.demo
+    for name, path in (("train", cfg.data.train or demo_file("train.jsonl")), ("eval", demo_file("eval.jsonl"))):
+        report = data_lib.Report(path)
+        rows = data_lib.read_jsonl(path, report)
+        say(f"demo {name} data: {len(rows)} rows from {path} (malformed {report.malformed})")
+    n_layers = gpt2.tiny_config(vocab_size=8, **dict(d.teacher)).n_layers
+    keep = parse_layers(d.keep_layers, n_layers, "config.demo.keep_layers")
+    say(f"demo models: a {n_layers}-layer GPT-2-shaped teacher trained here, its student keeping {len(keep)} layers; "
+        f"methods {', '.join(d.methods)} x seeds {tuple(d.seeds)}")
+    checkpoint.check_workdir(cfg.workdir)
+    say(f"work dir: {cfg.workdir} is writable")
+    say("ok")
+
+
+def _check_experiment(cfg, teacher_path, say):
+    """What the experiment builds: its student (the teacher's kept layers) and its prompt sets.
+    Returns the student's path for the checks that follow (the teacher's: one tokenizer)."""
+    from . import data as data_lib, models
+    from .experiment.runner import PROMPTS_DIR
+    from .tools.prune import parse_layers
+    e = cfg.experiment
+    n = models.load_config(teacher_path).n_layers
+    keep = parse_layers(e.keep_layers, n, "config.experiment.keep_layers")
+    say(f"student: built by the experiment from the teacher, keeping {len(keep)} of its {n} layers ({e.keep_layers})")
+    sizes = {}
+    for split in ("train", "eval"):
+        path = os.path.join(e.prompts or PROMPTS_DIR, f"{split}.jsonl")
+        sizes[split] = len(data_lib.read_jsonl(path, data_lib.Report(path)))
+    if sizes["train"] < e.n_train + e.n_dev or sizes["eval"] < e.n_eval:
+        from .errors import InputError
+        raise InputError(f"config.experiment: n_train + n_dev = {e.n_train + e.n_dev} and n_eval = {e.n_eval} need "
+                         f"that many prompts; the set has {sizes['train']} and {sizes['eval']}")
+    say(f"experiment prompts: {e.n_train} train / {e.n_dev} dev of {sizes['train']}, {e.n_eval} eval of "
+        f"{sizes['eval']}; methods {', '.join(e.methods)}, seeds {tuple(e.seeds)}")
+    return teacher_path
 
 
 def _check_vocabularies(cfg, paths, tokenizer, say):
@@ -125,11 +170,13 @@ def preflight(cfg, out=print):
     say = lambda s: (lines.append(s), out(f"check: {s}"))
     say(f"config: method {cfg.method}, {cfg.train.steps} steps, batch {cfg.train.batch_size}, mode check")
     if cfg.demo.enabled:
-        say("demo: builds its own tokenizer and models from the shipped data; nothing else to check")
+        _check_demo(cfg, say)
         return lines
     paths = _check_models(cfg, say)
     if paths is None:
         return lines
+    if cfg.experiment.enabled:
+        paths["student"] = _check_experiment(cfg, paths["teacher"], say)
     tokenizer = models.load_tokenizer(paths["student"])
     _check_vocabularies(cfg, paths, tokenizer, say)
     cfg = resolved(cfg, tokenizer)

@@ -54,6 +54,11 @@ def make_rules(overrides=None) -> tuple:
     return tuple(rules.items())
 
 
+# A pod's config checked on one host: say how to check it for the pod.
+_POD_HINT = ("; on a machine with fewer devices than the run's, check it for the run's count with "
+             "--config.mode=check --config.check.devices=N")
+
+
 def mesh_shape(sizes: dict, n_devices: int) -> dict:
     """Resolve ``{"data": -1, "fsdp": 2, "tensor": 1}`` (-1: the rest) against ``n_devices``."""
     sizes = {a: int(sizes.get(a, 1)) for a in AXES}
@@ -65,10 +70,11 @@ def mesh_shape(sizes: dict, n_devices: int) -> dict:
         raise InputError(f"config.mesh: sizes must be positive or -1, got {sizes}")
     if free:
         if n_devices % fixed:
-            raise InputError(f"config.mesh: {n_devices} devices are not divisible by the fixed axes {sizes}")
+            raise InputError(f"config.mesh: {n_devices} devices are not divisible by the fixed axes {sizes}{_POD_HINT}")
         sizes[free[0]] = n_devices // fixed
     if math.prod(sizes.values()) != n_devices:
-        raise InputError(f"config.mesh: {sizes} has {math.prod(sizes.values())} devices but there are {n_devices}")
+        raise InputError(f"config.mesh: {sizes} has {math.prod(sizes.values())} devices but there are {n_devices}"
+                         f"{_POD_HINT}")
     return sizes
 
 

@@ -1,0 +1,85 @@
+"""Every shipped config passes ``--config.mode=check`` from the command line, as a new user runs it.
+
+The paper configs name their models by hub id: here a hub cache laid out on disk holds tiny
+stand-ins of each id (the right family, head counts that the config's mesh splits), and the data
+paths point at a small file. A config meant for many devices is checked with
+``--config.check.devices=N``, its mesh's fixed size."""
+
+import importlib.util
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import DEMO, hf_model, make_tokenizer, write_jsonl
+from test_hub import lay_out
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CHAT = ("{% for m in messages %}<|user|>{{ m['content'] }}\n{% endfor %}"
+        "{% if add_generation_prompt %}<|assistant|>{% endif %}")
+# hub id -> tiny stand-in (family kind, overrides): tensor=4 or 8 must divide the heads
+WIDE = dict(hidden_size=64, num_attention_heads=8, num_key_value_heads=8)
+STANDINS = {
+    "MiniLLM/teacher-gpt2-1.5B": ("gpt2", {}), "MiniLLM/init-gpt2-120M": ("gpt2", {}),
+    "MiniLLM/init-gpt2-340M": ("gpt2", {}), "facebook/opt-13b": ("opt", {}), "facebook/opt-1.3b": ("opt", {}),
+    "Qwen/Qwen2.5-7B-Instruct": ("qwen2", WIDE), "Qwen/Qwen2.5-1.5B-Instruct": ("qwen2", WIDE),
+    "meta-llama/Llama-3.1-8B-Instruct": ("llama", WIDE), "meta-llama/Llama-3.2-1B-Instruct": ("llama", WIDE),
+}
+CONFIGS = ["demo.py", "gpt2_xl_to_base.py", "gpt2_xl_to_medium.py", "opt13b_to_1p3b.py", "qwen25_7b_to_1p5b.py",
+           "llama31_8b_to_llama32_1b.py", "smollm2_pruned.py", "smollm2_pruned.py:cpu"]
+
+
+def load(name):
+    file, _, arg = name.partition(":")
+    spec = importlib.util.spec_from_file_location("c", os.path.join(ROOT, "configs", file))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.get_config(arg) if arg else mod.get_config()
+
+
+@pytest.fixture(scope="module")
+def hub_cache(tmp_path_factory):
+    root = tmp_path_factory.mktemp("configs")
+    tok = make_tokenizer(str(root / "tok"), vocab_size=300, corpus=[l for l in open(os.path.join(DEMO, "train.jsonl"))])
+    tok.chat_template = CHAT
+    for repo, (kind, over) in STANDINS.items():
+        folder = root / "models" / repo.replace("/", "--")
+        hf_model(kind, vocab_size=len(tok), **over).save_pretrained(str(folder))
+        tok.save_pretrained(str(folder))
+        lay_out(root / "hub", repo, folder)
+    rows = [l for l in open(os.path.join(DEMO, "train.jsonl"))][:40]
+    return root / "hub", write_jsonl(root / "train.jsonl", [l.strip() for l in rows])
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_every_shipped_config_passes_mode_check(name, hub_cache, tmp_path):
+    hub, rows = hub_cache
+    cfg = load(name)
+    flags = ["--config.mode=check", f"--config.workdir={tmp_path / 'work'}"]
+    if not cfg.demo.enabled and not cfg.experiment.enabled:  # the paper configs: small data in place of theirs
+        flags += [f"--config.data.train={rows}", f"--config.data.pretrain={os.path.join(DEMO, 'pretrain.txt')}",
+                  *(f"--config.data.eval_sets.{k}={rows}" for k in cfg.data.eval_sets)]
+    fixed = math.prod(v for v in (cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor) if v > 0)
+    if fixed > 1:
+        flags.append(f"--config.check.devices={fixed}")
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HUB_CACHE=str(hub))
+    out = subprocess.run([sys.executable, "-m", "dpkd_jax.main", f"--config=configs/{name}", *flags], cwd=ROOT,
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-1500:]
+    lines = out.stdout.splitlines()
+    fetched_by_the_run = any("is not cached yet; the run fetches it" in l for l in lines)  # the SmolLM2 asset
+    assert lines[-1] == "check: ok" or fetched_by_the_run, out.stdout
+    if fixed > 1:
+        assert f"over {fixed} devices; batch and heads divide" in out.stdout
+    if cfg.experiment.enabled and not fetched_by_the_run:
+        assert "student: built by the experiment from the teacher, keeping 20 of its 30 layers" in out.stdout
+
+
+def test_a_pod_config_on_one_host_names_the_flag_that_checks_it(hub_cache):
+    hub, rows = hub_cache
+    out = subprocess.run([sys.executable, "-m", "dpkd_jax.main", "--config=configs/qwen25_7b_to_1p5b.py",
+                          "--config.mode=check", f"--config.data.train={rows}"], cwd=ROOT, capture_output=True,
+                         text=True, timeout=300, env=dict(os.environ, HF_HUB_OFFLINE="1", HF_HUB_CACHE=str(hub)))
+    assert out.returncode == 2 and "--config.check.devices=N" in out.stderr.strip().splitlines()[-1]

@@ -14,14 +14,8 @@ from .sharding import DEFAULT_RULES
 from .errors import InputError
 
 
-def default_config():
-    c = ml_collections.ConfigDict()
-    c.method = "dpkd"
-    c.mode = "train"            # train | eval | generate
-    c.seed = 0
-    c.workdir = "work_dirs/run"
-    c.resume = True             # continue from checkpoints in workdir (a finished stage is reused)
-    c.overwrite = False         # with resume=False: clear earlier checkpoints in workdir instead of stopping
+def _model_blocks():
+    """``config.teacher`` and ``config.student``."""
     # topk > 0: token-level methods (objectives.TOPK_METHODS) train from a cache of the teacher's top-k log-probs on
     # the gold responses (computed once, hash-checked), with no teacher weights in the train step
     # cache: topk (the teacher's top-k tokens with their log-probs) or sampled (RS-KD: topk draws per position from
@@ -30,14 +24,39 @@ def default_config():
     # quantize: none | int8 (weight-only, per output channel; the frozen teacher's projections)
     # paths: several teachers {name: path} (multi-teacher routing; replaces path): each training row names
     # its teacher in the field data.teacher_field, and each step's rows come from one teacher
-    c.teacher = ml_collections.ConfigDict({"path": "", "dtype": "bfloat16", "topk": 0, "cache": "topk",
-                                           "cache_dir": "", "quantize": "none", "paths": ml_collections.ConfigDict()})
+    teacher = ml_collections.ConfigDict({"path": "", "dtype": "bfloat16", "topk": 0, "cache": "topk",
+                                         "cache_dir": "", "quantize": "none", "paths": ml_collections.ConfigDict()})
     # lora.rank > 0: train low-rank adapters on lora.targets (a subset of q k v o gate up down) only;
     # the base weights stay frozen. Exports merge them, and also write a PEFT adapter folder.
-    c.student = ml_collections.ConfigDict({
+    student = ml_collections.ConfigDict({
         "path": "", "dtype": "float32", "compute_dtype": "bfloat16",
         "lora": ml_collections.ConfigDict({"rank": 0, "alpha": 16.0, "targets": ("q", "k", "v", "o", "gate", "up",
                                                                                    "down")})})
+    return teacher, student
+
+
+def _loss_blocks():
+    """``config.loss``: one block per method, and the feature term."""
+    # One block per method, its typed hyperparameters (objectives/): --config.loss.dpkd.beta=0.5
+    loss = ml_collections.ConfigDict(objectives.defaults())
+    # A feature-distillation term added to any method (weight 0: off): hidden states at student:teacher layer
+    # pairs ("1:3,3:11", 0-based, the residual stream after that block) on one response (gold | teacher |
+    # student), a learned projection when the widths differ, mse or cosine; the weight goes from weight to
+    # final_weight along schedule (constant | linear | cosine)
+    loss.feature = ml_collections.ConfigDict({"layers": "", "distance": "mse", "weight": 0.0, "final_weight": 0.0,
+                                              "schedule": "constant", "response": "gold"})
+    return loss
+
+
+def default_config():
+    c = ml_collections.ConfigDict()
+    c.method = "dpkd"
+    c.mode = "train"            # train | eval | generate
+    c.seed = 0
+    c.workdir = "work_dirs/run"
+    c.resume = True             # continue from checkpoints in workdir (a finished stage is reused)
+    c.overwrite = False         # with resume=False: clear earlier checkpoints in workdir instead of stopping
+    c.teacher, c.student = _model_blocks()
     c.data = ml_collections.ConfigDict({
         "train": "", "dev_num": 500, "eval_sets": ml_collections.ConfigDict(), "pretrain": "",
         "max_prompt_length": 256, "max_length": 512, "lm_seq_len": 512,
@@ -69,14 +88,7 @@ def default_config():
     # Multi-host: jax.distributed.initialize(); empty fields are auto-detected (TPU pods, SLURM).
     c.distributed = ml_collections.ConfigDict({"enabled": False, "coordinator_address": "", "num_processes": 0,
                                                "process_id": -1})
-    # One block per method, its typed hyperparameters (objectives/): --config.loss.dpkd.beta=0.5
-    c.loss = ml_collections.ConfigDict(objectives.defaults())
-    # A feature-distillation term added to any method (weight 0: off): hidden states at student:teacher layer
-    # pairs ("1:3,3:11", 0-based, the residual stream after that block) on one response (gold | teacher |
-    # student), a learned projection when the widths differ, mse or cosine; the weight goes from weight to
-    # final_weight along schedule (constant | linear | cosine)
-    c.loss.feature = ml_collections.ConfigDict({"layers": "", "distance": "mse", "weight": 0.0, "final_weight": 0.0,
-                                                "schedule": "constant", "response": "gold"})
+    c.loss = _loss_blocks()
     c.gen = ml_collections.ConfigDict({
         "max_new_tokens": 256, "temperature": 1.0, "top_k": 0, "top_p": 1.0, "teacher_mode": "online",
         "eos_token_id": -1, "pad_token_id": -1})  # -1: taken from the tokenizer

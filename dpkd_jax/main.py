@@ -113,6 +113,11 @@ def parse_flags(argv):
     as one line and exit status 2."""
     try:
         return flags.FLAGS(argv)
+    except SystemExit:
+        # absl prints the help and exits 1; asking for help is not an error
+        if any(a in ("--help", "-h", "-?", "--helpshort", "--helpfull") for a in argv[1:]):
+            sys.exit(0)
+        raise
     except (flags.Error, KeyError, AttributeError, TypeError, ValueError) as e:
         if "--traceback" in argv:
             raise

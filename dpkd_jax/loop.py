@@ -206,6 +206,8 @@ def routed_teachers(run, cfg, spec, student, placed):
         name, batch = routed
         state, metrics = steps[name](state, batch, rng)
         counts = {f"teacher/{n}_steps": float(batches.counts.get(n, 0)) for n in run.routing.names}
+        if "opd/teacher_kl" in metrics:  # method.md §9's per-teacher log (this step's teacher only)
+            counts[f"teacher_kl/{name}"] = metrics["opd/teacher_kl"]
         return state, {**metrics, **counts}
     return batches, step
 

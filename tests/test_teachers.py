@@ -110,6 +110,8 @@ def test_mixed_run_resumes_exactly_with_a_cache_per_teacher(tmp_path, tok, metho
     resumed = multi_run(cfg, data, r, both, s_cfg, s_params, tmp_path / "resumed")
     last = straight.history[-1]
     assert last["teacher/a_steps"] + last["teacher/b_steps"] == 4
+    if method == "opd":  # each step logs its own teacher's KL under its name
+        assert all(sum(k.startswith("teacher_kl/") for k in h) == 1 for h in straight.history)
     assert [h["teacher/a_steps"] for h in resumed.history] == [h["teacher/a_steps"] for h in straight.history]
     for k in straight.params:
         np.testing.assert_allclose(resumed.params[k], straight.params[k], rtol=1e-6, atol=1e-7, err_msg=k)

@@ -94,7 +94,8 @@ def plot_hacking(runs, knob_runs, path):
     for ax, t in zip(axes, ("student NLL / token of its own samples y_s", "student NLL / token of y_t")):
         ax.set_title(t)
         ax.set_xlabel("step")
-    axes[0].legend(fontsize=7)
+    if groups:
+        axes[0].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)

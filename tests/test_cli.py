@@ -188,15 +188,3 @@ def test_stale_lock_is_taken_over_and_a_foreign_checkpoint_exits_cleanly(good, h
         assert r.stderr.strip().splitlines()[-1].startswith("error: "), r.stderr[-2000:]
         assert "Event loop is closed" not in r.stderr
 
-
-def test_generate_and_a_teacherless_eval_read_only_the_student(hf_pair, tmp_path):
-    _, student, train = hf_pair
-    cfg = write_config(tmp_path / "one.py", "", student, "", str(tmp_path / "work"), **{"data.eval_sets": {"held": train}})
-    r = run(cfg, "--config.mode=generate", "--config.generate.prompt=What is 12 plus 7?")
-    assert r.returncode == 0, r.stderr[-2000:]
-    answers = [json.loads(line) for line in open(tmp_path / "work" / "answers.jsonl")]
-    assert len(answers) == 1 and "What is 12 plus 7?" in answers[0]["prompt"]
-    r = run(cfg, "--config.mode=eval", "--config.eval.eval_teacher=True")
-    assert r.returncode == 0, r.stderr[-2000:]
-    assert "| dpkd |" in r.stdout and "| teacher |" not in r.stdout  # no teacher given: the student alone
-    assert_user_error(run(cfg, "--config.mode=train"), "config.teacher.path: is empty")

@@ -62,3 +62,23 @@ def test_typo_in_a_config_flag_is_an_error():
         fv(["prog", f"--config={os.path.join(ROOT, 'configs', 'demo.py')}", "--config.trian.steps=3"])
         fv.config  # noqa: B018  (the override is applied on first access in some versions)
 
+
+
+def test_only_the_modes_that_read_a_teacher_ask_for_one(tmp_path):
+    c = default_config()
+    c.student.path, c.data.train = str(tmp_path), "x.jsonl"
+    for mode in ("generate", "eval"):  # the student alone (pipeline.one_model)
+        c.mode = mode
+        validate(copy.deepcopy(c))
+    for mode in ("train", "check"):
+        c.mode = mode
+        with pytest.raises(ValueError, match="config.teacher.path: is empty"):
+            validate(copy.deepcopy(c))
+    c.teacher.paths = {"a": str(tmp_path)}  # several teachers replace teacher.path, with their routing field
+    with pytest.raises(ValueError, match="config.data.teacher_field: teacher.paths names 1 teachers"):
+        validate(copy.deepcopy(c))
+    c.data.teacher_field = "domain"
+    validate(copy.deepcopy(c))
+    c.teacher.paths = {"a": str(tmp_path / "missing")}
+    with pytest.raises(ValueError, match=r"config.teacher.paths.a: '.*missing' is not a directory"):
+        validate(copy.deepcopy(c))

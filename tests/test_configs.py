@@ -1,4 +1,4 @@
-"""Every shipped config passes ``--config.mode=check`` from the command line, as a new user runs it.
+"""Every shipped config passes ``--config.mode=check``.
 
 The paper configs name their models by hub id: here a hub cache laid out on disk holds tiny
 stand-ins of each id (the right family, head counts that the config's mesh splits), and the data
@@ -28,7 +28,7 @@ STANDINS = {
     "meta-llama/Llama-3.1-8B-Instruct": ("llama", WIDE), "meta-llama/Llama-3.2-1B-Instruct": ("llama", WIDE),
 }
 CONFIGS = ["demo.py", "gpt2_xl_to_base.py", "gpt2_xl_to_medium.py", "opt13b_to_1p3b.py", "qwen25_7b_to_1p5b.py",
-           "llama31_8b_to_llama32_1b.py", "smollm2_pruned.py", "smollm2_pruned.py:cpu"]
+           "llama31_8b_to_llama32_1b.py", "smollm2_pruned.py", "smollm2_pruned.py:cpu", "pair.py"]
 
 
 def load(name):
@@ -54,27 +54,32 @@ def hub_cache(tmp_path_factory):
 
 
 @pytest.mark.parametrize("name", CONFIGS)
-def test_every_shipped_config_passes_mode_check(name, hub_cache, tmp_path):
+def test_every_shipped_config_passes_mode_check(name, hub_cache, tmp_path, monkeypatch):
+    """In process, the same validate + preflight as ``--config.mode=check`` (the CLI path itself is
+    run below and by tests/test_docs.py); a subprocess per config would cost an import each."""
+    from dpkd_jax.config import validate
+    from dpkd_jax.preflight import preflight
     hub, rows = hub_cache
+    monkeypatch.chdir(ROOT)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(hub))
     cfg = load(name)
-    flags = ["--config.mode=check", f"--config.workdir={tmp_path / 'work'}"]
+    cfg.mode, cfg.workdir = "check", str(tmp_path / "work")
     if not cfg.demo.enabled and not cfg.experiment.enabled:  # the paper configs: small data in place of theirs
-        flags += [f"--config.data.train={rows}", f"--config.data.pretrain={os.path.join(DEMO, 'pretrain.txt')}",
-                  *(f"--config.data.eval_sets.{k}={rows}" for k in cfg.data.eval_sets)]
+        cfg.data.train, cfg.data.pretrain = rows, os.path.join(DEMO, "pretrain.txt")
+        for k in cfg.data.eval_sets:
+            cfg.data.eval_sets[k] = rows
+    if name == "pair.py":  # your own pair: any two models (here the GPT-2 stand-ins)
+        cfg.teacher.path, cfg.student.path = "MiniLLM/teacher-gpt2-1.5B", "MiniLLM/init-gpt2-120M"
     fixed = math.prod(v for v in (cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor) if v > 0)
-    if fixed > 1:
-        flags.append(f"--config.check.devices={fixed}")
-    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HUB_CACHE=str(hub))
-    out = subprocess.run([sys.executable, "-m", "dpkd_jax.main", f"--config=configs/{name}", *flags], cwd=ROOT,
-                         env=env, capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr[-1500:]
-    lines = out.stdout.splitlines()
+    cfg.check.devices = fixed if fixed > 1 else 0
+    lines = preflight(validate(cfg), out=lambda line: None)
     fetched_by_the_run = any("is not cached yet; the run fetches it" in l for l in lines)  # the SmolLM2 asset
-    assert lines[-1] == "check: ok" or fetched_by_the_run, out.stdout
+    assert lines[-1] == "ok" or fetched_by_the_run, lines
     if fixed > 1:
-        assert f"over {fixed} devices; batch and heads divide" in out.stdout
+        assert any(f"over {fixed} devices; batch and heads divide" in l for l in lines), lines
     if cfg.experiment.enabled and not fetched_by_the_run:
-        assert "student: built by the experiment from the teacher, keeping 20 of its 30 layers" in out.stdout
+        assert any("built by the experiment from the teacher, keeping 20 of its 30 layers" in l for l in lines)
 
 
 def test_a_pod_config_on_one_host_names_the_flag_that_checks_it(hub_cache):

@@ -71,6 +71,16 @@ def load_models(cfg, placement, vocab, teacher_vocab=None):
             load_model(cfg, placement, "student", cfg.student.path, vocab))
 
 
+def check_teacher_tokenizer(name, path, student_path, tokenizer) -> int:
+    """A teacher of ``teacher.paths`` shares the student's tokenizer (the shared vocabulary size),
+    else one error naming it; the run and the preflight both call this."""
+    try:
+        return models.check_same_vocabulary(path, student_path, student_tok=tokenizer)
+    except InputError as e:
+        raise InputError(f"config.teacher.paths.{name}: every teacher must share the student's tokenizer: {e}") \
+            from None
+
+
 def load_teachers(cfg, placement, vocab, tokenizer, first):
     """Multi-teacher (``teacher.paths``): ``{name: (decoder, params)}``, each teacher sharing the
     student's tokenizer (a mismatch is an error naming the teacher); ``first``: the first one,
@@ -79,11 +89,7 @@ def load_teachers(cfg, placement, vocab, tokenizer, first):
     out = {}
     for i, (name, path) in enumerate(cfg.teacher.paths.items()):
         path = resolve(path, allow_pickle=cfg.model.allow_pickle)
-        try:
-            models.check_same_vocabulary(path, cfg.student.path, student_tok=tokenizer)
-        except InputError as e:
-            raise InputError(f"config.teacher.paths.{name}: every teacher must share the student's tokenizer: {e}") \
-                from None
+        check_teacher_tokenizer(name, path, cfg.student.path, tokenizer)
         out[name] = first if i == 0 else load_model(cfg, placement, "teacher", path, vocab)
     return out
 

@@ -123,15 +123,11 @@ def _check_experiment(cfg, teacher_path, say):
 
 def _check_vocabularies(cfg, paths, tokenizer, say):
     from . import models, objectives
-    from .errors import InputError
     if cfg.teacher.paths:
+        from .pipeline import check_teacher_tokenizer
         for role, path in paths.items():
             if role != "student":
-                try:
-                    vocab = models.check_same_vocabulary(path, paths["student"], student_tok=tokenizer)
-                except InputError as e:
-                    raise InputError(f"config.teacher.paths.{role.split()[1]}: every teacher must share the student's "
-                                  f"tokenizer: {e}") from None
+                vocab = check_teacher_tokenizer(role.split()[1], path, paths["student"], tokenizer)
         say(f"vocabulary: shared by the student and {len(paths) - 1} teachers, {vocab} tokens")
         return
     cross_ok = objectives.build(cfg.method, cfg.loss).cross_tokenizer

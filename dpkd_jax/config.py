@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ml_collections
 
+from . import data as data_lib
 from . import objectives
 from .sharding import DEFAULT_RULES
 from .errors import InputError
@@ -60,8 +61,11 @@ def default_config():
     c.data = ml_collections.ConfigDict({
         "train": "", "dev_num": 500, "eval_sets": ml_collections.ConfigDict(), "pretrain": "",
         "max_prompt_length": 256, "max_length": 512, "lm_seq_len": 512,
-        # dolly: the reference code's template; chat: the tokenizer's chat template (instruct models)
+        # dolly: the reference code's template; chat: the tokenizer's chat template (instruct models);
+        # gemma: Gemma's turn format written down (data.TURNS), for base checkpoints that ship no template
         "template": "dolly",
+        # across tokenizers: the teacher's own prompt template ("" = data.template)
+        "teacher_template": "",
         # multi-teacher: the field of each training row that names its teacher (a key of teacher.paths)
         "teacher_field": ""})
     c.train = ml_collections.ConfigDict({
@@ -155,8 +159,9 @@ def validate(c):
         fail("mode", f"must be train, eval, generate or check, got {c.mode!r}")
     if c.data.max_prompt_length >= c.data.max_length:
         fail("data.max_prompt_length", f"{c.data.max_prompt_length} must be < data.max_length={c.data.max_length}")
-    if c.data.template not in ("dolly", "chat"):
-        fail("data.template", f"must be dolly or chat, got {c.data.template!r}")
+    for field in ("template", "teacher_template"):
+        if c.data[field] not in data_lib.TEMPLATES and (field == "template" or c.data[field]):
+            fail(f"data.{field}", f"must be one of {', '.join(data_lib.TEMPLATES)}, got {c.data[field]!r}")
     if c.teacher.quantize not in ("none", "int8"):
         fail("teacher.quantize", f"must be none or int8, got {c.teacher.quantize!r}")
     try:
@@ -265,7 +270,7 @@ def _check_model_paths(c):
     one_model = c.mode == "generate" or (c.mode == "eval" and not c.teacher.path)
     if not c.teacher.paths and not one_model:
         _check_model_path("teacher.path", c.teacher.path)
-    if not experiment:
+    if not experiment or c.experiment.get("cross", False):  # across tokenizers the student is its own model
         _check_model_path("student.path", c.student.path)
     if c.mode in ("train", "check") and not c.data.train and not experiment:
         _fail("data.train", "is empty: a Dolly-format JSONL path, hf:<name> or tfds:<name>")

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import time
 
 import jax
 import numpy as np
@@ -93,18 +94,21 @@ def teacher_prompts(data: data_lib.Tokenized, tokenizer, *, template, max_prompt
     return keep, {"teacher_view.prompt_ids": ids[keep], "teacher_view.prompt_mask": mask[keep]}
 
 
-def wrap_step(step, spec, needs, student, teacher, teacher_params, student_tok, teacher_tok, batch_sharding=None):
+def wrap_step(step, spec, needs, student, teacher, teacher_params, student_tok, teacher_tok, batch_sharding=None, *,
+              teacher_eos=None):
     """The cross-tokenizer step around the generic compiled ``step``: sample what ``needs``
     asks for, cross the samples as text on the host, then score and update. ``spec``: the
-    student's :class:`specs.Sampling`. Metrics gain ``xtok/truncated`` (rows cut at the
-    length limit so far)."""
+    student's :class:`specs.Sampling`; ``teacher_eos``: the end of the teacher's turn (default:
+    its tokenizer's EOS). Metrics gain ``xtok/truncated`` (rows cut at the length limit so far)
+    and ``xtok/host_s`` (this step's host round trip: copies, decode and encode)."""
     length = 2 * spec.max_new_tokens  # room for the finer of the two tokenizers
     t_pad = pad_id(teacher_tok)
-    to_student = Retokenizer(teacher_tok, student_tok, length, src_eos=teacher_tok.eos_token_id,
+    t_eos = int(teacher_tok.eos_token_id if teacher_eos is None else teacher_eos)
+    to_student = Retokenizer(teacher_tok, student_tok, length, src_eos=t_eos,
                              dst_eos=spec.eos_token_id, dst_pad=spec.pad_token_id)
     to_teacher = Retokenizer(student_tok, teacher_tok, length, src_eos=spec.eos_token_id,
-                             dst_eos=teacher_tok.eos_token_id, dst_pad=t_pad)
-    t_kw = spec.kwargs(eos_token_id=teacher_tok.eos_token_id, pad_token_id=t_pad)
+                             dst_eos=t_eos, dst_pad=t_pad)
+    t_kw = spec.kwargs(eos_token_id=t_eos, pad_token_id=t_pad)
     draw_t = jax.jit(lambda tp, p, m, rng: sampling.sample(teacher, tp, p, m, rng, **t_kw))
     draw_s = jax.jit(lambda params, p, m, rng: sampling.sample(student, jax.lax.stop_gradient(params), p, m, rng,
                                                                **spec.kwargs()))
@@ -112,19 +116,25 @@ def wrap_step(step, spec, needs, student, teacher, teacher_params, student_tok, 
 
     def cross_step(state, batch, rng):
         rt, rs = jax.random.split(jax.random.fold_in(rng, 7))
-        view, changes = batch.teacher_view, {}
+        view, changes, host_s = batch.teacher_view, {}, 0.0
         if needs.teacher_samples:
-            yt, ytm = draw_t(teacher_params, view.prompt_ids, view.prompt_mask, rt)
-            yt, ytm = sharding.to_host(yt), sharding.to_host(ytm)
+            drawn = jax.block_until_ready(draw_t(teacher_params, view.prompt_ids, view.prompt_mask, rt))
+            t0 = time.perf_counter()  # the round trip alone: the samples are ready
+            yt, ytm = (sharding.to_host(a) for a in drawn)
             view = dataclasses.replace(view, yt_ids=put(yt), yt_mask=put(ytm))
             changes["teacher_ids"], changes["teacher_mask"] = (put(a) for a in to_student(yt, ytm))
+            host_s += time.perf_counter() - t0
         if needs.student_samples:
-            ys, ysm = (sharding.to_host(a) for a in draw_s(state["params"], *batch.prompts, rs))
+            drawn = jax.block_until_ready(draw_s(state["params"], *batch.prompts, rs))
+            t0 = time.perf_counter()
+            ys, ysm = (sharding.to_host(a) for a in drawn)
             changes["student_ids"], changes["student_mask"] = put(ys), put(ysm)
             ys_t, ysm_t = to_teacher(ys, ysm)
             view = dataclasses.replace(view, ys_ids=put(ys_t), ys_mask=put(ysm_t))
+            host_s += time.perf_counter() - t0
         state, metrics = step(state, batch.replace(teacher_view=view, **changes), rng)
         metrics["xtok/truncated"] = float(to_student.truncated + to_teacher.truncated)
+        metrics["xtok/host_s"] = host_s  # device->host copies, decode/encode, host->device copies
         return state, metrics
     cross_step.retokenizers = (to_student, to_teacher)
     return cross_step

@@ -113,7 +113,8 @@ def row_extras(run, cfg, spec, teacher_params, tag=""):
         if cfg.gen.teacher_mode == "offline":
             raise InputError("config.gen.teacher_mode: 'offline' teacher samples are not kept across tokenizers; "
                              "use gen.teacher_mode=online")
-        keep, views = cross_tokenizer.teacher_prompts(train_data, teacher_tokenizer, template=cfg.data.template,
+        keep, views = cross_tokenizer.teacher_prompts(train_data, teacher_tokenizer,
+                                                      template=cfg.data.teacher_template or cfg.data.template,
                                                       max_prompt_length=cfg.data.max_prompt_length)
         train_data = train_data.take(keep)
         extra.update(views)
@@ -180,9 +181,10 @@ def one_teacher(run, cfg, spec, student, placed):
     batches = data_lib.Batches(train_data, spec.batch_size, cfg.seed, extra or None)
     step_fn = make_step(spec, student, run.teacher[0], placed.tx, step_teacher, placed.ref_params, placed.shardings)
     if run.teacher_tokenizer is not None:
+        teacher_eos = data_lib.end_token_id(run.teacher_tokenizer, cfg.data.teacher_template or cfg.data.template)
         step_fn = cross_tokenizer.wrap_step(step_fn, spec.sampling, spec.objective.needs, student, run.teacher[0],
                                             placed.teacher_params, run.tokenizer, run.teacher_tokenizer,
-                                            placed.shardings["batch"])
+                                            placed.shardings["batch"], teacher_eos=teacher_eos)
     return batches, step_fn
 
 

@@ -64,7 +64,8 @@ def _check_models(cfg, say):
     from . import models
     from .pipeline import model_options
     roles = {f"teacher {n}": p for n, p in cfg.teacher.paths.items()} or {"teacher": cfg.teacher.path}
-    if not cfg.experiment.enabled:  # the experiment's student is the teacher with layers removed
+    # the pruned experiment's student is the teacher with layers removed; the cross one names its own
+    if not cfg.experiment.enabled or cfg.experiment.get("cross", False):
         roles["student"] = cfg.student.path
     paths = {}
     for role, spec in roles.items():
@@ -105,9 +106,11 @@ def _check_experiment(cfg, teacher_path, say):
     from .experiment.runner import PROMPTS_DIR
     from .tools.prune import parse_layers
     e = cfg.experiment
-    n = models.load_config(teacher_path).n_layers
-    keep = parse_layers(e.keep_layers, n, "config.experiment.keep_layers")
-    say(f"student: built by the experiment from the teacher, keeping {len(keep)} of its {n} layers ({e.keep_layers})")
+    if not e.get("cross", False):
+        n = models.load_config(teacher_path).n_layers
+        keep = parse_layers(e.keep_layers, n, "config.experiment.keep_layers")
+        say(f"student: built by the experiment from the teacher, keeping {len(keep)} of its {n} layers "
+            f"({e.keep_layers})")
     sizes = {}
     for split in ("train", "eval"):
         path = os.path.join(e.prompts or PROMPTS_DIR, f"{split}.jsonl")
@@ -172,7 +175,8 @@ def preflight(cfg, out=print):
     if paths is None:
         return lines
     if cfg.experiment.enabled:
-        paths["student"] = _check_experiment(cfg, paths["teacher"], say)
+        student = _check_experiment(cfg, paths["teacher"], say)
+        paths.setdefault("student", student)
     tokenizer = models.load_tokenizer(paths["student"])
     _check_vocabularies(cfg, paths, tokenizer, say)
     cfg = resolved(cfg, tokenizer)

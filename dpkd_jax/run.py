@@ -17,6 +17,7 @@ import os
 
 import jax
 
+from . import data as data_lib
 from . import evaluate as eval_lib
 from . import models, specs
 from .curves import plot_history
@@ -25,12 +26,12 @@ from .loop import Trained, train_loop
 
 def resolved(cfg, tokenizer, **paths):
     """The validated config completed before anything reads it, as a locked copy: the sampler's
-    EOS/pad ids from the tokenizer where the config says -1, and resolved model paths
+    EOS/pad ids from the tokenizer (and the template's end token) where the config says -1, and resolved model paths
     (``teacher_path=``, ``student_path=``)."""
     c = copy.deepcopy(cfg)
     with c.unlocked():
         if c.gen.eos_token_id < 0:
-            c.gen.eos_token_id = int(tokenizer.eos_token_id)
+            c.gen.eos_token_id = data_lib.end_token_id(tokenizer, c.data.template)
         if c.gen.pad_token_id < 0:
             c.gen.pad_token_id = models.pad_id(tokenizer)
         for field, path in paths.items():

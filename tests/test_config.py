@@ -18,7 +18,9 @@ def test_config_errors_name_the_field(tmp_path):
     c.demo.enabled = True
     for field, value, match in [("method", "dpo", "config.method"), ("loss.dpkd.beta", -1.0, "config.loss.dpkd.beta"),
                                 ("data.max_prompt_length", 600, "config.data.max_prompt_length"),
-                                ("loss.dpkd.form", "xx", "config.loss.dpkd.form")]:
+                                ("loss.dpkd.form", "xx", "config.loss.dpkd.form"),
+                                ("data.template", "gemma2", "config.data.template: must be one of dolly, chat, gemma"),
+                                ("data.teacher_template", "xx", "config.data.teacher_template")]:
         bad = copy.deepcopy(c)
         *path, key = field.split(".")
         node = bad

@@ -18,6 +18,33 @@ def test_template_matches_reference():
     assert "### Input:\nctx\n\n### Response:\n" in D.format_prompt("Do X.", "ctx")
 
 
+@pytest.fixture(scope="module")
+def turns_tok(tmp_path_factory):
+    """A BPE tokenizer with Gemma's turn tokens added as special tokens."""
+    from conftest import make_tokenizer
+    t = make_tokenizer(str(tmp_path_factory.mktemp("turns")), vocab_size=200, corpus=["user model say hi"] * 20)
+    t.add_special_tokens({"additional_special_tokens": ["<bos>", "<start_of_turn>", "<end_of_turn>"]})
+    return t
+
+
+def test_written_turn_format_renders_and_ends_responses_with_its_end_token(turns_tok, tok):
+    rec = {"instruction": "Say hi.", "context": "", "response": "hi"}
+    text = D.render_prompt(rec, turns_tok, "gemma")
+    assert text == "<bos><start_of_turn>user\nSay hi.<end_of_turn>\n<start_of_turn>model\n"
+    end = turns_tok.convert_tokens_to_ids("<end_of_turn>")
+    assert D.end_token_id(turns_tok, "gemma") == end != turns_tok.eos_token_id
+    assert D.end_token_id(turns_tok, "dolly") == turns_tok.eos_token_id
+    d = D.tokenize([rec], turns_tok, max_prompt_length=24, max_length=32, report=D.Report("x"), pad_token_id=0,
+                   template="gemma")
+    ids = d.prompt_ids[0][d.prompt_mask[0].astype(bool)].tolist()
+    assert ids[0] == turns_tok.convert_tokens_to_ids("<bos>") and ids.count(end) == 1  # special tokens, one id each
+    response = d.response_ids[0][d.response_mask[0].astype(bool)].tolist()
+    assert response[-1] == end and turns_tok.decode(response[:-1]) == "hi"
+    with pytest.raises(D.instructions.InputError, match="config.data.template: 'gemma' needs the special tokens "
+                                                         "<bos>, <end_of_turn>, <start_of_turn>"):
+        D.render_prompt(rec, tok, "gemma")
+
+
 def test_malformed_lines_counted_with_line_numbers_and_filters(tmp_path, tok):
     path = write_jsonl(tmp_path / "d.jsonl", [
         {"instruction": "Say hi.", "response": "hi"},

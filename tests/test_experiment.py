@@ -15,8 +15,8 @@ from dpkd_jax.experiment import runner
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def load_config(scale):
-    spec = importlib.util.spec_from_file_location("smollm2_pruned", os.path.join(ROOT, "configs", "smollm2_pruned.py"))
+def load_config(scale, name="smollm2_pruned"):
+    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "configs", f"{name}.py"))
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod.get_config(scale)
@@ -103,3 +103,94 @@ def test_previous_rows_are_reported_beside_new_ones_without_retraining(short_exp
         cfg.experiment.previous = os.path.join(cfg.workdir, "missing.json")
     with pytest.raises(runner.InputError, match="config.experiment.previous: cannot read"):
         runner.run_experiment(cfg)
+
+
+# ------------------------------------------------ across tokenizers (configs/smollm2_to_gemma3.py)
+
+@pytest.fixture
+def cross_experiment(hf_pair, tmp_path):
+    """The cross config shortened: the tiny teacher (Dolly template) and a tiny GPT-2 student with a
+    tokenizer of its own that carries Gemma's turn tokens (the student's template is ``gemma``)."""
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+    from conftest import make_tokenizer
+    teacher, _, _ = hf_pair
+    s_tok = make_tokenizer(str(tmp_path / "s_tok"), vocab_size=300,
+                           corpus=[f"Add {i} and {i + 1}. The sum is {2 * i + 1}." for i in range(40)])
+    s_tok.add_special_tokens({"additional_special_tokens": ["<bos>", "<start_of_turn>", "<end_of_turn>"]})
+    torch.manual_seed(0)
+    GPT2LMHeadModel(GPT2Config(vocab_size=len(s_tok), n_embd=16, n_layer=1, n_head=2, n_positions=128,
+                               bos_token_id=0, eos_token_id=0)).save_pretrained(str(tmp_path / "student"))
+    s_tok.save_pretrained(str(tmp_path / "student"))
+    prompts = tmp_path / "prompts"
+    prompts.mkdir()
+    rows = [{"instruction": f"Add {i} and {i + 1}.", "context": "", "response": "", "category": "arithmetic"}
+            for i in range(16)]
+    rows.insert(3, {"instruction": "Add " + "very long " * 30, "context": "", "response": "", "category": "x"})
+    write_jsonl(prompts / "train.jsonl", rows[:13])
+    write_jsonl(prompts / "eval.jsonl", rows[13:])
+    cfg = load_config("cpu", "smollm2_to_gemma3")
+    with cfg.unlocked():
+        cfg.teacher.path, cfg.student.path = teacher, str(tmp_path / "student")
+        cfg.workdir, cfg.data.teacher_template = str(tmp_path / "work"), "dolly"
+        cfg.data.max_prompt_length, cfg.gen.max_new_tokens = 40, 6
+        cfg.data.max_length = 40 + 12
+        cfg.train.batch_size, cfg.eval.batch_size = 4, 4
+        cfg.experiment.update(dict(prompts=str(prompts), steps=2, n_train=8, n_dev=4, n_eval=4, lr_grid=(1e-3,),
+                                   seeds=(0,), methods=("dpkd", "dadpo_a0"), dpkd_betas=(0.1, 1.0)))
+    return cfg
+
+
+def test_cross_experiment_trains_each_method_across_tokenizers(cross_experiment, monkeypatch, capsys):
+    cfg = cross_experiment
+    trained = []
+    real = runner.run_lib.train_stage
+    monkeypatch.setattr(runner.run_lib, "train_stage", lambda ctx, c, *a, **k: trained.append(
+        (c.method, c.loss[c.method].beta if c.method == "dpkd" else None)) or real(ctx, c, *a, **k))
+    runs = runner.run_experiment(cfg)
+    assert "12 of 13 prompts fit data.max_prompt_length=40 in both tokenizers; 1 skipped" in capsys.readouterr().out
+    # dpkd at the config's β and the β sweep's 0.1 are one run; β=1 is trained once more
+    assert sorted(trained, key=str) == sorted([("dpkd", 0.1), ("dpkd", 1.0), ("dadpo", None)], key=str)
+    table = open(os.path.join(cfg.workdir, "table.md")).read()
+    assert "| teacher (reference) |" in table and "| Gemma 3 270M base before training |" in table
+    assert "length of y_s (words)" in table and "| dadpo_a0 [alpha=0], lr 0.001 |" in table
+    for name in ("dpkd", "dadpo_a0"):
+        (run,) = runs[name]
+        assert set(run["curve"][-1]) == {"rougeL", "teacher_logp", "distinct2", "length", "student_nll", "step"}
+        assert all(np.isfinite(v) for v in run["curve"][-1].values())
+        assert all(h["xtok/host_s"] > 0 for h in run["history"])
+    assert os.path.getsize(os.path.join(cfg.workdir, "curves.png")) > 10_000
+    start = json.load(open(os.path.join(cfg.workdir, "results.json")))["start"]
+    assert start["teacher"]["teacher_logp"] == pytest.approx(-start["teacher"]["student_nll"])
+
+
+def test_cross_measure_scores_the_answer_in_the_teachers_own_tokens(cross_experiment):
+    """The teacher's log-prob of a student's answer, against an independent computation: the
+    answer's text encoded by the teacher's tokenizer (+ its EOS), full logits, numpy log-softmax."""
+    import jax
+    from dpkd_jax import sampling
+    from dpkd_jax.evaluate import decode_responses, rouge_l
+    from dpkd_jax.experiment.cross import CrossExperiment
+    x = CrossExperiment(cross_experiment)
+    got = x.measure_eval(x.s_cfg, x.s_params)
+    c, d, t = x.cfg, x.eval, x.eval_t
+    ids, mask = sampling.generate_stepwise(x.s_cfg, x.s_params, d.prompt_ids, d.prompt_mask, jax.random.PRNGKey(0),
+                                           max_new_tokens=c.gen.max_new_tokens, greedy=True,
+                                           eos_token_id=c.gen.eos_token_id, pad_token_id=c.gen.pad_token_id)
+    ids, mask = np.asarray(ids), np.asarray(mask)
+    texts = decode_responses(x.tokenizer, ids, mask, c.gen.eos_token_id)
+    logps, rouge = [], []
+    for i, text in enumerate(texts):
+        row = ids[i][mask[i].astype(bool)].tolist()
+        raw = x.tokenizer.decode(row[:-1] if row and row[-1] == c.gen.eos_token_id else row)
+        toks = x.teacher_tokenizer(raw, add_special_tokens=False)["input_ids"]
+        toks += [x.t_eos] if row and row[-1] == c.gen.eos_token_id else []
+        r = np.asarray([toks], np.int32)
+        logits = np.asarray(sampling.response_logits(x.t_cfg, x.t_params, t.prompt_ids[i:i + 1], t.prompt_mask[i:i + 1],
+                                                     r, np.ones_like(r)), np.float64)[0]
+        lsm = logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True)) - logits.max(-1, keepdims=True)
+        logps.append(lsm[np.arange(len(toks)), toks].mean() if toks else 0.0)
+        rouge.append(rouge_l(text, d.references[i]))
+    assert got["teacher_logp"] == pytest.approx(np.mean(logps), rel=1e-4)
+    assert got["rougeL"] == pytest.approx(np.mean(rouge))
+    assert got["length"] == pytest.approx(np.mean([len(s.split()) for s in texts]))

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import logging
+import os
+import re
 
 import numpy as np
 from ..errors import InputError
@@ -24,7 +25,19 @@ PROMPT_WITH_INPUT = ("Below is an instruction that describes a task, paired with
                      "{instruction}\n\n### Input:\n{input}\n\n### Response:\n")
 
 
-TEMPLATES = ("dolly", "chat")
+@dataclasses.dataclass(frozen=True)
+class Turns:
+    """A chat turn format written down, for a tokenizer that carries no chat template (a base
+    model's): the prompt with the user's turn and the model's turn opened, and the token that
+    ends the model's turn (the responses' EOS and the sampler's stop token)."""
+    prompt: str   # with ``{user}``
+    end: str
+
+
+# Gemma's turn format, from its tokenizer's special tokens (base Gemma checkpoints ship no template):
+# <bos><start_of_turn>user\n{user}<end_of_turn>\n<start_of_turn>model\n ... <end_of_turn>
+TURNS = {"gemma": Turns("<bos><start_of_turn>user\n{user}<end_of_turn>\n<start_of_turn>model\n", "<end_of_turn>")}
+TEMPLATES = ("dolly", "chat", *TURNS)
 
 
 def format_prompt(instruction: str, input_text: str = "") -> str:
@@ -34,18 +47,36 @@ def format_prompt(instruction: str, input_text: str = "") -> str:
     return PROMPT_NO_INPUT.format(instruction=instruction)
 
 
+def end_token_id(tokenizer, template: str) -> int:
+    """The token that ends a response under ``template``: the tokenizer's EOS, or the written
+    turn format's end token (checked, with its other special tokens, against the vocabulary)."""
+    if template not in TURNS:
+        return int(tokenizer.eos_token_id)
+    turns = TURNS[template]
+    specials = set(re.findall(r"<[a-z_]+>", turns.prompt)) | {turns.end}
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in sorted(specials)}
+    missing = [t for t, i in ids.items() if i is None or i == tokenizer.unk_token_id]
+    if missing:
+        raise InputError(f"config.data.template: {template!r} needs the special tokens {', '.join(missing)}, which "
+                         f"this tokenizer does not have")
+    return int(ids[turns.end])
+
+
 def render_prompt(rec: dict, tokenizer, template: str = "dolly") -> str:
     """A record's prompt text: the Dolly template, or the tokenizer's own chat template
     (one user turn: the instruction, then its context) with the assistant turn opened."""
     if template == "dolly":
         return format_prompt(rec["instruction"], rec.get("context", ""))
-    if template != "chat":
+    if template not in TEMPLATES:
         raise InputError(f"config.data.template: must be one of {TEMPLATES}, got {template!r}")
-    if not getattr(tokenizer, "chat_template", None):
-        raise InputError("config.data.template: 'chat' needs a tokenizer with a chat template, and this one has "
-                         "none; use data.template=dolly")
     ctx = rec.get("context", "") or ""
     user = f"{rec['instruction']}\n\n{ctx}" if ctx.strip() else rec["instruction"]
+    if template in TURNS:
+        end_token_id(tokenizer, template)  # its special tokens exist
+        return TURNS[template].prompt.format(user=user)
+    if not getattr(tokenizer, "chat_template", None):
+        raise InputError("config.data.template: 'chat' needs a tokenizer with a chat template, and this one has "
+                         f"none; use data.template=dolly or a written turn format ({', '.join(TURNS)})")
     return tokenizer.apply_chat_template([{"role": "user", "content": user}], add_generation_prompt=True,
                                          tokenize=False)
 
@@ -172,12 +203,12 @@ class Tokenized:
 
 def tokenize(records, tokenizer, *, max_prompt_length: int, max_length: int, report: Report,
              pad_token_id: int, template: str = "dolly") -> Tokenized:
-    """Prompts rendered with ``template`` and left-padded; responses end with the tokenizer's
-    EOS (the chat template's end token, e.g. ``<|im_end|>``, for chat tokenizers)."""
+    """Prompts rendered with ``template`` and left-padded; responses end with the template's end
+    token (:func:`end_token_id`: the tokenizer's EOS, e.g. ``<|im_end|>`` for chat tokenizers)."""
     if not 0 < max_prompt_length < max_length:
         raise InputError(f"max_prompt_length={max_prompt_length} must be in (0, max_length={max_length})")
     P, R = max_prompt_length, max_length - max_prompt_length
-    eos = tokenizer.eos_token_id
+    eos = end_token_id(tokenizer, template)
     rows = []
     for rec in records:
         rec = dict(rec, prompt=render_prompt(rec, tokenizer, template))

@@ -63,3 +63,72 @@ class Measure:
             texts = decode_responses(self.tokenizer, to_host(s_ids), to_host(s_mask), self.eos)[: len(sl)]
             rows["rougeL"].extend(rouge_l(a, self.data.references[j]) for a, j in zip(texts, sl))
         return {k: float(np.mean(v)) for k, v in rows.items()}
+
+
+CROSS_METRICS = ("rougeL", "teacher_logp", "distinct2", "length", "student_nll")
+
+
+def word_distinct_2(text: str) -> float:
+    """Distinct word bigrams / word bigrams (1 when none): comparable across tokenizers."""
+    words = text.split()
+    pairs = list(zip(words, words[1:]))
+    return len(set(pairs)) / len(pairs) if pairs else 1.0
+
+
+@functools.partial(jax.jit, static_argnums=(0,))
+def _mean_logp(decode, params, prompt_ids, prompt_mask, ids, mask):
+    """Per row: the mean per-token log-prob of ``ids`` (vocabulary projected in chunks)."""
+    logps, mask = sampling.score(decode, params, prompt_ids, prompt_mask, ids, mask)
+    return (logps * mask).sum(1) / jnp.maximum(mask.sum(1), 1)
+
+
+class CrossMeasure:
+    """``CROSS_METRICS`` of a student whose tokenizer is not the teacher's: RougeL of its greedy
+    answer (as text) against the teacher's; the teacher's per-token log-prob of that answer,
+    encoded in the teacher's tokens after the teacher's own prompt; distinct-2 and length in
+    words (token counts differ between the tokenizers); the student's NLL per token of its own
+    answer (the reward-hacking sign: a student that grows sure of answers the teacher rejects)."""
+
+    def __init__(self, teacher, teacher_params, data, teacher_prompts, to_teacher, tokenizer, *, batch_size,
+                 max_new_tokens, eos_token_id, pad_token_id, mesh=None, full=True):
+        self.teacher, self.teacher_params, self.data, self.tokenizer = teacher, teacher_params, data, tokenizer
+        self.to_teacher, self.eos, self.full = to_teacher, eos_token_id, full
+        self.gen = dict(max_new_tokens=max_new_tokens, greedy=True, eos_token_id=eos_token_id,
+                        pad_token_id=pad_token_id)
+        self.batches = [(sl, put_batch((data.prompt_ids[idx], data.prompt_mask[idx]), mesh),
+                         put_batch((teacher_prompts.prompt_ids[idx], teacher_prompts.prompt_mask[idx]), mesh))
+                        for _, sl, idx in static_batches(len(data), batch_size)]
+        self.mesh, self.batch_size = mesh, batch_size
+
+    def __call__(self, student, params) -> dict:
+        """``CROSS_METRICS`` for ``params`` (RougeL only when ``full=False``)."""
+        rows = {k: [] for k in (CROSS_METRICS if self.full else CROSS_METRICS[:1])}
+        for sl, (p, m), (tp, tm) in self.batches:
+            s_ids, s_mask = sampling.generate_stepwise(student, params, p, m, jax.random.PRNGKey(0), **self.gen)
+            ids, mask = to_host(s_ids), to_host(s_mask)
+            texts = decode_responses(self.tokenizer, ids, mask, self.eos)[: len(sl)]
+            rows["rougeL"].extend(rouge_l(a, self.data.references[j]) for a, j in zip(texts, sl))
+            if not self.full:
+                continue
+            t_ids, t_mask = put_batch(self.to_teacher(ids, mask), self.mesh)
+            rows["teacher_logp"].extend(to_host(_mean_logp(self.teacher, self.teacher_params, tp, tm, t_ids,
+                                                           t_mask))[: len(sl)].tolist())
+            rows["student_nll"].extend((-to_host(_mean_logp(student, params, p, m, s_ids, s_mask)))[: len(sl)].tolist())
+            rows["distinct2"].extend(word_distinct_2(t) for t in texts)
+            rows["length"].extend(len(t.split()) for t in texts)
+        return {k: float(np.mean(v)) for k, v in rows.items()}
+
+    def teacher_row(self, targets) -> dict:
+        """The teacher's own row: its greedy answers (``targets``, in its tokens) measured the same way."""
+        rows = {k: [] for k in CROSS_METRICS}
+        for _, sl, idx in static_batches(len(targets), self.batch_size):
+            arrays = put_batch((targets.prompt_ids[idx], targets.prompt_mask[idx], targets.response_ids[idx],
+                                targets.response_mask[idx]), self.mesh)
+            logp = to_host(_mean_logp(self.teacher, self.teacher_params, *arrays))[: len(sl)]
+            rows["teacher_logp"].extend(logp.tolist())
+            rows["student_nll"].extend((-logp).tolist())
+        texts = targets.references
+        rows["rougeL"] = [rouge_l(t, t) for t in texts]
+        rows["distinct2"] = [word_distinct_2(t) for t in texts]
+        rows["length"] = [len(t.split()) for t in texts]
+        return {k: float(np.mean(v)) for k, v in rows.items()}

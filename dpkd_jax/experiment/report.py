@@ -10,11 +10,20 @@ import platform
 
 import numpy as np
 
-from .measure import METRICS
+from .measure import CROSS_METRICS, METRICS
 
 LABELS = {"rougeL": "RougeL vs teacher", "teacher_logp": "teacher log-prob / token of y_s",
           "forward_kl": "forward KL / token (on y_t)", "reverse_kl": "reverse KL / token (on y_t)",
-          "distinct2": "distinct-2 of y_s", "length": "length of y_s (tokens)"}
+          "distinct2": "distinct-2 of y_s", "length": "length of y_s (tokens)",
+          "student_nll": "student NLL / token of y_s"}
+# across tokenizers (experiment.cross): token counts differ, so distinct-2 and length are in words
+CROSS_LABELS = dict(LABELS, teacher_logp="teacher log-prob / token of y_s (teacher's tokens)",
+                    distinct2="distinct-2 of y_s (words)", length="length of y_s (words)")
+
+
+def metrics(cfg):
+    """(the metrics of the table, their labels)."""
+    return (CROSS_METRICS, CROSS_LABELS) if cfg.experiment.get("cross", False) else (METRICS, LABELS)
 
 
 def _fmt(values):
@@ -32,14 +41,16 @@ def _label(name, rows, lrs, previous=()):
 
 def table(cfg, start, runs, lrs, rows, previous=()) -> str:
     e = cfg.experiment
-    head = "| student | " + " | ".join(LABELS[m] for m in METRICS) + " | train s / run |"
-    lines = [head, "|" + "---|" * (len(METRICS) + 2)]
+    names, labels = metrics(cfg)
+    head = "| student | " + " | ".join(labels[m] for m in names) + " | train s / run |"
+    lines = [head, "|" + "---|" * (len(names) + 2)]
     for who in ("teacher", "student"):
-        label = "teacher (reference)" if who == "teacher" else f"pruned student before training ({e.keep_layers})"
-        lines.append(f"| {label} | " + " | ".join(f"{start[who][m]:.2f}" for m in METRICS) + " | |")
+        label = ("teacher (reference)" if who == "teacher" else
+                 e.get("start_label", "") or f"pruned student before training ({e.keep_layers})")
+        lines.append(f"| {label} | " + " | ".join(f"{start[who][m]:.2f}" for m in names) + " | |")
     for name, rs in runs.items():
         finals = [r["curve"][-1] for r in rs]
-        lines.append(f"| {_label(name, rows, lrs, previous)} | " + " | ".join(_fmt([f[m] for f in finals]) for m in METRICS)
+        lines.append(f"| {_label(name, rows, lrs, previous)} | " + " | ".join(_fmt([f[m] for f in finals]) for m in names)
                      + f" | {np.mean([r['train_s'] for r in rs]):.0f} |")
     return "\n".join(lines)
 
@@ -62,17 +73,19 @@ def _plt():
     return plt
 
 
-def plot_curves(start, runs, path):
+def plot_curves(start, runs, path, names=METRICS, labels=LABELS):
     plt = _plt()
     fig, axes = plt.subplots(2, 3, figsize=(16, 8))
-    for ax, m in zip(axes.ravel(), METRICS):
+    for ax in axes.ravel()[len(names):]:
+        ax.axis("off")
+    for ax, m in zip(axes.ravel(), names):
         for name, rs in runs.items():
             steps = [0] + [p["step"] for p in rs[0]["curve"]]
             ys = np.array([[start["student"][m]] + [p[m] for p in r["curve"]] for r in rs])
             line, = ax.plot(steps, ys.mean(0), label=name)
             ax.fill_between(steps, ys.min(0), ys.max(0), color=line.get_color(), alpha=0.15)
         ax.axhline(start["teacher"][m], color="k", ls=":", lw=1, label="teacher")
-        ax.set_title(LABELS[m])
+        ax.set_title(labels[m])
         ax.set_xlabel("step")
     axes[0, 0].legend(fontsize=7)
     fig.tight_layout()
@@ -124,7 +137,7 @@ def write(cfg, start, runs, lrs, grid, knobs, rows, knob_runs=(), previous=()):
     with open(os.path.join(wd, "results.json"), "w") as f:
         json.dump({"start": start, "lrs": lrs, "grid": {n: {str(k): v for k, v in g.items()} for n, g in grid.items()},
                    "knobs": knobs, "runs": runs, "previous": list(previous)}, f, indent=1)
-    plot_curves(start, runs, os.path.join(wd, "curves.png"))
+    plot_curves(start, runs, os.path.join(wd, "curves.png"), *metrics(cfg))
     plot_hacking(runs, knob_runs, os.path.join(wd, "hacking.png"))
     print(text)
     return text

@@ -32,7 +32,8 @@ from .targets import greedy_targets, prompts_only
 
 PROMPTS_DIR = os.path.join(os.path.dirname(os.path.dirname(__file__)), "data", "prompts")
 # A row of the table that is a method with some of its fields changed.
-VARIANTS = {"dpkd_dpop": ("dpkd", {"form": "dpop"}), "opd_iw": ("opd", {"iw_gamma": 0.5})}
+VARIANTS = {"dpkd_dpop": ("dpkd", {"form": "dpop"}), "opd_iw": ("opd", {"iw_gamma": 0.5}),
+            "dadpo_a0": ("dadpo", {"alpha": 0.0})}  # daDPO's preference term alone: works across tokenizers
 
 
 def variant(name: str):
@@ -60,6 +61,13 @@ class Experiment:
         # the shared run path: the train prompts with the teacher's greedy answers as the gold responses
         self.run_ctx = run_lib.Run(cfg, self.tokenizer, self.placement, (self.t_cfg, self.t_params), self.train)
         self._measures()
+
+    def describe(self):
+        return (f"teacher {self.t_cfg.config.n_layers} layers; student keeps {len(self.keep)}: "
+                f"{self.e.keep_layers}")
+
+    def teacher_row(self):
+        return self.measure_eval(self.t_cfg, self.t_params)
 
     def _data(self):
         cfg, e = self.cfg, self.e
@@ -98,7 +106,10 @@ class Experiment:
 
     def run(self, method, lr, seed, over):
         """Train one run from the pruned student: the held-out metrics at ``experiment.eval_points``
-        steps and the dev metrics at the end. The same settings are never trained twice."""
+        steps and the dev metrics at the end. The same settings are never trained twice (knobs at
+        the config's values are left out of the name: ``dpkd`` and ``dpkd`` at its β are one run)."""
+        default = self.cfg.loss[method]  # what the run's config already sets
+        over = {k: v for k, v in over.items() if v != default[k]}
         knobs = "".join(f"_{k}{v}" for k, v in sorted(over.items()))
         name = f"{method}{knobs}_lr{lr:g}_seed{seed}"
         path = os.path.join(self.cfg.workdir, "runs", f"{name}.json")
@@ -180,10 +191,13 @@ def run_experiment(cfg):
     e = cfg.experiment
     os.makedirs(cfg.workdir, exist_ok=True)
     old_runs, lrs, grid, knobs = previous_rows(e)  # before the models load: a bad path fails at once
-    x = Experiment(cfg)
-    print(f"teacher {x.t_cfg.config.n_layers} layers; student keeps {len(x.keep)}: {e.keep_layers}; "
-          f"train {len(x.train)}, dev {len(x.dev)}, eval {len(x.eval)} prompts")
-    start = {"student": x.measure_eval(x.s_cfg, x.s_params), "teacher": x.measure_eval(x.t_cfg, x.t_params)}
+    if e.get("cross", False):
+        from .cross import CrossExperiment
+        x = CrossExperiment(cfg)
+    else:
+        x = Experiment(cfg)
+    print(f"{x.describe()}; train {len(x.train)}, dev {len(x.dev)}, eval {len(x.eval)} prompts")
+    start = {"student": x.measure_eval(x.s_cfg, x.s_params), "teacher": x.teacher_row()}
     print(f"before training: student {start['student']}\n                 teacher {start['teacher']}")
     names = [n for n in e.methods if n not in old_runs]
     new_lrs, new_grid = pick_lrs(x, names)

@@ -28,7 +28,8 @@ STANDINS = {
     "meta-llama/Llama-3.1-8B-Instruct": ("llama", WIDE), "meta-llama/Llama-3.2-1B-Instruct": ("llama", WIDE),
 }
 CONFIGS = ["demo.py", "gpt2_xl_to_base.py", "gpt2_xl_to_medium.py", "opt13b_to_1p3b.py", "qwen25_7b_to_1p5b.py",
-           "llama31_8b_to_llama32_1b.py", "smollm2_pruned.py", "smollm2_pruned.py:cpu", "pair.py"]
+           "llama31_8b_to_llama32_1b.py", "smollm2_pruned.py", "smollm2_pruned.py:cpu", "pair.py",
+           "smollm2_to_gemma3.py", "smollm2_to_gemma3.py:cpu"]
 
 
 def load(name):
@@ -78,7 +79,9 @@ def test_every_shipped_config_passes_mode_check(name, hub_cache, tmp_path, monke
     assert lines[-1] == "ok" or fetched_by_the_run, lines
     if fixed > 1:
         assert any(f"over {fixed} devices; batch and heads divide" in l for l in lines), lines
-    if cfg.experiment.enabled and not fetched_by_the_run:
+    if cfg.experiment.get("cross", False) and not fetched_by_the_run:  # two real models, two tokenizers
+        assert any("vocabularies differ (student 262144, teacher 49152 tokens)" in l for l in lines), lines
+    elif cfg.experiment.enabled and not fetched_by_the_run:
         assert any("built by the experiment from the teacher, keeping 20 of its 30 layers" in l for l in lines)
 
 

@@ -55,6 +55,19 @@ def table(cfg, start, runs, lrs, rows, previous=()) -> str:
     return "\n".join(lines)
 
 
+def host_share(runs) -> str:
+    """Per method: the host round trip (``xtok/host_s``: copies, decode, encode) against the whole
+    step (``perf/step_time_s``), medians over every logged step after the first (which compiles)."""
+    lines = ["| method | host round trip (ms / step) | whole step (s) | share |", "|---|---|---|---|"]
+    for name, rs in runs.items():
+        steps = [h for r in rs for h in r["history"][1:] if "xtok/host_s" in h]
+        if steps:
+            host = float(np.median([h["xtok/host_s"] for h in steps]))
+            step = float(np.median([h["perf/step_time_s"] for h in steps]))
+            lines.append(f"| {name} | {1e3 * host:.1f} | {step:.1f} | {100 * host / step:.3f}% |")
+    return "\n".join(lines)
+
+
 def knobs_table(knobs) -> str:
     lines = ["| β | kd_ratio | dev RougeL | DPKD term first → last | reward margin first → last | "
              "NLL(y_s) first → last |", "|---|---|---|---|---|---|"]
@@ -132,6 +145,8 @@ def write(cfg, start, runs, lrs, grid, knobs, rows, knob_runs=(), previous=()):
             f"## Learning rate (dev RougeL, seed {e.seeds[0]})\n\n{grid_lines}\n")
     if knobs:
         text += f"\n## DPKD's β and kd_ratio (dev, seed {e.seeds[0]})\n\n{knobs_table(knobs)}\n"
+    if e.get("cross", False):
+        text += f"\n## The host round trip across tokenizers\n\n{host_share(runs)}\n"
     with open(os.path.join(wd, "table.md"), "w") as f:
         f.write(text)
     with open(os.path.join(wd, "results.json"), "w") as f:

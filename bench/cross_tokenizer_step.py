@@ -18,7 +18,8 @@ import time
 import jax
 import numpy as np
 
-from dpkd_jax import cross_tokenizer, models
+from dpkd_jax import cross_tokenizer, models, specs
+from dpkd_jax.batch import Batch
 from dpkd_jax import data as data_lib
 from dpkd_jax.config import default_config
 from dpkd_jax.demo import demo_file, train_tokenizer
@@ -51,19 +52,22 @@ def main():
         vocab_size=V, d_model=args.width, n_layers=args.layers, n_heads=args.heads, d_ff=4 * args.width,
         max_positions=96 + 2 * args.new + 8))
     (s_cfg, s_p), (t_same, tp_same), (t_x, tp_x) = mk(len(s_tok), 0), mk(len(s_tok), 1), mk(len(t_tok), 2)
+    spec = specs.Step.of(c)
     tx = make_optimizer(c.train)
-    same = make_step(c, s_cfg, t_same, tx, tp_same)
-    cross = cross_tokenizer.wrap_step(make_step(c, s_cfg, t_x, tx, tp_x), c, same_needs(c), s_cfg, t_x, tp_x, s_tok,
-                                      t_tok)
+    same = make_step(spec, s_cfg, t_same, tx, tp_same)
+    sides = cross_tokenizer.Sides(s_tok, t_tok, t_tok.eos_token_id)
+    cross = cross_tokenizer.wrap_step(make_step(spec, s_cfg, t_x, tx, tp_x), spec.sampling, spec.objective.needs,
+                                      s_cfg, t_x, tp_x, sides)
     batches = data_lib.Batches(data, args.batch, 0, views)
     states = {"same": init_state(s_cfg, jax.tree.map(lambda a: a.copy(), s_p), tx),
               "cross": init_state(s_cfg, jax.tree.map(lambda a: a.copy(), s_p), tx)}
     fns = {"same": same, "cross": cross}
     times = {k: [] for k in fns}
     for r in range(args.repeats + 1):  # the first round compiles
-        b = {k: v for k, v in batches.next().items() if k != "example_ids"}
+        rows = {k: v for k, v in batches.next().items() if k != "example_ids"}
         for name, fn in fns.items():
-            batch = b if name == "cross" else {k: v for k, v in b.items() if not k.startswith("x_")}
+            batch = Batch.of(rows if name == "cross" else {k: v for k, v in rows.items()
+                                                          if not k.startswith("teacher_view.")})
             t = time.perf_counter()
             states[name], m = fn(states[name], batch, jax.random.PRNGKey(r))
             jax.block_until_ready(states[name]["params"])
@@ -85,11 +89,6 @@ def main():
     if args.out:
         with open(args.out, "w") as f:
             f.write(text + "\n")
-
-
-def same_needs(c):
-    from dpkd_jax import objectives
-    return objectives.build(c.method, c.loss).needs
 
 
 def _timed(fn):

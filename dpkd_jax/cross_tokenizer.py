@@ -94,16 +94,23 @@ def teacher_prompts(data: data_lib.Tokenized, tokenizer, *, template, max_prompt
     return keep, {"teacher_view.prompt_ids": ids[keep], "teacher_view.prompt_mask": mask[keep]}
 
 
-def wrap_step(step, spec, needs, student, teacher, teacher_params, student_tok, teacher_tok, batch_sharding=None, *,
-              teacher_eos=None):
+@dataclasses.dataclass(frozen=True)
+class Sides:
+    """The two tokenizers of a run across tokenizers, and the token that ends the teacher's turn
+    (its template's end token: :func:`data.end_token_id`)."""
+    student: object
+    teacher: object
+    teacher_eos: int
+
+
+def wrap_step(step, spec, needs, student, teacher, teacher_params, sides: Sides, batch_sharding=None):
     """The cross-tokenizer step around the generic compiled ``step``: sample what ``needs``
     asks for, cross the samples as text on the host, then score and update. ``spec``: the
-    student's :class:`specs.Sampling`; ``teacher_eos``: the end of the teacher's turn (default:
-    its tokenizer's EOS). Metrics gain ``xtok/truncated`` (rows cut at the length limit so far)
-    and ``xtok/host_s`` (this step's host round trip: copies, decode and encode)."""
+    student's :class:`specs.Sampling`. Metrics gain ``xtok/truncated`` (rows cut at the length
+    limit so far) and ``xtok/host_s`` (this step's host round trip: copies, decode and encode)."""
+    student_tok, teacher_tok, t_eos = sides.student, sides.teacher, int(sides.teacher_eos)
     length = 2 * spec.max_new_tokens  # room for the finer of the two tokenizers
     t_pad = pad_id(teacher_tok)
-    t_eos = int(teacher_tok.eos_token_id if teacher_eos is None else teacher_eos)
     to_student = Retokenizer(teacher_tok, student_tok, length, src_eos=t_eos,
                              dst_eos=spec.eos_token_id, dst_pad=spec.pad_token_id)
     to_teacher = Retokenizer(student_tok, teacher_tok, length, src_eos=spec.eos_token_id,

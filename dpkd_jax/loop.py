@@ -181,10 +181,10 @@ def one_teacher(run, cfg, spec, student, placed):
     batches = data_lib.Batches(train_data, spec.batch_size, cfg.seed, extra or None)
     step_fn = make_step(spec, student, run.teacher[0], placed.tx, step_teacher, placed.ref_params, placed.shardings)
     if run.teacher_tokenizer is not None:
-        teacher_eos = data_lib.end_token_id(run.teacher_tokenizer, cfg.data.teacher_template or cfg.data.template)
+        sides = cross_tokenizer.Sides(run.tokenizer, run.teacher_tokenizer, data_lib.end_token_id(
+            run.teacher_tokenizer, cfg.data.teacher_template or cfg.data.template))
         step_fn = cross_tokenizer.wrap_step(step_fn, spec.sampling, spec.objective.needs, student, run.teacher[0],
-                                            placed.teacher_params, run.tokenizer, run.teacher_tokenizer,
-                                            placed.shardings["batch"], teacher_eos=teacher_eos)
+                                            placed.teacher_params, sides, placed.shardings["batch"])
     return batches, step_fn
 
 

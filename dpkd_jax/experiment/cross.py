@@ -102,12 +102,12 @@ class CrossExperiment(Experiment):
         c = self.cfg
         to_teacher = Retokenizer(self.tokenizer, self.teacher_tokenizer, 2 * c.gen.max_new_tokens,
                                  src_eos=c.gen.eos_token_id, dst_eos=self.t_eos, dst_pad=self.t_pad)
-        kw = dict(batch_size=c.eval.batch_size, max_new_tokens=c.gen.max_new_tokens, eos_token_id=c.gen.eos_token_id,
-                  pad_token_id=c.gen.pad_token_id, mesh=self.placement.mesh)
-        self.measure_eval = CrossMeasure(self.t_cfg, self.t_params, self.eval, self.eval_t, to_teacher,
-                                         self.tokenizer, **kw)
-        self.measure_dev = CrossMeasure(self.t_cfg, self.t_params, self.dev, self.dev_t, to_teacher, self.tokenizer,
-                                        full=False, **kw)
+        gen = dict(max_new_tokens=c.gen.max_new_tokens, eos_token_id=c.gen.eos_token_id,
+                   pad_token_id=c.gen.pad_token_id)
+        kw = dict(batch_size=c.eval.batch_size, mesh=self.placement.mesh)
+        teacher = (self.t_cfg, self.t_params)
+        self.measure_eval = CrossMeasure(teacher, self.eval, self.eval_t, to_teacher, gen, **kw)
+        self.measure_dev = CrossMeasure(teacher, self.dev, self.dev_t, to_teacher, gen, full=False, **kw)
 
     def teacher_row(self):
         return self.measure_eval.teacher_row(self.eval_t)

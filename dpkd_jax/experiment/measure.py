@@ -89,12 +89,13 @@ class CrossMeasure:
     words (token counts differ between the tokenizers); the student's NLL per token of its own
     answer (the reward-hacking sign: a student that grows sure of answers the teacher rejects)."""
 
-    def __init__(self, teacher, teacher_params, data, teacher_prompts, to_teacher, tokenizer, *, batch_size,
-                 max_new_tokens, eos_token_id, pad_token_id, mesh=None, full=True):
-        self.teacher, self.teacher_params, self.data, self.tokenizer = teacher, teacher_params, data, tokenizer
-        self.to_teacher, self.eos, self.full = to_teacher, eos_token_id, full
-        self.gen = dict(max_new_tokens=max_new_tokens, greedy=True, eos_token_id=eos_token_id,
-                        pad_token_id=pad_token_id)
+    def __init__(self, teacher, data, teacher_prompts, to_teacher, gen, *, batch_size, mesh=None, full=True):
+        """``teacher``: (decoder, params); ``data``/``teacher_prompts``: the set in the student's and
+        the teacher's tokens; ``to_teacher``: a :class:`cross_tokenizer.Retokenizer` from the
+        student's tokenizer; ``gen``: the student's ``max_new_tokens``, ``eos_token_id``, ``pad_token_id``."""
+        (self.teacher, self.teacher_params), self.data, self.tokenizer = teacher, data, to_teacher.src
+        self.to_teacher, self.eos, self.full = to_teacher, gen["eos_token_id"], full
+        self.gen = dict(gen, greedy=True)
         self.batches = [(sl, put_batch((data.prompt_ids[idx], data.prompt_mask[idx]), mesh),
                          put_batch((teacher_prompts.prompt_ids[idx], teacher_prompts.prompt_mask[idx]), mesh))
                         for _, sl, idx in static_batches(len(data), batch_size)]

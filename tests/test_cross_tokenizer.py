@@ -131,3 +131,19 @@ def test_token_level_methods_stop_naming_the_sequence_level_ones(tmp_path, tok, 
         with pytest.raises(InputError, match=f"'{method}' compares token distributions"):
             train(cfg, s_cfg, s_params, t_cfg, t_params, data, None,
                   str(tmp_path / "w"), tokenizer=tok, teacher_tokenizer=teacher_tok)
+
+
+def test_a_second_run_reuses_the_compiled_samplers(tmp_path, tok, teacher_tok):
+    """The experiment trains many runs per process: sampling y_t and y_s compiles once, not per run."""
+    from conftest import train
+    from dpkd_jax import sampling
+    cfg, data, _, (s_cfg, s_params) = tiny_setup(tmp_path, tok)
+    cfg.method, cfg.train.steps = "plad", 1
+    t_cfg, t_params = models.init(gpt2.tiny_config(vocab_size=TEACHER_VOCAB, d_model=32, n_layers=1, n_heads=2,
+                                                   d_ff=64, max_positions=72), 0)
+    run = lambda i: train(cfg, s_cfg, s_params, t_cfg, t_params, data, None, str(tmp_path / f"w{i}"), tokenizer=tok,
+                          teacher_tokenizer=teacher_tok)
+    run(0)
+    compiled = sampling._generate_jit._cache_size()
+    run(1)
+    assert sampling._generate_jit._cache_size() == compiled

@@ -145,6 +145,8 @@ def write(cfg, start, runs, lrs, grid, knobs, rows, knob_runs=(), previous=()):
             f"## Learning rate (dev RougeL, seed {e.seeds[0]})\n\n{grid_lines}\n")
     if knobs:
         text += f"\n## DPKD's β and kd_ratio (dev, seed {e.seeds[0]})\n\n{knobs_table(knobs)}\n"
+        if "dpkd_best" not in rows:
+            text += "\nThe best on dev is the config's own β and kd_ratio: the dpkd row above.\n"
     if e.get("cross", False):
         text += f"\n## The host round trip across tokenizers\n\n{host_share(runs)}\n"
     with open(os.path.join(wd, "table.md"), "w") as f:

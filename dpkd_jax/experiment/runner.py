@@ -209,9 +209,9 @@ def run_experiment(cfg):
     group = [n for n in e.get("best_of", ()) if n in new_grid]
     dropped = {n for n in group if n != max(group, key=lambda n: max(new_grid[n].values()))} if group else set()
     rows = {n: variant(n) for n in (*old_runs, *names) if n != "dpkd_best" and n not in dropped}
-    if knobs:
-        best = max(knobs, key=lambda k: k["dev_rougeL"])
-        rows["dpkd_best"] = ("dpkd", {"beta": best["beta"], "kd_ratio": best["kd_ratio"]})
+    best = max(knobs, key=lambda k: k["dev_rougeL"]) if knobs else None
+    if best and (best["beta"], best["kd_ratio"]) != (cfg.loss.dpkd.beta, cfg.loss.dpkd.kd_ratio):
+        rows["dpkd_best"] = ("dpkd", {"beta": best["beta"], "kd_ratio": best["kd_ratio"]})  # else: the dpkd row
         lrs["dpkd_best"] = lrs["dpkd"]
     runs = {n: old_runs[n] if n in old_runs else [x.run(m, lrs[n], s, over) for s in e.seeds]
             for n, (m, over) in rows.items()}

@@ -137,13 +137,19 @@ def test_a_second_run_reuses_the_compiled_samplers(tmp_path, tok, teacher_tok):
     """The experiment trains many runs per process: sampling y_t and y_s compiles once, not per run."""
     from conftest import train
     from dpkd_jax import sampling
-    cfg, data, _, (s_cfg, s_params) = tiny_setup(tmp_path, tok)
+    from conftest import PIPE_VOCAB
+    cfg, data, _, _ = tiny_setup(tmp_path, tok)
     cfg.method, cfg.train.steps = "plad", 1
-    t_cfg, t_params = models.init(gpt2.tiny_config(vocab_size=TEACHER_VOCAB, d_model=32, n_layers=1, n_heads=2,
-                                                   d_ff=64, max_positions=72), 0)
+    # shapes no other test uses, so no earlier test has compiled these samplers in this process
+    s_cfg, s_params = models.init(gpt2.tiny_config(vocab_size=PIPE_VOCAB, d_model=24, n_layers=1, n_heads=2, d_ff=40,
+                                                   max_positions=72), 5)
+    t_cfg, t_params = models.init(gpt2.tiny_config(vocab_size=TEACHER_VOCAB, d_model=40, n_layers=1, n_heads=2,
+                                                   d_ff=56, max_positions=72), 0)
     run = lambda i: train(cfg, s_cfg, s_params, t_cfg, t_params, data, None, str(tmp_path / f"w{i}"), tokenizer=tok,
                           teacher_tokenizer=teacher_tok)
+    before = sampling._generate_jit._cache_size()
     run(0)
     compiled = sampling._generate_jit._cache_size()
+    assert compiled >= before + 2  # y_t and y_s: the module's one compiled sampler, not a jit per run
     run(1)
     assert sampling._generate_jit._cache_size() == compiled

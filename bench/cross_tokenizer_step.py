@@ -73,12 +73,8 @@ def main():
             jax.block_until_ready(states[name]["params"])
             if r:
                 times[name].append(time.perf_counter() - t)
-    # The host part alone: both crossings of one step's samples.
+    host = host_time(cross, s_tok, t_tok, args)
     to_student, to_teacher = cross.retokenizers
-    ys = np.random.default_rng(0).integers(1, len(s_tok), (args.batch, args.new)).astype(np.int32)
-    yt = np.random.default_rng(1).integers(1, len(t_tok), (args.batch, args.new)).astype(np.int32)
-    ones = np.ones_like(ys)
-    host = statistics.median(_timed(lambda: (to_teacher(ys, ones), to_student(yt, ones))) for _ in range(args.repeats))
     med = {k: statistics.median(v) for k, v in times.items()}
     out = {"device": jax.devices()[0].device_kind, "args": vars(args), "same_tokenizer_step_s": med["same"],
            "cross_tokenizer_step_s": med["cross"], "overhead": med["cross"] / med["same"] - 1.0,
@@ -89,6 +85,15 @@ def main():
     if args.out:
         with open(args.out, "w") as f:
             f.write(text + "\n")
+
+
+def host_time(cross, s_tok, t_tok, args):
+    """The host part alone: both crossings of one step's samples (median seconds)."""
+    to_student, to_teacher = cross.retokenizers
+    ys = np.random.default_rng(0).integers(1, len(s_tok), (args.batch, args.new)).astype(np.int32)
+    yt = np.random.default_rng(1).integers(1, len(t_tok), (args.batch, args.new)).astype(np.int32)
+    ones = np.ones_like(ys)
+    return statistics.median(_timed(lambda: (to_teacher(ys, ones), to_student(yt, ones))) for _ in range(args.repeats))
 
 
 def _timed(fn):

@@ -29,7 +29,7 @@ STANDINS = {
 }
 CONFIGS = ["demo.py", "gpt2_xl_to_base.py", "gpt2_xl_to_medium.py", "opt13b_to_1p3b.py", "qwen25_7b_to_1p5b.py",
            "llama31_8b_to_llama32_1b.py", "smollm2_pruned.py", "smollm2_pruned.py:cpu", "pair.py",
-           "smollm2_to_gemma3.py", "smollm2_to_gemma3.py:cpu"]
+           "smollm2_to_gemma3.py:cpu"]
 
 
 def load(name):

@@ -19,7 +19,7 @@ from ..cross_tokenizer import Retokenizer
 from ..errors import InputError
 from ..pipeline import load_model
 from .measure import CrossMeasure
-from .runner import PROMPTS_DIR, Experiment
+from .runner import Experiment, read_prompts
 from .targets import greedy_targets, prompts_only
 
 
@@ -50,7 +50,6 @@ class CrossExperiment(Experiment):
                                                models.real_vocab_size(self.teacher_tokenizer))
         self.s_cfg, self.s_params = load_model(cfg, self.placement, "student", s_path,
                                                models.real_vocab_size(self.tokenizer))
-        self.keep = None
         (self.train, _), (self.dev, self.dev_t), (self.eval, self.eval_t) = self._data()
         self.run_ctx = run_lib.Run(cfg, self.tokenizer, self.placement, (self.t_cfg, self.t_params), self.train,
                                    teacher_tokenizer=self.teacher_tokenizer)
@@ -65,9 +64,7 @@ class CrossExperiment(Experiment):
         cfg, e = self.cfg, self.e
         sides = ((self.teacher_tokenizer, self.t_template), (self.tokenizer, cfg.data.template))
         out = {}
-        for split, file in (("pool", "train.jsonl"), ("held", "eval.jsonl")):
-            recs = data_lib.read_jsonl(os.path.join(e.prompts or PROMPTS_DIR, file),
-                                       data_lib.Report(f"experiment.prompts {file}"))
+        for (split, file), recs in zip((("pool", "train.jsonl"), ("held", "eval.jsonl")), read_prompts(e)):
             out[split], skipped = fitting(recs, sides, cfg.data.max_prompt_length)
             print(f"experiment.prompts {file}: {len(out[split])} of {len(recs)} prompts fit data.max_prompt_length="
                   f"{cfg.data.max_prompt_length} in both tokenizers; {skipped} skipped")

@@ -72,10 +72,7 @@ class Experiment:
     def _data(self):
         cfg, e = self.cfg, self.e
         P, N = cfg.data.max_prompt_length, cfg.gen.max_new_tokens
-        pool = data_lib.read_jsonl(os.path.join(e.prompts or PROMPTS_DIR, "train.jsonl"),
-                                   data_lib.Report("experiment.prompts train.jsonl"))
-        held = data_lib.read_jsonl(os.path.join(e.prompts or PROMPTS_DIR, "eval.jsonl"),
-                                   data_lib.Report("experiment.prompts eval.jsonl"))
+        pool, held = read_prompts(e)
         if len(pool) < e.n_train + e.n_dev or len(held) < e.n_eval:
             raise InputError(f"config.experiment: n_train + n_dev = {e.n_train + e.n_dev} and n_eval = {e.n_eval} "
                              f"need that many prompts; the set has {len(pool)} and {len(held)}")
@@ -141,6 +138,12 @@ class Experiment:
             os.replace(path + ".tmp", path)
         shutil.rmtree(c.workdir, ignore_errors=True)  # TensorBoard only: the run's record is the JSON
         return out
+
+
+def read_prompts(e):
+    """(the training pool, the held-out set) of ``experiment.prompts`` (default: the shipped set)."""
+    return tuple(data_lib.read_jsonl(os.path.join(e.prompts or PROMPTS_DIR, f"{name}.jsonl"),
+                                     data_lib.Report(f"experiment.prompts {name}.jsonl")) for name in ("train", "eval"))
 
 
 def eval_steps(e):

@@ -85,7 +85,7 @@ def demo_run(cfg):
 def run_demo(cfg):
     d = cfg.demo
     wd = cfg.workdir
-    finished = {os.path.normpath(os.path.dirname(ckpts)): step for ckpts, step in prepare_workdir(cfg)}
+    prepare_workdir(cfg)
     run = demo_run(cfg)
     cfg = run.cfg
     t_cfg, t_params = run.teacher
@@ -93,12 +93,6 @@ def run_demo(cfg):
     keep = parse_layers(d.keep_layers, arch.n_layers, "config.demo.keep_layers")
     print(f"teacher: {models.merge(t_cfg, t_params).num_params():,} params, {arch.n_layers} layers; the student "
           f"is the trained teacher with layers {d.keep_layers} kept; vocab {len(run.tokenizer)}")
-    distill = {(m, seed): run_lib.stage_config(cfg, m, os.path.join(wd, m, f"seed{seed}"), seed=seed,
-                                               steps=d.distill_steps, lr=d.distill_lr)
-               for m in d.methods for seed in d.seeds}
-    todo = [c for c in distill.values() if c.train.steps and finished.get(os.path.normpath(c.workdir), -1) < c.train.steps]
-    compiled = compile_ahead(run, todo, *prune(models.decoder_for(arch, run.placement.rules("student")),
-                                               t_params, keep))
 
     def stage(name, c, model, params, init=None):
         if c.train.steps == 0:  # a stage can be switched off (tests, or a teacher already trained)
@@ -114,10 +108,9 @@ def run_demo(cfg):
                [ev(s_cfg, s_init, "student_init")]}
     for method in d.methods:
         results[method] = []
-        if method in compiled:
-            compiled.pop(method).result()  # compiled ahead (or still compiling): not a second time
         for seed in d.seeds:  # one compiled step serves every seed (train.make_step)
-            c = distill[(method, seed)]
+            c = run_lib.stage_config(cfg, method, os.path.join(wd, method, f"seed{seed}"), seed=seed,
+                                     steps=d.distill_steps, lr=d.distill_lr)
             params = stage(f"{method} seed {seed}", c, s_cfg, s_init, init=s_init)
             results[method].append(ev(s_cfg, params, f"{method}_seed{seed}"))
             if jax.process_index() == 0 and seed == d.seeds[0]:
@@ -134,17 +127,6 @@ def run_demo(cfg):
     print(f"\ncurves: {wd}/<method>/seed<k>/curves.png   answers and scores: {wd}/eval/   table: {wd}/table.md")
     logging.info("demo done")
     return results
-
-
-def compile_ahead(run, todo, student, shapes) -> dict:
-    """{method: future}: each method's step compiled in the background while the teacher trains
-    (run.precompile), from a student of the right shapes (the untrained teacher, pruned); one
-    compile serves every seed of a method."""
-    first = {}
-    for c in todo:
-        first.setdefault(c.method, c)
-    futures = run_lib.precompile(run, [(c, student, shapes) for c in first.values()])
-    return dict(zip(first, futures))
 
 
 def gap_table(results, steps):

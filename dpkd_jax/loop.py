@@ -310,21 +310,6 @@ def train_loop(run, cfg, student, params, *, spec=None, ref_params=None, desc=No
     return Trained(state["params"], history, best_params)
 
 
-def compile_stage(run, cfg, student, params, *, spec=None, ref_params=None):
-    """Compile the step :func:`train_loop` would run for this stage, on its first batch, without
-    training: the executable lands in the step's cache (``train._compiled``), so the stage starts
-    at once. Only shapes matter: ``params`` (and the run's teacher) may be untrained stand-ins of
-    the right shapes. One-teacher, one-tokenizer runs (the others compile on their first step)."""
-    if run.routing is not None or run.teacher_tokenizer is not None:
-        raise ValueError("compile_stage: multi-teacher and cross-tokenizer steps compile on their first step")
-    spec = bind_feature(spec or specs.Step.of(cfg), student, run)
-    placed = place(run.placement, spec, student, params, *run.teacher, ref_params, cfg.train)
-    batches, step_fn = one_teacher(run, cfg, spec, student, placed)
-    lm_rows = run.lm_rows if spec.objective.lm_coef > 0 else None
-    batch = batch_source(batches, lm_rows, cfg.seed, spec.batch_size, placed.shardings["batch"])(0)
-    step_fn.compile_ahead(placed.state, batch, jax.random.PRNGKey(cfg.seed))
-
-
 def _run_guarded(trainer, save, state):
     """Run the trainer; a SIGTERM finishes the step, saves, and raises :class:`Preempted`."""
     with SigtermGuard() as guard:

@@ -11,12 +11,9 @@ The pipeline runs one stage; the demo and the experiment only choose which stage
 
 from __future__ import annotations
 
-import concurrent.futures
 import copy
 import dataclasses
 import os
-import sys
-import threading
 
 import jax
 
@@ -24,7 +21,7 @@ from . import data as data_lib
 from . import evaluate as eval_lib
 from . import models, specs
 from .curves import plot_history
-from .loop import Trained, compile_stage, train_loop
+from .loop import Trained, train_loop
 
 
 def resolved(cfg, tokenizer, **paths):
@@ -101,28 +98,6 @@ def train_stage(run: Run, c, student, params, *, desc=None, init=None, callback=
         print(f"[{desc}] step {final['step']}: loss {final['loss/total']:.3f}, "
               f"{final['perf/tokens_per_s']:.0f} tokens/s")
     return trained
-
-
-def precompile(run: Run, stages) -> list:
-    """Compile each stage's step in one background thread, in order (``stages``: ``(stage config,
-    student, params)``; untrained params of the right shapes do): a future per stage, to wait on
-    before training it (:func:`loop.compile_stage`). On a CPU a step takes seconds to compile
-    while a training step leaves part of the other core idle: the demo compiles its methods'
-    steps while its teacher trains."""
-    pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="precompile", initializer=_yield_cpu)
-    futures = []
-    for c, student, params in stages:
-        ref = params if specs.Step.of(c).objective.needs.reference else None
-        futures.append(pool.submit(compile_stage, run, c, student, params, ref_params=ref))
-    pool.shutdown(wait=False)  # the thread finishes the queue; the futures report errors
-    return futures
-
-
-def _yield_cpu():
-    """Lowest CPU priority for this thread (Linux: the nice value is per thread), so compiling
-    ahead takes the cycles the training step leaves idle instead of slowing it."""
-    if sys.platform.startswith("linux"):
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
 
 
 def evaluate(run: Run, decoder, params, tag, out_dir=None, sets=None) -> dict:

@@ -247,10 +247,9 @@ class _Frozen:
         return isinstance(other, _Frozen) and self.key == other.key
 
 
-# Small caches: consecutive seeds of a method share an entry, and a demo compiles its few methods' steps ahead
-# while its teacher trains (run.precompile); keeping many compiled steps alive across a process (the test
-# suite compiles hundreds) is what a long-lived cache would cost.
-@functools.lru_cache(maxsize=8)
+# Small caches: consecutive seeds of a method share an entry; keeping many compiled steps alive across a
+# process (the test suite compiles hundreds) is what a long-lived cache would cost.
+@functools.lru_cache(maxsize=4)
 def _compiled(spec, student, teacher, tx, shardings, has_teacher, has_ref):
     """One jitted step per (spec, models, optimizer, shardings): every seed of a method reuses it."""
     body = _own_update_body if spec.objective.own_update else _generic_body
@@ -286,11 +285,5 @@ def make_step(spec, student, teacher, tx, teacher_params, ref_params=None, shard
     def lower(*args):
         with context():
             return jitted.lower(*args)
-
-    def compile_ahead(state, batch, rng):
-        """Compile for these arguments (arrays or ``jax.ShapeDtypeStruct``) without running: the
-        executable lands in the jit's cache, so the first real call starts at once."""
-        with context():
-            return jitted.lower(state, batch, rng, teacher_params, ref_params).compile()
-    step.jitted, step.lower, step.compile_ahead = jitted, lower, compile_ahead
+    step.jitted, step.lower = jitted, lower
     return step

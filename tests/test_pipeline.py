@@ -100,6 +100,9 @@ def test_shortened_demo_runs_end_to_end(tmp_path, capsys):
     tok = models.load_tokenizer(str(tmp_path / "dpkd" / "export"))
     assert exported["eos_token_id"] == tok.eos_token_id < back.config.vocab_size  # not GPT-2's default 50256
     assert exported["bos_token_id"] == tok.bos_token_id  # None for the demo tokenizer, not 50256
+    # The demo's models follow config.model.scan_layers (the demo config unrolls its few layers).
+    from dpkd_jax.demo import demo_run
+    assert c.model.scan_layers is False and demo_run(c).teacher[0].config.scan_layers is False
     # The preflight passes on the demo's exported models (teacher and student alike here).
     from dpkd_jax.preflight import preflight
     c = default_config()

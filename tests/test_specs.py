@@ -1,7 +1,6 @@
 """Specs built once from the config: hashable, equal across seeds, so a method's step compiles once."""
 
 import dataclasses
-import logging
 
 import jax
 import jax.numpy as jnp
@@ -55,28 +54,3 @@ def test_stage_configs_and_the_resolved_config_are_copies(tok):
     r = run_lib.resolved(cfg, tok)
     assert r.gen.eos_token_id == tok.eos_token_id and r.gen.pad_token_id >= 0
     assert cfg.to_json() == before  # the run's own config is never written
-
-
-def test_a_stage_compiled_ahead_in_a_thread_starts_without_compiling(tmp_path, tok, caplog):
-    """run.precompile (the demo compiles its methods while the teacher trains): the stage's step is
-    compiled once, in the background thread, from stand-in params of the right shapes; training the
-    stage afterwards compiles no step of its own."""
-    from dpkd_jax import sharding
-    cfg, data, teacher, (s_dec, s_params) = tiny_setup(tmp_path, tok)
-    c = run_lib.stage_config(cfg, "dpkd", str(tmp_path / "w"))
-    run = run_lib.Run(c, tok, sharding.Placement(c.mesh), teacher, data)
-    stand_in = jax.tree.map(jnp.zeros_like, s_params)
-
-    def step_compiles():
-        return sum("Finished XLA compilation of jit(_generic_body)" in r.getMessage() for r in caplog.records)
-    jax.config.update("jax_log_compiles", True)  # process-wide: the context manager's is one thread's
-    try:
-        with caplog.at_level(logging.WARNING):
-            [future] = run_lib.precompile(run, [(c, s_dec, stand_in)])
-            future.result()
-            assert step_compiles() == 1
-            trained = run_lib.train_stage(run, c, s_dec, s_params, plot=False)
-            assert step_compiles() == 1
-    finally:
-        jax.config.update("jax_log_compiles", False)
-    assert len(trained.history) == c.train.steps and np.isfinite(trained.history[-1]["loss/total"])

@@ -158,16 +158,16 @@ def _generic_body(spec, student, teacher, tx, state, batch, rng, teacher_params,
         metrics = {k: v.mean() for k, v in {**metrics, **objectives.reward_hacking(ctx)}.items()}
         metrics.update({f"loss/{k}": v.mean() for k, (_, v) in terms.items()})
         total = _total(terms)
-        return total, dict(metrics, **{"loss/total": total})
+        return total, (dict(metrics, **{"loss/total": total}), objectives.first_positions(ctx))
 
-    new_params, feature, opt_state, _, metrics, grads = update(tx, student, loss_fn, params, state["opt_state"],
-                                                               state["feature"])
+    new_params, feature, opt_state, _, (metrics, firsts), grads = update(tx, student, loss_fn, params,
+                                                                        state["opt_state"], state["feature"])
     metrics["grad_norm"] = global_norm(grads)
     for r, (_, m) in samples.items():
         metrics[f"length/{r.value}_response"] = m.sum(1).mean()
     own, own_metrics = spec.objective.next_state(state["objective"], metrics, progress)
-    new_state = _finish(spec, student, teacher, state, new_params, opt_state, {**metrics, **own_metrics}, batch,
-                        teacher_params)
+    kls = _first_token_kls(spec, student, teacher, state, batch, teacher_params, firsts)
+    new_state = _finish(spec, state, new_params, opt_state, {**metrics, **own_metrics}, batch, kls)
     return {**new_state[0], "objective": own, "feature": feature}, new_state[1]
 
 
@@ -206,27 +206,38 @@ def _own_update_body(spec, student, teacher, tx, state, batch, rng, teacher_para
     metrics.update({"minillm/reward": losses.masked_mean(roll["rewards"], roll["mask"]).mean(),
                     "minillm/importance_weight": losses.masked_mean(roll["weights"], roll["mask"]).mean(),
                     "length/mixture_response": roll["mask"].sum(1).mean()})
-    return _finish(spec, student, teacher, state, params, opt_state, metrics, batch, teacher_params)
+    return _finish(spec, state, params, opt_state, metrics, batch,
+                   _first_token_kls(spec, student, teacher, state, batch, teacher_params))
 
 
-def _finish(spec, student, teacher, state, new_params, opt_state, metrics, batch, teacher_params):
-    """The metrics every step logs, and the new state."""
+def _first_token_kls(spec, student, teacher, state, batch, teacher_params, firsts=(None, None)):
+    """The first-token KLs ``([B], [B])``: from the last prompt position of the objective's own
+    forwards (``firsts``, from ``objectives.first_positions``) when it ran both models; else with the
+    missing prompt forward(s), only on the steps the loop logs; zeros without the teacher's weights
+    (a top-k cache run) or across vocabularies (a teacher view)."""
+    params, (hs, ht) = state["params"], firsts
+    student_logits = lambda: (objectives.first_token_logits(student, params, *batch.prompts) if hs is None
+                              else student.head(params, hs))
+    teacher_logits = lambda: (objectives.first_token_logits(teacher, teacher_params, *batch.prompts) if ht is None
+                              else teacher.head(teacher_params, ht))
+    if hs is not None and ht is not None:
+        return objectives.kls(student_logits(), teacher_logits())
+    zeros = jnp.zeros((batch.rows,), jnp.float32)
+    if teacher_params is None or batch.teacher_view is not None:
+        return zeros, zeros
     done = state["step"] + 1
     log_step = (done % spec.log_every == 0) | (done == spec.steps)
-    zeros = jnp.zeros((batch.rows,), jnp.float32)
-    # Two extra prompt forwards, only on the steps the loop logs; none without the teacher's weights
-    # (a top-k cache run) or across vocabularies (a teacher view).
-    if teacher_params is None or batch.teacher_view is not None:
-        fkl, rkl = zeros, zeros
-    else:
-        fkl, rkl = jax.lax.cond(log_step, lambda: objectives.first_token_kls(
-            student, state["params"], teacher, teacher_params, *batch.prompts), lambda: (zeros, zeros))
+    return jax.lax.cond(log_step, lambda: objectives.kls(student_logits(), teacher_logits()), lambda: (zeros, zeros))
+
+
+def _finish(spec, state, new_params, opt_state, metrics, batch, kls):
+    """The metrics every step logs (``kls``: the first-token forward and reverse KLs), and the new state."""
     metrics["nonfinite/streak"] = opt_state.notfinite_count
     metrics["nonfinite/skipped"] = opt_state.total_notfinite
-    metrics.update({"kl/first_token_forward": fkl.mean(), "kl/first_token_reverse": rkl.mean(),
+    metrics.update({"kl/first_token_forward": kls[0].mean(), "kl/first_token_reverse": kls[1].mean(),
                     "lr": jnp.asarray(spec.schedule(state["step"] * spec.objective.updates_per_step), jnp.float32),
                     "length/gold": batch.response_mask.sum(1).mean()})
-    return {"params": new_params, "opt_state": opt_state, "step": done, "objective": state["objective"],
+    return {"params": new_params, "opt_state": opt_state, "step": state["step"] + 1, "objective": state["objective"],
             "feature": state["feature"]}, metrics
 
 

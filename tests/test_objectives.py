@@ -96,6 +96,24 @@ def test_reward_hacking_diagnostics_are_logged(tmp_path, tok):
     assert 0 < m["hacking/distinct2_ys"] <= 1
 
 
+@pytest.mark.parametrize("method", ["kd", "dpkd", "sft"])
+def test_first_token_kls_come_from_the_objectives_forwards(tmp_path, tok, method):
+    """The logged first-token KLs equal two prompt-only forwards. kd and dpkd read both models' last
+    prompt position from their own forwards (causal attention: it never sees a response); SFT runs no
+    teacher forward, so the step adds the teacher's prompt forward and reuses the student's."""
+    cfg, _, (t_dec, t_p), (s_dec, s_p) = tiny_setup(tmp_path, tok)
+    b, m = _steps(tmp_path, tok, method, 1)[0]
+    fkl, rkl = O.first_token_kls(s_dec, s_p, t_dec, t_p, *b.prompts)
+    assert float(fkl.mean()) > 1e-3  # two different random models: a KL that can be wrong
+    np.testing.assert_allclose(m["kl/first_token_forward"], float(fkl.mean()), rtol=1e-5)
+    np.testing.assert_allclose(m["kl/first_token_reverse"], float(rkl.mean()), rtol=1e-5)
+    if method != "dpkd":  # which forwards the objective ran (dpkd's need its samples)
+        ctx = O.Context({O.Model.STUDENT: (s_dec, s_p), O.Model.TEACHER: (t_dec, t_p)}, b, {})
+        O.build(method, cfg.loss).loss(ctx)
+        assert O.first_positions(ctx)[0] is not None
+        assert (O.first_positions(ctx)[1] is not None) == (method == "kd")
+
+
 def test_distinct_2_matches_a_python_count():
     ids = np.array([[1, 2, 1, 2, 1, 0, 0], [5, 5, 5, 5, 5, 5, 5], [3, 4, 0, 0, 0, 0, 0]])
     mask = np.array([[1, 1, 1, 1, 1, 0, 0], [1] * 7, [1, 0, 0, 0, 0, 0, 0]])

@@ -141,6 +141,14 @@ class Context:
                 self._hidden[(m, x)] = part
         return self._hidden[key]
 
+    def first_position(self, m: Model):
+        """Model ``m``'s final hidden state at the last prompt position ``[B, 1, D]`` (it predicts a
+        response's first token and, by causal attention, is the same for every response), from a
+        forward this step already ran on the batch's prompts; None if none ran."""
+        if m in self.views:
+            return None
+        return next((h[:, :1] for (model, _), h in self._hidden.items() if model is m), None)
+
     def features(self, m: Model, r: Response):
         """The residual streams after ``feature_layers[m]`` ``[K, B, N, D]`` at response ``r``'s positions,
         from the same forward as :meth:`hidden`."""

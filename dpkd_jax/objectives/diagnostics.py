@@ -41,12 +41,31 @@ def reward_hacking(ctx: Context) -> dict:
     return out
 
 
-def first_token_kls(student, params, teacher, teacher_params, prompt_ids, prompt_mask):
-    """Forward and reverse KL between teacher and student on the first response token ``[B]``."""
+def first_token_logits(decoder, params, prompt_ids, prompt_mask):
+    """One prompt forward: the logits at the last prompt position ``[B, 1, V]`` (they predict the
+    first response token)."""
     P = prompt_ids.shape[1]
     pos = jnp.maximum(jnp.cumsum(prompt_mask, axis=1) - 1, 0)
-    s, _ = student(params, prompt_ids, pos, prompt_mask, logits_range=(P - 1, P))
-    t, _ = teacher(teacher_params, prompt_ids, pos, prompt_mask, logits_range=(P - 1, P))
+    return decoder(params, prompt_ids, pos, prompt_mask, logits_range=(P - 1, P))[0]
+
+
+def first_token_kls(student, params, teacher, teacher_params, prompt_ids, prompt_mask):
+    """Forward and reverse KL between teacher and student on the first response token ``[B]``,
+    by two prompt forwards (a step reads what it can from its own forwards: :func:`first_positions`)."""
+    return kls(first_token_logits(student, params, prompt_ids, prompt_mask),
+               first_token_logits(teacher, teacher_params, prompt_ids, prompt_mask))
+
+
+def first_positions(ctx: Context):
+    """(student, teacher) final hidden states at the last prompt position ``[B, 1, D]``, from the
+    forwards the objective ran (``Context.first_position``; None for a model it did not run),
+    without gradient: their heads give the first-token logits with no forward of their own."""
+    out = (ctx.first_position(Model.STUDENT), ctx.first_position(Model.TEACHER))
+    return tuple(None if h is None else jax.lax.stop_gradient(h) for h in out)
+
+
+def kls(s, t):
+    """(KL(t‖s), KL(s‖t)) ``[B]`` of first-token logits ``[B, 1, V]``, without gradient."""
     s, t = jax.lax.stop_gradient(s), jax.lax.stop_gradient(t)
     ones = jnp.ones(s.shape[:2])
     return losses.forward_kl(s, t, ones), losses.reverse_kl(s, t, ones)

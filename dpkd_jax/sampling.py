@@ -31,7 +31,9 @@ from . import losses
 __all__ = ["generate", "sample", "sample_jit", "score", "response_logits", "response_hidden", "process_logits", "chunks"]
 
 MAX_CHUNKS = 4      # compiled decode bodies per generation; attention waste <= 1/MAX_CHUNKS of N
-MIN_CHUNK = 16
+# Each chunk is one more compiled decode body (seconds of XLA compile per model on a CPU); a chunk shorter
+# than this saves less decode time (attention over fewer slots, early exit) than its compile costs.
+MIN_CHUNK = 64
 
 
 def process_logits(logits, *, temperature=1.0, top_k=0, top_p=1.0):

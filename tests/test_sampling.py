@@ -99,7 +99,8 @@ def test_top_k_top_p_keep_exactly_the_right_support(top_k, top_p):
         assert set(kept) == set(keep)
 
 
-def test_compiled_once_per_shape(model, rng):
+def test_compiled_once_per_shape(model, rng, monkeypatch):
+    monkeypatch.setattr(sampling, "MIN_CHUNK", 16)  # 3 chunks at 40 new tokens
     for f in (sampling._prefill_jit, sampling._chunk_jit, sampling._generate_jit):
         f.clear_cache()
     kw = dict(max_new_tokens=40, eos_token_id=-1, pad_token_id=0)
@@ -119,7 +120,8 @@ def test_compiled_once_per_shape(model, rng):
 
 
 @pytest.mark.parametrize("n", [5, 40])
-def test_in_jit_sampler_equals_host_driven_and_early_exit_changes_nothing(model, rng, n):
+def test_in_jit_sampler_equals_host_driven_and_early_exit_changes_nothing(model, rng, n, monkeypatch):
+    monkeypatch.setattr(sampling, "MIN_CHUNK", 16)  # several chunks at 40 new tokens
     ids, mask = prompts(rng)
     kw = dict(max_new_tokens=n, temperature=1.3, eos_token_id=-1, pad_token_id=0)
     key = jax.random.PRNGKey(4)
@@ -139,7 +141,14 @@ def test_in_jit_sampler_equals_host_driven_and_early_exit_changes_nothing(model,
             assert m[r].sum() == end and (toks[r, end:] == 0).all()
 
 
+def test_chunks_follow_the_number_of_new_tokens():
+    assert sampling.chunks(40) == [(0, 40)]  # short generations: one compiled decode body
+    assert sampling.chunks(130) == [(0, 64), (64, 128), (128, 130)]
+    assert sampling.chunks(512) == [(0, 128), (128, 256), (256, 384), (384, 512)]  # MAX_CHUNKS bodies
+
+
 def test_early_exit_skips_the_remaining_chunks(model, rng, monkeypatch):
+    monkeypatch.setattr(sampling, "MIN_CHUNK", 16)  # 4 chunks of 16 at this test's 64 new tokens
     ids, mask = prompts(rng)
     calls = []
     real = sampling._chunk_jit
@@ -155,6 +164,8 @@ def test_early_exit_skips_the_remaining_chunks(model, rng, monkeypatch):
 
 
 def test_chunked_attention_over_the_filled_cache_equals_dense(model, rng, monkeypatch):
+    monkeypatch.setattr(sampling, "MIN_CHUNK", 16)  # 3 chunks at 48 new tokens
+    sampling._generate_jit.clear_cache()
     ids, mask = prompts(rng)
     kw = dict(max_new_tokens=48, temperature=1.0, eos_token_id=-1, pad_token_id=0)
     chunked, _ = sampling.sample_jit(*models.split(model), ids, mask, jax.random.PRNGKey(1), **kw)

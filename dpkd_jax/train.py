@@ -216,18 +216,19 @@ def _first_token_kls(spec, student, teacher, state, batch, teacher_params, first
     missing prompt forward(s), only on the steps the loop logs; zeros without the teacher's weights
     (a top-k cache run) or across vocabularies (a teacher view)."""
     params, (hs, ht) = state["params"], firsts
-    student_logits = lambda: (objectives.first_token_logits(student, params, *batch.prompts) if hs is None
-                              else student.head(params, hs))
-    teacher_logits = lambda: (objectives.first_token_logits(teacher, teacher_params, *batch.prompts) if ht is None
-                              else teacher.head(teacher_params, ht))
+
+    def logits(decoder, p, h):  # the head on the given position, else one prompt forward
+        return decoder.head(p, h) if h is not None else objectives.first_token_logits(decoder, p, *batch.prompts)
+    from_logits = lambda: objectives.first_token_kls_of_logits(logits(student, params, hs),
+                                                               logits(teacher, teacher_params, ht))
     if hs is not None and ht is not None:
-        return objectives.kls(student_logits(), teacher_logits())
+        return from_logits()
     zeros = jnp.zeros((batch.rows,), jnp.float32)
     if teacher_params is None or batch.teacher_view is not None:
         return zeros, zeros
     done = state["step"] + 1
     log_step = (done % spec.log_every == 0) | (done == spec.steps)
-    return jax.lax.cond(log_step, lambda: objectives.kls(student_logits(), teacher_logits()), lambda: (zeros, zeros))
+    return jax.lax.cond(log_step, from_logits, lambda: (zeros, zeros))
 
 
 def _finish(spec, state, new_params, opt_state, metrics, batch, kls):

@@ -13,7 +13,8 @@ import dataclasses
 
 from ..errors import InputError
 from .base import Context, Model, Needs, Objective, Response
-from .diagnostics import distinct_2, first_positions, first_token_kls, first_token_logits, kls, reward_hacking
+from .diagnostics import (distinct_2, first_positions, first_token_kls, first_token_kls_of_logits,
+                          first_token_logits, reward_hacking)
 from .distillm2 import DistiLLM2
 from .minillm import MiniLLM, Mixture
 from .onpolicy import OPD
@@ -47,4 +48,4 @@ def build(method: str, loss_cfg):
 
 
 __all__ = ["CROSS_METHODS", "TOPK_METHODS", "Objective", "Mixture", "OBJECTIVES", "defaults", "build", "Context", "Model", "Needs", "Response", "first_token_kls",
-           "first_token_logits", "first_positions", "kls", "reward_hacking", "distinct_2"]
+           "first_token_logits", "first_token_kls_of_logits", "first_positions", "reward_hacking", "distinct_2"]

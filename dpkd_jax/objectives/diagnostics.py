@@ -52,8 +52,8 @@ def first_token_logits(decoder, params, prompt_ids, prompt_mask):
 def first_token_kls(student, params, teacher, teacher_params, prompt_ids, prompt_mask):
     """Forward and reverse KL between teacher and student on the first response token ``[B]``,
     by two prompt forwards (a step reads what it can from its own forwards: :func:`first_positions`)."""
-    return kls(first_token_logits(student, params, prompt_ids, prompt_mask),
-               first_token_logits(teacher, teacher_params, prompt_ids, prompt_mask))
+    return first_token_kls_of_logits(first_token_logits(student, params, prompt_ids, prompt_mask),
+                                     first_token_logits(teacher, teacher_params, prompt_ids, prompt_mask))
 
 
 def first_positions(ctx: Context):
@@ -64,7 +64,7 @@ def first_positions(ctx: Context):
     return tuple(None if h is None else jax.lax.stop_gradient(h) for h in out)
 
 
-def kls(s, t):
+def first_token_kls_of_logits(s, t):
     """(KL(t‖s), KL(s‖t)) ``[B]`` of first-token logits ``[B, 1, V]``, without gradient."""
     s, t = jax.lax.stop_gradient(s), jax.lax.stop_gradient(t)
     ones = jnp.ones(s.shape[:2])

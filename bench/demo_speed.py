@@ -6,6 +6,7 @@ medians; with the compile time of each. Backs ``model.scan_layers=False`` in the
 """
 
 import argparse
+import dataclasses
 import importlib.util
 import json
 import os
@@ -48,14 +49,14 @@ def batch(c, vocab, rng):
 class Case:
     """One (method, layout) step, placed as the trainer places it."""
 
-    def __init__(self, method, scan, layers):
+    def __init__(self, method, scan, layers, gold_length=None):
         c = demo_config(method)
         d = c.demo
         mk = lambda n, seed: models.init(gpt2.tiny_config(vocab_size=d.vocab_size, max_positions=c.data.max_length,
                                                           scan_layers=scan, **dict(d.teacher, n_layers=n)), seed)
         (t_dec, t_params), (s_dec, s_params) = mk(d.teacher.n_layers, 0), mk(layers, 1)
-        tx, spec = make_optimizer(c.train), Step.of(c)
-        sh = step_shardings(sharding.Placement(c.mesh), s_dec, t_dec, tx, s_params, spec.objective)
+        tx, spec = make_optimizer(c.train), dataclasses.replace(Step.of(c), gold_length=gold_length)
+        self.sh = sh = step_shardings(sharding.Placement(c.mesh), s_dec, t_dec, tx, s_params, spec.objective)
         self.state = place_state(s_dec, s_params, tx, sh, spec.objective)
         self.step = make_step(spec, s_dec, t_dec, tx, sharding.put(t_params, sh["teacher"]), shardings=sh)
         self.batch = sharding.put(batch(c, d.vocab_size, np.random.default_rng(0)), sh["batch"])

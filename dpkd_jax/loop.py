@@ -282,7 +282,8 @@ def train_loop(run, cfg, student, params, *, spec=None, ref_params=None, desc=No
     :class:`Diverged` after ``train.max_bad_steps`` non-finite steps in a row. The checkpoint
     manager is closed on every exit.
     """
-    spec = bind_feature(spec or specs.Step.of(cfg), student, run)
+    # every batch is drawn from run.train (or a subset of its rows): its longest row bounds the gold forwards
+    spec = bind_feature(spec or specs.Step.of(cfg), student, run).with_data(run.train)
     desc = desc or cfg.method
     placed = place(run.placement, spec, student, params, *run.teacher, ref_params, cfg.train)
     routed = run.routing is not None

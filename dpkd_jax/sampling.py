@@ -220,22 +220,59 @@ def _teacher_forced(prompt_ids, prompt_mask, response_ids, response_mask):
     return tokens, jnp.maximum(jnp.cumsum(mask, axis=1) - 1, 0), mask
 
 
-def response_hidden(decode, params, prompt_ids, prompt_mask, response_ids, response_mask):
+def squeezed_rows(prompt_ids, prompt_mask, response_ids, response_mask, length):
+    """Prompt and response as one row of ``length`` slots with the padding between them squeezed out:
+    ``(tokens, positions, mask) [B, length]`` and ``starts [B]``, the slot of each row's last prompt token.
+
+    The left-padded prompt and right-padded response put a row's real tokens at
+    ``[P - p_b, P + r_b)``; shifted left by the ``P - p_b`` pad slots they fill ``[0, p_b + r_b)``.
+    Positions, causal order and the keys each token sees are those of :func:`_teacher_forced`:
+    the forward is the same, on fewer slots. Needs ``p_b + r_b <= length`` for every row (tokens
+    past ``length`` would be lost): the caller's bound, the longest row of its data."""
+    P, N = prompt_ids.shape[1], response_ids.shape[1]
+    tokens, _, mask = _teacher_forced(prompt_ids, prompt_mask, response_ids, response_mask)
+    pad = P - jnp.sum(prompt_mask.astype(jnp.int32), axis=1)
+    idx = jnp.arange(length)[None, :] + pad[:, None]
+    inside = idx < P + N
+    idx = jnp.minimum(idx, P + N - 1)
+    tokens = jnp.take_along_axis(tokens, idx, axis=1)
+    mask = jnp.take_along_axis(mask, idx, axis=1) * inside
+    return tokens, jnp.maximum(jnp.cumsum(mask, axis=1) - 1, 0), mask, P - 1 - pad
+
+
+def _response_slots(starts, n, length):
+    """``[B, n]`` slots of a squeezed row whose outputs predict response tokens ``0..n-1`` (clipped:
+    those past the row's end are padding response slots, masked by the losses)."""
+    return jnp.minimum(starts[:, None] + jnp.arange(n)[None, :], length - 1)
+
+
+def response_hidden(decode, params, prompt_ids, prompt_mask, response_ids, response_mask, length=None):
     """Teacher-forced final hidden states at the positions that predict the response: ``[B, N, D]``
     (``decode.head`` of ``out[b, i]`` predicts ``response[b, i]``). The losses apply the head
-    in chunks (``losses.token_map``)."""
+    in chunks (``losses.token_map``). ``length``: run the forward on :func:`squeezed_rows` of that
+    many slots instead of ``P + N`` (the same outputs, less padding computed)."""
     P, N = prompt_ids.shape[1], response_ids.shape[1]
-    tokens, positions, mask = _teacher_forced(prompt_ids, prompt_mask, response_ids, response_mask)
-    return decode.hidden(params, tokens, positions, mask)[:, P - 1:P + N - 1]
+    if length is None:
+        tokens, positions, mask = _teacher_forced(prompt_ids, prompt_mask, response_ids, response_mask)
+        return decode.hidden(params, tokens, positions, mask)[:, P - 1:P + N - 1]
+    tokens, positions, mask, starts = squeezed_rows(prompt_ids, prompt_mask, response_ids, response_mask, length)
+    h = decode.hidden(params, tokens, positions, mask)
+    return jnp.take_along_axis(h, _response_slots(starts, N, length)[:, :, None], axis=1)
 
 
-def response_features(decode, params, prompt_ids, prompt_mask, response_ids, response_mask, layers):
+def response_features(decode, params, prompt_ids, prompt_mask, response_ids, response_mask, layers, length=None):
     """:func:`response_hidden` and, from the same forward, the residual stream after each block
     in ``layers`` at the same positions: ``([B, N, D], [K, B, N, D])``."""
     P, N = prompt_ids.shape[1], response_ids.shape[1]
-    tokens, positions, mask = _teacher_forced(prompt_ids, prompt_mask, response_ids, response_mask)
+    if length is None:
+        tokens, positions, mask = _teacher_forced(prompt_ids, prompt_mask, response_ids, response_mask)
+        x, feats = decode.features(params, tokens, positions, mask, tuple(layers))
+        return x[:, P - 1:P + N - 1], feats[:, :, P - 1:P + N - 1]
+    tokens, positions, mask, starts = squeezed_rows(prompt_ids, prompt_mask, response_ids, response_mask, length)
     x, feats = decode.features(params, tokens, positions, mask, tuple(layers))
-    return x[:, P - 1:P + N - 1], feats[:, :, P - 1:P + N - 1]
+    slots = _response_slots(starts, N, length)
+    return (jnp.take_along_axis(x, slots[:, :, None], axis=1),
+            jnp.take_along_axis(feats, slots[None, :, :, None], axis=2))
 
 
 def response_logits(decode, params, prompt_ids, prompt_mask, response_ids, response_mask):

@@ -120,6 +120,9 @@ class Step:
     schedule: Schedule      # the learning rate logged per step
     chunk_tokens: int = 128
     feature: Feature | None = None  # loss.feature: a feature term added to the objective's
+    # gold-response forwards on rows of this many slots (the data's longest prompt + response), set by
+    # the loop from its data (``with_data``); None: the full prompt + response slots
+    gold_length: int | None = None
 
     @classmethod
     def of(cls, cfg, objective=None) -> "Step":
@@ -127,3 +130,7 @@ class Step:
         return cls(objective, Sampling.of(cfg.gen), int(cfg.train.steps), int(cfg.train.log_every),
                    int(cfg.train.batch_size), Schedule.of(cfg.train, objective.updates_per_step),
                    int(cfg.model.loss_chunk_tokens), Feature.of(cfg.loss.feature))
+
+    def with_data(self, data) -> "Step":
+        """The step for batches of ``data`` (a ``data.Tokenized``): gold forwards on its longest row."""
+        return dataclasses.replace(self, gold_length=data.longest_row())

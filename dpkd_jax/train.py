@@ -150,7 +150,7 @@ def _generic_body(spec, student, teacher, tx, state, batch, rng, teacher_params,
     def loss_fn(p):
         ctx = objectives.Context({Model.STUDENT: (student, p), Model.TEACHER: (teacher, teacher_params),
                                   Model.REFERENCE: (student, ref_params)}, batch, samples, progress, views,
-                                 spec.chunk_tokens, state["objective"], layers)
+                                 objectives.Layout(spec.chunk_tokens, spec.gold_length), state["objective"], layers)
         terms, metrics = spec.objective.loss(ctx)
         if f is not None:
             terms["feature"] = (f.weight_at(progress), _feature_term(ctx, f, p.get("feature/projection")))

@@ -91,6 +91,18 @@ def test_batches_are_deterministic_and_resumable(tmp_path, tok):
     assert len(train) == 19 and len(dev) == 4 and not set(train.prompts) & set(dev.prompts)
 
 
+def test_longest_row_bounds_every_example_and_rounds_up(tmp_path, tok):
+    rows = [{"instruction": "Say " + "a " * i, "response": "b " * (9 - i)} for i in range(9)]
+    rows.append({"instruction": "Say it all " + "c " * 12, "response": "d " * 6})
+    data, _ = D.load_instructions(write_jsonl(tmp_path / "d.jsonl", rows), tok, max_prompt_length=64,
+                                  max_length=80, pad_token_id=0)
+    real = data.prompt_mask.sum(1) + data.response_mask.sum(1)
+    assert data.longest_row(multiple=1) == real.max() < 80
+    assert data.longest_row() % 8 == 0 and 0 <= data.longest_row() - real.max() < 8
+    assert data.take(np.argsort(real)[:3]).longest_row(multiple=1) < real.max()  # a subset's own bound
+    assert data.longest_row(multiple=1000) == 80  # never past the padded rows
+
+
 def test_pretraining_text_is_packed(tmp_path, tok):
     p = tmp_path / "t.txt"
     p.write_text("hi there\n" * 20)

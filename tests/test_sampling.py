@@ -193,6 +193,36 @@ def test_score_matches_full_forward(model, rng):
                 np.testing.assert_allclose(logps[r, i], lsm[r, P - 1 + i, resp[r, i]], atol=1e-5)
 
 
+def test_squeezed_rows_give_the_full_rows_outputs_and_gradients(model, rng):
+    """``response_hidden``/``response_features`` on squeezed rows equal the full ``P + N`` rows at every
+    response position, and so do their gradients; one row fills the squeezed length exactly, one
+    has an empty response."""
+    decode, params = models.split(model)
+    P, N = 6, 5
+    lp, lr = np.array([6, 2, 4, 1]), np.array([0, 5, 3, 2])
+    pmask = (np.arange(P)[None] >= P - lp[:, None]).astype(np.int32)
+    rmask = (np.arange(N)[None] < lr[:, None]).astype(np.int32)
+    pids, rids = rng.integers(1, VOCAB, (4, P)) * pmask, rng.integers(1, VOCAB, (4, N)) * rmask
+    length = int((lp + lr).max())
+    assert length < P + N
+    tokens, positions, mask, starts = sampling.squeezed_rows(pids, pmask, rids, rmask, length)
+    np.testing.assert_array_equal(np.asarray(mask).sum(1), lp + lr)
+    np.testing.assert_array_equal(np.asarray(tokens)[1, :7], np.concatenate([pids[1, 4:], rids[1]]))
+    np.testing.assert_array_equal(np.asarray(starts), lp - 1)
+    w = jnp.asarray(rng.normal(size=(4, N, model.config.d_model)), jnp.float32) * rmask[:, :, None]
+    loss = lambda p, n: jnp.sum(sampling.response_hidden(decode, p, pids, pmask, rids, rmask, length=n) * w)
+    np.testing.assert_allclose(loss(params, length), loss(params, None), rtol=1e-5)
+    g_sq, g_full = jax.grad(loss)(params, length), jax.grad(loss)(params, None)
+    for k in g_full:
+        scale = float(jnp.abs(g_full[k]).max())
+        np.testing.assert_allclose(g_sq[k], g_full[k], atol=1e-5 * max(scale, 1e-3), err_msg=k)
+    (x, f), (x_full, f_full) = (sampling.response_features(decode, params, pids, pmask, rids, rmask, (0,), length=n)
+                                for n in (length, None))
+    m = rmask.astype(bool)
+    np.testing.assert_allclose(np.asarray(x)[m], np.asarray(x_full)[m], atol=1e-5)
+    np.testing.assert_allclose(np.asarray(f)[:, m], np.asarray(f_full)[:, m], atol=1e-5)
+
+
 def test_bad_arguments(model, rng):
     ids, mask = prompts(rng)
     with pytest.raises(ValueError, match="max_new_tokens"):

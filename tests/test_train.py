@@ -1,5 +1,7 @@
 """The step: chunked token losses train exactly as whole-vocabulary logits do, for every method."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -16,12 +18,12 @@ from dpkd_jax.specs import Step
 from dpkd_jax.train import init_state, make_step
 
 
-def three_steps(cfg, data, teacher, student, chunk, extra=None, teacher_params=True):
+def three_steps(cfg, data, teacher, student, chunk, extra=None, teacher_params=True, gold_length=None):
     (t_dec, t_params), (s_dec, s_params) = teacher, student
     # Adam's ε at 1e-4: with 1e-8 a gradient entry of ~1e-9 (a rare token's embedding) becomes a whole lr-sized
     # step, so float32 summation-order noise would be compared at the scale of the update itself.
     c = run_lib.stage_config(cfg, cfg.method, "/unused", **{"model.loss_chunk_tokens": chunk, "train.adam_eps": 1e-4})
-    spec = Step.of(c)
+    spec = dataclasses.replace(Step.of(c), gold_length=gold_length)
     tx = make_optimizer(c.train, spec.objective.updates_per_step)
     step = make_step(spec, s_dec, t_dec, tx, t_params if teacher_params else None, s_params)
     state = init_state(s_dec, jax.tree.map(jnp.copy, s_params), tx, spec.objective)
@@ -73,6 +75,21 @@ def test_every_method_trains_a_lora_student_chunked_as_dense(tmp_path, tok, meth
     assert "kl/first_token_forward" in m_chunked and (method == "minillm" or f"loss/{method}" in m_chunked)
     if method == "dpkd":
         assert {"reward/margin", "reward/accuracy", "length/student_response"} <= set(m_chunked)
+
+
+@pytest.mark.parametrize("method", ["sft", "kd", "dpkd"])
+def test_gold_forwards_on_squeezed_rows_train_as_on_full_rows(tmp_path, tok, method):
+    """The gold-response forwards on rows of the data's longest example (``Step.with_data``) give the
+    full ``P + R`` rows' parameters after 3 steps: the same forward on fewer slots."""
+    cfg, data, teacher, student = tiny_setup(tmp_path, tok)
+    cfg.method = method
+    longest = data.longest_row(multiple=1)
+    assert longest < data.prompt_ids.shape[1] + data.response_ids.shape[1]  # something is squeezed out
+    full, m_full = three_steps(cfg, data, teacher, student, 8)
+    squeezed, m_sq = three_steps(cfg, data, teacher, student, 8, gold_length=longest)
+    assert_same(squeezed, full, method)
+    np.testing.assert_allclose(m_sq["loss/total"], m_full["loss/total"], rtol=1e-5)
+    assert Step.of(run_lib.stage_config(cfg, method, "/unused")).with_data(data).gold_length == data.longest_row()
 
 
 def test_chunked_sparse_cache_step_trains_as_the_dense_one(tmp_path, tok):

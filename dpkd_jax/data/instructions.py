@@ -195,6 +195,14 @@ class Tokenized:
     def __len__(self):
         return len(self.prompts)
 
+    def longest_row(self, multiple=8) -> int:
+        """Slots a teacher-forced row of prompt and gold response needs with the padding between
+        them squeezed out (``sampling.squeezed_rows``): the longest example, rounded up to
+        ``multiple``, at most the padded ``P + R``."""
+        real = self.prompt_mask.sum(1) + self.response_mask.sum(1)
+        full = self.prompt_ids.shape[1] + self.response_ids.shape[1]
+        return min(full, -(-int(real.max(initial=1)) // multiple) * multiple)
+
     def take(self, idx):
         return Tokenized(self.prompt_ids[idx], self.prompt_mask[idx], self.response_ids[idx],
                          self.response_mask[idx], [self.references[i] for i in idx], [self.prompts[i] for i in idx],

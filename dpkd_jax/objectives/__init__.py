@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 
 from ..errors import InputError
-from .base import Context, Model, Needs, Objective, Response
+from .base import Context, Layout, Model, Needs, Objective, Response
 from .diagnostics import (distinct_2, first_positions, first_token_kls, first_token_kls_of_logits,
                           first_token_logits, reward_hacking)
 from .distillm2 import DistiLLM2
@@ -47,5 +47,5 @@ def build(method: str, loss_cfg):
     return obj
 
 
-__all__ = ["CROSS_METHODS", "TOPK_METHODS", "Objective", "Mixture", "OBJECTIVES", "defaults", "build", "Context", "Model", "Needs", "Response", "first_token_kls",
+__all__ = ["CROSS_METHODS", "TOPK_METHODS", "Objective", "Mixture", "OBJECTIVES", "defaults", "build", "Context", "Layout", "Model", "Needs", "Response", "first_token_kls",
            "first_token_logits", "first_token_kls_of_logits", "first_positions", "reward_hacking", "distinct_2"]

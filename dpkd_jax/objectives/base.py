@@ -80,6 +80,16 @@ class Objective:
         return state, {}
 
 
+@dataclasses.dataclass(frozen=True)
+class Layout:
+    """How a :class:`Context` lays out its forwards: ``chunk_tokens`` tokens per vocabulary chunk
+    (method.md §11); ``gold_length``: each gold-response forward on rows of this many slots with the
+    padding between prompt and response squeezed out (``sampling.squeezed_rows``; the longest
+    prompt + response of the training data), None for the full ``P + R`` slots."""
+    chunk_tokens: int = 128
+    gold_length: int | None = None
+
+
 class Context:
     """The step's arrays and memoised model calls: a method and the metrics never run the
     same forward twice in one trace. y_t and y_s of one shape are run by a model in one
@@ -93,7 +103,7 @@ class Context:
     ``(ids, mask)`` and its own tokenization of each response ``{Response: (ids, mask)}``;
     every other model reads the batch's prompts and ``samples``."""
 
-    def __init__(self, models: dict, batch, samples: dict, progress=0.0, views=None, chunk_tokens=128, state=None,
+    def __init__(self, models: dict, batch, samples: dict, progress=0.0, views=None, layout=Layout(), state=None,
                  feature_layers=None):
         self.models, self.batch, self.samples = models, batch, samples
         # {Model: layers}: those models' forwards also return the residual streams after these blocks
@@ -102,7 +112,8 @@ class Context:
         self.state = state if state is not None else {}   # the objective's own (``Objective.init_state``)
         self.progress = progress        # step / total steps (a traced scalar)
         self.views = views or {}
-        self.chunk_tokens = chunk_tokens
+        self.chunk_tokens = layout.chunk_tokens
+        self.layout = layout
         self._hidden, self._logps = {}, {}
 
     def response(self, r: Response, m: Model = Model.STUDENT):
@@ -129,13 +140,15 @@ class Context:
             tile = lambda a: jnp.concatenate([a] * k, axis=0)
             prompt_ids, prompt_mask = self.prompt(m)
             args = (decoder, params, tile(prompt_ids), tile(prompt_mask), ids, mask)
+            # gold rows in the batch's own tokens have a known longest row: fewer slots, the same outputs
+            length = self.layout.gold_length if rs == [Response.GOLD] and m not in self.views else None
             if m in self.feature_layers:  # the same forward also gives the chosen layers' outputs
-                out, feats = sampling.response_features(*args, self.feature_layers[m])
+                out, feats = sampling.response_features(*args, self.feature_layers[m], length=length)
                 feats = feats if m is Model.STUDENT else jax.lax.stop_gradient(feats)
                 for x, part in zip(rs, jnp.split(feats, k, axis=1)):
                     self._features[(m, x)] = part
             else:
-                out = sampling.response_hidden(*args)
+                out = sampling.response_hidden(*args, length=length)
             out = out if m is Model.STUDENT else jax.lax.stop_gradient(out)
             for x, part in zip(rs, jnp.split(out, k, axis=0)):
                 self._hidden[(m, x)] = part

@@ -260,6 +260,33 @@ def response_hidden(decode, params, prompt_ids, prompt_mask, response_ids, respo
     return jnp.take_along_axis(h, _response_slots(starts, N, length)[:, :, None], axis=1)
 
 
+def shared_prompt_hidden(decode, params, prompt_ids, prompt_mask, response_ids, response_mask):
+    """:func:`response_hidden` of ``k`` responses per prompt with the prompt run once: ``[kB, N, D]``.
+
+    ``prompt [B, P]``; ``response [kB, N]``, row ``j·B + b`` answering prompt ``b``. The prompt's
+    forward writes a KV cache of ``P + N − 1`` slots, which each response's copy reads: a response
+    token sees the same keys, at the same slots and positions, as in the teacher-forced row, so
+    the outputs are the same, for ``B·P + kB·(N − 1)`` tokens instead of ``kB·(P + N)``. Gradients
+    reach the prompt's forward through its hidden state and its cache."""
+    B, P = prompt_ids.shape
+    kB, N = response_ids.shape
+    k = kB // B
+    prompt_mask = prompt_mask.astype(jnp.int32)
+    tile = lambda a: jnp.concatenate([a] * k, axis=0)
+    x, cache = decode.hidden(params, prompt_ids, jnp.maximum(jnp.cumsum(prompt_mask, axis=1) - 1, 0), prompt_mask,
+                             decode.init_cache(B, P + N - 1), 0)
+    first = tile(x[:, P - 1:])      # the last prompt slot predicts every response's first token
+    if N == 1:
+        return first
+    cache = jax.tree.map(lambda c: jnp.concatenate([c] * k, axis=1), cache)  # [L, kB, G, S, K]
+    lengths = tile(jnp.sum(prompt_mask, axis=1))
+    mask = response_mask[:, :N - 1].astype(jnp.int32)
+    positions = lengths[:, None] + jnp.maximum(jnp.cumsum(mask, axis=1) - 1, 0)
+    rest, _ = decode.hidden(params, response_ids[:, :N - 1], positions, jnp.concatenate([tile(prompt_mask), mask], 1),
+                            cache, P)
+    return jnp.concatenate([first, rest], axis=1)
+
+
 def response_features(decode, params, prompt_ids, prompt_mask, response_ids, response_mask, layers, length=None):
     """:func:`response_hidden` and, from the same forward, the residual stream after each block
     in ``layers`` at the same positions: ``([B, N, D], [K, B, N, D])``."""

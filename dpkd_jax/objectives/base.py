@@ -147,6 +147,8 @@ class Context:
                 feats = feats if m is Model.STUDENT else jax.lax.stop_gradient(feats)
                 for x, part in zip(rs, jnp.split(feats, k, axis=1)):
                     self._features[(m, x)] = part
+            elif k > 1:  # y_t and y_s of one prompt: the prompt's forward once, its cache read by both
+                out = sampling.shared_prompt_hidden(decoder, params, prompt_ids, prompt_mask, ids, mask)
             else:
                 out = sampling.response_hidden(*args, length=length)
             out = out if m is Model.STUDENT else jax.lax.stop_gradient(out)

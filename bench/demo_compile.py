@@ -17,6 +17,7 @@ import jax
 
 from demo_speed import Case
 from dpkd_jax import objectives, sampling, train
+from report import report
 
 NEW = (objectives.first_positions, sampling.MIN_CHUNK)
 OLD = (lambda ctx: (None, None), 16)
@@ -51,10 +52,7 @@ def main():
     total = {name: round(sum(min(r[name]["compile_and_first_s"]) for r in rows.values()), 1) for name in ("before", "after")}
     out = {"device": jax.devices()[0].device_kind, "jax": jax.__version__, "repeats": args.repeats,
            "steps_per_measurement": args.steps, "sum_of_best_compile_and_first_s": total, "steps": rows}
-    print(json.dumps(out, indent=1))
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump(out, f, indent=1)
+    report(out, args.out)
 
 
 if __name__ == "__main__":

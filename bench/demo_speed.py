@@ -23,6 +23,7 @@ from dpkd_jax.models import gpt2
 from dpkd_jax.optim import make_optimizer
 from dpkd_jax.specs import Step
 from dpkd_jax.train import make_step, place_state, step_shardings
+from report import report
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -91,10 +92,7 @@ def main():
         r["unrolled_speedup"] = r["scanned"]["step_s"] / r["unrolled"]["step_s"]
         print(method, layers, json.dumps(r), flush=True)
     out = {"device": jax.devices()[0].device_kind, "jax": jax.__version__, "repeats": args.repeats, "steps": rows}
-    print(json.dumps(out, indent=1))
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump(out, f, indent=1)
+    report(out, args.out)
 
 
 if __name__ == "__main__":

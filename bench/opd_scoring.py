@@ -10,7 +10,6 @@ reports each one's compiled temporaries (``memory_analysis()``) and teacher-head
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -23,6 +22,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
 from dpkd_jax import losses as L  # noqa: E402
+from report import report
 
 
 def setup(b, n, d, v, seed=0):
@@ -84,10 +84,7 @@ def main():
         rows[k]["median_s"] = round(statistics.median(times[k]), 3)
     out = {"machine": "CPU box, 2 cores, XLA:CPU", "jax": jax.__version__, "args": vars(args), "rows": rows,
            "time_ratio_opd_over_gkd": round(rows["opd"]["median_s"] / rows["gkd_rkl"]["median_s"], 3)}
-    print(json.dumps(out, indent=1))
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump(out, f, indent=1)
+    report(out, args.out)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ import numpy as np
 from dpkd_jax import models, sampling
 from dpkd_jax.models import gpt2
 from demo_speed import demo_config
+from report import report
 
 
 def inputs(c, rng):
@@ -67,10 +68,7 @@ def main():
         rows[f"{name} ({layers} layers)"] = r
         print(name, json.dumps(r), flush=True)
     out = {"device": jax.devices()[0].device_kind, "jax": jax.__version__, "repeats": args.repeats, "rows": rows}
-    print(json.dumps(out, indent=1))
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump(out, f, indent=1)
+    report(out, args.out)
 
 
 if __name__ == "__main__":

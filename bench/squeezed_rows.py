@@ -8,7 +8,6 @@ process, medians.
 """
 
 import argparse
-import dataclasses
 import json
 import statistics
 import tempfile
@@ -18,6 +17,7 @@ import numpy as np
 
 from dpkd_jax import demo, sharding
 from demo_speed import Case, demo_config
+from report import report
 
 
 def demo_batches(c, n):
@@ -63,10 +63,7 @@ def main():
     out = {"device": jax.devices()[0].device_kind, "jax": jax.__version__, "repeats": args.repeats,
            "rows": {"full": batches[0].prompt_ids.shape[1] + batches[0].response_ids.shape[1], "squeezed": longest},
            "steps": rows}
-    print(json.dumps(out, indent=1))
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump(out, f, indent=1)
+    report(out, args.out)
 
 
 if __name__ == "__main__":

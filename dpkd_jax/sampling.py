@@ -75,12 +75,17 @@ class State(NamedTuple):
     key_mask: jax.Array   # [B, P + N] valid key slots (prompt mask, then all new slots)
 
 
+def _positions(mask):
+    """A token's position: the number of real tokens before it in its row (padding: the last one's, or 0)."""
+    return jnp.maximum(jnp.cumsum(mask, axis=1) - 1, 0)
+
+
 def prefill(decode, params, prompt_ids, prompt_mask, max_new_tokens) -> State:
     """Write the prompt into a fresh cache; the logits of the first new token."""
     B, P = prompt_ids.shape
     prompt_mask = prompt_mask.astype(jnp.int32)
     key_mask = jnp.concatenate([prompt_mask, jnp.ones((B, max_new_tokens), jnp.int32)], axis=1)
-    positions = jnp.maximum(jnp.cumsum(prompt_mask, axis=1) - 1, 0)
+    positions = _positions(prompt_mask)
     cache = decode.init_cache(B, P + max_new_tokens)
     logits, cache = decode(params, prompt_ids, positions, prompt_mask, cache, 0, logits_range=(P - 1, P))
     return State(logits[:, 0], cache, jnp.sum(prompt_mask, axis=1), jnp.zeros((B,), bool), key_mask)
@@ -217,7 +222,7 @@ def _teacher_forced(prompt_ids, prompt_mask, response_ids, response_mask):
     """Prompt and response as one row: (tokens, positions, mask) ``[B, P + N]``."""
     tokens = jnp.concatenate([prompt_ids, response_ids], axis=1)
     mask = jnp.concatenate([prompt_mask, response_mask], axis=1).astype(jnp.int32)
-    return tokens, jnp.maximum(jnp.cumsum(mask, axis=1) - 1, 0), mask
+    return tokens, _positions(mask), mask
 
 
 def squeezed_rows(prompt_ids, prompt_mask, response_ids, response_mask, length):
@@ -237,13 +242,24 @@ def squeezed_rows(prompt_ids, prompt_mask, response_ids, response_mask, length):
     idx = jnp.minimum(idx, P + N - 1)
     tokens = jnp.take_along_axis(tokens, idx, axis=1)
     mask = jnp.take_along_axis(mask, idx, axis=1) * inside
-    return tokens, jnp.maximum(jnp.cumsum(mask, axis=1) - 1, 0), mask, P - 1 - pad
+    return tokens, _positions(mask), mask, P - 1 - pad
 
 
-def _response_slots(starts, n, length):
-    """``[B, n]`` slots of a squeezed row whose outputs predict response tokens ``0..n-1`` (clipped:
-    those past the row's end are padding response slots, masked by the losses)."""
-    return jnp.minimum(starts[:, None] + jnp.arange(n)[None, :], length - 1)
+def _rows(prompt_ids, prompt_mask, response_ids, response_mask, length):
+    """The teacher-forced rows ``(tokens, positions, mask)`` (:func:`squeezed_rows` of ``length`` slots,
+    or the full ``P + N``) and ``pick(x, axis)``: ``x``'s slots along ``axis`` whose outputs predict
+    response tokens ``0..N-1`` (squeezed: clipped past a row's end, padding response slots the losses mask)."""
+    P, N = prompt_ids.shape[1], response_ids.shape[1]
+    if length is None:
+        tokens, positions, mask = _teacher_forced(prompt_ids, prompt_mask, response_ids, response_mask)
+        return tokens, positions, mask, lambda x, axis: jax.lax.slice_in_dim(x, P - 1, P + N - 1, axis=axis)
+    tokens, positions, mask, starts = squeezed_rows(prompt_ids, prompt_mask, response_ids, response_mask, length)
+    slots = jnp.minimum(starts[:, None] + jnp.arange(N)[None, :], length - 1)   # [B, N]
+
+    def pick(x, axis):  # batch at axis - 1, slots at axis
+        return jnp.take_along_axis(x, slots.reshape((1,) * (axis - 1) + slots.shape + (1,) * (x.ndim - axis - 1)),
+                                   axis=axis)
+    return tokens, positions, mask, pick
 
 
 def response_hidden(decode, params, prompt_ids, prompt_mask, response_ids, response_mask, length=None):
@@ -251,13 +267,8 @@ def response_hidden(decode, params, prompt_ids, prompt_mask, response_ids, respo
     (``decode.head`` of ``out[b, i]`` predicts ``response[b, i]``). The losses apply the head
     in chunks (``losses.token_map``). ``length``: run the forward on :func:`squeezed_rows` of that
     many slots instead of ``P + N`` (the same outputs, less padding computed)."""
-    P, N = prompt_ids.shape[1], response_ids.shape[1]
-    if length is None:
-        tokens, positions, mask = _teacher_forced(prompt_ids, prompt_mask, response_ids, response_mask)
-        return decode.hidden(params, tokens, positions, mask)[:, P - 1:P + N - 1]
-    tokens, positions, mask, starts = squeezed_rows(prompt_ids, prompt_mask, response_ids, response_mask, length)
-    h = decode.hidden(params, tokens, positions, mask)
-    return jnp.take_along_axis(h, _response_slots(starts, N, length)[:, :, None], axis=1)
+    tokens, positions, mask, pick = _rows(prompt_ids, prompt_mask, response_ids, response_mask, length)
+    return pick(decode.hidden(params, tokens, positions, mask), 1)
 
 
 def shared_prompt_hidden(decode, params, prompt_ids, prompt_mask, response_ids, response_mask):
@@ -273,33 +284,25 @@ def shared_prompt_hidden(decode, params, prompt_ids, prompt_mask, response_ids, 
     k = kB // B
     prompt_mask = prompt_mask.astype(jnp.int32)
     tile = lambda a: jnp.concatenate([a] * k, axis=0)
-    x, cache = decode.hidden(params, prompt_ids, jnp.maximum(jnp.cumsum(prompt_mask, axis=1) - 1, 0), prompt_mask,
-                             decode.init_cache(B, P + N - 1), 0)
+    x, cache = decode.hidden_cached(params, prompt_ids, _positions(prompt_mask), prompt_mask,
+                                    decode.init_cache(B, P + N - 1), 0)
     first = tile(x[:, P - 1:])      # the last prompt slot predicts every response's first token
     if N == 1:
         return first
     cache = jax.tree.map(lambda c: jnp.concatenate([c] * k, axis=1), cache)  # [L, kB, G, S, K]
     lengths = tile(jnp.sum(prompt_mask, axis=1))
     mask = response_mask[:, :N - 1].astype(jnp.int32)
-    positions = lengths[:, None] + jnp.maximum(jnp.cumsum(mask, axis=1) - 1, 0)
-    rest, _ = decode.hidden(params, response_ids[:, :N - 1], positions, jnp.concatenate([tile(prompt_mask), mask], 1),
-                            cache, P)
+    rest, _ = decode.hidden_cached(params, response_ids[:, :N - 1], lengths[:, None] + _positions(mask),
+                                   jnp.concatenate([tile(prompt_mask), mask], 1), cache, P)
     return jnp.concatenate([first, rest], axis=1)
 
 
 def response_features(decode, params, prompt_ids, prompt_mask, response_ids, response_mask, layers, length=None):
     """:func:`response_hidden` and, from the same forward, the residual stream after each block
     in ``layers`` at the same positions: ``([B, N, D], [K, B, N, D])``."""
-    P, N = prompt_ids.shape[1], response_ids.shape[1]
-    if length is None:
-        tokens, positions, mask = _teacher_forced(prompt_ids, prompt_mask, response_ids, response_mask)
-        x, feats = decode.features(params, tokens, positions, mask, tuple(layers))
-        return x[:, P - 1:P + N - 1], feats[:, :, P - 1:P + N - 1]
-    tokens, positions, mask, starts = squeezed_rows(prompt_ids, prompt_mask, response_ids, response_mask, length)
+    tokens, positions, mask, pick = _rows(prompt_ids, prompt_mask, response_ids, response_mask, length)
     x, feats = decode.features(params, tokens, positions, mask, tuple(layers))
-    slots = _response_slots(starts, N, length)
-    return (jnp.take_along_axis(x, slots[:, :, None], axis=1),
-            jnp.take_along_axis(feats, slots[None, :, :, None], axis=2))
+    return pick(x, 1), pick(feats, 2)
 
 
 def response_logits(decode, params, prompt_ids, prompt_mask, response_ids, response_mask):

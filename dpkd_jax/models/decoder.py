@@ -114,10 +114,13 @@ class Decoder:
     def __call__(self, params, tokens, positions, attention_mask, cache=None, cache_index=0, logits_range=None):
         return self.module(params).forward(tokens, positions, attention_mask, cache, cache_index, logits_range)
 
-    def hidden(self, params, tokens, positions, attention_mask, cache=None, cache_index=0):
-        """Final hidden states ``[B, T, D]``; with a ``cache``, ``(hidden, the updated cache)``."""
-        x, cache = self.module(params).hidden(tokens, positions, attention_mask, cache, cache_index)
-        return x if cache is None else (x, cache)
+    def hidden(self, params, tokens, positions, attention_mask):
+        return self.module(params).hidden(tokens, positions, attention_mask)[0]
+
+    def hidden_cached(self, params, tokens, positions, attention_mask, cache, cache_index):
+        """(final hidden states ``[B, T, D]``, the cache with these tokens' keys and values written
+        from slot ``cache_index``): a teacher-forced forward that reads what an earlier one wrote."""
+        return self.module(params).hidden(tokens, positions, attention_mask, cache, cache_index)
 
     def features(self, params, tokens, positions, attention_mask, layers):
         """(final hidden, per-layer residual streams ``[K, B, T, D]`` of ``layers``), one forward."""

@@ -92,8 +92,9 @@ class Layout:
 
 class Context:
     """The step's arrays and memoised model calls: a method and the metrics never run the
-    same forward twice in one trace. y_t and y_s of one shape are run by a model in one
-    forward of 2B rows.
+    same forward twice in one trace. y_t and y_s of one shape are scored by a model on one
+    prompt forward whose cache both read (``sampling.shared_prompt_hidden``); gold responses on
+    rows of ``layout.gold_length`` slots when it is set (``sampling.squeezed_rows``).
 
     Objectives see **hidden states and heads, never logits**: every token-level quantity
     goes through ``losses.token_map`` in chunks of ``chunk_tokens`` tokens, with the head
@@ -112,7 +113,6 @@ class Context:
         self.state = state if state is not None else {}   # the objective's own (``Objective.init_state``)
         self.progress = progress        # step / total steps (a traced scalar)
         self.views = views or {}
-        self.chunk_tokens = layout.chunk_tokens
         self.layout = layout
         self._hidden, self._logps = {}, {}
 
@@ -180,7 +180,7 @@ class Context:
         if (m, r) not in self._logps:
             ids, _ = self.response(r, m)
             self._logps[(m, r)] = losses.chunked_token_logprobs(self.hidden(m, r), self.head(m), ids,
-                                                                chunk_size=self.chunk_tokens)
+                                                                chunk_size=self.layout.chunk_tokens)
         return self._logps[(m, r)]
 
     def has(self, m: Model, r: Response) -> bool:
@@ -203,7 +203,7 @@ class Context:
         fn = lambda lg, y: (per_token(lg[0], jax.lax.stop_gradient(lg[1]), **kw), losses.tokenwise.logprob(lg[0], y))
         values, logps = losses.token_map(fn, (self.hidden(Model.STUDENT, r), self.hidden(Model.TEACHER, r)),
                                          (self.head(Model.STUDENT), self.head(Model.TEACHER)), ids,
-                                         chunk_size=self.chunk_tokens)
+                                         chunk_size=self.layout.chunk_tokens)
         self._logps.setdefault((Model.STUDENT, r), logps)
         return losses.masked_mean(values, mask)
 
@@ -215,7 +215,7 @@ class Context:
         first, second = cache if cache is not None else (b.teacher_topk_ids, b.teacher_topk_logps)
         fn = lambda lg, x: (per_token(lg[0], x[1], x[2], **kw), losses.tokenwise.logprob(lg[0], x[0]))
         values, logps = losses.token_map(fn, (self.hidden(Model.STUDENT, Response.GOLD),), (self.head(Model.STUDENT),),
-                                         (ids, first, second), chunk_size=self.chunk_tokens)
+                                         (ids, first, second), chunk_size=self.layout.chunk_tokens)
         self._logps.setdefault((Model.STUDENT, Response.GOLD), logps)
         return losses.masked_mean(values, mask)
 
@@ -228,7 +228,7 @@ class Context:
             x, y, ones = lm_rows(self.batch.lm_ids)
             h = decoder.hidden(params, x, positions_of(x), ones)
             self._logps["lm"] = losses.chunked_cross_entropy(h, self.head(Model.STUDENT), y, ones,
-                                                             chunk_size=self.chunk_tokens)
+                                                             chunk_size=self.layout.chunk_tokens)
         return self._logps["lm"]
 
 

@@ -289,7 +289,7 @@ def shared_prompt_hidden(decode, params, prompt_ids, prompt_mask, response_ids, 
     first = tile(x[:, P - 1:])      # the last prompt slot predicts every response's first token
     if N == 1:
         return first
-    cache = jax.tree.map(lambda c: jnp.concatenate([c] * k, axis=1), cache)  # [L, kB, G, S, K]
+    cache = jax.tree.map(lambda c: jnp.concatenate([c] * k, axis=c.ndim - 4), cache)  # [(L,) kB, G, S, K]
     lengths = tile(jnp.sum(prompt_mask, axis=1))
     mask = response_mask[:, :N - 1].astype(jnp.int32)
     rest, _ = decode.hidden_cached(params, response_ids[:, :N - 1], lengths[:, None] + _positions(mask),

@@ -10,7 +10,10 @@ Block parameters are one stacked :class:`Block` (a leading ``layers`` axis on ev
 variable); :meth:`CausalLM.hidden` splits it once and runs ``lax.scan`` over its state,
 merging one layer's view per step, so compile time does not grow with depth. Per-layer
 differences (Gemma's sliding-window layers) ride along as scanned data. The KV cache is
-explicit arrays in and out, so sampling stays a pure function.
+explicit arrays in and out, so sampling stays a pure function: stacked ``[L, B, G, S, K]`` for a
+scanned model (the scan's carry), one ``[B, G, S, K]`` array per layer for an unrolled one (a layer
+then attends over its own buffer, where slicing it out of a stacked one copies every layer's cache
+at every decode step).
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from .config import DTYPES, Config
 
 # Logical axes of activations (mapped to the mesh by the model's rules inside a mesh context).
 ACT = ("batch", None, None)                                 # hidden states [B, T, D]
-CACHE = ("layers", "batch", "kv_heads", None, "head_dim")   # KV cache [L, B, G, S, K]
+CACHE = ("layers", "batch", "kv_heads", None, "head_dim")   # KV cache [L, B, G, S, K] (per layer: [B, G, S, K])
 _REMAT_POLICIES = {"full": None, "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable}
 
 
@@ -59,8 +62,9 @@ class Block(nnx.Module):
 
     def __call__(self, x, window, layer, cache, p: Pass):
         """``x [B, T, D]``; ``window`` (0: full attention) and ``layer`` index of this layer. With
-        ``cache=(k, v)`` (``[L, B, G, S, K]``, all layers) this layer's keys and values are written
-        in place at ``[layer, :, :, cache_index]`` and attention reads that layer's first ``S`` slots."""
+        ``cache=(k, v)`` this layer's keys and values are written in place at slot ``cache_index``
+        and attention reads its first ``S`` slots: of the stacked ``[L, B, G, S, K]`` at ``layer``,
+        or of this layer's own ``[B, G, S, K]`` when ``layer`` is None."""
         cfg, key_mask, q_slots = p.cfg, p.key_mask, p.q_slots
         rope_cs = None
         if p.ropes is not None:
@@ -87,10 +91,14 @@ class Block(nnx.Module):
 
 
 def _write(c, new, layer, index):
+    if layer is None:
+        return jax.lax.dynamic_update_slice(c, new.astype(c.dtype), (0, 0, index, 0))
     return jax.lax.dynamic_update_slice(c, new[None].astype(c.dtype), (layer, 0, 0, index, 0))
 
 
 def _read(c, layer, slots):
+    if layer is None:
+        return c if slots == c.shape[2] else c[:, :, :slots]
     return jax.lax.dynamic_slice(c, (layer, 0, 0, 0, 0), (1, *c.shape[1:3], slots, c.shape[4]))[0]
 
 
@@ -167,27 +175,34 @@ class CausalLM(nnx.Module):
         windows = jnp.asarray(cfg.attention.layer_windows or (0,) * cfg.n_layers, jnp.int32)
         xs = (layers, windows, jnp.arange(cfg.n_layers))
 
-        def body(carry, layer):
+        def block(x, kv, layer):
             state, window, index = layer
-            x, kv = carry
-            x, kv = nnx.merge(gdef, state)(x, window, index, kv, shared)
-            return (x, kv), (x if collect else None)
+            return nnx.merge(gdef, state)(x, window, index, kv, shared)
         if cfg.remat != "none" and cache is None:
-            body = jax.checkpoint(body, policy=_REMAT_POLICIES[cfg.remat])
-        carry = (x, None if cache is None else (cache["k"], cache["v"]))
+            block = jax.checkpoint(block, policy=_REMAT_POLICIES[cfg.remat])
+        kv = None if cache is None else (cache["k"], cache["v"])
         if cfg.scan_layers:
-            carry, per_layer = jax.lax.scan(body, carry, xs)
+            def body(carry, layer):
+                x, kv = block(*carry, layer)
+                return (x, kv), (x if collect else None)
+            (x, kv), per_layer = jax.lax.scan(body, (x, kv), xs)
         else:
-            outs = []
-            for i in range(cfg.n_layers):
-                carry, out = body(carry, jax.tree.map(lambda a: a[i], xs))
-                outs.append(out)
-            per_layer = jnp.stack(outs) if collect else None
+            x, kv, per_layer = self._unrolled(block, x, kv, xs, collect)
         feats = per_layer[jnp.asarray(collect)] if collect else None
-        x, kv = carry
         if self.final_norm is not None:
             x = self.final_norm(x)
         return x, None if kv is None else {"k": kv[0], "v": kv[1]}, feats
+
+    def _unrolled(self, block, x, kv, xs, collect):
+        """The layers one after another, each on its own cache arrays (``kv``: per-layer tuples)."""
+        outs, new = [], []
+        for i in range(self.config.n_layers):
+            state, window, _ = jax.tree.map(lambda a: a[i], xs)
+            x, kv_i = block(x, None if kv is None else (kv[0][i], kv[1][i]), (state, window, None))
+            outs.append(x)
+            new.append(kv_i)
+        per_layer = jnp.stack(outs) if collect else None
+        return x, None if kv is None else tuple(tuple(n[j] for n in new) for j in range(2)), per_layer
 
     def head_logits(self, x):
         """Hidden ``[..., D]`` -> logits ``[..., V']`` over the first ``config.logits_vocab`` rows,
@@ -227,11 +242,16 @@ def _ropes(cfg: Config, positions):
 
 
 def init_cache(cfg: Config, batch: int, length: int, rules=DEFAULT_RULES):
-    """Empty KV cache: k and v ``[layers, B, kv_heads, S, head_dim]`` in the compute dtype
-    (heads before slots, so attention reads a layer's keys without a transpose)."""
-    shape = (cfg.n_layers, batch, cfg.kv_heads, length, cfg.head_size)
+    """Empty KV cache: k and v ``[layers, B, kv_heads, S, head_dim]`` in the compute dtype (heads
+    before slots, so attention reads a layer's keys without a transpose); for an unrolled model, a
+    tuple of ``layers`` arrays ``[B, kv_heads, S, head_dim]`` each."""
+    shape = (batch, cfg.kv_heads, length, cfg.head_size)
     dt = DTYPES[cfg.compute_dtype]
-    return {"k": constrain(jnp.zeros(shape, dt), CACHE, rules), "v": constrain(jnp.zeros(shape, dt), CACHE, rules)}
+    if cfg.scan_layers:
+        empty = lambda: constrain(jnp.zeros((cfg.n_layers, *shape), dt), CACHE, rules)
+    else:
+        empty = lambda: tuple(constrain(jnp.zeros(shape, dt), CACHE[1:], rules) for _ in range(cfg.n_layers))
+    return {"k": empty(), "v": empty()}
 
 
 def forward_flops_per_token(cfg: Config, seq_len: int) -> float:

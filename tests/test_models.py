@@ -87,20 +87,27 @@ def test_left_padding_invariance_and_scan_equivalence(checkpoints, kind, rng):
 
 @pytest.mark.parametrize("kind", MODEL_KINDS)
 def test_cached_decoding_equals_recomputation(checkpoints, kind, rng):
-    model = models.from_pretrained(checkpoints[kind][0])
+    """Prefill then one token at a time equals the whole forward, scanned (one stacked cache) and, for
+    three layouts of attention, unrolled (one cache array per layer: the same code for every family)."""
+    scanned = models.from_pretrained(checkpoints[kind][0])
     ids, mask = left_padded(rng, t=12)
     P = 7
-    full = np.asarray(model(ids, attention_mask=mask))
-    cache = model.init_cache(3, 12)
+    full = np.asarray(scanned(ids, attention_mask=mask))
     pos = models.positions_from_mask(mask)
-    logits, cache = model(ids[:, :P], attention_mask=mask, positions=pos[:, :P], cache=cache, cache_index=0)
-    got = [np.asarray(logits)]
-    for t in range(P, 12):
-        logits, cache = model(ids[:, t:t + 1], attention_mask=mask, positions=pos[:, t:t + 1], cache=cache,
-                              cache_index=t)
-        got.append(np.asarray(logits))
-    got = np.concatenate(got, axis=1)
-    np.testing.assert_allclose(got[mask == 1], full[mask == 1], atol=1e-5)
+    unrolled = (models.with_config(scanned, scan_layers=False),) if kind in ("gpt2", "mistral_gqa3_window", "gemma2") else ()
+    for model in (scanned, *unrolled):
+        cache = model.init_cache(3, 12)
+        n = model.config.n_layers
+        assert ([c.shape for c in cache["k"]] == [(3, model.config.kv_heads, 12, model.config.head_size)] * n
+                if isinstance(cache["k"], tuple) else cache["k"].shape[0] == n)
+        logits, cache = model(ids[:, :P], attention_mask=mask, positions=pos[:, :P], cache=cache, cache_index=0)
+        got = [np.asarray(logits)]
+        for t in range(P, 12):
+            logits, cache = model(ids[:, t:t + 1], attention_mask=mask, positions=pos[:, t:t + 1], cache=cache,
+                                  cache_index=t)
+            got.append(np.asarray(logits))
+        got = np.concatenate(got, axis=1)
+        np.testing.assert_allclose(got[mask == 1], full[mask == 1], atol=1e-5, err_msg=str(model.config.scan_layers))
 
 
 @pytest.mark.parametrize("kind", MODEL_KINDS)

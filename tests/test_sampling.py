@@ -223,21 +223,26 @@ def test_squeezed_rows_give_the_full_rows_outputs_and_gradients(model, rng):
     np.testing.assert_allclose(np.asarray(f)[:, m], np.asarray(f_full)[:, m], atol=1e-5)
 
 
-@pytest.mark.parametrize("kind", ["gpt2", "llama3_gqa4_bias", "mistral_gqa3_window", "gemma2"])
-def test_shared_prompt_forward_gives_each_responses_outputs_and_gradients(checkpoints, rng, kind):
+@pytest.mark.parametrize("kind,scan", [("gpt2", True), ("llama3_gqa4_bias", True), ("mistral_gqa3_window", True),
+                                       ("gemma2", True), ("gemma2", False)])
+def test_shared_prompt_forward_gives_each_responses_outputs_and_gradients(checkpoints, rng, kind, scan):
     """Two responses per prompt on one prompt forward (its cache read by both) equal each response's
     own teacher-forced row, values and gradients: learned positions, RoPE, GQA, sliding windows
-    shorter than the rows, soft-capping. Ragged prompts and responses, one empty response."""
-    decode, params = models.split(models.from_pretrained(checkpoints[kind][0]))
+    shorter than the rows, soft-capping; a scanned model's stacked cache and an unrolled one's
+    per-layer arrays. Ragged prompts and responses, one empty response."""
+    model = models.from_pretrained(checkpoints[kind][0])
+    decode, params = models.split(model if scan else models.with_config(model, scan_layers=False))
     B, P, N = 3, 6, 7
     pmask = (np.arange(P)[None] >= P - np.array([6, 2, 4])[:, None]).astype(np.int32)
     rmask = (np.arange(N)[None] < np.array([7, 2, 0, 4, 1, 7])[:, None]).astype(np.int32)
     pids, rids = rng.integers(1, VOCAB, (B, P)) * pmask, rng.integers(1, VOCAB, (2 * B, N)) * rmask
     twice = lambda a: np.concatenate([a, a], 0)
     w = jnp.asarray(rng.normal(size=(2 * B, N, decode.config.d_model)), jnp.float32) * rmask[:, :, None]
-    shared = lambda p: jnp.sum(sampling.shared_prompt_hidden(decode, p, pids, pmask, rids, rmask) * w)
-    own = lambda p: jnp.sum(sampling.response_hidden(decode, p, twice(pids), twice(pmask), rids, rmask) * w)
-    np.testing.assert_allclose(shared(params), own(params), rtol=1e-5)
+    shared_h = lambda p: sampling.shared_prompt_hidden(decode, p, pids, pmask, rids, rmask)
+    own_h = lambda p: sampling.response_hidden(decode, p, twice(pids), twice(pmask), rids, rmask)
+    np.testing.assert_allclose(np.asarray(shared_h(params))[rmask == 1], np.asarray(own_h(params))[rmask == 1],
+                               atol=1e-5)
+    shared, own = (lambda p: jnp.sum(shared_h(p) * w)), (lambda p: jnp.sum(own_h(p) * w))
     g_shared, g_own = jax.grad(shared)(params), jax.grad(own)(params)
     for k in g_own:
         scale = float(jnp.abs(g_own[k]).max())

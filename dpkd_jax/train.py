@@ -147,10 +147,15 @@ def _generic_body(spec, student, teacher, tx, state, batch, rng, teacher_params,
     f = spec.feature
     layers = {} if f is None else {Model.STUDENT: f.student_layers, Model.TEACHER: f.teacher_layers}
 
+    def context_args(p):
+        return ({Model.STUDENT: (student, p), Model.TEACHER: (teacher, teacher_params),
+                 Model.REFERENCE: (student, ref_params)}, batch, samples, progress, views,
+                objectives.Layout(spec.chunk_tokens, spec.gold_length), state["objective"], layers)
+    wanted = () if f is None else ((Model.STUDENT, f.response), (Model.TEACHER, f.response))
+    scored = objectives.scored_responses(spec.objective, *context_args(params), also=wanted)
+
     def loss_fn(p):
-        ctx = objectives.Context({Model.STUDENT: (student, p), Model.TEACHER: (teacher, teacher_params),
-                                  Model.REFERENCE: (student, ref_params)}, batch, samples, progress, views,
-                                 objectives.Layout(spec.chunk_tokens, spec.gold_length), state["objective"], layers)
+        ctx = objectives.Context(*context_args(p), scored=scored)
         terms, metrics = spec.objective.loss(ctx)
         if f is not None:
             terms["feature"] = (f.weight_at(progress), _feature_term(ctx, f, p.get("feature/projection")))

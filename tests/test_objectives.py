@@ -296,3 +296,39 @@ def test_taid_lambda_follows_its_schedule_and_resumes_exactly(tmp_path, tok, cap
     np.testing.assert_allclose([h["taid/lambda"] for h in h2], lams, rtol=1e-6)
     for k in straight:
         np.testing.assert_allclose(resumed[k], straight[k], rtol=1e-6, atol=1e-7, err_msg=k)
+
+
+def test_a_models_responses_run_on_one_prompt_forward(tmp_path, tok, monkeypatch, method="dpkd",
+                                                     together=("gold", "teacher", "student")):
+    """The step records what the objective asks of each model (an abstract trace on zeros) and runs the
+    student's responses to the batch's prompts (gold of 8 slots, samples of 6) on one prompt forward:
+    the terms and the student's gradients equal those of the responses on forwards of their own."""
+    from dpkd_jax import sampling
+    cfg, data, (t_dec, t_p), (s_dec, s_p) = tiny_setup(tmp_path, tok)
+    obj = O.build(method, cfg.loss)
+    b = Batch.of({k: v for k, v in D.Batches(data, 4, 0).next().items() if k != "example_ids"})
+    rng = np.random.default_rng(0)
+    sample = lambda: (jnp.asarray(rng.integers(1, 50, (4, 6))),
+                      jnp.asarray((np.arange(6)[None] < rng.integers(1, 7, (4, 1))).astype(np.int32)))
+    samples = {O.Response.TEACHER: sample(), O.Response.STUDENT: sample()}
+    args = lambda p: ({O.Model.STUDENT: (s_dec, p), O.Model.TEACHER: (t_dec, t_p)}, b, samples)
+    scored = O.scored_responses(obj, *args(s_p))
+    assert {r.value for r in scored[O.Model.STUDENT]} == set(together)
+    assert {r.value for r in scored[O.Model.TEACHER]} == {"teacher", "student"}  # the teacher never scores gold
+    rows = []
+    shared = sampling.shared_prompt_hidden
+    monkeypatch.setattr(sampling, "shared_prompt_hidden", lambda d, p, pi, pm, ri, rm: rows.append(ri.shape) or
+                        shared(d, p, pi, pm, ri, rm))
+
+    def total(p, scored):
+        terms, _ = obj.loss(O.Context(*args(p), scored=scored))
+        return sum(w * v.mean() for w, v in terms.values())
+    one, grads = jax.jit(jax.value_and_grad(lambda p: total(p, scored)))(s_p)
+    assert (4 * len(together), 8) in rows  # the student's responses, padded to the gold's 8 slots
+    rows.clear()
+    own, own_grads = jax.jit(jax.value_and_grad(lambda p: total(p, None)))(s_p)
+    assert (4 * len(together), 8) not in rows
+    np.testing.assert_allclose(float(one), float(own), rtol=1e-5)
+    for k in own_grads:
+        np.testing.assert_allclose(grads[k], own_grads[k], atol=1e-5 * max(float(jnp.abs(own_grads[k]).max()), 1e-3),
+                                   err_msg=k)

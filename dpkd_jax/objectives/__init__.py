@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 
 from ..errors import InputError
-from .base import Context, Layout, Model, Needs, Objective, Response
+from .base import Context, Layout, Model, Needs, Objective, Response, scored_responses
 from .diagnostics import (distinct_2, first_positions, first_token_kls, first_token_kls_of_logits,
                           first_token_logits, reward_hacking)
 from .distillm2 import DistiLLM2

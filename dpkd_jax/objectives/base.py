@@ -92,9 +92,11 @@ class Layout:
 
 class Context:
     """The step's arrays and memoised model calls: a method and the metrics never run the
-    same forward twice in one trace. y_t and y_s of one shape are scored by a model on one
-    prompt forward whose cache both read (``sampling.shared_prompt_hidden``); gold responses on
-    rows of ``layout.gold_length`` slots when it is set (``sampling.squeezed_rows``).
+    same forward twice in one trace. The responses a model scores on the batch's prompts
+    (``scored``: what :func:`scored_responses` recorded of the objective; without it, y_t and y_s of
+    one shape) run on one prompt forward whose cache all of them read
+    (``sampling.shared_prompt_hidden``, each padded to the longest); a gold response scored alone
+    runs on rows of ``layout.gold_length`` slots when it is set (``sampling.squeezed_rows``).
 
     Objectives see **hidden states and heads, never logits**: every token-level quantity
     goes through ``losses.token_map`` in chunks of ``chunk_tokens`` tokens, with the head
@@ -105,8 +107,9 @@ class Context:
     every other model reads the batch's prompts and ``samples``."""
 
     def __init__(self, models: dict, batch, samples: dict, progress=0.0, views=None, layout=Layout(), state=None,
-                 feature_layers=None):
+                 feature_layers=None, scored=None):
         self.models, self.batch, self.samples = models, batch, samples
+        self.scored = scored    # {Model: responses} the step will ask of each model, or None
         # {Model: layers}: those models' forwards also return the residual streams after these blocks
         self.feature_layers = feature_layers or {}
         self._features = {}
@@ -127,15 +130,25 @@ class Context:
     def prompt(self, m: Model):
         return self.views[m][0] if m in self.views else self.batch.prompts
 
+    def _together(self, m: Model, r: Response) -> list:
+        """The responses model ``m`` scores on one forward with ``r`` (``r`` alone, or several
+        sharing the batch's prompt)."""
+        if self.scored is not None and m not in self.views and r in self.scored.get(m, ()):
+            return [x for x in Response if x in self.scored[m]]
+        pair = [x for x in (Response.TEACHER, Response.STUDENT) if x in self.samples]
+        same = len(pair) == 2 and self.response(pair[0], m)[0].shape == self.response(pair[1], m)[0].shape
+        fresh = not any((m, x) in self._hidden for x in pair)
+        return pair if r in pair and same and fresh else [r]
+
     def hidden(self, m: Model, r: Response):
         """Final hidden states ``[B, N, D]`` of model ``m`` at response ``r``'s positions."""
         key = (m, r)
         if key not in self._hidden:
             decoder, params = self.models[m]
-            pair = [x for x in (Response.TEACHER, Response.STUDENT) if x in self.samples]
-            same = len(pair) == 2 and self.response(pair[0], m)[0].shape == self.response(pair[1], m)[0].shape
-            rs = pair if r in pair and same else [r]
-            ids, mask = (jnp.concatenate(p, axis=0) for p in zip(*(self.response(x, m) for x in rs)))
+            rs = self._together(m, r)
+            lengths = [self.response(x, m)[0].shape[1] for x in rs]
+            pad = lambda a: jnp.pad(a, ((0, 0), (0, max(lengths) - a.shape[1])))  # right padding: masked
+            ids, mask = (jnp.concatenate([pad(a) for a in p], axis=0) for p in zip(*(self.response(x, m) for x in rs)))
             k = len(rs)
             tile = lambda a: jnp.concatenate([a] * k, axis=0)
             prompt_ids, prompt_mask = self.prompt(m)
@@ -145,15 +158,15 @@ class Context:
             if m in self.feature_layers:  # the same forward also gives the chosen layers' outputs
                 out, feats = sampling.response_features(*args, self.feature_layers[m], length=length)
                 feats = feats if m is Model.STUDENT else jax.lax.stop_gradient(feats)
-                for x, part in zip(rs, jnp.split(feats, k, axis=1)):
-                    self._features[(m, x)] = part
-            elif k > 1:  # y_t and y_s of one prompt: the prompt's forward once, its cache read by both
+                for x, n, part in zip(rs, lengths, jnp.split(feats, k, axis=1)):
+                    self._features[(m, x)] = part[:, :, :n]
+            elif k > 1:  # several responses to one prompt: the prompt's forward once, its cache read by all
                 out = sampling.shared_prompt_hidden(decoder, params, prompt_ids, prompt_mask, ids, mask)
             else:
                 out = sampling.response_hidden(*args, length=length)
             out = out if m is Model.STUDENT else jax.lax.stop_gradient(out)
-            for x, part in zip(rs, jnp.split(out, k, axis=0)):
-                self._hidden[(m, x)] = part
+            for x, n, part in zip(rs, lengths, jnp.split(out, k, axis=0)):
+                self._hidden[(m, x)] = part[:, :n]
         return self._hidden[key]
 
     def first_position(self, m: Model):
@@ -240,6 +253,44 @@ def lm_rows(lm_ids):
 
 def positions_of(tokens):
     return jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
+
+
+class _Recorder(Context):
+    """A :class:`Context` that runs no model: it records which (model, response) hidden states are
+    asked for and answers zeros of their shape."""
+
+    def __init__(self, *args, **kw):
+        super().__init__(*args, **kw)
+        self.asked = set()
+
+    def _zeros(self, m: Model, r: Response, *lead):
+        decoder = self.models[m][0]
+        ids, _ = self.response(r, m)
+        return jnp.zeros((*lead, *ids.shape, decoder.config.d_model), jnp.float32)
+
+    def hidden(self, m: Model, r: Response):
+        self.asked.add((m, r))
+        return self._zeros(m, r)
+
+    def features(self, m: Model, r: Response):
+        self.asked.add((m, r))
+        return self._zeros(m, r, len(self.feature_layers[m]))
+
+
+def scored_responses(objective, *context_args, also=(), **context_kw) -> dict:
+    """``{Model: frozenset of Response}``: what ``objective.loss`` asks of each model in a step with
+    these :class:`Context` arguments (and the pairs in ``also``), from an abstract trace of the loss
+    on zeros (``jax.eval_shape``: nothing runs, no model is traced). The step's Context then scores
+    each model's responses to the batch's prompts on one prompt forward."""
+    rec = _Recorder(*context_args, **context_kw)
+
+    def run():
+        objective.loss(rec)
+    jax.eval_shape(run)
+    out = {}
+    for m, r in {*rec.asked, *also}:
+        out.setdefault(m, set()).add(r)
+    return {m: frozenset(rs) for m, rs in out.items()}
 
 
 def mixed(ctx: Context, name: str, value, *, kd_ratio: float, lm_coef: float) -> dict:

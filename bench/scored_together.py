@@ -9,7 +9,6 @@ rows squeezed to 104 slots), interleaved in one process, medians; with each step
 
 import argparse
 import statistics
-import time
 from unittest import mock
 
 import jax

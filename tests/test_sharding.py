@@ -113,7 +113,7 @@ DEMO_ARGS = ["--config.demo.teacher.d_model=32", "--config.demo.teacher.n_layers
 
 def launch(workdir, devices, process_id=None, n=1, port=None):
     env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1",
-               XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+               XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={devices}")
     args = [sys.executable, "-m", "dpkd_jax.main", "--config=configs/demo.py", f"--config.workdir={workdir}",
             *DEMO_ARGS]
     if process_id is not None:

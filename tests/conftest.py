@@ -14,20 +14,26 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # pass under them. Subprocesses (the CLI tests) inherit them. Benchmarks and real runs keep XLA's defaults.
 
 
-def _fast_compile_flags():
-    """The flags above that this jaxlib knows (XLA aborts on an unknown one, and flags come and go)."""
+_FAST_COMPILE = {"xla_backend_optimization_level": "0", "xla_cpu_use_fusion_emitters": "false"}
+
+
+def _jaxlib_knows(flag):
+    """XLA aborts on an unknown flag, and flags come and go: look for the name in jaxlib's library."""
     import importlib.util
     import mmap
-    where = importlib.util.find_spec("jaxlib").submodule_search_locations[0]
-    names = ["xla_backend_optimization_level"]
-    lib = os.path.join(where, "libjax_common.so")
-    if os.path.isfile(lib):
-        with open(lib, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
-            if m.find(b"xla_cpu_use_fusion_emitters") >= 0:
-                names.append("xla_cpu_use_fusion_emitters")
-    values = {"xla_backend_optimization_level": "0", "xla_cpu_use_fusion_emitters": "false"}
+    lib = os.path.join(importlib.util.find_spec("jaxlib").submodule_search_locations[0], "libjax_common.so")
+    if not os.path.isfile(lib):
+        return False
+    with open(lib, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
+        return m.find(flag.encode()) >= 0
+
+
+def _fast_compile_flags():
+    """``XLA_FLAGS`` with the flags above added (LLVM's level always; the emitters where jaxlib knows the flag)."""
     have = os.environ.get("XLA_FLAGS", "")
-    return " ".join([have, *(f"--{n}={values[n]}" for n in names if n not in have)]).strip()
+    add = [f"--{k}={v}" for k, v in _FAST_COMPILE.items()
+           if k not in have and (k == "xla_backend_optimization_level" or _jaxlib_knows(k))]
+    return " ".join([have, *add]).strip()
 
 
 os.environ["XLA_FLAGS"] = _fast_compile_flags()

@@ -62,9 +62,20 @@ def fail(message: str, status: int):
     sys.exit(status)
 
 
+def compile_cache(path):
+    """JAX's persistent compilation cache at ``path`` (``config.compile_cache``; "" leaves JAX's own setting):
+    steps compiled by an earlier run of the same shapes are loaded instead of compiled."""
+    if not path:
+        return
+    import jax
+    jax.config.update("jax_compilation_cache_dir", os.path.expanduser(path))
+    jax.config.update("jax_compilation_cache_max_size", 4 << 30)  # least recently used entries go beyond 4 GiB
+
+
 def run(cfg):
     from .config import validate
     cfg = validate(cfg)
+    compile_cache(cfg.compile_cache)
     if cfg.mode == "check":
         from .preflight import preflight
         return preflight(cfg)

@@ -5,6 +5,9 @@ import os
 import textwrap
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# The command line's persistent compilation cache (config.compile_cache) off: the suite writes nothing under
+# ~/.cache, and a CLI test compiles what it tests (the cache's own test sets a directory of its own).
+os.environ["DPKD_COMPILE_CACHE"] = ""
 # The suite compiles hundreds of small steps, where XLA:CPU's code generation is most of the time:
 # * LLVM level 0 halves a step test's wall time (66 s -> 27 s for test_train's dpkd case);
 # * the classic loop emitters instead of the MLIR fusion emitters (xla_cpu_use_fusion_emitters=false) take

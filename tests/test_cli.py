@@ -127,7 +127,9 @@ def test_bad_input_files_are_named_by_preflight_and_by_a_real_run(hf_pair, tmp_p
 
 def test_rerun_with_resume_false_is_decided_at_start_up(good, tmp_path):
     config = good()
-    r = run(config, "--config.resume=False")
+    # with a compilation cache (config.compile_cache): the fresh start after overwrite loads the step compiled
+    cache = {"DPKD_COMPILE_CACHE": str(tmp_path / "xla"), "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
+    r = run(config, "--config.resume=False", env=cache)
     assert r.returncode == 0, r.stderr[-3000:]
     work = str(tmp_path / "work")
     assert os.path.isdir(os.path.join(work, "checkpoints", "latest", "2"))
@@ -137,8 +139,10 @@ def test_rerun_with_resume_false_is_decided_at_start_up(good, tmp_path):
                       "--config.overwrite=True")
     assert "loss" not in r.stdout
     # overwrite=True clears them and starts fresh; resume=True (the default) reuses the finished run.
-    r = run(config, "--config.resume=False", "--config.overwrite=True")
+    assert os.listdir(tmp_path / "xla")
+    r = run(config, "--config.resume=False", "--config.overwrite=True", env=dict(cache, JAX_LOG_COMPILES="1"))
     assert r.returncode == 0 and "overwrite: cleared the checkpoints" in r.stdout, r.stderr[-3000:]
+    assert "Persistent compilation cache hit for 'jit__generic_body'" in r.stderr, r.stderr[-3000:]
     r = run(config)
     assert r.returncode == 0 and "resumed from step 2 (finished: reusing it)" in r.stdout, r.stderr[-3000:]
 

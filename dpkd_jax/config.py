@@ -58,11 +58,9 @@ def default_config():
     c.seed = 0
     c.workdir = "work_dirs/run"
     c.resume = True             # continue from checkpoints in workdir (a finished stage is reused)
-    # JAX's persistent compilation cache: a later run of the same steps and shapes (another work dir, other
-    # seeds) loads them compiled instead of compiling them again; "" = off. Default: $DPKD_COMPILE_CACHE, else
-    # ~/.cache/dpkd_jax/xla (the command line only; a program that imports dpkd_jax keeps its own JAX settings)
-    c.compile_cache = os.environ.get("DPKD_COMPILE_CACHE", os.path.join("~", ".cache", "dpkd_jax", "xla"))
     c.overwrite = False         # with resume=False: clear earlier checkpoints in workdir instead of stopping
+    # the command line's persistent compilation cache (later runs of the same steps load them compiled); "" = off
+    c.compile_cache = os.environ.get("DPKD_COMPILE_CACHE", os.path.join("~", ".cache", "dpkd_jax", "xla"))
     c.teacher, c.student = _model_blocks()
     c.data = ml_collections.ConfigDict({
         "train": "", "dev_num": 500, "eval_sets": ml_collections.ConfigDict(), "pretrain": "",

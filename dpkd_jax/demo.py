@@ -17,7 +17,7 @@ import jax
 import numpy as np
 
 from . import data as data_lib
-from . import models, sharding
+from . import curves, models, sharding
 from . import run as run_lib
 from .checkpoint import prepare_workdir
 from .models import gpt2
@@ -118,6 +118,7 @@ def run_demo(cfg):
                        os.path.join(wd, method, "export"))
     if jax.process_index() != 0:
         return results
+    curves.wait()
     table = gap_table(results, d.distill_steps)
     print(table)
     with open(os.path.join(wd, "table.md"), "w") as f:

@@ -12,7 +12,7 @@ import numpy as np
 
 from . import data as data_lib
 from . import evaluate as eval_lib
-from . import models, sharding
+from . import curves, models, sharding
 from .checkpoint import prepare_workdir
 from .config import lora_spec
 from . import run as run_lib
@@ -131,6 +131,7 @@ def one_model(cfg):
                                              os.path.join(cfg.workdir, "eval"), "student", mesh=placement.mesh)}
     if jax.process_index() == 0:
         print_table(results)
+    curves.wait()
     return results
 
 
@@ -172,6 +173,7 @@ def run(cfg):
             results[tag] = run_lib.evaluate(run, decoder, p, tag.replace(" ", "_"), out_dir)
     if jax.process_index() == 0:
         print_table(results)
+    curves.wait()
     return results
 
 

@@ -20,7 +20,7 @@ import jax
 from . import data as data_lib
 from . import evaluate as eval_lib
 from . import models, specs
-from .curves import plot_history
+from . import curves
 from .loop import Trained, train_loop
 
 
@@ -87,13 +87,14 @@ def stage_config(cfg, method, workdir, *, seed=None, steps=None, lr=None, loss=N
 def train_stage(run: Run, c, student, params, *, desc=None, init=None, callback=None, plot=True) -> Trained:
     """Train ``params`` with the stage config ``c``: the objective is built once here; a method
     that needs a reference model gets ``init`` (the student it started from). Writes
-    ``<workdir>/curves.png`` and prints a one-line summary when ``plot``."""
+    ``<workdir>/curves.png`` (on the curves worker: ``curves.wait()`` before reading it) and prints a
+    one-line summary when ``plot``."""
     spec = specs.Step.of(c)
     desc = desc or c.method
     ref = (params if init is None else init) if spec.objective.needs.reference else None
     trained = train_loop(run, c, student, params, spec=spec, ref_params=ref, desc=desc, callback=callback)
     if plot and jax.process_index() == 0 and trained.history:
-        plot_history(trained.history, os.path.join(c.workdir, "curves.png"), desc)
+        curves.plot_later(trained.history, os.path.join(c.workdir, "curves.png"), desc)
         final = trained.history[-1]
         print(f"[{desc}] step {final['step']}: loss {final['loss/total']:.3f}, "
               f"{final['perf/tokens_per_s']:.0f} tokens/s")

@@ -309,3 +309,22 @@ def test_remat_policies_give_the_same_loss_and_gradients(checkpoints, rng):
         np.testing.assert_allclose(got[0], base[0], rtol=1e-6)
         for k in base[1]:
             np.testing.assert_allclose(got[1][k], base[1][k], rtol=1e-5, atol=1e-7, err_msg=f"{policy} {k}")
+
+
+def test_init_draws_equal_a_per_shape_normal_draw(monkeypatch):
+    """``components.normal`` samples flat at a power-of-two size (one compile per size, not per
+    shape); the numbers are jax.random.normal's for the shape, bit for bit."""
+    from dpkd_jax.models import components
+    key = jax.random.PRNGKey(7)
+    for shape, std in [((384, 128), 0.02), ((4, 128, 512), 0.0125), ((3,), 1.0), ((), 0.5), ((7, 9, 11), 0.02)]:
+        want = np.asarray(std * jax.random.normal(key, shape))
+        got = np.asarray(components.normal(key, shape, std))
+        assert got.shape == want.shape and got.dtype == want.dtype and np.array_equal(got, want), shape
+    # a whole model: the same params as drawing every matrix at its own shape
+    cfg = gpt2.tiny_config(vocab_size=40, max_positions=12, d_model=16, n_layers=2, n_heads=2, d_ff=32)
+    _, params = models.init(cfg, 3)
+    monkeypatch.setattr(components, "normal", lambda k, shape, std: std * jax.random.normal(k, shape))
+    _, per_shape = models.init(cfg, 3)
+    assert params.keys() == per_shape.keys()
+    assert all(np.array_equal(params[k], per_shape[k]) for k in params)
+    assert 0.01 < float(np.std(params["embed/tokens"])) < 0.03   # normal(0, 0.02), not zeros

@@ -196,8 +196,11 @@ class CausalLM(nnx.Module):
     def _unrolled(self, block, x, kv, xs, collect):
         """The layers one after another, each on its own cache arrays (``kv``: per-layer tuples)."""
         outs, new = [], []
-        for i in range(self.config.n_layers):
-            state, window, _ = jax.tree.map(lambda a: a[i], xs)
+        L = self.config.n_layers
+        # split, not a[i]: the gradient of a split is one concatenate, of L slices L pads summed into [L, ...]
+        layers = jax.tree.map(lambda a: [p[0] for p in jnp.split(a, L)], xs[:2])
+        for i in range(L):
+            state, window = jax.tree.map(lambda parts: parts[i], layers, is_leaf=lambda v: isinstance(v, list))
             x, kv_i = block(x, None if kv is None else (kv[0][i], kv[1][i]), (state, window, None))
             outs.append(x)
             new.append(kv_i)

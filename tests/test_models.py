@@ -320,6 +320,9 @@ def test_init_draws_equal_a_per_shape_normal_draw(monkeypatch):
         want = np.asarray(std * jax.random.normal(key, shape))
         got = np.asarray(components.normal(key, shape, std))
         assert got.shape == want.shape and got.dtype == want.dtype and np.array_equal(got, want), shape
+    monkeypatch.setattr(components, "_FLAT_MAX", 100)   # past it: drawn at its own shape, the same numbers
+    assert np.array_equal(components.normal(key, (16, 9), 0.02), 0.02 * jax.random.normal(key, (16, 9)))
+    monkeypatch.undo()
     # a whole model: the same params as drawing every matrix at its own shape
     cfg = gpt2.tiny_config(vocab_size=40, max_positions=12, d_model=16, n_layers=2, n_heads=2, d_ff=32)
     _, params = models.init(cfg, 3)

@@ -66,6 +66,9 @@ def init_value(kind: str, shape, dtype, key, *, std: float = 0.02, offset: float
     return normal(key, shape, std).astype(dtype)
 
 
+_FLAT_MAX = 1 << 24
+
+
 @functools.partial(jax.jit, static_argnums=1)
 def _flat_normal(key, n):
     return jax.random.normal(key, (n,))
@@ -78,7 +81,9 @@ def normal(key, shape, std):
     alone, so a longer flat draw begins with the same numbers."""
     shape = tuple(int(d) for d in shape)
     n = math.prod(shape)
-    if not jax.config.jax_threefry_partitionable:  # then the bits depend on the total size
+    # without partitionable threefry the bits depend on the total size; a large matrix draws at its own
+    # shape (its compile is small beside its work, and the flat draw would hold up to twice its memory)
+    if not jax.config.jax_threefry_partitionable or n > _FLAT_MAX:
         return std * jax.random.normal(key, shape)
     return _scaled_head(_flat_normal(key, 1 << max(n - 1, 0).bit_length()), shape, jnp.float32(std))
 

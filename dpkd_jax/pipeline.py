@@ -131,7 +131,6 @@ def one_model(cfg):
                                              os.path.join(cfg.workdir, "eval"), "student", mesh=placement.mesh)}
     if jax.process_index() == 0:
         print_table(results)
-    curves.wait()
     return results
 
 

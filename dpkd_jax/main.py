@@ -105,8 +105,11 @@ def main(argv):
         absl_logging.set_verbosity(absl_logging.WARNING)  # orbax logs every save at INFO
     cfg = _CONFIG.value
     from .loop import Diverged, Preempted
+    from . import cpu_runtime
     try:
+        cpu_runtime.synchronous_cpu()
         init_distributed(cfg)
+        cpu_runtime.keep_heap_mapped()
         run(cfg)
     except Preempted as e:
         print(e, flush=True)

@@ -2,8 +2,9 @@
 temporaries are mmapped and unmapped by a worker thread's arena) against the command line's setting
 (``dpkd_jax.cpu_runtime``: synchronous execution, temporaries kept mapped in glibc's main heap). The
 setting is process-wide, so each measurement is a child process; the two settings alternate, round by round,
-so both see the same box. Reports each setting's median step time, user and system CPU per step and minor
-page faults per step.
+so both see the same box. Reports each setting's median step time, user and system CPU per step, minor
+page faults per step and the child's peak resident memory. Cases: the demo's steps, and a kd step at SmolLM2-135M's
+width and vocabulary (d 576, 8 of its 30 layers, vocabulary 49152, batch 4, 152 tokens; random weights).
 
     python bench/cpu_heap.py --out bench/results/cpu_heap_cpu.json
 """
@@ -17,7 +18,10 @@ import subprocess
 import sys
 import time
 
-CASES = (("sft", 4), ("kd", 2), ("dpkd", 2))  # the teacher's SFT and two steps of the pruned student
+CASES = (("sft", 4), ("kd", 2), ("dpkd", 2), ("kd", "wide"))  # the demo teacher's SFT, two student steps; wide
+# SmolLM2-135M's width and vocabulary, 8 of its 30 layers (scanned), batch 4 of 112 + 40 tokens
+WIDE = dict(model=dict(vocab_size=49152, d_model=576, n_layers=8, n_heads=9, d_ff=1536, max_positions=152),
+            batch_size=4, lengths=(112, 152))
 
 
 def child(method, layers, steps, heap):
@@ -27,7 +31,7 @@ def child(method, layers, steps, heap):
         cpu_runtime.synchronous_cpu()
         assert cpu_runtime.keep_heap_mapped()
     from demo_speed import Case
-    case = Case(method, False, layers)
+    case = Case(method, True, 8, **WIDE) if layers == "wide" else Case(method, False, int(layers))
     for i in range(3):  # past the first steps' one-time allocations
         case(i)
     r0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
@@ -36,7 +40,8 @@ def child(method, layers, steps, heap):
     print(json.dumps({"step_s": statistics.median(times), "wall_per_step_s": wall / steps,
                       "user_per_step_s": (r1.ru_utime - r0.ru_utime) / steps,
                       "sys_per_step_s": (r1.ru_stime - r0.ru_stime) / steps,
-                      "minor_faults_per_step": (r1.ru_minflt - r0.ru_minflt) / steps, "jax": jax.__version__}))
+                      "minor_faults_per_step": (r1.ru_minflt - r0.ru_minflt) / steps,
+                      "peak_rss_mb": r1.ru_maxrss / 1024, "jax": jax.__version__}))
 
 
 def measure(method, layers, steps, heap):
@@ -54,7 +59,7 @@ def main():
     ap.add_argument("--heap", action="store_true")
     args = ap.parse_args()
     if args.child:
-        return child(args.child[0], int(args.child[1]), int(args.child[2]), args.heap)
+        return child(args.child[0], args.child[1], int(args.child[2]), args.heap)
     rows = {}
     for method, layers in CASES:
         runs = {"default": [], "main_heap": []}
@@ -63,7 +68,7 @@ def main():
                 runs[name].append(measure(method, layers, args.steps, name == "main_heap"))
         row = {name: {k: statistics.median(r[k] for r in rs) for k in rs[0] if k != "jax"} for name, rs in runs.items()}
         row["speedup"] = row["default"]["step_s"] / row["main_heap"]["step_s"]
-        rows[f"{method} ({layers} layers)"] = row
+        rows[f"{method} (SmolLM2 width, 8 layers)" if layers == "wide" else f"{method} ({layers} layers)"] = row
         print(method, layers, json.dumps(row), flush=True)
     from report import report
     report({"cpus": os.cpu_count(), "jax": runs["default"][0]["jax"], "rounds": args.rounds, "steps": args.steps,

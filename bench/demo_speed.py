@@ -50,17 +50,23 @@ def batch(c, vocab, rng):
 class Case:
     """One (method, layout) step, placed as the trainer places it."""
 
-    def __init__(self, method, scan, layers, gold_length=None):
+    def __init__(self, method, scan, layers, gold_length=None, model=None, batch_size=None, lengths=None):
+        """``model`` (GPT-2 config fields), ``batch_size`` and ``lengths`` (prompt, total) replace the demo's."""
         c = demo_config(method)
         d = c.demo
-        mk = lambda n, seed: models.init(gpt2.tiny_config(vocab_size=d.vocab_size, max_positions=c.data.max_length,
-                                                          scan_layers=scan, **dict(d.teacher, n_layers=n)), seed)
-        (t_dec, t_params), (s_dec, s_params) = mk(d.teacher.n_layers, 0), mk(layers, 1)
+        if batch_size:
+            c.train.batch_size = batch_size
+        if lengths:
+            c.data.max_prompt_length, c.data.max_length = lengths
+        fields = {"vocab_size": d.vocab_size, "max_positions": c.data.max_length, "scan_layers": scan,
+                  **d.teacher, **(model or {})}
+        mk = lambda n, seed: models.init(gpt2.tiny_config(**dict(fields, n_layers=n)), seed)
+        (t_dec, t_params), (s_dec, s_params) = mk(fields["n_layers"] if model else d.teacher.n_layers, 0), mk(layers, 1)
         tx, spec = make_optimizer(c.train), dataclasses.replace(Step.of(c), gold_length=gold_length)
         self.sh = sh = step_shardings(sharding.Placement(c.mesh), s_dec, t_dec, tx, s_params, spec.objective)
         self.state = place_state(s_dec, s_params, tx, sh, spec.objective)
         self.step = make_step(spec, s_dec, t_dec, tx, sharding.put(t_params, sh["teacher"]), shardings=sh)
-        self.batch = sharding.put(batch(c, d.vocab_size, np.random.default_rng(0)), sh["batch"])
+        self.batch = sharding.put(batch(c, fields["vocab_size"], np.random.default_rng(0)), sh["batch"])
         t = time.perf_counter()
         self(0)
         self.compile_s = time.perf_counter() - t

@@ -191,7 +191,17 @@ def validate(c):
         fail("train.steps", f"must be >= 1, got {c.train.steps}")
     if not c.demo.enabled:
         _check_model_paths(c)
+    if c.experiment.enabled:
+        _check_experiment(c.experiment)
     return c
+
+
+def _check_experiment(e):
+    """The experiment measures at ``eval_points`` steps spread from 0 to ``steps``; its table reads the last."""
+    if e.steps < 1:
+        _fail("experiment.steps", f"must be >= 1, got {e.steps}")
+    if e.eval_points < 2:
+        _fail("experiment.eval_points", f"must be >= 2 (step 0 and the last step are two points), got {e.eval_points}")
 
 
 def _check_teacher_cache(c, objective):

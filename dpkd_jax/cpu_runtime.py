@@ -19,7 +19,7 @@ import sys
 
 M_TRIM_THRESHOLD = -1  # glibc's mallopt parameters (malloc.h)
 M_MMAP_MAX = -4
-TRIM_THRESHOLD = 1 << 30  # free memory above this at the heap's top goes back to the system
+TRIM_THRESHOLD = -1  # never give the heap's top back: the next step needs it again (mallopt(3): -1 disables trimming)
 
 
 def synchronous_cpu():

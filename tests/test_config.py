@@ -84,3 +84,17 @@ def test_only_the_modes_that_read_a_teacher_ask_for_one(tmp_path):
     c.teacher.paths = {"a": str(tmp_path / "missing")}
     with pytest.raises(ValueError, match=r"config.teacher.paths.a: '.*missing' is not a directory"):
         validate(copy.deepcopy(c))
+
+
+def test_experiment_eval_points_need_a_trained_point():
+    """One point is step 0 alone: the experiment would train every run and then fail at its table."""
+    spec = importlib.util.spec_from_file_location("smollm2_cfg", os.path.join(ROOT, "configs", "smollm2_pruned.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    c = mod.get_config("cpu")
+    validate(copy.deepcopy(c))  # the shipped scale passes
+    for field, value in (("eval_points", 1), ("steps", 0)):
+        bad = copy.deepcopy(c)
+        bad.experiment[field] = value
+        with pytest.raises(ValueError, match=f"config.experiment.{field}: must be >= "):
+            validate(bad)

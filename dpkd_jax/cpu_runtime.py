@@ -3,9 +3,9 @@
 XLA:CPU allocates each program's temporaries (~190 MB for the demo's SFT step) in one block per execution.
 With asynchronous dispatch that happens on a worker thread, whose glibc arena serves a block that size
 with a fresh ``mmap`` and returns it with ``munmap``: every step faults its temporaries in again, page by
-page (~60k faults and a third of the step's CPU time as system time, ``bench/cpu_heap.py``). Executed on
+page (~60k faults and a fifth of the step's CPU time as system time, ``bench/cpu_heap.py``). Executed on
 the calling thread instead, the block comes from glibc's main heap, which keeps it mapped once ``mallopt``
-turns off ``mmap`` for large blocks and raises the trim threshold.
+turns off ``mmap`` for large blocks and trimming of the heap's top.
 
 Only the command line applies this (``main``): it is process-wide, and a library must not change the
 allocator of the program that imports it.

@@ -61,7 +61,7 @@ class Case:
         fields = {"vocab_size": d.vocab_size, "max_positions": c.data.max_length, "scan_layers": scan,
                   **d.teacher, **(model or {})}
         mk = lambda n, seed: models.init(gpt2.tiny_config(**dict(fields, n_layers=n)), seed)
-        (t_dec, t_params), (s_dec, s_params) = mk(fields["n_layers"] if model else d.teacher.n_layers, 0), mk(layers, 1)
+        (t_dec, t_params), (s_dec, s_params) = mk(fields["n_layers"], 0), mk(layers, 1)  # the teacher: all layers
         tx, spec = make_optimizer(c.train), dataclasses.replace(Step.of(c), gold_length=gold_length)
         self.sh = sh = step_shardings(sharding.Placement(c.mesh), s_dec, t_dec, tx, s_params, spec.objective)
         self.state = place_state(s_dec, s_params, tx, sh, spec.objective)

@@ -18,20 +18,24 @@ import subprocess
 import sys
 import time
 
-CASES = (("sft", 4), ("kd", 2), ("dpkd", 2), ("kd", "wide"))  # the demo teacher's SFT, two student steps; wide
 # SmolLM2-135M's width and vocabulary, 8 of its 30 layers (scanned), batch 4 of 112 + 40 tokens
 WIDE = dict(model=dict(vocab_size=49152, d_model=576, n_layers=8, n_heads=9, d_ff=1536, max_positions=152),
             batch_size=4, lengths=(112, 152))
+# row: (method, demo_speed.Case's layout) - the demo teacher's SFT, two steps of its student, a wide kd step
+CASES = {"sft (4 layers)": ("sft", dict(scan=False, layers=4)), "kd (2 layers)": ("kd", dict(scan=False, layers=2)),
+         "dpkd (2 layers)": ("dpkd", dict(scan=False, layers=2)),
+         "kd (SmolLM2 width, 8 layers)": ("kd", dict(scan=True, layers=8, **WIDE))}
 
 
-def child(method, layers, steps, heap):
+def child(row, steps, heap):
     import jax
     from dpkd_jax import cpu_runtime
     if heap:
         cpu_runtime.synchronous_cpu()
         assert cpu_runtime.keep_heap_mapped()
     from demo_speed import Case
-    case = Case(method, True, 8, **WIDE) if layers == "wide" else Case(method, False, int(layers))
+    method, layout = CASES[row]
+    case = Case(method, **layout)
     for i in range(3):  # past the first steps' one-time allocations
         case(i)
     r0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
@@ -44,8 +48,8 @@ def child(method, layers, steps, heap):
                       "peak_rss_mb": r1.ru_maxrss / 1024, "jax": jax.__version__}))
 
 
-def measure(method, layers, steps, heap):
-    cmd = [sys.executable, __file__, "--child", method, str(layers), str(steps)] + (["--heap"] if heap else [])
+def measure(row, steps, heap):
+    cmd = [sys.executable, __file__, "--child", row, "--steps", str(steps)] + (["--heap"] if heap else [])
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])
 
@@ -55,21 +59,21 @@ def main():
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--steps", type=int, default=16)
     ap.add_argument("--out", default="")
-    ap.add_argument("--child", nargs=3)
+    ap.add_argument("--child", choices=CASES, help="measure this row in this process")
     ap.add_argument("--heap", action="store_true")
     args = ap.parse_args()
     if args.child:
-        return child(args.child[0], args.child[1], int(args.child[2]), args.heap)
+        return child(args.child, args.steps, args.heap)
     rows = {}
-    for method, layers in CASES:
+    for label in CASES:
         runs = {"default": [], "main_heap": []}
         for _ in range(args.rounds):
             for name in runs:
-                runs[name].append(measure(method, layers, args.steps, name == "main_heap"))
+                runs[name].append(measure(label, args.steps, name == "main_heap"))
         row = {name: {k: statistics.median(r[k] for r in rs) for k in rs[0] if k != "jax"} for name, rs in runs.items()}
         row["speedup"] = row["default"]["step_s"] / row["main_heap"]["step_s"]
-        rows[f"{method} (SmolLM2 width, 8 layers)" if layers == "wide" else f"{method} ({layers} layers)"] = row
-        print(method, layers, json.dumps(row), flush=True)
+        rows[label] = row
+        print(label, json.dumps(row), flush=True)
     from report import report
     report({"cpus": os.cpu_count(), "jax": runs["default"][0]["jax"], "rounds": args.rounds, "steps": args.steps,
             "cases": rows}, args.out)

@@ -1,6 +1,6 @@
 """Keep the CPU backend's step memory mapped between steps.
 
-XLA:CPU allocates each program's temporaries (~190 MB for the demo's SFT step) in one block per execution.
+XLA:CPU allocates each program's temporaries (234 MiB for the demo's SFT step) in one block per execution.
 With asynchronous dispatch that happens on a worker thread, whose glibc arena serves a block that size
 with a fresh ``mmap`` and returns it with ``munmap``: every step faults its temporaries in again, page by
 page (~60k faults and a fifth of the step's CPU time as system time, ``bench/cpu_heap.py``). Executed on

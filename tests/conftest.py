@@ -196,6 +196,17 @@ def tok(tmp_path_factory):
     return make_tokenizer(str(tmp_path_factory.mktemp("tok")), vocab_size=PIPE_VOCAB, corpus=corpus)
 
 
+def load_config(name):
+    """A shipped config as ``--config=configs/<name>`` loads it: ``"demo.py"`` or ``"smollm2_pruned.py:cpu"``."""
+    import importlib.util
+    file, _, arg = name.partition(":")
+    spec = importlib.util.spec_from_file_location(file.removesuffix(".py"), os.path.join(
+        os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", file))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.get_config(arg) if arg else mod.get_config()
+
+
 def write_jsonl(path, rows):
     with open(path, "w") as f:
         for r in rows:

@@ -1,12 +1,11 @@
 """Config validation naming fields, the paper configs, flag typos."""
 
 import copy
-import importlib.util
 import os
 
 import pytest
 
-from conftest import write_jsonl
+from conftest import load_config, write_jsonl
 from dpkd_jax import models
 from dpkd_jax.config import default_config, validate
 
@@ -42,10 +41,7 @@ def test_config_errors_name_the_field(tmp_path):
 
 @pytest.mark.parametrize("name", ["gpt2_xl_to_base", "gpt2_xl_to_medium", "opt13b_to_1p3b"])
 def test_paper_configs_load_and_validate_with_stand_in_checkpoints(name, checkpoints, tmp_path):
-    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "configs", f"{name}.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    c = mod.get_config()
+    c = load_config(f"{name}.py")
     assert c.method == "dpkd" and c.loss.dpkd.beta == 0.1 and c.loss.dpkd.kd_ratio == 0.5 and c.data.max_length == 512
     kind = "opt" if "opt" in name else "gpt2"
     c.teacher.path = c.student.path = checkpoints[kind][0]
@@ -88,10 +84,7 @@ def test_only_the_modes_that_read_a_teacher_ask_for_one(tmp_path):
 
 def test_experiment_eval_points_need_a_trained_point():
     """One point is step 0 alone: the experiment would train every run and then fail at its table."""
-    spec = importlib.util.spec_from_file_location("smollm2_cfg", os.path.join(ROOT, "configs", "smollm2_pruned.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    c = mod.get_config("cpu")
+    c = load_config("smollm2_pruned.py:cpu")
     validate(copy.deepcopy(c))  # the shipped scale passes
     for field, value in (("eval_points", 1), ("steps", 0)):
         bad = copy.deepcopy(c)

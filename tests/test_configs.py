@@ -5,7 +5,6 @@ stand-ins of each id (the right family, head counts that the config's mesh split
 paths point at a small file. A config meant for many devices is checked with
 ``--config.check.devices=N``, its mesh's fixed size."""
 
-import importlib.util
 import math
 import os
 import subprocess
@@ -13,7 +12,7 @@ import sys
 
 import pytest
 
-from conftest import DEMO, hf_model, make_tokenizer, write_jsonl
+from conftest import DEMO, hf_model, load_config, make_tokenizer, write_jsonl
 from test_hub import lay_out
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -30,14 +29,6 @@ STANDINS = {
 CONFIGS = ["demo.py", "gpt2_xl_to_base.py", "gpt2_xl_to_medium.py", "opt13b_to_1p3b.py", "qwen25_7b_to_1p5b.py",
            "llama31_8b_to_llama32_1b.py", "smollm2_pruned.py", "smollm2_pruned.py:cpu", "pair.py",
            "smollm2_to_gemma3.py:cpu"]
-
-
-def load(name):
-    file, _, arg = name.partition(":")
-    spec = importlib.util.spec_from_file_location("c", os.path.join(ROOT, "configs", file))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.get_config(arg) if arg else mod.get_config()
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +55,7 @@ def test_every_shipped_config_passes_mode_check(name, hub_cache, tmp_path, monke
     monkeypatch.chdir(ROOT)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_CACHE", str(hub))
-    cfg = load(name)
+    cfg = load_config(name)
     cfg.mode, cfg.workdir = "check", str(tmp_path / "work")
     if not cfg.demo.enabled and not cfg.experiment.enabled:  # the paper configs: small data in place of theirs
         cfg.data.train, cfg.data.pretrain = rows, os.path.join(DEMO, "pretrain.txt")

@@ -16,8 +16,8 @@ import sys
 import gguf
 import pytest
 
-from conftest import DEMO, hf_family_model
-from test_configs import STANDINS, hub_cache, load  # noqa: F401 -- hub_cache: the hub stand-ins fixture
+from conftest import DEMO, hf_family_model, load_config
+from test_configs import STANDINS, hub_cache  # noqa: F401 -- hub_cache: the hub stand-ins fixture
 from test_gguf import write_gguf
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -81,7 +81,7 @@ def for_check(cmd):
     """A GPU/pod command checked here: ``--config.mode=check`` over the config's devices, its eval
     sets pointed at the demo's rows (the paper configs name data this machine does not have)."""
     name = re.search(r"--config=configs/(\S+)", cmd).group(1)
-    cfg = load(name)
+    cfg = load_config(name)
     fixed = math.prod(v for v in (cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor) if v > 0)
     extra = [f"--config.data.eval_sets.{k}=$DATA" for k in cfg.data.eval_sets]
     if "--config.data.pretrain" not in cmd and cfg.data.pretrain:

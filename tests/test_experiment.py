@@ -1,25 +1,17 @@
 """The real-weights experiment, shortened: a tiny teacher pruned to one layer, a few prompts,
 2 steps per method, 1 seed, end to end to the table and the plots."""
 
-import importlib.util
 import json
 import os
 
 import numpy as np
 import pytest
 
-from conftest import write_jsonl
+from conftest import load_config, write_jsonl
 from dpkd_jax.data.make_instruct_prompts import KINDS, generate
 from dpkd_jax.experiment import runner
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def load_config(scale, name="smollm2_pruned"):
-    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "configs", f"{name}.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.get_config(scale)
 
 
 def test_prompt_set_covers_every_kind_and_eval_is_held_out():
@@ -34,7 +26,7 @@ def test_prompt_set_covers_every_kind_and_eval_is_held_out():
 
 def test_unknown_scale_is_named():
     with pytest.raises(ValueError, match="scale must be one of"):
-        load_config("tpu")
+        load_config("smollm2_pruned.py:tpu")
 
 
 @pytest.fixture
@@ -46,7 +38,7 @@ def short_experiment(hf_pair, tmp_path):
             for i in range(16)]
     write_jsonl(prompts / "train.jsonl", rows[:12])
     write_jsonl(prompts / "eval.jsonl", rows[12:])
-    cfg = load_config("cpu")
+    cfg = load_config("smollm2_pruned.py:cpu")
     with cfg.unlocked():
         cfg.teacher.path, cfg.workdir, cfg.data.template = teacher, str(tmp_path / "work"), "dolly"
         cfg.data.max_prompt_length, cfg.data.max_length, cfg.gen.max_new_tokens = 40, 48, 8
@@ -132,7 +124,7 @@ def cross_experiment(hf_pair, tmp_path):
     rows.insert(3, {"instruction": "Add " + "very long " * 30, "context": "", "response": "", "category": "x"})
     write_jsonl(prompts / "train.jsonl", rows[:13])
     write_jsonl(prompts / "eval.jsonl", rows[13:])
-    cfg = load_config("cpu", "smollm2_to_gemma3")
+    cfg = load_config("smollm2_to_gemma3.py:cpu")
     with cfg.unlocked():
         cfg.teacher.path, cfg.student.path = teacher, str(tmp_path / "student")
         cfg.workdir, cfg.data.teacher_template = str(tmp_path / "work"), "dolly"

@@ -1,14 +1,13 @@
 """Evaluation metrics, overfitting without recompilation, resume, the demo end to end (every method's
 step: test_train.py)."""
 
-import importlib.util
 import json
 import os
 
 import jax
 import numpy as np
 
-from conftest import tiny_setup
+from conftest import load_config, tiny_setup
 from dpkd_jax import data as D
 from dpkd_jax import evaluate as E
 from dpkd_jax import models
@@ -73,10 +72,7 @@ def test_checkpoint_resume_gives_the_same_run(tmp_path, tok):
 
 
 def test_shortened_demo_runs_end_to_end(tmp_path, capsys):
-    spec = importlib.util.spec_from_file_location("demo_cfg", os.path.join(ROOT, "configs", "demo.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    c = validate(mod.get_config())
+    c = validate(load_config("demo.py"))
     c.workdir = str(tmp_path)
     c.demo.teacher = {"d_model": 32, "n_layers": 2, "n_heads": 2, "d_ff": 64}
     c.demo.keep_layers, c.demo.seeds = "1", (0, 1)

@@ -234,31 +234,6 @@ class Embed(nnx.Module):
 
 # ---------------------------------------------------------------- attention
 
-def attention_mask(q_slots, k_len, key_mask, window):
-    """Allowed (query, key) pairs ``[B, 1, 1, T, S]``: causal over cache slots, valid keys,
-    and within ``window`` slots when ``window > 0`` (HF: ``q − k < window``)."""
-    k_slots = jnp.arange(k_len)
-    dist = q_slots[:, None] - k_slots[None, :]
-    ok = (dist >= 0) & ((window <= 0) | (dist < window))
-    return ok[None, None, None] & key_mask[:, None, None, None, :].astype(bool)
-
-
-def attend(spec: Attention, q, k, v, allowed):
-    """Grouped-query attention: q ``[B, T, H, K]`` over k, v ``[B, G, S, K]`` (heads before
-    slots: the KV cache's layout, read without a transpose) -> ``[B, T, H, K]``.
-    Scores and softmax in float32; optional tanh soft-capping before the mask."""
-    B, T, H, K = q.shape
-    G = k.shape[1]
-    qg = q.reshape(B, T, G, H // G, K)
-    scores = jnp.einsum("btgrk,bgsk->bgrts", qg, k).astype(jnp.float32)
-    scores = scores * (spec.query_scale or K ** -0.5)
-    if spec.softcap:
-        scores = jnp.tanh(scores / spec.softcap) * spec.softcap
-    scores = jnp.where(allowed, scores, NEG)
-    probs = jax.nn.softmax(scores, axis=-1).astype(q.dtype)
-    return jnp.einsum("bgrts,bgsk->btgrk", probs, v).reshape(B, T, H, K)
-
-
 def pallas_decode_ok(cfg: Config, T: int, S: int) -> bool:
     """Whether a decode step can use the Pallas kernel: one new token, no soft-capping or
     sliding window (the kernel has neither), and the attended slots in whole 16-wide blocks."""
@@ -349,5 +324,5 @@ def mlp_flops(cfg: Config) -> float:
 
 
 __all__ = ["ACTIVATIONS", "KINDS", "DECAYED", "VECTOR_KINDS", "Stack", "param", "NormLayer", "Linear", "Embed",
-           "AttentionLayer", "MlpLayer", "rope_frequencies", "rope_tables", "apply_rope", "attention_mask", "attend",
+           "AttentionLayer", "MlpLayer", "rope_frequencies", "rope_tables", "apply_rope",
            "attention_flops", "mlp_flops", "quantize_int8"]

@@ -17,6 +17,7 @@ DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float
 ROPE_TYPES = ("default", "linear", "llama3")
 REMAT = ("none", "full", "dots")
 QUANTIZE = ("none", "int8")
+ATTENTION_KERNELS = ("auto", "dense", "blockwise", "cudnn", "splash")
 ACTIVATION_NAMES = ("gelu_new", "gelu_pytorch_tanh", "gelu_fast", "gelu", "relu", "silu", "swish")
 LORA_TARGETS = ("q", "k", "v", "o", "gate", "up", "down")
 
@@ -110,6 +111,9 @@ class Config:
     scan_layers: bool = True
     remat: str = "none"                    # none | full | dots (save matmul outputs): training memory vs compute
     decode_kernel: str = "xla"             # xla | pallas (GPU decode-attention kernel; XLA where it cannot apply)
+    attention_kernel: str = "auto"         # auto | dense | blockwise | cudnn | splash (models/attention.py)
+    attention_block_q: int = 0             # blockwise query / key block sizes; 0 = the backend's default
+    attention_block_k: int = 0
     lora: LoRA = LoRA()                    # adapters on a student's projections (rank 0: off)
     quantize: str = "none"                 # none | int8: weight-only int8 projections (frozen teachers)
 
@@ -125,6 +129,11 @@ class Config:
             raise ValueError(f"layer_windows has {len(self.attention.layer_windows)} entries for {self.n_layers} layers")
         if self.decode_kernel not in ("xla", "pallas"):
             raise ValueError(f"decode_kernel must be xla or pallas, got {self.decode_kernel!r}")
+        if self.attention_kernel not in ATTENTION_KERNELS:
+            raise ValueError(f"attention_kernel {self.attention_kernel!r} is not one of {ATTENTION_KERNELS}")
+        if self.attention_block_q < 0 or self.attention_block_k < 0:
+            raise ValueError(f"attention block sizes must be >= 0 (0: the backend's default), got "
+                             f"{self.attention_block_q} and {self.attention_block_k}")
         if self.quantize not in QUANTIZE:
             raise ValueError(f"quantize must be one of {QUANTIZE}, got {self.quantize!r}")
         if self.remat not in REMAT:

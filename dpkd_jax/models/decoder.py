@@ -114,8 +114,8 @@ class Decoder:
     def __call__(self, params, tokens, positions, attention_mask, cache=None, cache_index=0, logits_range=None):
         return self.module(params).forward(tokens, positions, attention_mask, cache, cache_index, logits_range)
 
-    def hidden(self, params, tokens, positions, attention_mask):
-        return self.module(params).hidden(tokens, positions, attention_mask)[0]
+    def hidden(self, params, tokens, positions, attention_mask, segment_ids=None):
+        return self.module(params).hidden(tokens, positions, attention_mask, segment_ids=segment_ids)[0]
 
     def hidden_cached(self, params, tokens, positions, attention_mask, cache, cache_index):
         """(final hidden states ``[B, T, D]``, the cache with these tokens' keys and values written
@@ -168,6 +168,6 @@ def init(config: Config, seed: int = 0, rules: tuple = DEFAULT_RULES, source: st
 
 def with_config(model: CausalLM, **changes) -> CausalLM:
     """The same weights under a config with ``changes`` (execution fields: ``scan_layers``,
-    ``remat``, ``decode_kernel``, ``output_vocab``)."""
+    ``remat``, ``decode_kernel``, ``attention_kernel``, ``output_vocab``)."""
     decoder, params = split(model)
     return decoder_for(model.config.replace(**changes), model.rules, model.source).module(params)

@@ -26,6 +26,7 @@ import numpy as np
 from flax import nnx
 
 from ..sharding import DEFAULT_RULES, constrain
+from . import attention as A
 from . import components as C
 from .config import DTYPES, Config
 
@@ -37,14 +38,14 @@ _REMAT_POLICIES = {"full": None, "dots": jax.checkpoint_policies.dots_with_no_ba
 
 class Pass(NamedTuple):
     """What every layer of one forward pass shares: ``ropes`` (global, local) tables, the valid key
-    slots ``key_mask [B, S]``, the query slots ``q_slots [T]``, the cache slot of the first new
-    token, and the activation rules."""
+    slots ``key_mask [B, S]``, the cache slot of the first new token, the activation rules and
+    optional segment ids (``[B, T]``: packed examples attend only within their own)."""
     cfg: Config
     ropes: tuple | None
     key_mask: jax.Array
-    q_slots: jax.Array
     cache_index: object
     rules: tuple
+    segment_ids: jax.Array | None = None
 
 
 class Block(nnx.Module):
@@ -65,7 +66,7 @@ class Block(nnx.Module):
         ``cache=(k, v)`` this layer's keys and values are written in place at slot ``cache_index``
         and attention reads its first ``S`` slots: of the stacked ``[L, B, G, S, K]`` at ``layer``,
         or of this layer's own ``[B, G, S, K]`` when ``layer`` is None."""
-        cfg, key_mask, q_slots = p.cfg, p.key_mask, p.q_slots
+        cfg, key_mask = p.cfg, p.key_mask
         rope_cs = None
         if p.ropes is not None:
             rope_cs = tuple(jnp.where(window > 0, l, g) for g, l in zip(*p.ropes))
@@ -75,10 +76,8 @@ class Block(nnx.Module):
         if cache is not None:
             cache = tuple(_write(c, new, layer, p.cache_index) for c, new in zip(cache, (k, v)))
             k, v = (_read(c, layer, key_mask.shape[1]).astype(x.dtype) for c in cache)
-        if cache is not None and C.pallas_decode_ok(cfg, q.shape[1], k.shape[2]):
-            attn = C.attend_decode_pallas(cfg, q, k, v, key_mask, q_slots[0] + 1)
-        else:
-            attn = C.attend(cfg.attention, q, k, v, C.attention_mask(q_slots, k.shape[2], key_mask, window))
+        segs = (p.segment_ids, p.segment_ids) if p.segment_ids is not None else (None, None)
+        attn = A.attend(cfg, q, k, v, A.Mask(key_mask, p.cache_index, window, *segs))
         h = self.attn.out(attn)
         x = x + (self.post_attn_norm(h) if self.post_attn_norm is not None else h)
         if not self.pre_norm:
@@ -149,14 +148,15 @@ class CausalLM(nnx.Module):
         return self.head_logits(x), cache
 
     # ---- the two halves ----
-    def hidden(self, tokens, positions, attention_mask, cache=None, cache_index=0):
+    def hidden(self, tokens, positions, attention_mask, cache=None, cache_index=0, segment_ids=None):
         """Final hidden states ``[B, T, D]`` (after the final norm) and the updated cache.
 
         tokens/positions ``[B, T]``; attention_mask ``[B, S]`` marks the valid key slots
         (``S = T`` without a cache; with one, attention reads its first ``S`` slots).
-        ``cache_index`` is the slot of ``tokens[:, 0]``. Attention is causal over slots.
+        ``cache_index`` is the slot of ``tokens[:, 0]``. Attention is causal over slots, and
+        with ``segment_ids [B, T]`` (no cache) within each segment.
         """
-        x, cache, _ = self._run(tokens, positions, attention_mask, cache, cache_index, ())
+        x, cache, _ = self._run(tokens, positions, attention_mask, cache, cache_index, (), segment_ids)
         return x, cache
 
     def hidden_and_features(self, tokens, positions, attention_mask, layers: tuple):
@@ -166,11 +166,10 @@ class CausalLM(nnx.Module):
         x, _, feats = self._run(tokens, positions, attention_mask, None, 0, tuple(layers))
         return x, feats
 
-    def _run(self, tokens, positions, attention_mask, cache, cache_index, collect):
+    def _run(self, tokens, positions, attention_mask, cache, cache_index, collect, segment_ids=None):
         cfg = self.config
         x = constrain(self.embed(tokens, positions, DTYPES[cfg.compute_dtype]), ACT, self.rules)
-        shared = Pass(cfg, _ropes(cfg, positions), attention_mask, cache_index + jnp.arange(tokens.shape[1]),
-                      cache_index, self.rules)
+        shared = Pass(cfg, _ropes(cfg, positions), attention_mask, cache_index, self.rules, segment_ids)
         gdef, layers = nnx.split(self.blocks)
         windows = jnp.asarray(cfg.attention.layer_windows or (0,) * cfg.n_layers, jnp.int32)
         xs = (layers, windows, jnp.arange(cfg.n_layers))

@@ -13,6 +13,7 @@ import ml_collections
 
 from . import data as data_lib
 from . import objectives
+from .models.config import ATTENTION_KERNELS
 from .sharding import DEFAULT_RULES
 from .errors import InputError
 
@@ -91,7 +92,9 @@ def default_config():
     # loss_chunk_tokens: token-level losses project to the vocabulary in chunks of this many tokens (batch rows x
     # positions), recomputed in the backward pass (method.md §11); 0 = whole [B, N, V] logits (for comparisons)
     # allow_pickle: load pickle (.bin) weights, from a folder or a hub id (they can run code: off by default)
+    # attention_kernel: auto | dense | blockwise | cudnn | splash (docs/models.md); blocks 0 = the backend's default
     c.model = ml_collections.ConfigDict({"remat": "none", "scan_layers": True, "decode_kernel": "xla",
+                                         "attention_kernel": "auto", "attention_block_q": 0, "attention_block_k": 0,
                                          "loss_chunk_tokens": 128, "allow_pickle": False})
     # Multi-host: jax.distributed.initialize(); empty fields are auto-detected (TPU pods, SLURM).
     c.distributed = ml_collections.ConfigDict({"enabled": False, "coordinator_address": "", "num_processes": 0,
@@ -183,6 +186,12 @@ def validate(c):
     if c.train.batch_size % dp:
         fail("train.batch_size", f"{c.train.batch_size} is not divisible by the data-parallel size {dp} "
                                  f"(mesh data={mesh['data']} x fsdp={mesh['fsdp']})")
+    if c.model.attention_kernel not in ATTENTION_KERNELS:
+        fail("model.attention_kernel", f"unknown kernel {c.model.attention_kernel!r}; choose one of "
+                                       f"{', '.join(ATTENTION_KERNELS)}")
+    for f in ("attention_block_q", "attention_block_k"):
+        if c.model[f] < 0:
+            fail(f"model.{f}", f"must be >= 0 (0: the backend's default), got {c.model[f]}")
     if c.model.loss_chunk_tokens < 0:
         fail("model.loss_chunk_tokens", f"must be >= 0 (0: no chunking), got {c.model.loss_chunk_tokens}")
     if c.train.max_bad_steps < 1:

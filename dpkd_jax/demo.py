@@ -21,7 +21,7 @@ from . import curves, models, sharding
 from . import run as run_lib
 from .checkpoint import prepare_workdir
 from .models import gpt2
-from .pipeline import data_options, export, load_eval_sets
+from .pipeline import attention_options, data_options, export, load_eval_sets
 from .tools.prune import parse_layers, prune
 
 DEMO_DIR = os.path.join(os.path.dirname(__file__), "data", "demo")
@@ -77,7 +77,7 @@ def demo_run(cfg):
     lm_rows = data_lib.load_packed(cfg.data.pretrain or demo_file("pretrain.txt"), tokenizer, cfg.data.lm_seq_len)
     sets = load_eval_sets(cfg, tokenizer, dev, dict(cfg.data.eval_sets) or {"demo_eval": demo_file("eval.jsonl")})
     arch = gpt2.tiny_config(vocab_size=len(tokenizer), max_positions=cfg.data.max_length,
-                            scan_layers=cfg.model.scan_layers, **dict(d.teacher))
+                            scan_layers=cfg.model.scan_layers, **attention_options(cfg.model), **dict(d.teacher))
     teacher = models.init(arch, cfg.seed + 1, placement.rules("teacher"))
     return run_lib.Run(cfg, tokenizer, placement, teacher, train_data, dev, lm_rows, sets)
 

@@ -45,12 +45,17 @@ def model_options(cfg, role, vocab) -> dict:
     kw = dict(dtype=jnp.dtype(spec.dtype), compute_dtype=jnp.dtype(spec.dtype if role == "teacher" else
                                                                     spec.compute_dtype),
               output_vocab=vocab, remat=cfg.model.remat, scan_layers=cfg.model.scan_layers,
-              decode_kernel=cfg.model.decode_kernel)
+              decode_kernel=cfg.model.decode_kernel, **attention_options(cfg.model))
     if role == "teacher":
         kw["quantize"] = cfg.teacher.quantize
     else:
         kw["lora"] = lora_spec(cfg)
     return kw
+
+
+def attention_options(model_cfg) -> dict:
+    """The attention kernel and its block sizes from ``config.model`` (models.Config fields)."""
+    return {f: model_cfg[f] for f in ("attention_kernel", "attention_block_q", "attention_block_k")}
 
 
 def load_model(cfg, placement, role, path, vocab):

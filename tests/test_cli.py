@@ -59,6 +59,8 @@ def test_preflight_passes_and_summarises(good):
     ("--config.data.max_prompt_length=200", "config.data.max_prompt_length: 200 must be < data.max_length=128"),
     ("--config.data.template=alpaca", "config.data.template"),
     ("--config.check.devices=3", "config.train.batch_size: 4 is not divisible by the data-parallel size 3"),
+    ("--config.model.attention_kernel=flash", "config.model.attention_kernel: unknown kernel 'flash'; choose one of "
+                                              "auto, dense, blockwise, cudnn, splash"),
 ])
 def test_config_errors_are_one_line(good, flag, culprit):
     assert_user_error(run(good(), flag, "--config.mode=check"), culprit)

@@ -19,7 +19,9 @@ def test_config_errors_name_the_field(tmp_path):
                                 ("data.max_prompt_length", 600, "config.data.max_prompt_length"),
                                 ("loss.dpkd.form", "xx", "config.loss.dpkd.form"),
                                 ("data.template", "gemma2", "config.data.template: must be one of dolly, chat, gemma"),
-                                ("data.teacher_template", "xx", "config.data.teacher_template")]:
+                                ("data.teacher_template", "xx", "config.data.teacher_template"),
+                                ("model.attention_kernel", "flash", "config.model.attention_kernel: unknown kernel"),
+                                ("model.attention_block_q", -1, "config.model.attention_block_q")]:
         bad = copy.deepcopy(c)
         *path, key = field.split(".")
         node = bad

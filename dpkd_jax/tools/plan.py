@@ -100,14 +100,16 @@ def plan_one(cfg, mesh_sizes, devices, batch_per_replica=0):
     from ..train import init_state, make_step, step_shardings
     from ..models import decoder_for
     from ..config import lora_spec
+    from ..pipeline import attention_options
     devices = jax.devices()[:devices] if isinstance(devices, int) else list(devices)
     placement = sharding.Placement({**dict(cfg.mesh), **mesh_sizes}, devices=devices)
     mesh = placement.mesh
     t_cfg = model_config(cfg.teacher.path, cfg.teacher.dtype, cfg.teacher.dtype, "teacher.path")
     s_cfg = model_config(cfg.student.path, cfg.student.dtype, cfg.student.compute_dtype, "student.path")
     vocab = min(t_cfg.vocab_size, s_cfg.vocab_size)  # differently padded embeddings share the real vocabulary
-    t_cfg = t_cfg.replace(output_vocab=vocab, remat=cfg.model.remat, quantize=cfg.teacher.quantize)
-    s_cfg = s_cfg.replace(output_vocab=vocab, remat=cfg.model.remat, lora=lora_spec(cfg))
+    attn = attention_options(cfg.model)
+    t_cfg = t_cfg.replace(output_vocab=vocab, remat=cfg.model.remat, quantize=cfg.teacher.quantize, **attn)
+    s_cfg = s_cfg.replace(output_vocab=vocab, remat=cfg.model.remat, lora=lora_spec(cfg), **attn)
     teacher, student = decoder_for(t_cfg, placement.rules("teacher")), decoder_for(s_cfg, placement.rules("student"))
     spec = specs.Step.of(cfg)
     spec = dataclasses.replace(spec, sampling=dataclasses.replace(spec.sampling, eos_token_id=2, pad_token_id=1),

@@ -66,17 +66,24 @@ def main():
     ap.add_argument("--lengths", default="256,512,1024,2048,4096")
     ap.add_argument("--repeats", type=int, default=6)
     ap.add_argument("--long", type=int, default=4096)
+    ap.add_argument("--paper_kernels", default="dense,auto", help="kernels of part 2 (the first is the baseline)")
+    ap.add_argument("--paper_only", action="store_true")
     ap.add_argument("--out", default="")
     args = ap.parse_args()
     out = {"device": jax.devices()[0].device_kind, "jax": jax.__version__, "crossover_in_code": A.CROSSOVER}
-    out["crossover"] = crossover([int(x) for x in args.lengths.split(",")], args.repeats)
+    if not args.paper_only:
+        out["crossover"] = crossover([int(x) for x in args.lengths.split(",")], args.repeats)
     out["paper"] = {}
+    base, *others = args.paper_kernels.split(",")
     for method, layers in (("sft", 4), ("kd", 2), ("dpkd", 2)):
-        r = steps({k: Case(method, False, layers, model={"attention_kernel": k}) for k in ("dense", "auto")},
+        r = steps({k: Case(method, False, layers, model={"attention_kernel": k}) for k in (base, *others)},
                   args.repeats)
-        r["auto_over_dense_speed"] = r["dense"]["step_s"] / r["auto"]["step_s"]
+        for k in others:
+            r[f"{k}_over_{base}_speed"] = r[base]["step_s"] / r[k]["step_s"]
         out["paper"][method] = r
         print(method, r, flush=True)
+    if args.paper_only:
+        return report(out, args.out)
     lengths = (64, 64 + args.long)
     r = steps({k: Case("sft", False, 4, model={"attention_kernel": k}, batch_size=1, lengths=lengths)
                for k in ("dense", "blockwise")}, max(2, args.repeats // 2))

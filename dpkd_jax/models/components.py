@@ -1,6 +1,7 @@
 """Shared building blocks as Flax NNX modules: norms, linear maps (with LoRA and
-weight-only int8), embeddings, attention with KV heads, MLPs, plus the pure helpers
-they use (RoPE, masks, grouped-query attention).
+weight-only int8), embeddings, attention projections with KV heads, MLPs, plus the pure
+helpers they use (RoPE, the Pallas decode kernel's call). Attention itself, every kernel
+of it, is in :mod:`attention`.
 
 Every parameter is an ``nnx.Param`` made by :func:`param`, whose metadata carries its
 logical axes (``out_sharding``) and its kind (``weight``, ``embedding``, ``position``,

@@ -37,11 +37,12 @@ def plan_at(cfg_path, topology, mesh, length, kernel, remat, batch_per_replica):
     try:
         row = plan.plan_one(c, plan.parse_mesh(mesh), devices, batch_per_replica)
         total = row["total"] / plan.GiB
+        why = ""
     except Exception as e:  # noqa: BLE001 -- XLA's TPU compiler refuses a step that cannot fit its HBM
         if "RESOURCE_EXHAUSTED" not in str(e):
             raise
-        total, row = float("inf"), {}
-    return {"length": length, "kernel": kernel, "remat": remat, "batch_per_replica": batch_per_replica,
+        total, row, why = float("inf"), {}, str(e).splitlines()[0][:300]
+    return {"refused": why, "length": length, "kernel": kernel, "remat": remat, "batch_per_replica": batch_per_replica,
             "total_gib": round(total, 2), "temp_gib": round(row.get("temp", float("inf")) / plan.GiB, 2),
             "hbm_gib": hbm, "fits": total < 0.9 * hbm, "compile_s": round(time.perf_counter() - t, 1)}
 

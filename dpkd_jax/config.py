@@ -80,7 +80,9 @@ def default_config():
         # warn when the student's per-token NLL of its own samples exceeds this multiple of its first logged
         # value (DistiLLM-2's reward-hacking sign); 0 turns the warning off. save_every=0: no checkpoints
         # (throw-away runs such as the experiment's grid), except on SIGTERM
-        "hacking_warn_ratio": 2.0, "eval_every": 0, "save_every": 500, "keep": 2, "max_bad_steps": 10})
+        "hacking_warn_ratio": 2.0, "eval_every": 0, "save_every": 500, "keep": 2, "max_bad_steps": 10,
+        # rows per device in each micro-batch of a step (a scan inside the step, one update; exact): 0 = the whole batch
+        "micro_batch": 0})
     # Device mesh (sharding.py): -1 takes the remaining devices. shard_student=False keeps a
     # small student whole on every device (pure data parallel); the teacher is always split.
     # rules: logical axis -> mesh axes (sharding.DEFAULT_RULES), overridable per run, e.g.
@@ -194,6 +196,15 @@ def validate(c):
             fail(f"model.{f}", f"must be >= 0 (0: the backend's default), got {c.model[f]}")
     if c.model.loss_chunk_tokens < 0:
         fail("model.loss_chunk_tokens", f"must be >= 0 (0: no chunking), got {c.model.loss_chunk_tokens}")
+    mb = c.train.micro_batch
+    if mb < 0:
+        fail("train.micro_batch", f"must be >= 0 (0: the whole batch), got {mb}")
+    if mb and (c.train.batch_size // dp) % mb:
+        fail("train.micro_batch", f"{mb} does not divide the batch per device {c.train.batch_size // dp} "
+                                  f"(train.batch_size={c.train.batch_size} over {dp} data-parallel devices)")
+    if mb and objective.own_update:
+        fail("train.micro_batch", f"{c.method} runs its own PPO update in loss.{c.method}.minibatches; leave "
+                                  f"train.micro_batch at 0")
     if c.train.max_bad_steps < 1:
         fail("train.max_bad_steps", f"must be >= 1, got {c.train.max_bad_steps}")
     if c.train.steps < 1:

@@ -283,8 +283,12 @@ def train_loop(run, cfg, student, params, *, spec=None, ref_params=None, desc=No
     manager is closed on every exit.
     """
     # every batch is drawn from run.train (or a subset of its rows): its longest row bounds the gold forwards
-    spec = bind_feature(spec or specs.Step.of(cfg), student, run).with_data(run.train)
+    spec = bind_feature(spec or specs.Step.of(cfg), student, run).with_data(run.train).with_micro_batch(
+        cfg.train.micro_batch, sharding.data_parallel_size(run.placement.mesh))
     desc = desc or cfg.method
+    if spec.micro_batches > 1:
+        logging.info("%s: each step runs %d micro-batches of %d rows per device (train.micro_batch)", desc,
+                     spec.micro_batches, cfg.train.micro_batch)
     placed = place(run.placement, spec, student, params, *run.teacher, ref_params, cfg.train)
     routed = run.routing is not None
     batches, step_fn = (routed_teachers if routed else one_teacher)(run, cfg, spec, student, placed)

@@ -123,6 +123,10 @@ class Step:
     # gold-response forwards on rows of this many slots (the data's longest prompt + response), set by
     # the loop from its data (``with_data``); None: the full prompt + response slots
     gold_length: int | None = None
+    # train.micro_batch: the step runs its batch as this many equal micro-batches (a lax.scan), each of the
+    # ``replicas`` data-parallel shards splitting its own rows; one optimizer update (``with_micro_batch``)
+    micro_batches: int = 1
+    replicas: int = 1
 
     @classmethod
     def of(cls, cfg, objective=None) -> "Step":
@@ -130,6 +134,16 @@ class Step:
         return cls(objective, Sampling.of(cfg.gen), int(cfg.train.steps), int(cfg.train.log_every),
                    int(cfg.train.batch_size), Schedule.of(cfg.train, objective.updates_per_step),
                    int(cfg.model.loss_chunk_tokens), Feature.of(cfg.loss.feature))
+
+    def with_micro_batch(self, micro_batch: int, replicas: int) -> "Step":
+        """The step with micro-batches of ``micro_batch`` rows per replica (0: the whole batch)."""
+        per_replica = self.batch_size // replicas
+        if not micro_batch or micro_batch >= per_replica:
+            return dataclasses.replace(self, micro_batches=1, replicas=replicas)
+        if per_replica % micro_batch:
+            raise InputError(f"config.train.micro_batch: {micro_batch} does not divide the batch per device "
+                             f"{per_replica} (train.batch_size={self.batch_size} over {replicas} data-parallel devices)")
+        return dataclasses.replace(self, micro_batches=per_replica // micro_batch, replicas=replicas)
 
     def with_data(self, data) -> "Step":
         """The step for batches of ``data`` (a ``data.Tokenized``): gold forwards on its longest row."""

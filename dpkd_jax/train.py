@@ -73,16 +73,98 @@ def _state_initializer(student, tx, state_shardings, objective, feature):
                    out_shardings=state_shardings.tree)
 
 
-def update(tx, student, loss_fn, params, opt_state, extra=None):
+def update(tx, student, loss_fn, params, opt_state, extra=None, micro=None):
     """One optax update of the trainable params and ``extra`` (the feature projection; the
     gradient is taken w.r.t. them only). ``loss_fn`` sees one dict of all of them:
-    ``(new params, new extra, opt state, total, aux, grads)``."""
+    ``(new params, new extra, opt state, total, aux, grads)``. With ``micro`` (a :class:`Micro`),
+    ``loss_fn(params, part)`` runs on each micro-batch ``part`` in turn and the loss, its aux and
+    the gradients are their means: one update, equal to the whole batch's."""
     extra = extra or {}
     trainable, frozen = split_trainable(student, params)
     train = {**trainable, **extra}
-    (total, aux), grads = jax.value_and_grad(lambda t: loss_fn({**frozen, **t}), has_aux=True)(train)
+    if micro is None:
+        (total, aux), grads = jax.value_and_grad(lambda t: loss_fn({**frozen, **t}), has_aux=True)(train)
+    else:
+        (total, aux), grads = micro.value_and_grad(lambda t, part: loss_fn({**frozen, **t}, part), train)
     new, opt_state = apply_update(tx, train, opt_state, grads, total)
     return {**frozen, **{k: new[k] for k in trainable}}, {k: new[k] for k in extra}, opt_state, total, aux, grads
+
+
+@jax.tree_util.register_pytree_node_class
+class _Keyed:
+    """A dict as a pytree node that keeps its keys' order (its keys need not sort)."""
+
+    def __init__(self, keys, values):
+        self.keys, self.values = tuple(keys), list(values)
+
+    def tree_flatten(self):
+        return self.values, self.keys
+
+    @classmethod
+    def tree_unflatten(cls, keys, values):
+        return cls(keys, values)
+
+
+def _keyed(tree):
+    if isinstance(tree, dict):
+        return _Keyed(tree.keys(), [_keyed(v) for v in tree.values()])
+    if isinstance(tree, tuple) and not hasattr(tree, "_fields"):
+        return tuple(_keyed(v) for v in tree)
+    return tree
+
+
+def _unkeyed(tree):
+    if isinstance(tree, _Keyed):
+        return dict(zip(tree.keys, (_unkeyed(v) for v in tree.values)))
+    if isinstance(tree, tuple) and not hasattr(tree, "_fields"):
+        return tuple(_unkeyed(v) for v in tree)
+    return tree
+
+
+class Micro:
+    """Micro-batches inside one step: ``parts`` (a pytree of ``[B, ...]`` row arrays) as ``n`` equal
+    micro-batches, each replica's rows split in order (``replicas`` data-parallel shards), run by a
+    ``lax.scan`` that sums the loss, aux and gradients. Every objective's loss is a mean over rows of
+    per-example terms, so with equal micro-batches the full batch's loss and gradients are the means of
+    the micro-batches'. Aux ``(metrics, per-row outputs)``: metrics averaged, per-row outputs put back
+    in row order."""
+
+    def __init__(self, parts, n: int, replicas: int):
+        self.n, self.replicas = n, replicas
+        # dicts keyed by Model/Response (unsortable, so not pytree dicts) travel as their values
+        leaves, self.treedef = jax.tree_util.tree_flatten(_keyed(parts))
+        rows = {x.shape[0] for x in leaves}
+        if len(rows) != 1:
+            raise InputError(f"train.micro_batch: the batch's arrays have different row counts {sorted(rows)}")
+        self.rows = rows.pop()
+        self.parts = [self._split(x) for x in leaves]
+
+    def part(self, leaves):
+        """One micro-batch's ``parts`` from its leaves."""
+        return _unkeyed(jax.tree_util.tree_unflatten(self.treedef, leaves))
+
+    def _split(self, x):
+        r, n = self.replicas, self.n
+        x = x.reshape(r, n, self.rows // (r * n), *x.shape[1:])
+        return jnp.swapaxes(x, 0, 1).reshape(n, self.rows // n, *x.shape[3:])
+
+    def _merge(self, x):  # [n, B/n, ...] -> [B, ...] in the batch's row order
+        r, n = self.replicas, self.n
+        x = x.reshape(n, r, self.rows // (r * n), *x.shape[2:])
+        return jnp.swapaxes(x, 0, 1).reshape(self.rows, *x.shape[3:])
+
+    def value_and_grad(self, loss_fn, train):
+        grad_fn = jax.value_and_grad(lambda t, leaves: loss_fn(t, self.part(leaves)), has_aux=True)
+        first = [x[0] for x in self.parts]
+        (total, (metrics, _)), grads = jax.eval_shape(grad_fn, train, first)
+        zeros = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), (total, metrics, grads))
+
+        def body(acc, part):
+            (total, (metrics, rows)), grads = grad_fn(train, part)
+            return jax.tree.map(jnp.add, acc, (total, metrics, grads)), rows
+        (total, metrics, grads), rows = jax.lax.scan(body, zeros, self.parts)
+        mean = lambda t: jax.tree.map(lambda a: a / self.n, t)
+        return (mean(total), (mean(metrics), jax.tree.map(self._merge, rows))), mean(grads)
 
 
 def _pad_to(ids, mask, length, pad_token_id):
@@ -147,15 +229,18 @@ def _generic_body(spec, student, teacher, tx, state, batch, rng, teacher_params,
     f = spec.feature
     layers = {} if f is None else {Model.STUDENT: f.student_layers, Model.TEACHER: f.teacher_layers}
 
-    def context_args(p):
+    def context_args(p, part):
+        rows, responses, own_views = part
         return ({Model.STUDENT: (student, p), Model.TEACHER: (teacher, teacher_params),
-                 Model.REFERENCE: (student, ref_params)}, batch, samples, progress, views,
+                 Model.REFERENCE: (student, ref_params)}, rows, responses, progress, own_views,
                 objectives.Layout(spec.chunk_tokens, spec.gold_length), state["objective"], layers)
     wanted = () if f is None else ((Model.STUDENT, f.response), (Model.TEACHER, f.response))
-    scored = objectives.scored_responses(spec.objective, *context_args(params), also=wanted)
+    whole = (batch, samples, views)   # the batch's rows, the samples and the teacher's views: split together
+    scored = objectives.scored_responses(spec.objective, *context_args(params, whole), also=wanted)
+    micro = Micro(whole, spec.micro_batches, spec.replicas) if spec.micro_batches > 1 else None
 
-    def loss_fn(p):
-        ctx = objectives.Context(*context_args(p), scored=scored)
+    def loss_fn(p, part=whole):
+        ctx = objectives.Context(*context_args(p, part), scored=scored)
         terms, metrics = spec.objective.loss(ctx)
         if f is not None:
             terms["feature"] = (f.weight_at(progress), _feature_term(ctx, f, p.get("feature/projection")))
@@ -166,7 +251,7 @@ def _generic_body(spec, student, teacher, tx, state, batch, rng, teacher_params,
         return total, (dict(metrics, **{"loss/total": total}), objectives.first_positions(ctx))
 
     new_params, feature, opt_state, _, (metrics, firsts), grads = update(tx, student, loss_fn, params,
-                                                                        state["opt_state"], state["feature"])
+                                                                        state["opt_state"], state["feature"], micro)
     metrics["grad_norm"] = global_norm(grads)
     for r, (_, m) in samples.items():
         metrics[f"length/{r.value}_response"] = m.sum(1).mean()

@@ -59,6 +59,7 @@ def test_preflight_passes_and_summarises(good):
     ("--config.data.max_prompt_length=200", "config.data.max_prompt_length: 200 must be < data.max_length=128"),
     ("--config.data.template=alpaca", "config.data.template"),
     ("--config.check.devices=3", "config.train.batch_size: 4 is not divisible by the data-parallel size 3"),
+    ("--config.train.micro_batch=3", "config.train.micro_batch: 3 does not divide the batch per device 4"),
     ("--config.model.attention_kernel=flash", "config.model.attention_kernel: unknown kernel 'flash'; choose one of "
                                               "auto, dense, blockwise, cudnn, splash"),
 ])
@@ -125,6 +126,15 @@ def test_bad_input_files_are_named_by_preflight_and_by_a_real_run(hf_pair, tmp_p
     assert "tokenizers differ" not in ok.stderr  # (the tiny 272-token BPE then makes every prompt too long)
     # A real run gives the same message as the preflight (here: the truncated teacher).
     assert_user_error(run(cases[1][1]), *cases[1][2])
+
+
+def test_micro_batches_and_blockwise_attention_from_the_command_line(good):
+    """A run with two micro-batches per step and blockwise attention forced trains and says so (INFO lines)."""
+    r = run(good(), "--config.train.micro_batch=2", "--config.model.attention_kernel=blockwise",
+            "--config.model.attention_block_q=16", "--config.model.attention_block_k=16", "--verbosity=0")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "each step runs 2 micro-batches of 2 rows per device" in r.stderr, r.stderr[-3000:]
+    assert "attention: blockwise" in r.stderr, r.stderr[-3000:]
 
 
 def test_rerun_with_resume_false_is_decided_at_start_up(good, tmp_path):

@@ -21,7 +21,10 @@ def test_config_errors_name_the_field(tmp_path):
                                 ("data.template", "gemma2", "config.data.template: must be one of dolly, chat, gemma"),
                                 ("data.teacher_template", "xx", "config.data.teacher_template"),
                                 ("model.attention_kernel", "flash", "config.model.attention_kernel: unknown kernel"),
-                                ("model.attention_block_q", -1, "config.model.attention_block_q")]:
+                                ("model.attention_block_q", -1, "config.model.attention_block_q"),
+                                ("train.micro_batch", 3, "config.train.micro_batch: 3 does not divide the batch per "
+                                                         "device 8"),
+                                ("train.micro_batch", -1, "config.train.micro_batch: must be >= 0")]:
         bad = copy.deepcopy(c)
         *path, key = field.split(".")
         node = bad

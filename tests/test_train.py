@@ -18,12 +18,13 @@ from dpkd_jax.specs import Step
 from dpkd_jax.train import init_state, make_step
 
 
-def three_steps(cfg, data, teacher, student, chunk, extra=None, teacher_params=True, gold_length=None):
+def three_steps(cfg, data, teacher, student, chunk, extra=None, teacher_params=True, gold_length=None, micro_batch=0,
+                samples=True):
     (t_dec, t_params), (s_dec, s_params) = teacher, student
     # Adam's ε at 1e-4: with 1e-8 a gradient entry of ~1e-9 (a rare token's embedding) becomes a whole lr-sized
     # step, so float32 summation-order noise would be compared at the scale of the update itself.
     c = run_lib.stage_config(cfg, cfg.method, "/unused", **{"model.loss_chunk_tokens": chunk, "train.adam_eps": 1e-4})
-    spec = dataclasses.replace(Step.of(c), gold_length=gold_length)
+    spec = dataclasses.replace(Step.of(c), gold_length=gold_length).with_micro_batch(micro_batch, 1)
     tx = make_optimizer(c.train, spec.objective.updates_per_step)
     step = make_step(spec, s_dec, t_dec, tx, t_params if teacher_params else None, s_params)
     state = init_state(s_dec, jax.tree.map(jnp.copy, s_params), tx, spec.objective)
@@ -32,7 +33,8 @@ def three_steps(cfg, data, teacher, student, chunk, extra=None, teacher_params=T
     lm = r.integers(0, 500, (4, 12)).astype(np.int32)
     for i in range(3):
         rows = {k: v for k, v in batches.next().items() if k != "example_ids"}
-        state, m = step(state, Batch.of(dict(rows, lm_ids=lm, **given_samples(spec, r))), jax.random.PRNGKey(i))
+        given = given_samples(spec, r) if samples else {}
+        state, m = step(state, Batch.of(dict(rows, lm_ids=lm, **given)), jax.random.PRNGKey(i))
     return state["params"], m
 
 
@@ -90,6 +92,31 @@ def test_gold_forwards_on_squeezed_rows_train_as_on_full_rows(tmp_path, tok, met
     assert_same(squeezed, full, method)
     np.testing.assert_allclose(m_sq["loss/total"], m_full["loss/total"], rtol=1e-5)
     assert Step.of(run_lib.stage_config(cfg, method, "/unused")).with_data(data).gold_length == data.longest_row()
+
+
+@pytest.mark.parametrize("method, samples", [("sft", True), ("kd", True), ("gkd", True), ("dpkd", True),
+                                             ("plad", True), ("opd", True), ("dpkd", False), ("opd", False)])
+def test_micro_batches_train_as_the_whole_batch(tmp_path, tok, method, samples):
+    """``train.micro_batch``: 4 rows as 4 micro-batches of 1 (a scan inside the step, one update) give the
+    whole batch's loss, gradient norm and parameters after 3 steps, with the LM term, on given samples
+    and on samples the step draws itself (drawn once for the whole batch, then split)."""
+    cfg, data, teacher, student = tiny_setup(tmp_path, tok)
+    cfg.method = method
+    cfg.loss[method].lm_coef = 0.5
+    whole, m_whole = three_steps(cfg, data, teacher, student, 8, samples=samples)
+    micro, m_micro = three_steps(cfg, data, teacher, student, 8, micro_batch=1, samples=samples)
+    for k in whole:
+        np.testing.assert_allclose(np.asarray(micro[k]), np.asarray(whole[k]), atol=1e-5, err_msg=f"{method} {k}")
+    for k in ("loss/total", "grad_norm", f"loss/{method}"):
+        np.testing.assert_allclose(m_micro[k], m_whole[k], rtol=1e-5, atol=1e-6, err_msg=k)
+    assert not np.allclose(whole["blocks/mlp/up/w"], student[1]["blocks/mlp/up/w"])  # it trained
+
+
+def test_micro_batch_must_divide_the_batch_per_device(tmp_path, tok):
+    cfg, *_ = tiny_setup(tmp_path, tok)
+    with pytest.raises(ValueError, match=r"config.train.micro_batch: 3 does not divide the batch per device 4"):
+        Step.of(run_lib.stage_config(cfg, "sft", "/unused")).with_micro_batch(3, 1)
+    assert Step.of(run_lib.stage_config(cfg, "sft", "/unused")).with_micro_batch(2, 2).micro_batches == 1
 
 
 def test_chunked_sparse_cache_step_trains_as_the_dense_one(tmp_path, tok):

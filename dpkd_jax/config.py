@@ -81,8 +81,9 @@ def default_config():
         # value (DistiLLM-2's reward-hacking sign); 0 turns the warning off. save_every=0: no checkpoints
         # (throw-away runs such as the experiment's grid), except on SIGTERM
         "hacking_warn_ratio": 2.0, "eval_every": 0, "save_every": 500, "keep": 2, "max_bad_steps": 10,
-        # rows per device in each micro-batch of a step (a scan inside the step, one update; exact): 0 = the whole batch
-        "micro_batch": 0})
+        # rows per device in each micro-batch of a step (a scan inside the step, one update; exact): 0 = the whole
+        # batch; "auto": the largest whose compiled step fits the device (memory.fit)
+        "micro_batch": ml_collections.config_dict.FieldReference(0, field_type=object)})
     # Device mesh (sharding.py): -1 takes the remaining devices. shard_student=False keeps a
     # small student whole on every device (pure data parallel); the teacher is always split.
     # rules: logical axis -> mesh axes (sharding.DEFAULT_RULES), overridable per run, e.g.
@@ -111,9 +112,12 @@ def default_config():
     c.generate = ml_collections.ConfigDict({"prompt": "", "input_file": "", "output_file": ""})
     c.demo = ml_collections.ConfigDict({"enabled": False})
     c.experiment = ml_collections.ConfigDict({"enabled": False})  # configs/smollm2_pruned.py
-    # mode=check: also compile the step abstractly for a per-device memory estimate (slower)
     # devices: check the mesh for this many devices (a launch script's preflight on one host of many); 0 = here
-    c.check = ml_collections.ConfigDict({"memory": False, "devices": 0})
+    # memory: compile the train step on abstract shapes at start-up (run and check) and stop in one line, with what
+    # would fit, when it needs more than the device has; memory_limit_gib overrides the device's capacity
+    c.check = ml_collections.ConfigDict({
+        "memory": True, "devices": 0,
+        "memory_limit_gib": ml_collections.config_dict.FieldReference(None, field_type=float)})
     return c
 
 
@@ -196,15 +200,7 @@ def validate(c):
             fail(f"model.{f}", f"must be >= 0 (0: the backend's default), got {c.model[f]}")
     if c.model.loss_chunk_tokens < 0:
         fail("model.loss_chunk_tokens", f"must be >= 0 (0: no chunking), got {c.model.loss_chunk_tokens}")
-    mb = c.train.micro_batch
-    if mb < 0:
-        fail("train.micro_batch", f"must be >= 0 (0: the whole batch), got {mb}")
-    if mb and (c.train.batch_size // dp) % mb:
-        fail("train.micro_batch", f"{mb} does not divide the batch per device {c.train.batch_size // dp} "
-                                  f"(train.batch_size={c.train.batch_size} over {dp} data-parallel devices)")
-    if mb and objective.own_update:
-        fail("train.micro_batch", f"{c.method} runs its own PPO update in loss.{c.method}.minibatches; leave "
-                                  f"train.micro_batch at 0")
+    _check_memory(c, dp, objective)
     if c.train.max_bad_steps < 1:
         fail("train.max_bad_steps", f"must be >= 1, got {c.train.max_bad_steps}")
     if c.train.steps < 1:
@@ -214,6 +210,25 @@ def validate(c):
     if c.experiment.enabled:
         _check_experiment(c.experiment)
     return c
+
+
+def _check_memory(c, dp, objective):
+    """``train.micro_batch`` (an int >= 0 dividing the batch per device, or "auto") and ``check.memory_limit_gib``."""
+    mb, per_device = c.train.micro_batch, c.train.batch_size // dp
+    if not (mb == "auto" or (isinstance(mb, int) and not isinstance(mb, bool) and mb >= 0)):
+        _fail("train.micro_batch", f"must be an int >= 0 (0: the whole batch) or 'auto', got {mb!r}")
+    if mb != "auto" and mb and per_device % mb:
+        _fail("train.micro_batch", f"{mb} does not divide the batch per device {per_device} "
+                                   f"(train.batch_size={c.train.batch_size} over {dp} data-parallel devices)")
+    if mb and objective.own_update:
+        _fail("train.micro_batch", f"{c.method} runs its own PPO update in loss.{c.method}.minibatches; leave "
+                                   f"train.micro_batch at 0")
+    if mb == "auto" and (c.demo.enabled or c.experiment.enabled or not c.check.memory):
+        _fail("train.micro_batch", "'auto' is chosen from the compiled step of the models the config names "
+                                   "(check.memory=True, not the demo or the experiment); give an int")
+    limit = c.check.memory_limit_gib
+    if limit is not None and not limit > 0:
+        _fail("check.memory_limit_gib", f"must be > 0 GiB (unset: the device's own capacity), got {limit}")
 
 
 def _check_experiment(e):

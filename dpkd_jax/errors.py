@@ -7,6 +7,7 @@ its traceback. ``MissingFile`` is both an InputError and a FileNotFoundError.
 
 EXIT_INPUT = 2        # configuration or input error
 EXIT_DIVERGED = 3     # too many NaN/Inf steps in a row
+EXIT_OOM = 4          # out of device memory at run time (memory.out_of_memory)
 EXIT_SIGTERM = 143    # a second SIGTERM (128 + 15)
 
 

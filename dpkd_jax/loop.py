@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from . import data as data_lib
 from . import evaluate as eval_lib
-from . import sharding
+from . import memory, sharding
 from .checkpoint import Checkpoints
 from . import cross_tokenizer, specs, teacher_cache, teachers
 from .batch import Batch
@@ -304,6 +304,8 @@ def train_loop(run, cfg, student, params, *, spec=None, ref_params=None, desc=No
                                                 routed), lambda step: jax.random.fold_in(base_rng, step),
                           start=start, steps=spec.steps)
         save = Saver(ckpt, trainer, batches, history, start)
+        memory.set_where(f"{desc} step {start + 1}")  # named by a run-time out-of-memory's line
+        trainer.every(1, lambda step, tr: memory.set_where(f"{desc} step {step + 1}"), state=True)
         to_close = register_hooks(trainer, save, run, cfg, spec, student, history, desc, callback)
         try:
             state = _run_guarded(trainer, save, state)

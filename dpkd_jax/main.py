@@ -15,7 +15,7 @@ from absl import app, flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
 
-from .errors import EXIT_DIVERGED, EXIT_INPUT, InputError, one_line
+from .errors import EXIT_DIVERGED, EXIT_INPUT, EXIT_OOM, InputError, one_line
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/demo.py", "experiment config file", lock_config=True)
 _TRACEBACK = flags.DEFINE_bool("traceback", False, "show the full traceback of configuration and input errors")
@@ -120,6 +120,12 @@ def main(argv):
         if _TRACEBACK.value:
             raise
         fail(one_line(e), EXIT_INPUT)
+    except Exception as e:  # noqa: BLE001 -- only XLA's out-of-memory becomes one line; the rest keep a traceback
+        from .memory import out_of_memory
+        line = out_of_memory(e)
+        if line is None or _TRACEBACK.value:
+            raise
+        fail(line, EXIT_OOM)
 
 
 def parse_flags(argv):

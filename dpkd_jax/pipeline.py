@@ -3,6 +3,7 @@ one method (`loop.train_loop`), evaluate, export the final and best students."""
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 
@@ -12,7 +13,7 @@ import numpy as np
 
 from . import data as data_lib
 from . import evaluate as eval_lib
-from . import curves, models, sharding
+from . import curves, memory, models, sharding
 from .checkpoint import prepare_workdir
 from .config import lora_spec
 from . import run as run_lib
@@ -51,6 +52,18 @@ def model_options(cfg, role, vocab) -> dict:
     else:
         kw["lora"] = lora_spec(cfg)
     return kw
+
+
+def fitted(cfg, placement):
+    """The config whose train step fits the device (``memory.fit``; one line when nothing asked for
+    fits), with ``train.micro_batch`` resolved (``"auto"``: the largest that fits), as a locked copy."""
+    micro = memory.fit(cfg, {a: cfg.mesh[a] for a in sharding.AXES}, sharding.data_parallel_size(placement.mesh))
+    c = copy.deepcopy(cfg)
+    with c.unlocked():
+        del c.train["micro_batch"]  # "auto" (a str) becomes an int: a new field, not a cast
+        c.train.micro_batch = micro
+    c.lock()
+    return c
 
 
 def attention_options(model_cfg) -> dict:
@@ -156,6 +169,8 @@ def run(cfg):
                                                 cross_methods=objectives.CROSS_METHODS, student_tok=tokenizer)
     cfg = run_lib.resolved(cfg, tokenizer, teacher_path=teacher_path, student_path=student_path)
     placement = sharding.Placement(cfg.mesh)
+    if cfg.mode == "train" and cfg.check.memory:  # before any weights load
+        cfg = fitted(cfg, placement)
     (t_cfg, t_params), (s_cfg, params) = load_models(cfg, placement, vocab, t_vocab)
     train_data, dev, routing = load_train(cfg, tokenizer)
     all_teachers = load_teachers(cfg, placement, vocab, tokenizer, (t_cfg, t_params)) if multi else {"teacher": (t_cfg, t_params)}

@@ -6,9 +6,8 @@ on one host before paying start-up on all of them.
 
 from __future__ import annotations
 
+import math
 import os
-
-import jax
 
 
 def _model_summary(role, path, cfg):
@@ -196,13 +195,12 @@ def preflight(cfg, out=print):
                                    " (overwrite=True clears them)" if cfg.overwrite else
                                    " (resume=False: the run would stop; pass overwrite=True or another workdir)")
     say(f"work dir: {cfg.workdir} is writable; checkpoints: {what}{action}")
-    if cfg.check.memory:
-        from .tools import plan
+    if cfg.check.memory and not cfg.experiment.enabled:  # the same check, and error, as the run's start-up
+        from . import memory
         c = cfg.copy_and_resolve_references()
         with c.unlocked():
             c.teacher.path, c.student.path = next(iter(paths.values())), paths["student"]
-        row = plan.plan_one(c, {a: cfg.mesh[a] for a in sharding.AXES}, jax.device_count())
-        say(f"memory: {row['total'] / 2**30:.2f} GiB per device (params, optimizer state, activations; "
-            f"compiled for {row['kind']})")
+        micro = memory.fit(c, {a: cfg.mesh[a] for a in sharding.AXES}, math.prod(mesh.shape[a] for a in sharding.BATCH))
+        say("memory: the train step fits" + (f" with train.micro_batch={micro}" if micro else ""))
     say("ok")
     return lines

@@ -19,7 +19,7 @@ import jax
 
 from . import data as data_lib
 from . import evaluate as eval_lib
-from . import models, specs
+from . import memory, models, specs
 from . import curves
 from .loop import Trained, train_loop
 
@@ -103,5 +103,6 @@ def train_stage(run: Run, c, student, params, *, desc=None, init=None, callback=
 
 def evaluate(run: Run, decoder, params, tag, out_dir=None, sets=None) -> dict:
     """RougeL/EM of a model on the run's eval sets (or ``sets``), answers written under ``out_dir``."""
-    return eval_lib.evaluate(decoder, params, run.eval_sets if sets is None else sets, run.tokenizer, run.cfg.eval,
-                             run.sampling, out_dir, tag, mesh=run.placement.mesh)
+    with memory.where(f"evaluation of the {tag}"):
+        return eval_lib.evaluate(decoder, params, run.eval_sets if sets is None else sets, run.tokenizer, run.cfg.eval,
+                                 run.sampling, out_dir, tag, mesh=run.placement.mesh)

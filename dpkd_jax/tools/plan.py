@@ -87,10 +87,11 @@ def topology_devices(name):
                          "(pip install libtpu) and a name like v5e:2x4, v4:2x2x2 or v5p:2x2x2") from e
 
 
-def plan_one(cfg, mesh_sizes, devices, batch_per_replica=0):
+def plan_one(cfg, mesh_sizes, devices, batch_per_replica=0, vocab=0):
     """Per-device bytes of one compiled train step on ``devices``: a count of this host's
     (simulated) devices, or a list such as :func:`topology_devices` gives.
-    ``batch_per_replica`` > 0 sets the global batch to that times the data-parallel size."""
+    ``batch_per_replica`` > 0 sets the global batch to that times the data-parallel size;
+    ``vocab`` > 0: the tokenizer's real vocabulary (else the smaller model's rows)."""
     import jax
     import numpy as np
     import dataclasses
@@ -106,7 +107,7 @@ def plan_one(cfg, mesh_sizes, devices, batch_per_replica=0):
     mesh = placement.mesh
     t_cfg = model_config(cfg.teacher.path, cfg.teacher.dtype, cfg.teacher.dtype, "teacher.path")
     s_cfg = model_config(cfg.student.path, cfg.student.dtype, cfg.student.compute_dtype, "student.path")
-    vocab = min(t_cfg.vocab_size, s_cfg.vocab_size)  # differently padded embeddings share the real vocabulary
+    vocab = vocab or min(t_cfg.vocab_size, s_cfg.vocab_size)  # padded embeddings share the real vocabulary
     attn = attention_options(cfg.model)
     t_cfg = t_cfg.replace(output_vocab=vocab, remat=cfg.model.remat, quantize=cfg.teacher.quantize, **attn)
     s_cfg = s_cfg.replace(output_vocab=vocab, remat=cfg.model.remat, lora=lora_spec(cfg), **attn)
@@ -116,6 +117,7 @@ def plan_one(cfg, mesh_sizes, devices, batch_per_replica=0):
                                batch_size=batch_per_replica * sharding.data_parallel_size(mesh) if batch_per_replica
                                else spec.batch_size)
     sharding.check_batch(spec.batch_size, mesh)
+    spec = spec.with_micro_batch(cfg.train.micro_batch, sharding.data_parallel_size(mesh))
     sharding.check_heads(t_cfg.n_heads, mesh, "teacher")
     sharding.check_heads(s_cfg.n_heads, mesh, "student")
     tx = make_optimizer(cfg.train, kinds={n: i.kind for n, i in student.info.items()})

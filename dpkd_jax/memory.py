@@ -83,9 +83,9 @@ class Need:
         return f"{self.total / GiB:.2f} GiB"
 
 
-def step_need(cfg, mesh_sizes, vocab=0, **changes) -> Need:
+def step_need(cfg, mesh_sizes, vocab=0, devices=None, **changes) -> Need:
     """The train step's bytes per device for ``cfg`` with ``changes`` (dotted config fields, e.g.
-    ``{"train.batch_size": 4}``), from the planner's compile on this host's devices."""
+    ``{"train.batch_size": 4}``), from the planner's compile on ``devices`` (default: this host's)."""
     from .tools import plan
     c = cfg.copy_and_resolve_references()
     with c.unlocked():
@@ -97,7 +97,7 @@ def step_need(cfg, mesh_sizes, vocab=0, **changes) -> Need:
             del node[last]  # a new field, not a cast: train.micro_batch goes from "auto" to an int
             node[last] = value
     try:
-        row = plan.plan_one(c, mesh_sizes, jax.devices(), vocab=vocab)
+        row = plan.plan_one(c, mesh_sizes, devices or jax.devices(), vocab=vocab)
     except Exception as e:  # noqa: BLE001 -- XLA refuses a program that cannot fit an accelerator outright
         if "RESOURCE_EXHAUSTED" not in str(e):
             raise
@@ -105,23 +105,57 @@ def step_need(cfg, mesh_sizes, vocab=0, **changes) -> Need:
     return Need("train step", int(row["total"]), int(row["temp"]))
 
 
-def fit(cfg, mesh_sizes, dp: int, vocab: int = 0) -> int:
+class Fitter:
+    """The step's bytes for variants of one config, against one capacity (each a compile, memoised)."""
+
+    def __init__(self, cfg, mesh_sizes, dp: int, cap: int, devices=None):
+        self.cfg, self.mesh_sizes, self.dp, self.cap, self.devices = cfg, mesh_sizes, dp, cap, devices
+        self.per_device = cfg.train.batch_size // dp
+        self._seen = {}
+
+    def need(self, **changes) -> Need:
+        key = tuple(sorted(changes.items()))
+        if key not in self._seen:
+            self._seen[key] = step_need(self.cfg, self.mesh_sizes, devices=self.devices, **changes)
+        return self._seen[key]
+
+    def with_micro(self, m: int, **changes) -> Need:
+        return self.need(**{"train.micro_batch": 0 if m >= self.per_device else m, **changes})
+
+    def auto_micro(self, **changes) -> int:
+        """The largest micro-batch (a divisor of the batch per device) whose step fits; 0 if none."""
+        divisors = sorted((d for d in range(1, self.per_device + 1) if self.per_device % d == 0), reverse=True)
+        return next((m for m in divisors if self.with_micro(m, **changes).total <= self.cap), 0)
+
+    def largest_batch(self, **changes) -> int:
+        """The largest batch per device that fits at this length: the step's bytes are affine in the batch
+        (compiled at 1 and at the config's batch per device), confirmed by a compile there."""
+        one = self.need(**{"train.micro_batch": 0, "train.batch_size": self.dp, **changes})
+        if one.total > self.cap:
+            return 0
+        if self.per_device == 1:
+            return 1
+        full = self.need(**{"train.micro_batch": 0, **changes})
+        slope = max((full.total - one.total) / (self.per_device - 1), 1)
+        b = max(1, int(1 + (self.cap - one.total) / slope))
+        while b > 1 and self.need(**{"train.micro_batch": 0, "train.batch_size": b * self.dp,
+                                     **changes}).total > self.cap:
+            b -= 1
+        return b
+
+
+def fit(cfg, mesh_sizes, dp: int) -> int:
     """Check the run's step against the device, log its memory, and return the micro-batch to run
     (``train.micro_batch``, resolved when ``"auto"``). Raises :class:`InputError` (one line) when
     nothing asked for fits."""
     cap, source = capacity(cfg.check.memory_limit_gib)
-    per_device = cfg.train.batch_size // dp
-    auto = cfg.train.micro_batch == "auto"
-    micro = per_device if auto else (cfg.train.micro_batch or per_device)
-    need = step_need(cfg, mesh_sizes, vocab, **{"train.micro_batch": 0 if micro == per_device else micro})
-    if auto:
-        for m in sorted((d for d in range(1, per_device + 1) if per_device % d == 0), reverse=True):
-            need = step_need(cfg, mesh_sizes, vocab, **{"train.micro_batch": 0 if m == per_device else m})
-            if need.total <= cap:
-                micro = m
-                logging.info("memory: train.micro_batch=auto picked %d rows per device (%s of %.2f GiB)", m,
-                             need.gib(), cap / GiB)
-                break
+    f = Fitter(cfg, mesh_sizes, dp, cap)
+    micro = cfg.train.micro_batch
+    if micro == "auto":
+        micro = f.auto_micro() or f.per_device
+        logging.info("memory: train.micro_batch=auto picked %d rows per device (%s of %.2f GiB)", micro,
+                     f.with_micro(micro).gib(), cap / GiB)
+    need = f.with_micro(micro or f.per_device)
     _state["estimate"] = f"start-up estimate {need.gib()} per device of {cap / GiB:.2f} GiB ({source})"
     _state["shapes"] = (f"batch {cfg.train.batch_size} x {cfg.data.max_length} tokens "
                         f"({cfg.data.max_prompt_length} prompt)")
@@ -129,52 +163,44 @@ def fit(cfg, mesh_sizes, dp: int, vocab: int = 0) -> int:
           f"capacity {cap / GiB:.2f} GiB ({source})", flush=True)
     if need.total > cap:
         raise InputError(f"{need.program}: needs {need.gib()} per device but {cap / GiB:.2f} GiB is available "
-                         f"({source}); {advice(cfg, mesh_sizes, vocab, cap, per_device)}")
-    return 0 if micro == per_device else micro
+                         f"({source}); {advice(f)}")
+    return 0 if micro >= f.per_device else micro
 
 
-def advice(cfg, mesh_sizes, vocab, cap, per_device) -> str:
+def advice(f: Fitter) -> str:
     """What would fit, each from a compile of that variant."""
-    fits = lambda **ch: step_need(cfg, mesh_sizes, vocab, **{"train.micro_batch": 0, **ch})
-    dp = cfg.train.batch_size // per_device
-    out = []
-    one = fits(**{"train.batch_size": dp})
-    if per_device > 1 and one.total <= cap:
-        full = fits()
-        slope = max((full.total - one.total) / (per_device - 1), 1)
-        largest = max(1, min(per_device - 1, int(1 + (cap - one.total) / slope)))
-        out.append(f"batch per device {largest} fits at this length (train.batch_size={largest * dp})")
-        m = max((d for d in range(1, per_device) if per_device % d == 0 and d <= largest), default=1)
-        if fits(**{"train.micro_batch": m}).total <= cap:
+    cfg, out = f.cfg, []
+    largest = f.largest_batch()
+    if 0 < largest < f.per_device:
+        out.append(f"batch per device {largest} fits at this length (train.batch_size={largest * f.dp})")
+        m = f.auto_micro()
+        if m:
             out.append(f"or train.micro_batch={m}")
     prompt, length = cfg.data.max_prompt_length, cfg.data.max_length
-    longest = _longest_response(fits, cap, prompt, length)
+    longest = _longest_response(f, prompt, length)
     if longest:
         out.append(f"responses up to {longest} tokens fit at this batch (data.max_length={prompt + longest})")
     for key, value in (("model.remat", "full"), ("model.attention_kernel", "auto")):
         current = cfg.model.remat if key == "model.remat" else cfg.model.attention_kernel
         if current != value:
-            need = fits(**{key: value})
-            if need.total <= cap:
+            need = f.with_micro(f.per_device, **{key: value})
+            if need.total <= f.cap:
                 out.append(f"{key}={value} needs {need.gib()}")
     return "; ".join(out) if out else "nothing smaller of batch, length, micro-batch, remat or kernel fits"
 
 
-def _longest_response(fits, cap, prompt, length) -> int:
+def _longest_response(f: Fitter, prompt, length) -> int:
     """The longest response that fits, halving from the current one (a compile each), then the
     secant between the last two lengths (the step's memory is near linear in length with an O(T)
     attention kernel)."""
-    hi, lo, lo_need = length - prompt, (length - prompt) // 2, None
-    while lo >= 8:
-        lo_need = fits(**{"data.max_length": prompt + lo, "gen.max_new_tokens": lo})
-        if lo_need.total <= cap:
-            break
+    at = lambda n: f.with_micro(f.per_device, **{"data.max_length": prompt + n, "gen.max_new_tokens": n})
+    hi, lo = length - prompt, (length - prompt) // 2
+    while lo >= 8 and at(lo).total > f.cap:
         hi, lo = lo, lo // 2
-    if lo < 8 or lo_need is None:
+    if lo < 8:
         return 0
-    hi_need = fits(**{"data.max_length": prompt + hi, "gen.max_new_tokens": hi})
-    slope = max((hi_need.total - lo_need.total) / max(hi - lo, 1), 1)
-    return max(lo, min(hi - 1, int(lo + (cap - lo_need.total) / slope)))
+    slope = max((at(hi).total - at(lo).total) / max(hi - lo, 1), 1)
+    return max(lo, min(hi - 1, int(lo + (f.cap - at(lo).total) / slope)))
 
 
 @contextlib.contextmanager

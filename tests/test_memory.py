@@ -100,11 +100,15 @@ def test_auto_micro_batch_fits_a_lowered_limit_and_trains_as_the_full_batch(long
         np.testing.assert_allclose(a[k], b[k], atol=1e-5, err_msg=k)
 
 
-def test_a_run_time_out_of_memory_is_one_line_and_keeps_the_checkpoint(long_pair, tmp_path):
+def test_a_run_time_out_of_memory_is_one_line_with_its_own_status(long_pair, tmp_path):
     """Under a lowered RLIMIT_AS (start-up check told a larger capacity), the step's allocation fails
     in XLA: one line naming the step, the shapes, the estimate and the advice; exit status 4."""
-    config = write_config(tmp_path / "c.py", *long_pair, str(tmp_path / "work"), **{
-        "method": "sft", "data.max_prompt_length": 64, "data.max_length": 64 + 4096,
+    teacher, student, _ = long_pair
+    words = " ".join(["alpha beta gamma delta"] * 1200)  # ~4,000 tokens: the step runs on the data's longest row
+    train = tmp_path / "long.jsonl"
+    train.write_text("".join(f'{{"instruction": "Repeat {i}.", "response": "{words}"}}\n' for i in range(32)))
+    config = write_config(tmp_path / "c.py", teacher, student, str(train), str(tmp_path / "work"), **{
+        "method": "sft", "data.max_prompt_length": 64, "data.max_length": 64 + 4096, "data.dev_num": 4,
         "model.attention_kernel": "dense", "check.memory_limit_gib": 64.0, "data.pretrain": ""})
     r = cli(config, limit_as=6 << 30)
     line = one_error(r, status=4)

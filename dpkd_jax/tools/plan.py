@@ -180,6 +180,39 @@ def table(rows):
     return "\n".join(lines) + "\n\nGiB per device; 'fits' leaves 10% headroom."
 
 
+def fit_rows(cfg, mesh_sizes, devices, lengths, limit_gib=0.0):
+    """For each total length: the step at the config's batch, the largest batch per device and the
+    ``train.micro_batch="auto"`` choice, from the same functions (and compiles) as the run's start-up
+    check (``memory.Fitter``). Capacity: ``limit_gib``, else the TPU chip's HBM, else this host's."""
+    import jax
+    from .. import memory, sharding
+    devices = jax.devices()[:devices] if isinstance(devices, int) else list(devices)
+    kind = devices[0].device_kind
+    cap = int(limit_gib * GiB) if limit_gib else int(TPU_HBM[kind][1] * GiB) if kind in TPU_HBM else \
+        memory.capacity()[0]
+    mesh = sharding.mesh_shape({**dict(cfg.mesh), **mesh_sizes}, len(devices))
+    dp = mesh["data"] * mesh["fsdp"]
+    rows = []
+    for length in lengths:
+        c = cfg.copy_and_resolve_references()
+        with c.unlocked():
+            c.data.max_length, c.gen.max_new_tokens = length, length - c.data.max_prompt_length
+        f = memory.Fitter(c, mesh_sizes, dp, cap, devices)
+        rows.append({"length": length, "batch_per_device": f.per_device, "total": f.with_micro(f.per_device).total,
+                     "largest_batch": f.largest_batch(), "auto_micro": f.auto_micro(), "cap": cap, "kind": kind})
+    return rows
+
+
+def fit_table(rows):
+    g = lambda b: "refused" if b >= 1 << 60 else f"{b / GiB:.2f}"
+    lines = ["| total length | step at the config's batch per device | GiB per device | largest batch per device "
+             "| train.micro_batch=auto |", "|---|---|---|---|---|"]
+    for r in rows:
+        auto = r["auto_micro"] or "none fits"
+        lines.append(f"| {r['length']} | {r['batch_per_device']} | {g(r['total'])} | {r['largest_batch']} | {auto} |")
+    return "\n".join(lines) + f"\n\nCapacity {rows[0]['cap'] / GiB:.2f} GiB per device ({rows[0]['kind']})."
+
+
 def main(argv=None):
     from absl import app, flags
     from ml_collections import config_flags
@@ -188,6 +221,9 @@ def main(argv=None):
     flags.DEFINE_string("topology", "", "comma-separated TPU slices, e.g. v5e:2x4,v5e:4x8: compile with XLA's TPU "
                         "compiler on this host (pip install libtpu; no TPU needed) instead of simulated CPU devices")
     flags.DEFINE_integer("batch_per_replica", 0, "global batch = this x data-parallel size (0: the config's)")
+    flags.DEFINE_string("fit_lengths", "", "comma-separated total lengths: print the largest batch per device and "
+                        "the train.micro_batch=auto choice at each (the run's start-up check)")
+    flags.DEFINE_float("memory_limit_gib", 0.0, "capacity per device for --fit_lengths (0: the chip's or host's)")
     config_flags.DEFINE_config_file("config", "configs/opt13b_to_1p3b.py", "experiment config")
     FLAGS = flags.FLAGS
 
@@ -196,6 +232,11 @@ def main(argv=None):
         targets = ([topology_devices(t) for t in FLAGS.topology.split(",")] if FLAGS.topology
                    else [int(x) for x in FLAGS.devices.split(",")])
         mesh = parse_mesh(FLAGS.mesh) if FLAGS.mesh else {a: cfg.mesh[a] for a in ("data", "fsdp", "tensor")}
+        if FLAGS.fit_lengths:
+            for devices in targets:
+                print(fit_table(fit_rows(cfg.copy_and_resolve_references(), mesh, devices,
+                                         [int(x) for x in FLAGS.fit_lengths.split(",")], FLAGS.memory_limit_gib)))
+            return
         rows = []
         for devices in targets:
             rows.append(plan_one(cfg.copy_and_resolve_references(), mesh, devices, FLAGS.batch_per_replica))

@@ -24,7 +24,11 @@ def test_config_errors_name_the_field(tmp_path):
                                 ("model.attention_block_q", -1, "config.model.attention_block_q"),
                                 ("train.micro_batch", 3, "config.train.micro_batch: 3 does not divide the batch per "
                                                          "device 8"),
-                                ("train.micro_batch", -1, "config.train.micro_batch: must be >= 0")]:
+                                ("train.micro_batch", -1, "config.train.micro_batch: must be an int >= 0"),
+                                ("train.micro_batch", "auto", "config.train.micro_batch: 'auto' is chosen from the "
+                                                              "compiled step"),
+                                ("check.memory_limit_gib", 0.0, "config.check.memory_limit_gib: must be > 0 GiB"),
+                                ("check.memory_limit_gib", -2.0, "config.check.memory_limit_gib: must be > 0 GiB")]:
         bad = copy.deepcopy(c)
         *path, key = field.split(".")
         node = bad

@@ -9,6 +9,8 @@ from __future__ import annotations
 import math
 import os
 
+import jax
+
 
 def _model_summary(role, path, cfg):
     """One line: architecture, parameter count and bytes (with the run's dtype, int8 or LoRA)."""
@@ -195,7 +197,10 @@ def preflight(cfg, out=print):
                                    " (overwrite=True clears them)" if cfg.overwrite else
                                    " (resume=False: the run would stop; pass overwrite=True or another workdir)")
     say(f"work dir: {cfg.workdir} is writable; checkpoints: {what}{action}")
-    if cfg.check.memory and not cfg.experiment.enabled:  # the same check, and error, as the run's start-up
+    if cfg.check.memory and n != jax.device_count():
+        say(f"memory: not checked on this host's {jax.device_count()} device(s) for a run on {n}; the run checks it at "
+            "start-up (python -m dpkd_jax.tools.plan --topology=... compiles it for a TPU slice here)")
+    elif cfg.check.memory and not cfg.experiment.enabled:  # the same check, and error, as the run's start-up
         from . import memory
         c = cfg.copy_and_resolve_references()
         with c.unlocked():

@@ -73,17 +73,7 @@ def default_config():
         "teacher_template": "",
         # multi-teacher: the field of each training row that names its teacher (a key of teacher.paths)
         "teacher_field": ""})
-    c.train = ml_collections.ConfigDict({
-        "steps": 1000, "batch_size": 8, "grad_accum": 1, "lr": 5e-4, "weight_decay": 0.01, "warmup_steps": 0,
-        "schedule": "cosine", "min_lr_ratio": 0.0, "grad_clip": 1.0, "adam_b1": 0.9, "adam_b2": 0.999,
-        "adam_eps": 1e-8, "log_every": 10,
-        # warn when the student's per-token NLL of its own samples exceeds this multiple of its first logged
-        # value (DistiLLM-2's reward-hacking sign); 0 turns the warning off. save_every=0: no checkpoints
-        # (throw-away runs such as the experiment's grid), except on SIGTERM
-        "hacking_warn_ratio": 2.0, "eval_every": 0, "save_every": 500, "keep": 2, "max_bad_steps": 10,
-        # rows per device in each micro-batch of a step (a scan inside the step, one update; exact): 0 = the whole
-        # batch; "auto": the largest whose compiled step fits the device (memory.fit)
-        "micro_batch": ml_collections.config_dict.FieldReference(0, field_type=object)})
+    c.train = _train_block()
     # Device mesh (sharding.py): -1 takes the remaining devices. shard_student=False keeps a
     # small student whole on every device (pure data parallel); the teacher is always split.
     # rules: logical axis -> mesh axes (sharding.DEFAULT_RULES), overridable per run, e.g.
@@ -112,13 +102,33 @@ def default_config():
     c.generate = ml_collections.ConfigDict({"prompt": "", "input_file": "", "output_file": ""})
     c.demo = ml_collections.ConfigDict({"enabled": False})
     c.experiment = ml_collections.ConfigDict({"enabled": False})  # configs/smollm2_pruned.py
+    c.check = _check_block()
+    return c
+
+
+def _train_block():
+    """``config.train``: the optimizer, the schedule, logging, checkpoints and micro-batches."""
+    return ml_collections.ConfigDict({
+        "steps": 1000, "batch_size": 8, "grad_accum": 1, "lr": 5e-4, "weight_decay": 0.01, "warmup_steps": 0,
+        "schedule": "cosine", "min_lr_ratio": 0.0, "grad_clip": 1.0, "adam_b1": 0.9, "adam_b2": 0.999,
+        "adam_eps": 1e-8, "log_every": 10,
+        # warn when the student's per-token NLL of its own samples exceeds this multiple of its first logged
+        # value (DistiLLM-2's reward-hacking sign); 0 turns the warning off. save_every=0: no checkpoints
+        # (throw-away runs such as the experiment's grid), except on SIGTERM
+        "hacking_warn_ratio": 2.0, "eval_every": 0, "save_every": 500, "keep": 2, "max_bad_steps": 10,
+        # rows per device in each micro-batch of a step (a scan inside the step, one update; exact): 0 = the whole
+        # batch; "auto": the largest whose compiled step fits the device (memory.fit)
+        "micro_batch": ml_collections.config_dict.FieldReference(0, field_type=object)})
+
+
+def _check_block():
+    """``config.check``: what ``mode=check`` and the run's start-up check."""
     # devices: check the mesh for this many devices (a launch script's preflight on one host of many); 0 = here
     # memory: compile the train step on abstract shapes at start-up (run and check) and stop in one line, with what
     # would fit, when it needs more than the device has; memory_limit_gib overrides the device's capacity
-    c.check = ml_collections.ConfigDict({
+    return ml_collections.ConfigDict({
         "memory": True, "devices": 0,
         "memory_limit_gib": ml_collections.config_dict.FieldReference(None, field_type=float)})
-    return c
 
 
 def paper_config(teacher_path, student_path, workdir):

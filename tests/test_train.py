@@ -18,8 +18,10 @@ from dpkd_jax.specs import Step
 from dpkd_jax.train import init_state, make_step
 
 
-def three_steps(cfg, data, teacher, student, chunk, extra=None, teacher_params=True, gold_length=None, micro_batch=0,
-                samples=True):
+def three_steps(cfg, data, teacher, student, chunk, extra=None, teacher_params=True, gold_length=None, **kw):
+    """3 steps of ``cfg.method``; ``kw``: ``micro_batch`` (rows per micro-batch, 0: whole), ``samples=False``
+    (the step draws y_t and y_s itself)."""
+    micro_batch, samples = kw.get("micro_batch", 0), kw.get("samples", True)
     (t_dec, t_params), (s_dec, s_params) = teacher, student
     # Adam's ε at 1e-4: with 1e-8 a gradient entry of ~1e-9 (a rare token's embedding) becomes a whole lr-sized
     # step, so float32 summation-order noise would be compared at the scale of the update itself.

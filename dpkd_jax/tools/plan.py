@@ -88,13 +88,12 @@ def topology_devices(name):
 
 
 def plan_one(cfg, mesh_sizes, devices, batch_per_replica=0, vocab=0):
-    """Per-device bytes of one compiled train step on ``devices``: a count of this host's
-    (simulated) devices, or a list such as :func:`topology_devices` gives.
-    ``batch_per_replica`` > 0 sets the global batch to that times the data-parallel size;
-    ``vocab`` > 0: the tokenizer's real vocabulary (else the smaller model's rows)."""
+    """Per-device bytes of one compiled train step on ``devices`` (a count of this host's devices, or
+    a list such as :func:`topology_devices` gives). ``batch_per_replica`` > 0: the global batch is that
+    times the data-parallel size; ``vocab`` > 0: the real vocabulary (else the smaller model's rows)."""
+    import dataclasses
     import jax
     import numpy as np
-    import dataclasses
     from .. import sharding, specs
     from ..batch import Batch
     from ..optim import make_optimizer
@@ -108,9 +107,8 @@ def plan_one(cfg, mesh_sizes, devices, batch_per_replica=0, vocab=0):
     t_cfg = model_config(cfg.teacher.path, cfg.teacher.dtype, cfg.teacher.dtype, "teacher.path")
     s_cfg = model_config(cfg.student.path, cfg.student.dtype, cfg.student.compute_dtype, "student.path")
     vocab = vocab or min(t_cfg.vocab_size, s_cfg.vocab_size)  # padded embeddings share the real vocabulary
-    attn = attention_options(cfg.model)
-    t_cfg = t_cfg.replace(output_vocab=vocab, remat=cfg.model.remat, quantize=cfg.teacher.quantize, **attn)
-    s_cfg = s_cfg.replace(output_vocab=vocab, remat=cfg.model.remat, lora=lora_spec(cfg), **attn)
+    common = dict(output_vocab=vocab, remat=cfg.model.remat, **attention_options(cfg.model))
+    t_cfg, s_cfg = t_cfg.replace(quantize=cfg.teacher.quantize, **common), s_cfg.replace(lora=lora_spec(cfg), **common)
     teacher, student = decoder_for(t_cfg, placement.rules("teacher")), decoder_for(s_cfg, placement.rules("student"))
     spec = specs.Step.of(cfg)
     spec = dataclasses.replace(spec, sampling=dataclasses.replace(spec.sampling, eos_token_id=2, pad_token_id=1),

@@ -11,7 +11,6 @@
 
 import argparse
 import statistics
-import time
 
 import jax
 import jax.numpy as jnp
@@ -20,16 +19,7 @@ import numpy as np
 from demo_speed import Case
 from dpkd_jax.models import attention as A
 from report import report
-
-
-def timed(fn, *args, repeats):
-    jax.block_until_ready(fn(*args))
-    out = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        out.append(time.perf_counter() - t)
-    return statistics.median(out)
+from shared_prompt import timed
 
 
 def crossover(lengths, repeats):
@@ -45,7 +35,7 @@ def crossover(lengths, repeats):
         times = {name: [] for name in fns}
         for _ in range(3):  # interleaved rounds
             for name, f in fns.items():
-                times[name].append(timed(f, q, k, v, repeats=repeats))
+                times[name].append(statistics.median(timed(f, (q, k, v), repeats)))
         r = {name: statistics.median(t) for name, t in times.items()}
         rows.append({"T": T, "dense_s": r["dense"], "blockwise_s": r["blockwise"],
                      "blockwise_speedup": r["dense"] / r["blockwise"]})

@@ -12,7 +12,7 @@ import os
 import ml_collections
 
 from . import data as data_lib
-from . import objectives
+from . import objectives, specs
 from .models.config import ATTENTION_KERNELS
 from .sharding import DEFAULT_RULES
 from .errors import InputError
@@ -224,12 +224,11 @@ def validate(c):
 
 def _check_memory(c, dp, objective):
     """``train.micro_batch`` (an int >= 0 dividing the batch per device, or "auto") and ``check.memory_limit_gib``."""
-    mb, per_device = c.train.micro_batch, c.train.batch_size // dp
+    mb = c.train.micro_batch
     if not (mb == "auto" or (isinstance(mb, int) and not isinstance(mb, bool) and mb >= 0)):
         _fail("train.micro_batch", f"must be an int >= 0 (0: the whole batch) or 'auto', got {mb!r}")
-    if mb != "auto" and mb and per_device % mb:
-        _fail("train.micro_batch", f"{mb} does not divide the batch per device {per_device} "
-                                   f"(train.batch_size={c.train.batch_size} over {dp} data-parallel devices)")
+    if mb != "auto":
+        specs.micro_batches(mb, c.train.batch_size, dp)
     if mb and objective.own_update:
         _fail("train.micro_batch", f"{c.method} runs its own PPO update in loss.{c.method}.minibatches; leave "
                                    f"train.micro_batch at 0")

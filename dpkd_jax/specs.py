@@ -137,14 +137,21 @@ class Step:
 
     def with_micro_batch(self, micro_batch: int, replicas: int) -> "Step":
         """The step with micro-batches of ``micro_batch`` rows per replica (0: the whole batch)."""
-        per_replica = self.batch_size // replicas
-        if not micro_batch or micro_batch >= per_replica:
-            return dataclasses.replace(self, micro_batches=1, replicas=replicas)
-        if per_replica % micro_batch:
-            raise InputError(f"config.train.micro_batch: {micro_batch} does not divide the batch per device "
-                             f"{per_replica} (train.batch_size={self.batch_size} over {replicas} data-parallel devices)")
-        return dataclasses.replace(self, micro_batches=per_replica // micro_batch, replicas=replicas)
+        return dataclasses.replace(self, micro_batches=micro_batches(micro_batch, self.batch_size, replicas),
+                                   replicas=replicas)
 
     def with_data(self, data) -> "Step":
         """The step for batches of ``data`` (a ``data.Tokenized``): gold forwards on its longest row."""
         return dataclasses.replace(self, gold_length=data.longest_row())
+
+
+def micro_batches(micro_batch: int, batch_size: int, replicas: int) -> int:
+    """How many micro-batches of ``micro_batch`` rows per device a step of ``batch_size`` rows over
+    ``replicas`` data-parallel devices runs (1: the whole batch); one line when it does not divide."""
+    per_replica = batch_size // replicas
+    if not micro_batch or micro_batch >= per_replica:
+        return 1
+    if per_replica % micro_batch:
+        raise InputError(f"config.train.micro_batch: {micro_batch} does not divide the batch per device "
+                         f"{per_replica} (train.batch_size={batch_size} over {replicas} data-parallel devices)")
+    return per_replica // micro_batch

@@ -54,14 +54,14 @@ class Mask(NamedTuple):
 
     def pairs(self, q_slots, k_slots, q_index=None, k_index=None):
         """Allowed pairs ``[B, 1, 1, len(q_slots), len(k_slots)]`` for these slots; ``q_index`` and
-        ``k_index`` index the segment arrays and key mask (default: the slots)."""
+        ``k_index`` pick the segment arrays' and key mask's columns (default: all of them, for every
+        query and every key slot)."""
         dist = q_slots[:, None] - k_slots[None, :]
         ok = (dist >= 0) & ((self.window <= 0) | (dist < self.window))
-        k_index = k_slots if k_index is None else k_index
-        take = lambda a, i: jnp.take(jnp.asarray(a), i, axis=1)
+        # default indices: the arrays whole (dense's call); a block's call picks its columns
+        take = lambda a, i: jnp.asarray(a) if i is None else jnp.take(jnp.asarray(a), i, axis=1)
         ok = ok[None] & take(self.key_mask, k_index).astype(bool)[:, None, :]
         if self.q_segments is not None:
-            q_index = q_slots - self.q_offset if q_index is None else q_index
             ok = ok & (take(self.q_segments, q_index)[:, :, None] == take(self.k_segments, k_index)[:, None, :])
         return ok[:, None, None]
 

@@ -83,9 +83,10 @@ class Need:
         return f"{self.total / GiB:.2f} GiB"
 
 
-def step_need(cfg, mesh_sizes, vocab=0, devices=None, **changes) -> Need:
+def step_need(cfg, mesh_sizes, vocab=0, devices=None, data=None, **changes) -> Need:
     """The train step's bytes per device for ``cfg`` with ``changes`` (dotted config fields, e.g.
-    ``{"train.batch_size": 4}``), from the planner's compile on ``devices`` (default: this host's)."""
+    ``{"train.batch_size": 4}``), from the planner's compile on ``devices`` (default: this host's) of
+    the run's own step (``vocab``, ``data``: the run's; ``plan.plan_one``)."""
     from .tools import plan
     c = cfg.copy_and_resolve_references()
     with c.unlocked():
@@ -97,7 +98,7 @@ def step_need(cfg, mesh_sizes, vocab=0, devices=None, **changes) -> Need:
             del node[last]  # a new field, not a cast: train.micro_batch goes from "auto" to an int
             node[last] = value
     try:
-        row = plan.plan_one(c, mesh_sizes, devices or jax.devices(), vocab=vocab)
+        row = plan.plan_one(c, mesh_sizes, devices or jax.devices(), vocab=vocab, data=data)
     except Exception as e:  # noqa: BLE001 -- XLA refuses a program that cannot fit an accelerator outright
         if "RESOURCE_EXHAUSTED" not in str(e):
             raise
@@ -108,15 +109,17 @@ def step_need(cfg, mesh_sizes, vocab=0, devices=None, **changes) -> Need:
 class Fitter:
     """The step's bytes for variants of one config, against one capacity (each a compile, memoised)."""
 
-    def __init__(self, cfg, mesh_sizes, dp: int, cap: int, devices=None):
+    def __init__(self, cfg, mesh_sizes, dp: int, cap: int, devices=None, run_inputs=None):
         self.cfg, self.mesh_sizes, self.dp, self.cap, self.devices = cfg, mesh_sizes, dp, cap, devices
+        self.run_inputs = run_inputs or {}  # the run's vocab and data: its own step, compiled once
         self.per_device = cfg.train.batch_size // dp
         self._seen = {}
 
     def need(self, **changes) -> Need:
         key = tuple(sorted(changes.items()))
         if key not in self._seen:
-            self._seen[key] = step_need(self.cfg, self.mesh_sizes, devices=self.devices, **changes)
+            self._seen[key] = step_need(self.cfg, self.mesh_sizes, devices=self.devices, **self.run_inputs,
+                                        **changes)
         return self._seen[key]
 
     def with_micro(self, m: int, **changes) -> Need:
@@ -144,12 +147,13 @@ class Fitter:
         return b
 
 
-def fit(cfg, mesh_sizes, dp: int) -> int:
+def fit(cfg, mesh_sizes, dp: int, vocab=0, data=None) -> int:
     """Check the run's step against the device, log its memory, and return the micro-batch to run
     (``train.micro_batch``, resolved when ``"auto"``). Raises :class:`InputError` (one line) when
-    nothing asked for fits."""
+    nothing asked for fits. ``vocab`` and ``data`` (the run's) make the compiled step the run's own,
+    which the run then loads from the persistent compilation cache instead of compiling it again."""
     cap, source = capacity(cfg.check.memory_limit_gib)
-    f = Fitter(cfg, mesh_sizes, dp, cap)
+    f = Fitter(cfg, mesh_sizes, dp, cap, run_inputs={"vocab": vocab, "data": data})
     micro = cfg.train.micro_batch
     if micro == "auto":
         micro = f.auto_micro() or f.per_device

@@ -54,10 +54,12 @@ def model_options(cfg, role, vocab) -> dict:
     return kw
 
 
-def fitted(cfg, placement):
+def fitted(cfg, placement, vocab=0, data=None):
     """The config whose train step fits the device (``memory.fit``; one line when nothing asked for
-    fits), with ``train.micro_batch`` resolved (``"auto"``: the largest that fits), as a locked copy."""
-    micro = memory.fit(cfg, {a: cfg.mesh[a] for a in sharding.AXES}, sharding.data_parallel_size(placement.mesh))
+    fits), with ``train.micro_batch`` resolved (``"auto"``: the largest that fits), as a locked copy.
+    ``vocab``, ``data``: the run's, so the checked step is the one the run executes."""
+    micro = memory.fit(cfg, {a: cfg.mesh[a] for a in sharding.AXES}, sharding.data_parallel_size(placement.mesh),
+                       vocab=vocab, data=data)
     c = copy.deepcopy(cfg)
     with c.unlocked():
         del c.train["micro_batch"]  # "auto" (a str) becomes an int: a new field, not a cast
@@ -169,10 +171,10 @@ def run(cfg):
                                                 cross_methods=objectives.CROSS_METHODS, student_tok=tokenizer)
     cfg = run_lib.resolved(cfg, tokenizer, teacher_path=teacher_path, student_path=student_path)
     placement = sharding.Placement(cfg.mesh)
-    if cfg.mode == "train" and cfg.check.memory:  # before any weights load
-        cfg = fitted(cfg, placement)
-    (t_cfg, t_params), (s_cfg, params) = load_models(cfg, placement, vocab, t_vocab)
     train_data, dev, routing = load_train(cfg, tokenizer)
+    if cfg.mode == "train" and cfg.check.memory:  # before any weights load
+        cfg = fitted(cfg, placement, vocab, train_data)
+    (t_cfg, t_params), (s_cfg, params) = load_models(cfg, placement, vocab, t_vocab)
     all_teachers = load_teachers(cfg, placement, vocab, tokenizer, (t_cfg, t_params)) if multi else {"teacher": (t_cfg, t_params)}
     lm_rows = data_lib.load_packed(cfg.data.pretrain, tokenizer, cfg.data.lm_seq_len) if cfg.data.pretrain else None
     run = run_lib.Run(cfg, tokenizer, placement, next(iter(all_teachers.values())), train_data, dev, lm_rows,

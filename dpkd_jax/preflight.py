@@ -133,16 +133,18 @@ def _check_vocabularies(cfg, paths, tokenizer, say):
             if role != "student":
                 vocab = check_teacher_tokenizer(role.split()[1], path, paths["student"], tokenizer)
         say(f"vocabulary: shared by the student and {len(paths) - 1} teachers, {vocab} tokens")
-        return
+        return vocab
     cross_ok = objectives.build(cfg.method, cfg.loss).cross_tokenizer
     vocab, t_vocab, t_tok = models.vocabularies(paths["teacher"], paths["student"], cross_ok=cross_ok,
                                                 cross_methods=objectives.CROSS_METHODS, student_tok=tokenizer)
     say(f"vocabulary: shared, {vocab} tokens" if t_tok is None else
         f"vocabularies differ (student {vocab}, teacher {t_vocab} tokens): {cfg.method} runs across tokenizers")
+    return vocab
 
 
 def _check_data(cfg, tokenizer, say):
-    """The training rows (and each teacher's count), the eval sets and the pre-training text."""
+    """The training rows (and each teacher's count), the eval sets and the pre-training text.
+    Returns the run's training rows (the dev split taken out), or None without training data."""
     from . import data as data_lib, teachers
     from .pipeline import data_options
     field = cfg.data.teacher_field
@@ -154,12 +156,33 @@ def _check_data(cfg, tokenizer, say):
         if field:
             routing = teachers.route(full, field, tuple(cfg.teacher.paths), cfg.data.train)
             say(f"teachers by {field!r}: {routing.describe()} (train and dev rows)")
+    train = data_lib.split_dev(full, cfg.data.dev_num, cfg.seed)[0] if cfg.mode != "generate" and cfg.data.train \
+        else None
     for name, path in cfg.data.eval_sets.items():
         _, report = data_lib.load_instructions(path, tokenizer, **data_options(cfg), log=False)
         say(f"eval set {name}: {report}")
     if cfg.data.pretrain:
         rows = data_lib.load_packed(cfg.data.pretrain, tokenizer, cfg.data.lm_seq_len)
         say(f"pre-training text: {len(rows)} rows of {cfg.data.lm_seq_len} tokens")
+    return train
+
+
+def _check_memory(cfg, paths, mesh, n, run_inputs, say):
+    """The run's start-up memory check (``memory.fit``), on the run's own step: the same line and error."""
+    if n != jax.device_count():
+        say(f"memory: not checked on this host's {jax.device_count()} device(s) for a run on {n}; the run checks it at "
+            "start-up (python -m dpkd_jax.tools.plan --topology=... compiles it for a TPU slice here)")
+        return
+    if cfg.experiment.enabled:
+        return
+    from . import memory, sharding
+    c = cfg.copy_and_resolve_references()
+    with c.unlocked():
+        c.teacher.path, c.student.path = next(iter(paths.values())), paths["student"]
+    vocab, train = run_inputs
+    micro = memory.fit(c, {a: cfg.mesh[a] for a in sharding.AXES}, math.prod(mesh.shape[a] for a in sharding.BATCH),
+                       vocab=vocab, data=train)
+    say("memory: the train step fits" + (f" with train.micro_batch={micro}" if micro else ""))
 
 
 def preflight(cfg, out=print):
@@ -179,9 +202,9 @@ def preflight(cfg, out=print):
         student = _check_experiment(cfg, paths["teacher"], say)
         paths.setdefault("student", student)
     tokenizer = models.load_tokenizer(paths["student"])
-    _check_vocabularies(cfg, paths, tokenizer, say)
+    vocab = _check_vocabularies(cfg, paths, tokenizer, say)
     cfg = resolved(cfg, tokenizer)
-    _check_data(cfg, tokenizer, say)
+    train = _check_data(cfg, tokenizer, say)
     from types import SimpleNamespace
     from .config import check_devices
     n = check_devices(cfg)
@@ -197,15 +220,7 @@ def preflight(cfg, out=print):
                                    " (overwrite=True clears them)" if cfg.overwrite else
                                    " (resume=False: the run would stop; pass overwrite=True or another workdir)")
     say(f"work dir: {cfg.workdir} is writable; checkpoints: {what}{action}")
-    if cfg.check.memory and n != jax.device_count():
-        say(f"memory: not checked on this host's {jax.device_count()} device(s) for a run on {n}; the run checks it at "
-            "start-up (python -m dpkd_jax.tools.plan --topology=... compiles it for a TPU slice here)")
-    elif cfg.check.memory and not cfg.experiment.enabled:  # the same check, and error, as the run's start-up
-        from . import memory
-        c = cfg.copy_and_resolve_references()
-        with c.unlocked():
-            c.teacher.path, c.student.path = next(iter(paths.values())), paths["student"]
-        micro = memory.fit(c, {a: cfg.mesh[a] for a in sharding.AXES}, math.prod(mesh.shape[a] for a in sharding.BATCH))
-        say("memory: the train step fits" + (f" with train.micro_batch={micro}" if micro else ""))
+    if cfg.check.memory:
+        _check_memory(cfg, paths, mesh, n, (vocab, train), say)
     say("ok")
     return lines

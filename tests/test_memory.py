@@ -49,10 +49,19 @@ def one_error(r, status=2):
     return errors[0]
 
 
+def long_rows(path, words=1200, n=32):
+    """Training rows whose responses are ``words`` x 4 words (about 3.3 tokens a word on hf_pair's tokenizer)."""
+    text = " ".join(["alpha beta gamma delta"] * words)
+    path.write_text("".join(f'{{"instruction": "Repeat {i}.", "response": "{text}"}}\n' for i in range(n)))
+    return str(path)
+
+
 def test_a_dense_8k_step_stops_in_check_and_at_start_up_with_what_fits(long_pair, tmp_path):
-    """sft, batch 4, responses of 8,192 tokens, dense attention forced: over an 8 GiB capacity, both
+    """sft, batch 4, responses cut at 8,192 tokens, dense attention forced: over an 8 GiB capacity, both
     ``mode=check`` and the run stop before any weights load, with the line and its numbers."""
-    config = write_config(tmp_path / "c.py", *long_pair, str(tmp_path / "work"), **{
+    teacher, student, _ = long_pair
+    train = long_rows(tmp_path / "long.jsonl", words=2500, n=24)
+    config = write_config(tmp_path / "c.py", teacher, student, train, str(tmp_path / "work"), **{"data.dev_num": 4,
         "method": "sft", "data.max_prompt_length": 64, "data.max_length": 64 + 8192,
         "model.attention_kernel": "dense", "check.memory_limit_gib": 8.0, "data.pretrain": ""})
     lines = []
@@ -83,12 +92,13 @@ def _needs(config, **changes):
 
 def test_auto_micro_batch_fits_a_lowered_limit_and_trains_as_the_full_batch(long_pair, tmp_path):
     over = {"method": "kd", "data.max_prompt_length": 96, "data.max_length": 128 + 512, "train.lr": 1e-4,
-            "data.pretrain": "", "train.steps": 3, "train.save_every": 0}
-    full_cfg = write_config(tmp_path / "full.py", *long_pair, str(tmp_path / "full"), **over)
+            "data.pretrain": "", "train.steps": 3, "train.save_every": 0, "data.dev_num": 4}
+    pair = (*long_pair[:2], long_rows(tmp_path / "long.jsonl", words=200, n=20))  # rows fill max_length
+    full_cfg = write_config(tmp_path / "full.py", *pair, str(tmp_path / "full"), **over)
     full, one = _needs(full_cfg), _needs(full_cfg, **{"train.micro_batch": 1})
     assert one < full
     limit = round((full + one) / 2, 4)
-    auto_cfg = write_config(tmp_path / "auto.py", *long_pair, str(tmp_path / "auto"), **over,
+    auto_cfg = write_config(tmp_path / "auto.py", *pair, str(tmp_path / "auto"), **over,
                             **{"train.micro_batch": "auto", "check.memory_limit_gib": limit})
     r = cli(auto_cfg, "--verbosity=0")
     assert r.returncode == 0, r.stderr[-3000:]
@@ -100,24 +110,48 @@ def test_auto_micro_batch_fits_a_lowered_limit_and_trains_as_the_full_batch(long
         np.testing.assert_allclose(a[k], b[k], atol=1e-5, err_msg=k)
 
 
-def test_a_run_time_out_of_memory_is_one_line_with_its_own_status(long_pair, tmp_path):
-    """Under a lowered RLIMIT_AS (start-up check told a larger capacity), the step's allocation fails
-    in XLA: one line naming the step, the shapes, the estimate and the advice; exit status 4."""
+def test_a_run_time_out_of_memory_is_one_line_and_the_run_resumes_from_its_checkpoint(long_pair, tmp_path):
+    """A step with blockwise attention writes a checkpoint. Resumed for two with dense attention under a
+    lowered RLIMIT_AS (the start-up check told a larger capacity), step 2's allocation fails in XLA: one
+    line naming the step, the shapes, the estimate and the advice; exit status 4; the checkpoint stays,
+    and a rerun resumes from it and finishes."""
     teacher, student, _ = long_pair
-    words = " ".join(["alpha beta gamma delta"] * 1200)  # ~4,000 tokens: the step runs on the data's longest row
-    train = tmp_path / "long.jsonl"
-    train.write_text("".join(f'{{"instruction": "Repeat {i}.", "response": "{words}"}}\n' for i in range(32)))
-    config = write_config(tmp_path / "c.py", teacher, student, str(train), str(tmp_path / "work"), **{
-        "method": "sft", "data.max_prompt_length": 64, "data.max_length": 64 + 4096, "data.dev_num": 4,
-        "model.attention_kernel": "dense", "check.memory_limit_gib": 64.0, "data.pretrain": ""})
-    r = cli(config, limit_as=6 << 30)
+    train = long_rows(tmp_path / "long.jsonl")  # ~4,000 tokens: the step runs on the data's longest row
+    over = {"method": "sft", "data.max_prompt_length": 64, "data.max_length": 64 + 4096, "data.dev_num": 4,
+            "check.memory_limit_gib": 64.0, "data.pretrain": "", "train.save_every": 1, "eval.max_examples": 2}
+    config = lambda kernel, steps: write_config(tmp_path / f"{kernel}{steps}.py", teacher, student, train,
+                                                str(tmp_path / "work"), steps=steps,
+                                                **over, **{"model.attention_kernel": kernel})
+    r = cli(config("blockwise", 1))
+    assert r.returncode == 0, r.stderr[-3000:]
+    r = cli(config("dense", 2), limit_as=6 << 30)
     line = one_error(r, status=4)
-    for piece in ("out of memory in sft step 1", "batch 4 x 4160 tokens", "RESOURCE_EXHAUSTED",
+    for piece in ("out of memory in sft step 2", "batch 4 x 4160 tokens", "RESOURCE_EXHAUSTED",
                   "start-up estimate", "train.micro_batch"):
         assert piece in line, (piece, line)
+    r = cli(config("blockwise", 2))
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "sft: resumed from step 1" in r.stdout, r.stdout[-2000:]
 
 
 def test_capacity_reads_the_limit_or_the_machine():
     assert memory.capacity(2.5) == (int(2.5 * 2**30), "check.memory_limit_gib")
     b, what = memory.capacity()
     assert b > 0 and ("available memory" in what or "cgroup" in what or "RLIMIT_AS" in what)
+
+
+def test_the_start_up_check_compiles_the_run_s_own_step_once(hf_pair, tmp_path):
+    """The check compiles the step the run executes (its spec, configs, shardings and data), so the run
+    loads it from the persistent compilation cache: the train step is compiled once, loaded once."""
+    config = write_config(tmp_path / "c.py", *hf_pair, str(tmp_path / "work"), method="kd",
+                          compile_cache=str(tmp_path / "xla"))
+    env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_LOG_COMPILES="1", JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
+    r = subprocess.run([sys.executable, "-m", "dpkd_jax.main", f"--config={config}"], cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "memory: train step needs" in r.stdout
+    # the step's jitted body: the check's compile, then the run's (a persistent-cache load)
+    finished = [line for line in r.stderr.splitlines() if "Finished XLA compilation of jit(_generic_body)" in line]
+    loaded = [line for line in r.stderr.splitlines() if "cache hit for 'jit__generic_body'" in line]
+    assert len(finished) == 2 and len(loaded) == 1, "\n".join(finished + loaded) or r.stderr[-3000:]
+    assert r.stderr.index(finished[0]) < r.stderr.index(loaded[0])  # compiled by the check, loaded by the run

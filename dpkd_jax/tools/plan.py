@@ -58,17 +58,38 @@ TPU_HBM = {"TPU v5 lite": ("TPU v5e", 16), "TPU v6 lite": ("TPU v6e", 32), "TPU 
            "TPU v5": ("TPU v5p", 95)}
 
 
-def model_config(path, dtype, compute_dtype, field):
+def model_config(path, dtype, compute_dtype, field, scan_layers=True, **overrides):
+    """A model's Config from its folder's config.json (or GGUF), else from :data:`KNOWN` by the folder's
+    name; ``overrides``: execution fields as ``pipeline.model_options`` gives them."""
     import jax.numpy as jnp
     from ..models import family, hf
     if os.path.isfile(os.path.join(path, "config.json")) or hf.is_gguf(path):
-        return hf.load_config(path, dtype=jnp.dtype(dtype), compute_dtype=jnp.dtype(compute_dtype))
+        return hf.load_config(path, dtype=jnp.dtype(dtype), compute_dtype=jnp.dtype(compute_dtype),
+                              scan_layers=scan_layers, **overrides)
     name = os.path.basename(os.path.normpath(path)).lower().removesuffix("-sft")
     if name not in KNOWN:
         raise InputError(f"config.{field}: {path!r} has no config.json and {name!r} is not one of {sorted(KNOWN)}")
     known = KNOWN[name]
-    return family(known["model_type"]).config_from_hf(known, param_dtype=jnp.dtype(dtype).name,
-                                                       compute_dtype=jnp.dtype(compute_dtype).name)
+    cfg = family(known["model_type"]).config_from_hf(known, param_dtype=jnp.dtype(dtype).name,
+                                                     compute_dtype=jnp.dtype(compute_dtype).name,
+                                                     scan_layers=scan_layers)
+    return cfg.replace(**overrides) if overrides else cfg
+
+
+def run_model_configs(cfg, vocab=0):
+    """(teacher, student) Configs exactly as the run builds them (``pipeline.model_options``), so the
+    planned step is the run's own program: its compile is the one the run loads from the persistent
+    compilation cache. ``vocab`` > 0: the tokenizers' shared vocabulary, else the smaller model's rows."""
+    from ..pipeline import model_options
+    paths = {"teacher": cfg.teacher.path, "student": cfg.student.path}
+    if not vocab:
+        raw = [model_config(paths[r], "float32", "float32", f"{r}.path").vocab_size for r in paths]
+        vocab = min(raw)  # padded embeddings share the real vocabulary
+    out = []
+    for role, path in paths.items():
+        kw = model_options(cfg, role, vocab)
+        out.append(model_config(path, kw.pop("dtype"), kw.pop("compute_dtype"), f"{role}.path", **kw))
+    return tuple(out)
 
 
 def parse_mesh(text):
@@ -87,53 +108,49 @@ def topology_devices(name):
                          "(pip install libtpu) and a name like v5e:2x4, v4:2x2x2 or v5p:2x2x2") from e
 
 
-def plan_one(cfg, mesh_sizes, devices, batch_per_replica=0, vocab=0):
+def plan_one(cfg, mesh_sizes, devices, batch_per_replica=0, vocab=0, data=None):
     """Per-device bytes of one compiled train step on ``devices`` (a count of this host's devices, or
     a list such as :func:`topology_devices` gives). ``batch_per_replica`` > 0: the global batch is that
-    times the data-parallel size; ``vocab`` > 0: the real vocabulary (else the smaller model's rows)."""
-    import dataclasses
+    times the data-parallel size; ``vocab`` > 0: the real vocabulary (else the smaller model's rows);
+    ``data``: the run's training rows (``data.Tokenized``), whose longest row bounds the gold forwards
+    as in the run (``specs.Step.with_data``): the step then compiles to the run's own program."""
     import jax
     import numpy as np
-    from .. import sharding, specs
+    from .. import sharding
     from ..batch import Batch
     from ..optim import make_optimizer
     from ..train import init_state, make_step, step_shardings
     from ..models import decoder_for
-    from ..config import lora_spec
-    from ..pipeline import attention_options
     devices = jax.devices()[:devices] if isinstance(devices, int) else list(devices)
     placement = sharding.Placement({**dict(cfg.mesh), **mesh_sizes}, devices=devices)
     mesh = placement.mesh
-    t_cfg = model_config(cfg.teacher.path, cfg.teacher.dtype, cfg.teacher.dtype, "teacher.path")
-    s_cfg = model_config(cfg.student.path, cfg.student.dtype, cfg.student.compute_dtype, "student.path")
-    vocab = vocab or min(t_cfg.vocab_size, s_cfg.vocab_size)  # padded embeddings share the real vocabulary
-    common = dict(output_vocab=vocab, remat=cfg.model.remat, **attention_options(cfg.model))
-    t_cfg, s_cfg = t_cfg.replace(quantize=cfg.teacher.quantize, **common), s_cfg.replace(lora=lora_spec(cfg), **common)
+    t_cfg, s_cfg = run_model_configs(cfg, vocab)
     teacher, student = decoder_for(t_cfg, placement.rules("teacher")), decoder_for(s_cfg, placement.rules("student"))
-    spec = specs.Step.of(cfg)
-    spec = dataclasses.replace(spec, sampling=dataclasses.replace(spec.sampling, eos_token_id=2, pad_token_id=1),
-                               batch_size=batch_per_replica * sharding.data_parallel_size(mesh) if batch_per_replica
-                               else spec.batch_size)
-    sharding.check_batch(spec.batch_size, mesh)
-    spec = spec.with_micro_batch(cfg.train.micro_batch, sharding.data_parallel_size(mesh))
+    spec = _planned_spec(cfg, mesh, batch_per_replica, data, (s_cfg, t_cfg))
     sharding.check_heads(t_cfg.n_heads, mesh, "teacher")
     sharding.check_heads(s_cfg.n_heads, mesh, "student")
-    tx = make_optimizer(cfg.train, kinds={n: i.kind for n, i in student.info.items()})
+    kinds = {n: i.kind for n, i in student.info.items()}
+    kinds.update({n: "weight" for n in (spec.feature.init_params() if spec.feature else {})})
+    tx = make_optimizer(cfg.train, spec.objective.updates_per_step, kinds)  # as loop.place builds it
 
     def abstract(decoder, shardings):  # shapes and dtypes from the NNX metadata
         return {n: jax.ShapeDtypeStruct(i.shape, i.dtype, sharding=shardings[n]) for n, i in decoder.info.items()}
     s_abs = abstract(student, placement.params(student.info, "student"))
-    sh = step_shardings(placement, student, teacher, tx, s_abs, spec.objective)
+    sh = step_shardings(placement, student, teacher, tx, s_abs, spec.objective, spec.feature)
     t_abs = abstract(teacher, sh["teacher"])
     state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                         jax.eval_shape(lambda p: init_state(student, p, tx, spec.objective), s_abs), sh["state"])
+                         jax.eval_shape(lambda p: init_state(student, p, tx, spec.objective, spec.feature), s_abs),
+                         sh["state"])
     B, P, L = spec.batch_size, cfg.data.max_prompt_length, cfg.data.max_length
     i32 = lambda *shape: jax.ShapeDtypeStruct(shape, np.int32, sharding=sh["batch"])
     lm = i32(B, cfg.data.lm_seq_len) if spec.objective.lm_coef > 0 and cfg.data.pretrain else None
     batch = Batch(i32(B, P), i32(B, P), i32(B, L - P), i32(B, L - P), lm_ids=lm)
     rng = jax.ShapeDtypeStruct((2,), np.uint32, sharding=sh["replicated"])
-    step = make_step(spec, student, teacher, tx, None, None, sh)
-    compiled = step.lower(state, batch, rng, t_abs, None).compile()
+    # the teacher's weights (and a reference model's) are arguments, as in a run
+    ref = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), s_abs, sh["ref"]) \
+        if spec.objective.needs.reference else None
+    step = make_step(spec, student, teacher, tx, t_abs, ref, sh)
+    compiled = step.lower(state, batch, rng, t_abs, ref).compile()
     mem = compiled.memory_analysis()
 
     def per_device(tree):
@@ -147,6 +164,26 @@ def plan_one(cfg, mesh_sizes, devices, batch_per_replica=0, vocab=0):
             "temp": int(mem.temp_size_in_bytes),
             "total": int(mem.argument_size_in_bytes + mem.output_size_in_bytes - mem.alias_size_in_bytes
                          + mem.temp_size_in_bytes)}
+
+
+def _planned_spec(cfg, mesh, batch_per_replica, data, model_cfgs):
+    """The run's step spec (``loop.train_loop`` builds the same): token ids from the resolved config
+    (stand-ins for a config not yet resolved), the feature term bound to the models, the data's
+    longest row, and the micro-batches."""
+    import dataclasses
+    from .. import sharding, specs
+    spec = specs.Step.of(cfg)
+    g = spec.sampling
+    spec = dataclasses.replace(spec, sampling=dataclasses.replace(
+        g, eos_token_id=g.eos_token_id if g.eos_token_id >= 0 else 2, pad_token_id=max(g.pad_token_id, 0)))
+    if batch_per_replica:
+        spec = dataclasses.replace(spec, batch_size=batch_per_replica * sharding.data_parallel_size(mesh))
+    if spec.feature is not None:
+        spec = dataclasses.replace(spec, feature=spec.feature.bind(*model_cfgs))
+    if data is not None:  # a shorter data.max_length (a variant the check tries) cuts the rows there
+        spec = dataclasses.replace(spec, gold_length=min(data.longest_row(), cfg.data.max_length))
+    sharding.check_batch(spec.batch_size, mesh)
+    return spec.with_micro_batch(cfg.train.micro_batch, sharding.data_parallel_size(mesh))
 
 
 def kv_cache_bytes(model_cfg, mesh, batch, length):

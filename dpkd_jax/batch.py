@@ -10,7 +10,8 @@ without a field compile separately and nothing tests ``key in batch``):
   without generation);
 * ``teacher_topk_ids/logps``: the sparse teacher cache on the gold responses;
 * ``teacher_sampled_ids/counts``: the sampled (RS-KD) teacher cache on the gold responses;
-* ``teacher_view``: across tokenizers, the teacher's own tokens of the prompt, y_t and y_s.
+* ``teacher_view``: across tokenizers, the teacher's own tokens of the prompt, y_t and y_s;
+* ``packing``: the gold forward's packed rows (``data.packing``; ``data/packing.py``).
 """
 
 from __future__ import annotations
@@ -37,6 +38,16 @@ class TeacherView:
 
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
+class Packing:
+    """The batch's examples packed into ``K`` rows of ``L`` slots for the gold forward (``data/packing.py``)."""
+    src: Array          # [K, L] flat index of each slot's token in the [B, P + R] prompt-then-response rows
+    positions: Array    # [K, L] restarting at 0 per example
+    segments: Array     # [K, L] example b + 1; 0 for padding
+    picks: Array        # [B, R] flat packed slot (k * L + slot) whose output predicts each response token
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
 class Batch:
     prompt_ids: Array           # [B, P] int32, left-padded
     prompt_mask: Array          # [B, P]
@@ -52,6 +63,7 @@ class Batch:
     teacher_sampled_ids: Optional[Array] = None     # [B, R, U] RS-KD cache: drawn ids, duplicates merged
     teacher_sampled_counts: Optional[Array] = None  # [B, R, U] their counts (0: padding), summing to U
     teacher_view: Optional[TeacherView] = None
+    packing: Optional[Packing] = None
 
     @property
     def rows(self) -> int:
@@ -70,13 +82,18 @@ class Batch:
 
     @classmethod
     def of(cls, arrays: dict) -> "Batch":
-        """A batch from named row arrays (the data loader's and the caches' fields); the
-        teacher view's arrays are named ``teacher_view.<field>``. An unknown name is an error."""
-        own = {f.name for f in dataclasses.fields(cls)} - {"teacher_view"}
-        view_fields = {f.name for f in dataclasses.fields(TeacherView)}
-        view = {k.split(".", 1)[1]: v for k, v in arrays.items() if k.startswith("teacher_view.")}
-        unknown = [k for k in arrays if k not in own and not k.startswith("teacher_view.")]
-        unknown += [f"teacher_view.{k}" for k in view if k not in view_fields]
+        """A batch from named row arrays (the data loader's and the caches' fields); the teacher
+        view's and the packing's arrays are named ``teacher_view.<field>`` and ``packing.<field>``.
+        An unknown name is an error."""
+        parts = {"teacher_view": TeacherView, "packing": Packing}
+        own = {f.name for f in dataclasses.fields(cls)} - set(parts)
+        nested = {name: {k.split(".", 1)[1]: v for k, v in arrays.items() if k.startswith(name + ".")}
+                  for name in parts}
+        unknown = [k for k in arrays if k not in own and k.split(".", 1)[0] not in parts]
+        for name, kind in parts.items():
+            fields = {f.name for f in dataclasses.fields(kind)}
+            unknown += [f"{name}.{k}" for k in nested[name] if k not in fields]
         if unknown:
             raise ValueError(f"Batch.of: unknown fields {sorted(unknown)}")
-        return cls(**{k: v for k, v in arrays.items() if k in own}, teacher_view=TeacherView(**view) if view else None)
+        return cls(**{k: v for k, v in arrays.items() if k in own},
+                   **{name: kind(**nested[name]) if nested[name] else None for name, kind in parts.items()})

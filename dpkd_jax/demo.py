@@ -21,7 +21,7 @@ from . import curves, models, sharding
 from . import run as run_lib
 from .checkpoint import prepare_workdir
 from .models import gpt2
-from .pipeline import attention_options, data_options, export, load_eval_sets
+from .pipeline import attention_options, data_options, export, fitted, load_eval_sets
 from .tools.prune import parse_layers, prune
 
 DEMO_DIR = os.path.join(os.path.dirname(__file__), "data", "demo")
@@ -77,7 +77,8 @@ def demo_run(cfg):
     lm_rows = data_lib.load_packed(cfg.data.pretrain or demo_file("pretrain.txt"), tokenizer, cfg.data.lm_seq_len)
     sets = load_eval_sets(cfg, tokenizer, dev, dict(cfg.data.eval_sets) or {"demo_eval": demo_file("eval.jsonl")})
     arch = gpt2.tiny_config(vocab_size=len(tokenizer), max_positions=cfg.data.max_length,
-                            scan_layers=cfg.model.scan_layers, **attention_options(cfg.model), **dict(d.teacher))
+                            scan_layers=cfg.model.scan_layers, remat=cfg.model.remat, **attention_options(cfg.model),
+                            **dict(d.teacher))
     teacher = models.init(arch, cfg.seed + 1, placement.rules("teacher"))
     return run_lib.Run(cfg, tokenizer, placement, teacher, train_data, dev, lm_rows, sets)
 
@@ -99,7 +100,9 @@ def run_demo(cfg):
             return params
         return run_lib.train_stage(run, c, model, params, desc=name, init=init).params
 
-    sft = run_lib.stage_config(cfg, "sft", os.path.join(wd, "teacher"), steps=d.teacher_steps, lr=d.teacher_lr)
+    s_arch = prune(models.decoder_for(arch, run.placement.rules("student")), t_params, keep)[0].config
+    configs = stage_configs(cfg, (arch, s_arch), run)  # the memory check, before any training
+    sft = configs.pop("teacher")
     t_params = stage("teacher_sft", sft, t_cfg, t_params)
     run = run.with_teacher(t_cfg, t_params)
     s_cfg, s_init = prune(models.decoder_for(arch, run.placement.rules("student")), t_params, keep)
@@ -109,8 +112,7 @@ def run_demo(cfg):
     for method in d.methods:
         results[method] = []
         for seed in d.seeds:  # one compiled step serves every seed (train.make_step)
-            c = run_lib.stage_config(cfg, method, os.path.join(wd, method, f"seed{seed}"), seed=seed,
-                                     steps=d.distill_steps, lr=d.distill_lr)
+            c = run_lib.stage_config(configs[method], method, os.path.join(wd, method, f"seed{seed}"), seed=seed)
             params = stage(f"{method} seed {seed}", c, s_cfg, s_init, init=s_init)
             results[method].append(ev(s_cfg, params, f"{method}_seed{seed}"))
             if jax.process_index() == 0 and seed == d.seeds[0]:
@@ -128,6 +130,25 @@ def run_demo(cfg):
     print(f"\ncurves: {wd}/<method>/seed<k>/curves.png   answers and scores: {wd}/eval/   table: {wd}/table.md")
     logging.info("demo done")
     return results
+
+
+def stage_configs(cfg, archs, run):
+    """``{"teacher": the teacher's sft stage, method: its distillation stage}``, each checked against the device
+    before any training (``pipeline.fitted``: its step, and once the evaluation's generation, compiled as the
+    stage will run them) with ``train.micro_batch`` resolved; ``archs``: the (teacher, student) Configs."""
+    d, wd = cfg.demo, cfg.workdir
+    out = {"teacher": run_lib.stage_config(cfg, "sft", os.path.join(wd, "teacher"), steps=d.teacher_steps,
+                                       lr=d.teacher_lr)}
+    out.update({m: run_lib.stage_config(cfg, m, os.path.join(wd, m), steps=d.distill_steps, lr=d.distill_lr)
+                for m in d.methods})
+    if not cfg.check.memory:
+        return out
+    teacher, student = archs
+    for i, (name, c) in enumerate(out.items()):
+        models = (teacher, teacher) if name == "teacher" else archs  # the teacher trains in its sft stage
+        if c.train.steps:
+            out[name] = fitted(c, run.placement, {"data": run.train, "models": models}, generation=i == 1)
+    return out
 
 
 def gap_table(results, steps):

@@ -22,6 +22,7 @@ import resource
 
 import jax
 
+from . import objectives
 from .errors import InputError
 
 GiB = 2**30
@@ -83,10 +84,10 @@ class Need:
         return f"{self.total / GiB:.2f} GiB"
 
 
-def step_need(cfg, mesh_sizes, vocab=0, devices=None, data=None, **changes) -> Need:
+def step_need(cfg, mesh_sizes, vocab=0, devices=None, data=None, models=None, **changes) -> Need:
     """The train step's bytes per device for ``cfg`` with ``changes`` (dotted config fields, e.g.
     ``{"train.batch_size": 4}``), from the planner's compile on ``devices`` (default: this host's) of
-    the run's own step (``vocab``, ``data``: the run's; ``plan.plan_one``)."""
+    the run's own step (``vocab``, ``data``, ``models``: the run's; ``plan.plan_one``)."""
     from .tools import plan
     c = cfg.copy_and_resolve_references()
     with c.unlocked():
@@ -98,12 +99,12 @@ def step_need(cfg, mesh_sizes, vocab=0, devices=None, data=None, **changes) -> N
             del node[last]  # a new field, not a cast: train.micro_batch goes from "auto" to an int
             node[last] = value
     try:
-        row = plan.plan_one(c, mesh_sizes, devices or jax.devices(), vocab=vocab, data=data)
+        row = plan.plan_one(c, mesh_sizes, devices or jax.devices(), vocab=vocab, data=data, models=models)
     except Exception as e:  # noqa: BLE001 -- XLA refuses a program that cannot fit an accelerator outright
         if "RESOURCE_EXHAUSTED" not in str(e):
             raise
-        return Need("train step", 1 << 62, 1 << 62)
-    return Need("train step", int(row["total"]), int(row["temp"]))
+        return Need(f"train step ({cfg.method})", 1 << 62, 1 << 62)
+    return Need(f"train step ({cfg.method})", int(row["total"]), int(row["temp"]))
 
 
 class Fitter:
@@ -147,13 +148,15 @@ class Fitter:
         return b
 
 
-def fit(cfg, mesh_sizes, dp: int, vocab=0, data=None) -> int:
-    """Check the run's step against the device, log its memory, and return the micro-batch to run
-    (``train.micro_batch``, resolved when ``"auto"``). Raises :class:`InputError` (one line) when
-    nothing asked for fits. ``vocab`` and ``data`` (the run's) make the compiled step the run's own,
-    which the run then loads from the persistent compilation cache instead of compiling it again."""
+def fit(cfg, mesh_sizes, dp: int, run_inputs=None, generation=True) -> int:
+    """Check the run's step (and, with ``generation``, its generating programs) against the device, log
+    their memory, and return the micro-batch to run (``train.micro_batch``, resolved when ``"auto"``).
+    Raises :class:`InputError` (one line) when nothing asked for fits. ``run_inputs``: the run's
+    ``vocab``, ``data`` and in-process ``models`` (``plan.plan_one``), which make each compiled program
+    the run's own: the run then loads it from the persistent compilation cache instead of compiling it."""
     cap, source = capacity(cfg.check.memory_limit_gib)
-    f = Fitter(cfg, mesh_sizes, dp, cap, run_inputs={"vocab": vocab, "data": data})
+    run_inputs = run_inputs or {}
+    f = Fitter(cfg, mesh_sizes, dp, cap, run_inputs=run_inputs)
     micro = cfg.train.micro_batch
     if micro == "auto":
         micro = f.auto_micro() or f.per_device
@@ -163,12 +166,76 @@ def fit(cfg, mesh_sizes, dp: int, vocab=0, data=None) -> int:
     _state["estimate"] = f"start-up estimate {need.gib()} per device of {cap / GiB:.2f} GiB ({source})"
     _state["shapes"] = (f"batch {cfg.train.batch_size} x {cfg.data.max_length} tokens "
                         f"({cfg.data.max_prompt_length} prompt)")
+    _report(need, cap, source, lambda: advice(f))
+    for program, kw in generations(cfg) if generation else ():
+        g = Generation(cfg, mesh_sizes, dp, cap, program, run_inputs=run_inputs, **kw)
+        _report(g.need(), cap, source, g.advice)
+    return 0 if micro >= f.per_device else micro
+
+
+def _report(need: Need, cap: int, source: str, what_fits):
+    """One log line per program; over capacity, the one-line error with ``what_fits()``."""
     print(f"memory: {need.program} needs {need.gib()} per device (temporaries {need.temp / GiB:.2f} GiB); "
           f"capacity {cap / GiB:.2f} GiB ({source})", flush=True)
     if need.total > cap:
         raise InputError(f"{need.program}: needs {need.gib()} per device but {cap / GiB:.2f} GiB is available "
-                         f"({source}); {advice(f)}")
-    return 0 if micro >= f.per_device else micro
+                         f"({source}); {what_fits()}")
+
+
+def generations(cfg):
+    """The generating programs a run executes besides its step: ``(name, Generation options)``.
+    The on-policy sampler runs inside the train step (its program, checked above)."""
+    out = []
+    if objectives.build(cfg.method, cfg.loss).needs.teacher_samples and cfg.gen.teacher_mode == "offline":
+        out.append(("the teacher's sampling (gen.teacher_mode=offline)",
+                    {"role": "teacher", "sampler": "gen", "batch_field": "train.batch_size"}))
+    if cfg.data.dev_num or cfg.data.eval_sets:
+        out.append(("evaluation's generation", {"role": "student", "sampler": "eval", "batch_field": "eval.batch_size"}))
+        if cfg.eval.eval_teacher:
+            out.append(("the teacher's evaluation", {"role": "teacher", "sampler": "eval",
+                                                     "batch_field": "eval.batch_size"}))
+    return out
+
+
+class Generation:
+    """One model's generation (prefill and widest decode chunk, ``plan.plan_generation``) at batch
+    sizes of one field, against one capacity (each a compile, memoised)."""
+
+    def __init__(self, cfg, mesh_sizes, dp, cap, program, *, role, sampler, batch_field, run_inputs=None):
+        """``sampler``: the config section of its options, "gen" or "eval"; ``batch_field``: its batch."""
+        self.cfg, self.mesh_sizes, self.dp, self.cap, self.program = cfg, mesh_sizes, dp, cap, program
+        self.role, self.sampler, self.batch_field = role, sampler, batch_field
+        section, field = batch_field.split(".")
+        self.batch, self.run_inputs = int(cfg[section][field]), run_inputs or {}
+        self._seen = {}
+
+    def need(self, batch=0) -> Need:
+        batch = batch or self.batch
+        if batch not in self._seen:
+            from .tools import plan
+            try:
+                row = plan.plan_generation(self.cfg, self.mesh_sizes, jax.devices(), self.role, batch,
+                                           self.cfg[self.sampler], vocab=self.run_inputs.get("vocab", 0),
+                                           models=self.run_inputs.get("models"))
+                self._seen[batch] = Need(self.program, row["total"], row["temp"])
+            except Exception as e:  # noqa: BLE001 -- XLA refuses a program that cannot fit an accelerator outright
+                if "RESOURCE_EXHAUSTED" not in str(e):
+                    raise
+                self._seen[batch] = Need(self.program, 1 << 62, 1 << 62)
+        return self._seen[batch]
+
+    def advice(self) -> str:
+        """The largest batch that fits (bytes affine in the batch between ``dp`` rows and the asked-for
+        batch, confirmed by a compile there), else the new tokens to cut."""
+        one = self.need(self.dp)
+        if one.total > self.cap or self.batch <= self.dp:
+            return f"even {self.dp} row(s) need {one.gib()}: lower {self.sampler}.max_new_tokens or " \
+                   "data.max_prompt_length"
+        slope = max((self.need().total - one.total) / (self.batch - self.dp), 1)
+        b = max(self.dp, int(self.dp + (self.cap - one.total) / slope) // self.dp * self.dp)
+        while b > self.dp and self.need(b).total > self.cap:
+            b -= self.dp
+        return f"{self.batch_field}={b} fits ({self.need(b).gib()})"
 
 
 def advice(f: Fitter) -> str:

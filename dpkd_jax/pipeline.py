@@ -54,12 +54,13 @@ def model_options(cfg, role, vocab) -> dict:
     return kw
 
 
-def fitted(cfg, placement, vocab=0, data=None):
+def fitted(cfg, placement, run_inputs, generation=True):
     """The config whose train step fits the device (``memory.fit``; one line when nothing asked for
     fits), with ``train.micro_batch`` resolved (``"auto"``: the largest that fits), as a locked copy.
-    ``vocab``, ``data``: the run's, so the checked step is the one the run executes."""
+    ``run_inputs``: the run's vocab, data (and in-process models), so the checked step is the one the
+    run executes; ``generation``: check the generating programs too."""
     micro = memory.fit(cfg, {a: cfg.mesh[a] for a in sharding.AXES}, sharding.data_parallel_size(placement.mesh),
-                       vocab=vocab, data=data)
+                       run_inputs, generation)
     c = copy.deepcopy(cfg)
     with c.unlocked():
         del c.train["micro_batch"]  # "auto" (a str) becomes an int: a new field, not a cast
@@ -173,7 +174,7 @@ def run(cfg):
     placement = sharding.Placement(cfg.mesh)
     train_data, dev, routing = load_train(cfg, tokenizer)
     if cfg.mode == "train" and cfg.check.memory:  # before any weights load
-        cfg = fitted(cfg, placement, vocab, train_data)
+        cfg = fitted(cfg, placement, {"vocab": vocab, "data": train_data})
     (t_cfg, t_params), (s_cfg, params) = load_models(cfg, placement, vocab, t_vocab)
     all_teachers = load_teachers(cfg, placement, vocab, tokenizer, (t_cfg, t_params)) if multi else {"teacher": (t_cfg, t_params)}
     lm_rows = data_lib.load_packed(cfg.data.pretrain, tokenizer, cfg.data.lm_seq_len) if cfg.data.pretrain else None

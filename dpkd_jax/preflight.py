@@ -181,7 +181,7 @@ def _check_memory(cfg, paths, mesh, n, run_inputs, say):
         c.teacher.path, c.student.path = next(iter(paths.values())), paths["student"]
     vocab, train = run_inputs
     micro = memory.fit(c, {a: cfg.mesh[a] for a in sharding.AXES}, math.prod(mesh.shape[a] for a in sharding.BATCH),
-                       vocab=vocab, data=train)
+                       {"vocab": vocab, "data": train})
     say("memory: the train step fits" + (f" with train.micro_batch={micro}" if micro else ""))
 
 

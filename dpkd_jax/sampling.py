@@ -262,6 +262,32 @@ def _rows(prompt_ids, prompt_mask, response_ids, response_mask, length):
     return tokens, positions, mask, pick
 
 
+def packed_rows(prompt_ids, response_ids, packing):
+    """The packed rows of a batch's prompt-then-response tokens (``batch.Packing``): ``(tokens,
+    positions, mask, segments)`` ``[K, L]`` and ``pick(x, axis)``: ``x``'s packed slots along ``axis``
+    (and the row axis before it) whose outputs predict response tokens ``[B, R]``."""
+    flat = jnp.concatenate([prompt_ids, response_ids], axis=1).reshape(-1)
+    seg = packing.segments
+    tokens = jnp.where(seg > 0, flat[packing.src], 0)
+    K, L = seg.shape
+
+    def pick(x, axis):  # [..., K, L, ...] with K at axis - 1 -> [..., B, R, ...]
+        merged = x.reshape(x.shape[:axis - 1] + (K * L,) + x.shape[axis + 1:])
+        return jnp.take(merged, packing.picks, axis=axis - 1)
+    return tokens, packing.positions, (seg > 0).astype(jnp.int32), seg, pick
+
+
+def packed_hidden(decode, params, prompt_ids, response_ids, packing, layers=None):
+    """:func:`response_hidden` on packed rows: ``[B, R, D]``, the same outputs (each example attends
+    within its own segment, at positions from 0) on ``K x L`` slots; with ``layers``, also the
+    residual streams after those blocks ``[K, B, R, D]`` (:func:`response_features`)."""
+    tokens, positions, mask, seg, pick = packed_rows(prompt_ids, response_ids, packing)
+    if layers is None:
+        return pick(decode.hidden(params, tokens, positions, mask, segment_ids=seg), 1)
+    x, feats = decode.features(params, tokens, positions, mask, tuple(layers), segment_ids=seg)
+    return pick(x, 1), pick(feats, 2)
+
+
 def response_hidden(decode, params, prompt_ids, prompt_mask, response_ids, response_mask, length=None):
     """Teacher-forced final hidden states at the positions that predict the response: ``[B, N, D]``
     (``decode.head`` of ``out[b, i]`` predicts ``response[b, i]``). The losses apply the head

@@ -214,9 +214,14 @@ def write_jsonl(path, rows):
     return str(path)
 
 
-def tiny_setup(tmp_path, tok, n=24):
+def tiny_setup(tmp_path, tok, n=24, varied=False):
+    """A config, ``n`` short examples (``varied``: prompts and responses of several lengths) and a tiny GPT-2
+    teacher (2 x 32) and student (1 x 16) on them."""
     rows = [{"instruction": "Say hi.", "response": "hi there"},
             {"instruction": "Add the numbers.", "context": "1 and 2", "response": "3"}] * (n // 2)
+    if varied:
+        rows = [{"instruction": "Say " + " ".join(["hi"] * (1 + i % 3)) + ".",
+                 "response": " ".join(["hi there"] * (1 + i % 5))} for i in range(n)]
     cfg = default_config()
     cfg.data.max_prompt_length, cfg.data.max_length = 56, 64
     cfg.gen.max_new_tokens = 6

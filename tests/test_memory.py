@@ -68,10 +68,10 @@ def test_a_dense_8k_step_stops_in_check_and_at_start_up_with_what_fits(long_pair
     for extra in (("--config.mode=check",), ()):
         r = cli(config, *extra)
         line = one_error(r)
-        for piece in ("train step: needs", "GiB per device but 8.00 GiB is available (check.memory_limit_gib)",
+        for piece in ("train step (sft): needs", "GiB per device but 8.00 GiB is available (check.memory_limit_gib)",
                       "batch per device", "responses up to", "model.attention_kernel=auto needs"):
             assert piece in line, (piece, line)
-        assert "memory: train step needs" in r.stdout
+        assert "memory: train step (sft) needs" in r.stdout
         lines.append(line)
     assert lines[0] == lines[1]
     assert not os.path.isdir(tmp_path / "work" / "checkpoints")
@@ -81,13 +81,16 @@ def test_a_dense_8k_step_stops_in_check_and_at_start_up_with_what_fits(long_pair
     assert auto < 8.0 < need
 
 
-def _needs(config, **changes):
-    from conftest import load_config  # noqa: F401 -- the same loader as --config=
+def _load(config):
     import importlib.util
     spec = importlib.util.spec_from_file_location("c", config)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    return memory.step_need(mod.get_config(), {"data": 1, "fsdp": 1, "tensor": 1}, **changes).total / 2**30
+    return mod.get_config()
+
+
+def _needs(config, **changes):
+    return memory.step_need(_load(config), {"data": 1, "fsdp": 1, "tensor": 1}, **changes).total / 2**30
 
 
 def test_auto_micro_batch_fits_a_lowered_limit_and_trains_as_the_full_batch(long_pair, tmp_path):
@@ -145,13 +148,35 @@ def test_the_start_up_check_compiles_the_run_s_own_step_once(hf_pair, tmp_path):
     loads it from the persistent compilation cache: the train step is compiled once, loaded once."""
     config = write_config(tmp_path / "c.py", *hf_pair, str(tmp_path / "work"), method="kd",
                           compile_cache=str(tmp_path / "xla"))
-    env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_LOG_COMPILES="1", JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
+    env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_LOG_COMPILES="1")
     r = subprocess.run([sys.executable, "-m", "dpkd_jax.main", f"--config={config}"], cwd=ROOT, env=env,
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
-    assert "memory: train step needs" in r.stdout
+    assert "memory: train step (kd) needs" in r.stdout
     # the step's jitted body: the check's compile, then the run's (a persistent-cache load)
     finished = [line for line in r.stderr.splitlines() if "Finished XLA compilation of jit(_generic_body)" in line]
     loaded = [line for line in r.stderr.splitlines() if "cache hit for 'jit__generic_body'" in line]
     assert len(finished) == 2 and len(loaded) == 1, "\n".join(finished + loaded) or r.stderr[-3000:]
     assert r.stderr.index(finished[0]) < r.stderr.index(loaded[0])  # compiled by the check, loaded by the run
+    # evaluation's generation: the check compiled its prefill and widest chunk, the run loaded them
+    assert "memory: evaluation's generation needs" in r.stdout
+    for program in ("jit_prefill", "jit_decode_chunk"):
+        assert f"cache hit for '{program}'" in r.stderr, program
+
+
+def test_evaluation_generation_over_capacity_names_the_eval_batch_that_fits(long_pair, tmp_path):
+    """The generation check compiles the prefill and widest decode chunk; over a capacity between one row's
+    need and eval.batch_size's, its advice is a smaller eval.batch_size whose compile fits."""
+    config = write_config(tmp_path / "c.py", *long_pair, str(tmp_path / "work"), **{
+        "eval.batch_size": 8, "eval.max_new_tokens": 1024, "data.max_prompt_length": 64})
+    cfg = _load(config)
+    mesh = {"data": 1, "fsdp": 1, "tensor": 1}
+    probe = memory.Generation(cfg, mesh, 1, 1 << 40, "evaluation's generation", role="student", sampler="eval",
+                              batch_field="eval.batch_size")
+    one, eight = probe.need(1).total, probe.need().total
+    assert one < eight
+    g = memory.Generation(cfg, mesh, 1, (one + eight) // 2, "evaluation's generation", role="student", sampler="eval",
+                          batch_field="eval.batch_size")
+    text = g.advice()
+    b = int(text.split("eval.batch_size=")[1].split()[0])
+    assert 1 <= b < 8 and g.need(b).total <= (one + eight) // 2 < g.need(b + 1).total, text

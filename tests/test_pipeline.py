@@ -87,6 +87,9 @@ def test_shortened_demo_runs_end_to_end(tmp_path, capsys):
     assert len(results["dpkd"]) == 2  # one evaluation per training seed
     out = capsys.readouterr().out
     assert "| student |" in out and "| dpkd, 2 steps, 2 seeds | " in out and "gap closed" in out
+    # the start-up memory check: each stage's step, and once the evaluations' generation
+    assert out.count("memory: train step (sft) needs") == 2 and out.count("memory: train step (dpkd) needs") == 1
+    assert out.count("memory: evaluation's generation needs") == 1 and "memory: the teacher's evaluation" in out
     assert " ± " in out.split("| dpkd, 2 steps")[1].splitlines()[0]  # the spread over seeds is printed
     assert os.path.isfile(tmp_path / "table.md") and os.path.isfile(tmp_path / "dpkd" / "seed1" / "curves.png")
     assert os.path.isfile(tmp_path / "eval" / "dpkd_seed0_demo_eval_answers.jsonl")

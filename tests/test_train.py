@@ -20,7 +20,7 @@ from dpkd_jax.train import init_state, make_step
 
 def three_steps(cfg, data, teacher, student, chunk, extra=None, teacher_params=True, gold_length=None, **kw):
     """3 steps of ``cfg.method``; ``kw``: ``micro_batch`` (rows per micro-batch, 0: whole), ``samples=False``
-    (the step draws y_t and y_s itself)."""
+    (the step draws y_t and y_s itself), ``packing`` (the gold forward on packed rows of that many slots)."""
     micro_batch, samples = kw.get("micro_batch", 0), kw.get("samples", True)
     (t_dec, t_params), (s_dec, s_params) = teacher, student
     # Adam's ε at 1e-4: with 1e-8 a gradient entry of ~1e-9 (a rare token's embedding) becomes a whole lr-sized
@@ -31,6 +31,8 @@ def three_steps(cfg, data, teacher, student, chunk, extra=None, teacher_params=T
     step = make_step(spec, s_dec, t_dec, tx, t_params if teacher_params else None, s_params)
     state = init_state(s_dec, jax.tree.map(jnp.copy, s_params), tx, spec.objective)
     batches = D.Batches(data, 4, 0, extra)
+    if kw.get("packing"):
+        batches.packed(kw["packing"], 3)
     r = np.random.default_rng(0)
     lm = r.integers(0, 500, (4, 12)).astype(np.int32)
     for i in range(3):
@@ -94,6 +96,24 @@ def test_gold_forwards_on_squeezed_rows_train_as_on_full_rows(tmp_path, tok, met
     assert_same(squeezed, full, method)
     np.testing.assert_allclose(m_sq["loss/total"], m_full["loss/total"], rtol=1e-5)
     assert Step.of(run_lib.stage_config(cfg, method, "/unused")).with_data(data).gold_length == data.longest_row()
+
+
+@pytest.mark.parametrize("method", ["sft", "kd", "jsd", "taid"])
+def test_packed_gold_forwards_train_as_unpacked(tmp_path, tok, method):
+    """``data.packing``: the batch's examples packed end to end in rows of 3 x the longest row's slots (each
+    its own segment, positions from 0, several to a row) give the unpacked step's loss, gradient norm and
+    parameters after 3 steps, with the LM term."""
+    cfg, data, teacher, student = tiny_setup(tmp_path, tok, varied=True)
+    cfg.method = method
+    cfg.loss[method].lm_coef = 0.5
+    longest = data.longest_row()
+    whole, m_whole = three_steps(cfg, data, teacher, student, 8, gold_length=longest)
+    packed, m_packed = three_steps(cfg, data, teacher, student, 8, packing=3 * longest)
+    for k in whole:
+        np.testing.assert_allclose(np.asarray(packed[k]), np.asarray(whole[k]), atol=1e-5, err_msg=f"{method} {k}")
+    for k in ("loss/total", "grad_norm", f"loss/{method}"):
+        np.testing.assert_allclose(m_packed[k], m_whole[k], rtol=1e-5, atol=1e-6, err_msg=k)
+    assert D.Batches(data, 4, 0).packed(3 * longest, 3) < 4  # rows hold several examples
 
 
 @pytest.mark.parametrize("method, samples", [("sft", True), ("kd", True), ("gkd", True), ("dpkd", True),

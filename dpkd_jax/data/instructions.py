@@ -16,6 +16,7 @@ import os
 import re
 
 import numpy as np
+from . import packing as packing_lib
 from ..errors import InputError
 
 PROMPT_NO_INPUT = ("Below is an instruction that describes a task. Write a response that appropriately "
@@ -281,6 +282,27 @@ class Batches:
         self.data, self.batch_size, self.seed, self.extra = data, batch_size, seed, extra
         self.epoch, self.index = 0, 0
         self.dropped_per_epoch = len(data) % batch_size
+        self.packing = None  # (length, rows): each batch also carries its packing (``data.packing``)
+
+    def indices(self, steps: int) -> list:
+        """The example indices of the next ``steps`` batches; the position is left where it is."""
+        n, bs = len(self.data) // self.batch_size, self.batch_size
+        epoch, index, out, orders = self.epoch, self.index, [], {}
+        for _ in range(steps):
+            if index >= n:
+                epoch, index = epoch + 1, 0
+            if epoch not in orders:
+                orders[epoch] = np.random.default_rng([self.seed, epoch]).permutation(len(self.data))
+            out.append(orders[epoch][index * bs:(index + 1) * bs])
+            index += 1
+        return out
+
+    def packed(self, length: int, steps: int) -> int:
+        """Pack every batch from here on into rows of ``length`` slots: as many rows as the most any
+        of the next ``steps`` batches needs (static: one compiled step). Returns that row count."""
+        rows = packing_lib.rows_needed(self.data, self.indices(steps), length)
+        self.packing = (length, rows)
+        return rows
 
     def state(self):
         return {"epoch": self.epoch, "index": self.index}
@@ -303,4 +325,7 @@ class Batches:
                  "example_ids": idx.astype(np.int32)}
         if self.extra is not None:
             batch.update({k: v[idx] for k, v in self.extra.items()})
+        if self.packing is not None:
+            plan = packing_lib.plan(batch["prompt_mask"], batch["response_mask"], *self.packing)
+            batch.update({f"packing.{k}": v for k, v in plan.items()})
         return batch

@@ -122,9 +122,9 @@ class Decoder:
         from slot ``cache_index``): a teacher-forced forward that reads what an earlier one wrote."""
         return self.module(params).hidden(tokens, positions, attention_mask, cache, cache_index)
 
-    def features(self, params, tokens, positions, attention_mask, layers):
+    def features(self, params, tokens, positions, attention_mask, layers, segment_ids=None):
         """(final hidden, per-layer residual streams ``[K, B, T, D]`` of ``layers``), one forward."""
-        return self.module(params).hidden_and_features(tokens, positions, attention_mask, layers)
+        return self.module(params).hidden_and_features(tokens, positions, attention_mask, layers, segment_ids)
 
     def head(self, params, x):
         return self.module(params).head_logits(x)

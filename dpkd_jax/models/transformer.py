@@ -159,11 +159,11 @@ class CausalLM(nnx.Module):
         x, cache, _ = self._run(tokens, positions, attention_mask, cache, cache_index, (), segment_ids)
         return x, cache
 
-    def hidden_and_features(self, tokens, positions, attention_mask, layers: tuple):
+    def hidden_and_features(self, tokens, positions, attention_mask, layers: tuple, segment_ids=None):
         """(final hidden ``[B, T, D]``, the residual stream after each block in ``layers``
         ``[K, B, T, D]``) from one forward: the intermediates come out of the layer scan as its
         per-layer output (what ``sow`` gives an unscanned module; feature distillation reads them)."""
-        x, _, feats = self._run(tokens, positions, attention_mask, None, 0, tuple(layers))
+        x, _, feats = self._run(tokens, positions, attention_mask, None, 0, tuple(layers), segment_ids)
         return x, feats
 
     def _run(self, tokens, positions, attention_mask, cache, cache_index, collect, segment_ids=None):

@@ -154,8 +154,13 @@ class Context:
             prompt_ids, prompt_mask = self.prompt(m)
             args = (decoder, params, tile(prompt_ids), tile(prompt_mask), ids, mask)
             # gold rows in the batch's own tokens have a known longest row: fewer slots, the same outputs
-            length = self.layout.gold_length if rs == [Response.GOLD] and m not in self.views else None
-            if m in self.feature_layers:  # the same forward also gives the chosen layers' outputs
+            own_gold = rs == [Response.GOLD] and m not in self.views
+            length = self.layout.gold_length if own_gold else None
+            if own_gold and self.batch.packing is not None:  # packed rows: the same outputs, less padding
+                out, feats = self._packed(m, decoder, params)
+                if feats is not None:
+                    self._features[(m, r)] = feats if m is Model.STUDENT else jax.lax.stop_gradient(feats)
+            elif m in self.feature_layers:  # the same forward also gives the chosen layers' outputs
                 out, feats = sampling.response_features(*args, self.feature_layers[m], length=length)
                 feats = feats if m is Model.STUDENT else jax.lax.stop_gradient(feats)
                 for x, n, part in zip(rs, lengths, jnp.split(feats, k, axis=1)):
@@ -168,6 +173,12 @@ class Context:
             for x, n, part in zip(rs, lengths, jnp.split(out, k, axis=0)):
                 self._hidden[(m, x)] = part[:, :n]
         return self._hidden[key]
+
+    def _packed(self, m: Model, decoder, params):
+        """(hidden ``[B, R, D]``, features or None) of the gold response from the batch's packed rows."""
+        b, layers = self.batch, self.feature_layers.get(m)
+        out = sampling.packed_hidden(decoder, params, b.prompt_ids, b.response_ids, b.packing, layers)
+        return out if layers is not None else (out, None)
 
     def first_position(self, m: Model):
         """Model ``m``'s final hidden state at the last prompt position ``[B, 1, D]`` (it predicts a

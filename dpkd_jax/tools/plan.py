@@ -76,11 +76,15 @@ def model_config(path, dtype, compute_dtype, field, scan_layers=True, **override
     return cfg.replace(**overrides) if overrides else cfg
 
 
-def run_model_configs(cfg, vocab=0):
+def run_model_configs(cfg, vocab=0, models=None):
     """(teacher, student) Configs exactly as the run builds them (``pipeline.model_options``), so the
     planned step is the run's own program: its compile is the one the run loads from the persistent
-    compilation cache. ``vocab`` > 0: the tokenizers' shared vocabulary, else the smaller model's rows."""
-    from ..pipeline import model_options
+    compilation cache. ``vocab`` > 0: the tokenizers' shared vocabulary, else the smaller model's rows.
+    ``models``: the run's own (teacher, student) Configs, for models built in-process (the demo), with
+    ``config.model``'s execution fields applied (a variant the check tries changes them)."""
+    from ..pipeline import attention_options, model_options
+    if models is not None:
+        return tuple(m.replace(remat=cfg.model.remat, **attention_options(cfg.model)) for m in models)
     paths = {"teacher": cfg.teacher.path, "student": cfg.student.path}
     if not vocab:
         raw = [model_config(paths[r], "float32", "float32", f"{r}.path").vocab_size for r in paths]
@@ -108,12 +112,13 @@ def topology_devices(name):
                          "(pip install libtpu) and a name like v5e:2x4, v4:2x2x2 or v5p:2x2x2") from e
 
 
-def plan_one(cfg, mesh_sizes, devices, batch_per_replica=0, vocab=0, data=None):
+def plan_one(cfg, mesh_sizes, devices, batch_per_replica=0, vocab=0, data=None, models=None):
     """Per-device bytes of one compiled train step on ``devices`` (a count of this host's devices, or
     a list such as :func:`topology_devices` gives). ``batch_per_replica`` > 0: the global batch is that
     times the data-parallel size; ``vocab`` > 0: the real vocabulary (else the smaller model's rows);
     ``data``: the run's training rows (``data.Tokenized``), whose longest row bounds the gold forwards
-    as in the run (``specs.Step.with_data``): the step then compiles to the run's own program."""
+    as in the run (``specs.Step.with_data``): the step then compiles to the run's own program;
+    ``models``: see :func:`run_model_configs`."""
     import jax
     import numpy as np
     from .. import sharding
@@ -124,7 +129,7 @@ def plan_one(cfg, mesh_sizes, devices, batch_per_replica=0, vocab=0, data=None):
     devices = jax.devices()[:devices] if isinstance(devices, int) else list(devices)
     placement = sharding.Placement({**dict(cfg.mesh), **mesh_sizes}, devices=devices)
     mesh = placement.mesh
-    t_cfg, s_cfg = run_model_configs(cfg, vocab)
+    t_cfg, s_cfg = run_model_configs(cfg, vocab, models)
     teacher, student = decoder_for(t_cfg, placement.rules("teacher")), decoder_for(s_cfg, placement.rules("student"))
     spec = _planned_spec(cfg, mesh, batch_per_replica, data, (s_cfg, t_cfg))
     sharding.check_heads(t_cfg.n_heads, mesh, "teacher")
@@ -164,6 +169,46 @@ def plan_one(cfg, mesh_sizes, devices, batch_per_replica=0, vocab=0, data=None):
             "temp": int(mem.temp_size_in_bytes),
             "total": int(mem.argument_size_in_bytes + mem.output_size_in_bytes - mem.alias_size_in_bytes
                          + mem.temp_size_in_bytes)}
+
+
+def plan_generation(cfg, mesh_sizes, devices, role="student", batch=0, sampler=None, vocab=0, models=None):
+    """Per-device bytes of one model's generation (``sampling.generate_stepwise``: the prefill and the
+    last, widest decode chunk, compiled as evaluation runs them) for ``batch`` prompts of
+    ``data.max_prompt_length`` tokens (default ``eval.batch_size``) with ``sampler``'s options (a
+    ``config.eval``- or ``config.gen``-like section; default ``config.eval``):
+    ``{"total", "temp", "kv_cache"}`` of the larger program."""
+    import jax
+    import numpy as np
+    from .. import sampling, sharding
+    from ..models import decoder_for
+    devices = jax.devices()[:devices] if isinstance(devices, int) else list(devices)
+    placement = sharding.Placement({**dict(cfg.mesh), **mesh_sizes}, devices=devices)
+    model_cfg = run_model_configs(cfg, vocab, models)[0 if role == "teacher" else 1]
+    decoder = decoder_for(model_cfg, placement.rules(role))
+    p_sh = placement.params(decoder.info, role)
+    params = {n: jax.ShapeDtypeStruct(i.shape, i.dtype, sharding=p_sh[n]) for n, i in decoder.info.items()}
+    g = sampler or cfg.eval
+    B, P, N = batch or cfg.eval.batch_size, cfg.data.max_prompt_length, int(g.max_new_tokens)
+    mesh = placement.mesh
+    row_sh = sharding.batch_sharding(mesh) if B % sharding.data_parallel_size(mesh) == 0 else sharding.replicated(mesh)
+    ids = jax.ShapeDtypeStruct((B, P), np.int32, sharding=row_sh)
+    prefill = sampling._prefill_jit.lower(decoder, params, ids, ids, N).compile()
+    state = jax.tree.map(lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh),
+                         jax.eval_shape(lambda p, i: sampling.prefill(decoder, p, i, i, N), params, ids),
+                         prefill.output_shardings)
+    start, stop = sampling.chunks(N)[-1]
+    chunk = sampling._chunk_jit.lower(decoder, params, state, jax.ShapeDtypeStruct((2,), np.uint32), start=start,
+                                      stop=stop, prompt_len=P, eos_token_id=int(cfg.gen.eos_token_id),
+                                      pad_token_id=int(cfg.gen.pad_token_id), temperature=np.float32(g.temperature),
+                                      top_k=int(g.top_k), top_p=float(g.top_p), greedy=bool(g.get("greedy", False))
+                                      ).compile()
+    rows = [_bytes(c.memory_analysis()) for c in (prefill, chunk)]
+    return {**max(rows, key=lambda r: r["total"]), "kv_cache": kv_cache_bytes(model_cfg, mesh, B, P + N)}
+
+
+def _bytes(mem):
+    return {"temp": int(mem.temp_size_in_bytes), "total": int(mem.argument_size_in_bytes + mem.output_size_in_bytes
+                                                               - mem.alias_size_in_bytes + mem.temp_size_in_bytes)}
 
 
 def _planned_spec(cfg, mesh, batch_per_replica, data, model_cfgs):

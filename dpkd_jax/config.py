@@ -72,7 +72,10 @@ def default_config():
         # across tokenizers: the teacher's own prompt template ("" = data.template)
         "teacher_template": "",
         # multi-teacher: the field of each training row that names its teacher (a key of teacher.paths)
-        "teacher_field": ""})
+        "teacher_field": "",
+        # teacher-forced methods: each step's examples packed end to end in rows of the data's longest row
+        # (own segment ids, positions from 0; data/packing.py): the same losses, fewer padded slots
+        "packing": False})
     c.train = _train_block()
     # Device mesh (sharding.py): -1 takes the remaining devices. shard_student=False keeps a
     # small student whole on every device (pure data parallel); the teacher is always split.
@@ -178,6 +181,7 @@ def validate(c):
     objective = objectives.build(c.method, c.loss)  # unknown method or a bad field of its block: named
     _check_teacher_cache(c, objective)
     _check_feature(c, objective)
+    _check_packing(c, objective)
     if c.mode not in ("train", "eval", "generate", "check"):
         fail("mode", f"must be train, eval, generate or check, got {c.mode!r}")
     if c.data.max_prompt_length >= c.data.max_length:
@@ -282,6 +286,25 @@ def _check_feature(c, objective):
     if not have[feature.response.value]:
         _fail("loss.feature.response", f"{c.method} does not sample the {feature.response.value}'s responses; use "
                                        f"response=gold or a method that does")
+
+
+def _check_packing(c, objective):
+    """``data.packing`` lays out the gold responses of a teacher-forced method's own forwards."""
+    if not c.data.packing:
+        return
+    needs = objective.needs
+    if needs.student_samples or needs.teacher_samples or objective.own_update:
+        forced = sorted(m for m in objectives.OBJECTIVES if _teacher_forced(objectives.build(m, c.loss)))
+        _fail("data.packing", f"{c.method} generates the responses it trains on and does not pack; packing serves the "
+                              f"teacher-forced methods ({', '.join(forced)})")
+    if c.train.micro_batch:
+        _fail("data.packing", f"packed rows are laid out for the whole batch; train.micro_batch={c.train.micro_batch!r} "
+                              "would split them (use one or the other)")
+
+
+def _teacher_forced(objective) -> bool:
+    needs = objective.needs
+    return not (needs.student_samples or needs.teacher_samples or objective.own_update)
 
 
 def _check_model_path(field, path):

@@ -179,6 +179,8 @@ def one_teacher(run, cfg, spec, student, placed):
     """(batches, step) of a one-teacher run (across tokenizers: the wrapped step)."""
     train_data, extra, step_teacher = row_extras(run, cfg, spec, placed.teacher_params)
     batches = data_lib.Batches(train_data, spec.batch_size, cfg.seed, extra or None)
+    if cfg.data.packing:
+        pack(batches, spec, run.placement.mesh, cfg.method)
     step_fn = make_step(spec, student, run.teacher[0], placed.tx, step_teacher, placed.ref_params, placed.shardings)
     if run.teacher_tokenizer is not None:
         sides = cross_tokenizer.Sides(run.tokenizer, run.teacher_tokenizer, data_lib.end_token_id(
@@ -201,6 +203,8 @@ def routed_teachers(run, cfg, spec, student, placed):
         sub = dataclasses.replace(run, teacher=(decoder, params), train=data)
         data, extra, step_teacher = row_extras(sub, cfg, spec, params, tag=f"_{name}")
         groups[name] = data_lib.Batches(data, spec.batch_size, cfg.seed, extra or None)
+        if cfg.data.packing:
+            pack(groups[name], spec, run.placement.mesh, f"{cfg.method} ({name})")
         steps[name] = make_step(spec, student, decoder, placed.tx, step_teacher, placed.ref_params, sh)
     batches = teachers.GroupedBatches(groups, cfg.seed)
 
@@ -212,6 +216,16 @@ def routed_teachers(run, cfg, spec, student, placed):
             counts[f"teacher_kl/{name}"] = metrics["opd/teacher_kl"]
         return state, {**metrics, **counts}
     return batches, step
+
+
+def pack(batches, spec, mesh, desc):
+    """``data.packing``: every batch's gold forward on packed rows of the data's longest row (static: enough
+    rows for a batch of the data's mean length; batches are grouped to fit), with the slots saved said once."""
+    length = spec.gold_length or batches.data.prompt_ids.shape[1] + batches.data.response_ids.shape[1]
+    rows = batches.packed(length, sharding.data_parallel_size(mesh))
+    print(f"{desc}: packing {spec.batch_size} examples per step into {rows} rows of {length} slots "
+          f"({rows * length} slots instead of {spec.batch_size * length}); packing/efficiency in the log is real "
+          "tokens over packed slots", flush=True)
 
 
 class Saver:

@@ -67,6 +67,13 @@ def test_config_errors_are_one_line(good, flag, culprit):
     assert_user_error(run(good(), flag, "--config.mode=check"), culprit)
 
 
+def test_packing_errors_name_the_method_and_the_micro_batch(good):
+    assert_user_error(run(good(), "--config.data.packing=True", "--config.method=dpkd", "--config.mode=check"),
+                      "config.data.packing: dpkd generates the responses it trains on and does not pack", "sft, ")
+    assert_user_error(run(good(), "--config.data.packing=True", "--config.method=sft", "--config.train.micro_batch=2",
+                          "--config.mode=check"), "config.data.packing:", "train.micro_batch=2")
+
+
 def test_traceback_flag_shows_the_traceback(good):
     r = run(good(), "--config.loss.dpkd.beta=-1.0", "--traceback")
     assert r.returncode != 0 and "Traceback" in r.stderr and "config.loss.dpkd.beta" in r.stderr

@@ -31,12 +31,13 @@ def three_steps(cfg, data, teacher, student, chunk, extra=None, teacher_params=T
     step = make_step(spec, s_dec, t_dec, tx, t_params if teacher_params else None, s_params)
     state = init_state(s_dec, jax.tree.map(jnp.copy, s_params), tx, spec.objective)
     batches = D.Batches(data, 4, 0, extra)
-    if kw.get("packing"):
-        batches.packed(kw["packing"], 3)
+    if kw.get("packing"):  # the batches grouped to fit packed rows; "unpacked": the same batches, unpacked
+        batches.packed(kw["packing"])
     r = np.random.default_rng(0)
     lm = r.integers(0, 500, (4, 12)).astype(np.int32)
     for i in range(3):
-        rows = {k: v for k, v in batches.next().items() if k != "example_ids"}
+        rows = {k: v for k, v in batches.next().items() if k != "example_ids"
+                and not (kw.get("unpacked") and k.startswith("packing."))}
         given = given_samples(spec, r) if samples else {}
         state, m = step(state, Batch.of(dict(rows, lm_ids=lm, **given)), jax.random.PRNGKey(i))
     return state["params"], m
@@ -107,13 +108,14 @@ def test_packed_gold_forwards_train_as_unpacked(tmp_path, tok, method):
     cfg.method = method
     cfg.loss[method].lm_coef = 0.5
     longest = data.longest_row()
-    whole, m_whole = three_steps(cfg, data, teacher, student, 8, gold_length=longest)
+    whole, m_whole = three_steps(cfg, data, teacher, student, 8, gold_length=longest, packing=3 * longest,
+                                 unpacked=True)
     packed, m_packed = three_steps(cfg, data, teacher, student, 8, packing=3 * longest)
     for k in whole:
         np.testing.assert_allclose(np.asarray(packed[k]), np.asarray(whole[k]), atol=1e-5, err_msg=f"{method} {k}")
     for k in ("loss/total", "grad_norm", f"loss/{method}"):
         np.testing.assert_allclose(m_packed[k], m_whole[k], rtol=1e-5, atol=1e-6, err_msg=k)
-    assert D.Batches(data, 4, 0).packed(3 * longest, 3) < 4  # rows hold several examples
+    assert D.Batches(data, 4, 0).packed(3 * longest) < 4  # rows hold several examples
 
 
 @pytest.mark.parametrize("method, samples", [("sft", True), ("kd", True), ("gkd", True), ("dpkd", True),

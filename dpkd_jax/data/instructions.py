@@ -283,26 +283,7 @@ class Batches:
         self.epoch, self.index = 0, 0
         self.dropped_per_epoch = len(data) % batch_size
         self.packing = None  # (length, rows): each batch also carries its packing (``data.packing``)
-
-    def indices(self, steps: int) -> list:
-        """The example indices of the next ``steps`` batches; the position is left where it is."""
-        n, bs = len(self.data) // self.batch_size, self.batch_size
-        epoch, index, out, orders = self.epoch, self.index, [], {}
-        for _ in range(steps):
-            if index >= n:
-                epoch, index = epoch + 1, 0
-            if epoch not in orders:
-                orders[epoch] = np.random.default_rng([self.seed, epoch]).permutation(len(self.data))
-            out.append(orders[epoch][index * bs:(index + 1) * bs])
-            index += 1
-        return out
-
-    def packed(self, length: int, steps: int) -> int:
-        """Pack every batch from here on into rows of ``length`` slots: as many rows as the most any
-        of the next ``steps`` batches needs (static: one compiled step). Returns that row count."""
-        rows = packing_lib.rows_needed(self.data, self.indices(steps), length)
-        self.packing = (length, rows)
-        return rows
+        self._epoch_batches = (None, [])
 
     def state(self):
         return {"epoch": self.epoch, "index": self.index}
@@ -310,14 +291,51 @@ class Batches:
     def restore(self, state):
         self.epoch, self.index = int(state["epoch"]), int(state["index"])
 
-    def _order(self):
-        return np.random.default_rng([self.seed, self.epoch]).permutation(len(self.data))
+    def _order(self, epoch):
+        return np.random.default_rng([self.seed, epoch]).permutation(len(self.data))
+
+    def batches_of(self, epoch) -> list:
+        """The index arrays of an epoch's batches: its shuffled order cut in batch_size pieces, or
+        packed, grouped so every batch fits the packed rows (``packing.group``)."""
+        if self._epoch_batches[0] != epoch:
+            order, bs = self._order(epoch), self.batch_size
+            if self.packing is None:
+                found = [order[i * bs:(i + 1) * bs] for i in range(len(order) // bs)]
+            else:
+                lengths = packing_lib.example_lengths(self.data.prompt_mask, self.data.response_mask)
+                found, self.dropped_per_epoch = packing_lib.group(order, lengths, bs, *self.packing)
+                if not found:
+                    raise InputError(f"data.packing: no batch of {bs} examples fits {self.packing[1]} rows of "
+                                     f"{self.packing[0]} slots")
+            self._epoch_batches = (epoch, found)
+        return self._epoch_batches[1]
+
+    def indices(self, steps: int) -> list:
+        """The example indices of the next ``steps`` batches; the position is left where it is."""
+        epoch, index, out = self.epoch, self.index, []
+        for _ in range(steps):
+            if index >= len(self.batches_of(epoch)):
+                epoch, index = epoch + 1, 0
+            out.append(self.batches_of(epoch)[index])
+            index += 1
+        return out
+
+    def packed(self, length: int, multiple: int = 1) -> int:
+        """Pack every batch into rows of ``length`` slots: enough rows for ``batch_size`` examples of the
+        data's mean length with room (``packing.rows_for``; static: one compiled step), rounded up to
+        ``multiple`` (the data-parallel devices, which split the rows); each epoch's order is then grouped
+        into batches that fit them. Returns the row count."""
+        lengths = packing_lib.example_lengths(self.data.prompt_mask, self.data.response_mask)
+        rows = packing_lib.rows_for(lengths, self.batch_size, length)
+        self.packing = (length, -(-rows // multiple) * multiple)
+        self._epoch_batches = (None, [])
+        self.batches_of(self.epoch)  # this epoch's grouping now: its leftover count, or the error
+        return self.packing[1]
 
     def next(self):
-        n = len(self.data) // self.batch_size
-        if self.index >= n:
+        if self.index >= len(self.batches_of(self.epoch)):
             self.epoch, self.index = self.epoch + 1, 0
-        idx = self._order()[self.index * self.batch_size:(self.index + 1) * self.batch_size]
+        idx = self.batches_of(self.epoch)[self.index]
         self.index += 1
         d = self.data
         batch = {"prompt_ids": d.prompt_ids[idx], "prompt_mask": d.prompt_mask[idx],

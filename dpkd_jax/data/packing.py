@@ -2,14 +2,16 @@
 
 A batch keeps its ``B`` examples (prompt and gold response, as unpacked); packing only changes the
 teacher-forced forward. Each example's real tokens (the left-padded prompt's and the right-padded
-response's, contiguous in the ``[B, P + R]`` row) go to one row of ``rows`` packed rows at an
-offset (first-fit decreasing); positions restart at 0 per example, each example is its own
-segment (0: padding), and attention stays within a segment. ``picks`` maps every response token
-back to the packed slot whose output predicts it, so every loss sees the same ``[B, R]`` values
-as unpacked and is reduced per example exactly as unpacked.
+response's, contiguous in the ``[B, P + R]`` row) go to one of ``rows`` packed rows at an offset
+(first fit); positions restart at 0 per example, each example is its own segment (0: padding), and
+attention stays within a segment. ``picks`` maps every response token back to the packed slot whose
+output predicts it, so every loss sees the same ``[B, R]`` values as unpacked and is reduced per
+example exactly as unpacked.
 
-``rows`` is static (one compiled step): the most rows any batch of the run needs
-(:func:`rows_needed`, from the batches the run will draw).
+``rows`` is static (one compiled step): enough for ``B`` examples of the data's mean length with some
+room (:func:`rows_for`). Each epoch's shuffled order is grouped into batches that fit them
+(:func:`group`): an example that does not fit the batch being filled waits for the next one, so a
+batch is never cut and the order stays a function of the seed and the epoch.
 """
 
 from __future__ import annotations
@@ -20,9 +22,9 @@ from ..errors import InputError
 
 
 def first_fit(lengths, capacity: int) -> list[list[int]]:
-    """Indices of ``lengths`` grouped into bins of at most ``capacity`` (first-fit decreasing)."""
+    """Indices of ``lengths`` grouped, in their order, into bins of at most ``capacity`` (first fit)."""
     bins, room = [], []
-    for i in sorted(range(len(lengths)), key=lambda i: -int(lengths[i])):
+    for i in range(len(lengths)):
         n = int(lengths[i])
         if n > capacity:
             raise InputError(f"data.packing: an example of {n} tokens is longer than the packed rows' {capacity} slots")
@@ -66,11 +68,43 @@ def plan(prompt_mask, response_mask, length: int, rows: int) -> dict:
     return {"src": src, "positions": pos, "segments": seg, "picks": picks}
 
 
-def rows_needed(data, batch_indices, length: int) -> int:
-    """The most packed rows of ``length`` slots any of ``batch_indices`` (index arrays into ``data``,
-    a ``data.Tokenized``) needs."""
-    lengths = example_lengths(data.prompt_mask, data.response_mask)
-    return max((len(first_fit(lengths[idx], length)) for idx in batch_indices), default=1)
+def rows_for(lengths, batch_size: int, length: int, room: float = 1.15) -> int:
+    """Packed rows per step: ``batch_size`` examples of the mean length, with ``room`` to spare."""
+    mean = float(np.mean(lengths)) if len(lengths) else 1.0
+    return int(min(batch_size, max(1, np.ceil(room * batch_size * mean / length))))
+
+
+class _Filling:
+    """The batch being filled: its members and the room left in each of its rows."""
+
+    def __init__(self, rows, length):
+        self.members, self.room = [], [length] * rows
+
+    def add(self, i, n) -> bool:
+        k = next((k for k, r in enumerate(self.room) if r >= n), None)
+        if k is not None:
+            self.members.append(i)
+            self.room[k] -= n
+        return k is not None
+
+
+def group(order, lengths, batch_size: int, length: int, rows: int) -> tuple[list, int]:
+    """(batches of ``order``'s indices that each fit ``rows`` rows of ``length`` slots in first fit,
+    the count left over at the end). An example that does not fit the batch being filled waits, and
+    each new batch first takes the waiting ones that fit, in order."""
+    batches, waiting, cur = [], [], _Filling(rows, length)
+
+    def take(i) -> bool:  # into the batch being filled, if it has a place and room
+        return len(cur.members) < batch_size and cur.add(i, int(lengths[i]))
+
+    for i in order:
+        if not take(i):
+            waiting.append(i)
+        while len(cur.members) == batch_size:
+            batches.append(np.asarray(cur.members))
+            cur = _Filling(rows, length)
+            waiting[:] = [j for j in waiting if not take(j)]
+    return batches, len(cur.members) + len(waiting)
 
 
 def efficiency(segments) -> float:

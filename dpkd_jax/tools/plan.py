@@ -149,7 +149,8 @@ def plan_one(cfg, mesh_sizes, devices, batch_per_replica=0, vocab=0, data=None, 
     B, P, L = spec.batch_size, cfg.data.max_prompt_length, cfg.data.max_length
     i32 = lambda *shape: jax.ShapeDtypeStruct(shape, np.int32, sharding=sh["batch"])
     lm = i32(B, cfg.data.lm_seq_len) if spec.objective.lm_coef > 0 and cfg.data.pretrain else None
-    batch = Batch(i32(B, P), i32(B, P), i32(B, L - P), i32(B, L - P), lm_ids=lm)
+    batch = Batch(i32(B, P), i32(B, P), i32(B, L - P), i32(B, L - P), lm_ids=lm,
+                  packing=_planned_packing(cfg, spec, data, sharding.data_parallel_size(mesh), i32))
     rng = jax.ShapeDtypeStruct((2,), np.uint32, sharding=sh["replicated"])
     # the teacher's weights (and a reference model's) are arguments, as in a run
     ref = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), s_abs, sh["ref"]) \
@@ -209,6 +210,20 @@ def plan_generation(cfg, mesh_sizes, devices, role="student", batch=0, sampler=N
 def _bytes(mem):
     return {"temp": int(mem.temp_size_in_bytes), "total": int(mem.argument_size_in_bytes + mem.output_size_in_bytes
                                                                - mem.alias_size_in_bytes + mem.temp_size_in_bytes)}
+
+
+def _planned_packing(cfg, spec, data, dp, i32):
+    """``data.packing``: the packed rows' shapes as the run lays them out (``loop.pack``) for ``data``,
+    else one row per example."""
+    if not cfg.data.packing:
+        return None
+    from ..batch import Packing
+    from ..data import Batches
+    length = spec.gold_length or cfg.data.max_length
+    rows = Batches(data, spec.batch_size, cfg.seed).packed(length, dp) if data is not None else \
+        -(-spec.batch_size // dp) * dp
+    return Packing(i32(rows, length), i32(rows, length), i32(rows, length),
+                   i32(spec.batch_size, cfg.data.max_length - cfg.data.max_prompt_length))
 
 
 def _planned_spec(cfg, mesh, batch_per_replica, data, model_cfgs):

@@ -100,19 +100,19 @@ def run_demo(cfg):
             return params
         return run_lib.train_stage(run, c, model, params, desc=name, init=init).params
 
-    s_arch = prune(models.decoder_for(arch, run.placement.rules("student")), t_params, keep)[0].config
-    configs = stage_configs(cfg, (arch, s_arch), run)  # the memory check, before any training
-    sft = configs.pop("teacher")
-    t_params = stage("teacher_sft", sft, t_cfg, t_params)
+    sft = run_lib.stage_config(cfg, "sft", os.path.join(wd, "teacher"), steps=d.teacher_steps, lr=d.teacher_lr)
+    t_params = stage("teacher_sft", checked(sft, run, (arch, arch)), t_cfg, t_params)
     run = run.with_teacher(t_cfg, t_params)
     s_cfg, s_init = prune(models.decoder_for(arch, run.placement.rules("student")), t_params, keep)
     ev = lambda model, params, tag: run_lib.evaluate(run, model, params, tag, os.path.join(wd, "eval"))
     results = {"teacher": [ev(t_cfg, t_params, "teacher")], "student at start (pruned teacher)":
                [ev(s_cfg, s_init, "student_init")]}
-    for method in d.methods:
+    for i, method in enumerate(d.methods):
         results[method] = []
+        base = checked(run_lib.stage_config(cfg, method, os.path.join(wd, method), steps=d.distill_steps,
+                                            lr=d.distill_lr), run, (arch, s_cfg.config), generation=i == 0)
         for seed in d.seeds:  # one compiled step serves every seed (train.make_step)
-            c = run_lib.stage_config(configs[method], method, os.path.join(wd, method, f"seed{seed}"), seed=seed)
+            c = run_lib.stage_config(base, method, os.path.join(wd, method, f"seed{seed}"), seed=seed)
             params = stage(f"{method} seed {seed}", c, s_cfg, s_init, init=s_init)
             results[method].append(ev(s_cfg, params, f"{method}_seed{seed}"))
             if jax.process_index() == 0 and seed == d.seeds[0]:
@@ -132,23 +132,13 @@ def run_demo(cfg):
     return results
 
 
-def stage_configs(cfg, archs, run):
-    """``{"teacher": the teacher's sft stage, method: its distillation stage}``, each checked against the device
-    before any training (``pipeline.fitted``: its step, and once the evaluation's generation, compiled as the
-    stage will run them) with ``train.micro_batch`` resolved; ``archs``: the (teacher, student) Configs."""
-    d, wd = cfg.demo, cfg.workdir
-    out = {"teacher": run_lib.stage_config(cfg, "sft", os.path.join(wd, "teacher"), steps=d.teacher_steps,
-                                       lr=d.teacher_lr)}
-    out.update({m: run_lib.stage_config(cfg, m, os.path.join(wd, m), steps=d.distill_steps, lr=d.distill_lr)
-                for m in d.methods})
-    if not cfg.check.memory:
-        return out
-    teacher, student = archs
-    for i, (name, c) in enumerate(out.items()):
-        models = (teacher, teacher) if name == "teacher" else archs  # the teacher trains in its sft stage
-        if c.train.steps:
-            out[name] = fitted(c, run.placement, {"data": run.train, "models": models}, generation=i == 1)
-    return out
+def checked(c, run, archs, generation=False):
+    """A stage's config checked against the device right before the stage runs (``pipeline.fitted``: its
+    step, and with ``generation`` the evaluations' generation, compiled as the stage then runs them), with
+    ``train.micro_batch`` resolved; ``archs``: the stage's (teacher, student) Configs."""
+    if not c.check.memory or not c.train.steps:
+        return c
+    return fitted(c, run.placement, {"data": run.train, "models": archs}, generation)
 
 
 def gap_table(results, steps):

@@ -64,16 +64,12 @@ def fail(message: str, status: int):
 
 def compile_cache(path):
     """JAX's persistent compilation cache at ``path`` (``config.compile_cache``; "" leaves JAX's own setting):
-    steps compiled by an earlier run of the same shapes are loaded instead of compiled, and so are the
-    programs the start-up memory check compiled (``memory.fit``): every program is kept, not only those
-    over JAX's default second of compile time, so the run compiles nothing the check did."""
+    steps compiled by an earlier run of the same shapes are loaded instead of compiled."""
     if not path:
         return
     import jax
     jax.config.update("jax_compilation_cache_dir", os.path.expanduser(path))
     jax.config.update("jax_compilation_cache_max_size", 4 << 30)  # least recently used entries go beyond 4 GiB
-    if "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS" not in os.environ:
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 
 
 def run(cfg):

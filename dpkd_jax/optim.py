@@ -78,6 +78,7 @@ class Optim:
 
 
 @functools.lru_cache(maxsize=64)
+@functools.lru_cache(maxsize=16)  # one transformation per spec: the step compiled for it (train._compiled) is found again
 def build(spec: Optim):
     """AdamW (decay masked off biases/norms by the parameter kinds), global-norm clipping,
     gradient accumulation; outermost, ``apply_if_finite`` skips any step whose gradients hold

@@ -130,7 +130,8 @@ def plan_one(cfg, mesh_sizes, devices, batch_per_replica=0, vocab=0, data=None, 
     placement = sharding.Placement({**dict(cfg.mesh), **mesh_sizes}, devices=devices)
     mesh = placement.mesh
     t_cfg, s_cfg = run_model_configs(cfg, vocab, models)
-    teacher, student = decoder_for(t_cfg, placement.rules("teacher")), decoder_for(s_cfg, placement.rules("student"))
+    teacher, student = (decoder_for(c, placement.rules(role), _source(cfg, role, models))
+                        for c, role in ((t_cfg, "teacher"), (s_cfg, "student")))
     spec = _planned_spec(cfg, mesh, batch_per_replica, data, (s_cfg, t_cfg))
     sharding.check_heads(t_cfg.n_heads, mesh, "teacher")
     sharding.check_heads(s_cfg.n_heads, mesh, "student")
@@ -151,7 +152,7 @@ def plan_one(cfg, mesh_sizes, devices, batch_per_replica=0, vocab=0, data=None, 
     lm = i32(B, cfg.data.lm_seq_len) if spec.objective.lm_coef > 0 and cfg.data.pretrain else None
     batch = Batch(i32(B, P), i32(B, P), i32(B, L - P), i32(B, L - P), lm_ids=lm,
                   packing=_planned_packing(cfg, spec, data, sharding.data_parallel_size(mesh), i32))
-    rng = jax.ShapeDtypeStruct((2,), np.uint32, sharding=sh["replicated"])
+    rng = jax.ShapeDtypeStruct((2,), np.uint32)  # uncommitted, as the loop's fold_in key: the run finds this compile
     # the teacher's weights (and a reference model's) are arguments, as in a run
     ref = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), s_abs, sh["ref"]) \
         if spec.objective.needs.reference else None
@@ -185,7 +186,7 @@ def plan_generation(cfg, mesh_sizes, devices, role="student", batch=0, sampler=N
     devices = jax.devices()[:devices] if isinstance(devices, int) else list(devices)
     placement = sharding.Placement({**dict(cfg.mesh), **mesh_sizes}, devices=devices)
     model_cfg = run_model_configs(cfg, vocab, models)[0 if role == "teacher" else 1]
-    decoder = decoder_for(model_cfg, placement.rules(role))
+    decoder = decoder_for(model_cfg, placement.rules(role), _source(cfg, role, models))
     p_sh = placement.params(decoder.info, role)
     params = {n: jax.ShapeDtypeStruct(i.shape, i.dtype, sharding=p_sh[n]) for n, i in decoder.info.items()}
     g = sampler or cfg.eval
@@ -210,6 +211,17 @@ def plan_generation(cfg, mesh_sizes, devices, role="student", batch=0, sampler=N
 def _bytes(mem):
     return {"temp": int(mem.temp_size_in_bytes), "total": int(mem.argument_size_in_bytes + mem.output_size_in_bytes
                                                                - mem.alias_size_in_bytes + mem.temp_size_in_bytes)}
+
+
+def _source(cfg, role, models=None) -> str:
+    """The model's original config.json as the run's loader keeps it (part of the model's structure: the
+    planned step is then the run's own jitted step), "" for models without a folder."""
+    import json
+    from ..models import hf
+    path = (cfg.teacher if role == "teacher" else cfg.student).path
+    if models is not None or not (os.path.isfile(os.path.join(path, "config.json")) or hf.is_gguf(path)):
+        return ""
+    return json.dumps(hf.read_hf_config(path), sort_keys=True)
 
 
 def _planned_packing(cfg, spec, data, dp, i32):

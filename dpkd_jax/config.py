@@ -75,7 +75,10 @@ def default_config():
         "teacher_field": "",
         # teacher-forced methods: each step's examples packed end to end in rows of the data's longest row
         # (own segment ids, positions from 0; data/packing.py): the same losses, fewer padded slots
-        "packing": False})
+        "packing": False,
+        # instructions: Dolly-format JSONL (or hf:/tfds:); traces: JSONL of {prompt, thinking, answer}, the thinking
+        # as a Qwen3 <think> block (data/traces.py); trace_loss: all (thinking and answer trained on) or answer
+        "format": "instructions", "trace_loss": "all"})
     c.train = _train_block()
     # Device mesh (sharding.py): -1 takes the remaining devices. shard_student=False keeps a
     # small student whole on every device (pure data parallel); the teacher is always split.
@@ -186,6 +189,9 @@ def validate(c):
         fail("mode", f"must be train, eval, generate or check, got {c.mode!r}")
     if c.data.max_prompt_length >= c.data.max_length:
         fail("data.max_prompt_length", f"{c.data.max_prompt_length} must be < data.max_length={c.data.max_length}")
+    for field, choices in (("format", ("instructions", "traces")), ("trace_loss", data_lib.traces.LOSSES)):
+        if c.data[field] not in choices:
+            fail(f"data.{field}", f"must be one of {', '.join(choices)}, got {c.data[field]!r}")
     for field in ("template", "teacher_template"):
         if c.data[field] not in data_lib.TEMPLATES and (field == "template" or c.data[field]):
             fail(f"data.{field}", f"must be one of {', '.join(data_lib.TEMPLATES)}, got {c.data[field]!r}")

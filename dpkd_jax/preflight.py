@@ -156,8 +156,8 @@ def _check_data(cfg, tokenizer, say):
         if field:
             routing = teachers.route(full, field, tuple(cfg.teacher.paths), cfg.data.train)
             say(f"teachers by {field!r}: {routing.describe()} (train and dev rows)")
-    train = data_lib.split_dev(full, cfg.data.dev_num, cfg.seed)[0] if cfg.mode != "generate" and cfg.data.train \
-        else None
+    has_train = cfg.mode != "generate" and cfg.data.train and cfg.data.dev_num < len(full)
+    train = data_lib.split_dev(full, cfg.data.dev_num, cfg.seed)[0] if has_train else None
     for name, path in cfg.data.eval_sets.items():
         _, report = data_lib.load_instructions(path, tokenizer, **data_options(cfg), log=False)
         say(f"eval set {name}: {report}")

@@ -25,10 +25,12 @@ STANDINS = {
     "MiniLLM/init-gpt2-340M": ("gpt2", {}), "facebook/opt-13b": ("opt", {}), "facebook/opt-1.3b": ("opt", {}),
     "Qwen/Qwen2.5-7B-Instruct": ("qwen2", WIDE), "Qwen/Qwen2.5-1.5B-Instruct": ("qwen2", WIDE),
     "meta-llama/Llama-3.1-8B-Instruct": ("llama", WIDE), "meta-llama/Llama-3.2-1B-Instruct": ("llama", WIDE),
+    "Qwen/Qwen3-8B": ("qwen3_gqa8_headdim", dict(max_position_embeddings=16384)),
+    "Qwen/Qwen3-1.7B": ("qwen3_gqa8_headdim", dict(max_position_embeddings=16384)),
 }
 CONFIGS = ["demo.py", "gpt2_xl_to_base.py", "gpt2_xl_to_medium.py", "opt13b_to_1p3b.py", "qwen25_7b_to_1p5b.py",
            "llama31_8b_to_llama32_1b.py", "smollm2_pruned.py", "smollm2_pruned.py:cpu", "pair.py",
-           "smollm2_to_gemma3.py:cpu"]
+           "smollm2_to_gemma3.py:cpu", "qwen3_long_traces.py"]
 
 
 @pytest.fixture(scope="module")
@@ -42,6 +44,8 @@ def hub_cache(tmp_path_factory):
         tok.save_pretrained(str(folder))
         lay_out(root / "hub", repo, folder)
     rows = [l for l in open(os.path.join(DEMO, "train.jsonl"))][:40]
+    write_jsonl(root / "traces.jsonl", [{"prompt": f"Add {i} and 2.", "thinking": f"{i} plus 2.\n\nThat is {i + 2}.",
+                                         "answer": str(i + 2)} for i in range(40)])
     return root / "hub", write_jsonl(root / "train.jsonl", [l.strip() for l in rows])
 
 
@@ -59,6 +63,9 @@ def test_every_shipped_config_passes_mode_check(name, hub_cache, tmp_path, monke
     cfg.mode, cfg.workdir = "check", str(tmp_path / "work")
     if not cfg.demo.enabled and not cfg.experiment.enabled:  # the paper configs: small data in place of theirs
         cfg.data.train, cfg.data.pretrain = rows, os.path.join(DEMO, "pretrain.txt")
+        if cfg.data.format == "traces":
+            cfg.data.train, cfg.data.pretrain = os.path.join(os.path.dirname(rows), "traces.jsonl"), ""
+            cfg.data.dev_num = 8
         for k in cfg.data.eval_sets:
             cfg.data.eval_sets[k] = rows
     if name == "pair.py":  # your own pair: any two models (here the GPT-2 stand-ins)

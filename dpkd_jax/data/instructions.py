@@ -17,6 +17,7 @@ import re
 
 import numpy as np
 from . import packing as packing_lib
+from . import traces
 from ..errors import InputError
 
 PROMPT_NO_INPUT = ("Below is an instruction that describes a task. Write a response that appropriately "
@@ -91,6 +92,7 @@ class Report:
     malformed_lines: list = dataclasses.field(default_factory=list)
     prompt_too_long: int = 0
     response_truncated: int = 0
+    traces_cut: int = 0       # reasoning traces cut at a segment boundary (data/traces.py)
     kept: int = 0
 
     def bad(self, lineno, why):
@@ -101,6 +103,8 @@ class Report:
     def __str__(self):
         s = (f"{self.source}: read {self.read}, kept {self.kept}, malformed {self.malformed}, "
              f"prompt too long (dropped) {self.prompt_too_long}, response truncated {self.response_truncated}")
+        if self.traces_cut:
+            s += f", traces cut at a segment boundary {self.traces_cut}"
         if self.malformed_lines:
             s += " [" + "; ".join(self.malformed_lines) + (" …" if self.malformed > 5 else "") + "]"
         return s
@@ -211,21 +215,27 @@ class Tokenized:
 
 
 def tokenize(records, tokenizer, *, max_prompt_length: int, max_length: int, report: Report,
-             pad_token_id: int, template: str = "dolly") -> Tokenized:
+             pad_token_id: int, template: str = "dolly", trace_loss: str = "all") -> Tokenized:
     """Prompts rendered with ``template`` and left-padded; responses end with the template's end
-    token (:func:`end_token_id`: the tokenizer's EOS, e.g. ``<|im_end|>`` for chat tokenizers)."""
+    token (:func:`end_token_id`: the tokenizer's EOS, e.g. ``<|im_end|>`` for chat tokenizers).
+    Reasoning traces (records with ``thinking``) render as ``data/traces.py`` says, per ``trace_loss``."""
     if not 0 < max_prompt_length < max_length:
         raise InputError(f"max_prompt_length={max_prompt_length} must be in (0, max_length={max_length})")
     P, R = max_prompt_length, max_length - max_prompt_length
     eos = end_token_id(tokenizer, template)
+    ids = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]
     rows = []
     for rec in records:
         rec = dict(rec, prompt=render_prompt(rec, tokenizer, template))
-        p = tokenizer(rec["prompt"], add_special_tokens=False)["input_ids"]
-        if len(p) > P:
+        if "thinking" in rec:
+            p, r, cut = traces.trace_rows(rec, rec["prompt"], ids, eos, trace_loss, (P, R))
+            report.traces_cut += int(cut and p is not None)
+            rec["response"] = rec["answer"]  # the reference an evaluation scores
+        else:
+            p, r = ids(rec["prompt"]), ids(rec["response"]) + [eos]
+        if p is None or len(p) > P:
             report.prompt_too_long += 1
             continue
-        r = tokenizer(rec["response"], add_special_tokens=False)["input_ids"] + [eos]
         if len(r) > R:
             report.response_truncated += 1
             r = r[:R]
@@ -248,13 +258,14 @@ def tokenize(records, tokenizer, *, max_prompt_length: int, max_length: int, rep
 
 
 def load_instructions(source, tokenizer, *, max_prompt_length, max_length, pad_token_id, template="dolly",
-                      log=True, fields=()):
-    """(:class:`Tokenized`, :class:`Report`) of an instruction set; ``fields``: extra columns kept
-    in ``Tokenized.sources`` (``data.teacher_field``)."""
+                      log=True, fields=(), format="instructions", trace_loss="all"):
+    """(:class:`Tokenized`, :class:`Report`) of an instruction set, or with ``format="traces"`` a file of
+    reasoning traces (``data/traces.py``); ``fields``: extra columns kept in ``Tokenized.sources``
+    (``data.teacher_field``)."""
     report = Report(source)
-    records = load_records(source, report, fields)
+    records = traces.read_traces(source, report) if format == "traces" else load_records(source, report, fields)
     data = tokenize(records, tokenizer, max_prompt_length=max_prompt_length, max_length=max_length,
-                    report=report, pad_token_id=pad_token_id, template=template)
+                    report=report, pad_token_id=pad_token_id, template=template, trace_loss=trace_loss)
     if log:
         logging.info("%s", report)
     return data, report

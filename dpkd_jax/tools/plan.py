@@ -39,6 +39,10 @@ _LLAMA3 = lambda d, f, L, factor, tied: {
     "rms_norm_eps": 1e-5, "tie_word_embeddings": tied,
     "rope_parameters": {"rope_type": "llama3", "rope_theta": 5e5, "factor": factor, "low_freq_factor": 1.0,
                         "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}}
+_QWEN3 = lambda d, f, L, H, tied: {
+    "model_type": "qwen3", "vocab_size": 151936, "hidden_size": d, "intermediate_size": f, "num_hidden_layers": L,
+    "num_attention_heads": H, "num_key_value_heads": 8, "head_dim": 128, "max_position_embeddings": 40960,
+    "rms_norm_eps": 1e-6, "rope_theta": 1e6, "tie_word_embeddings": tied}
 KNOWN = {"gpt2-base": _GPT2(768, 12, 12), "gpt2": _GPT2(768, 12, 12), "gpt2-medium": _GPT2(1024, 24, 16),
          "gpt2-large": _GPT2(1280, 36, 20), "gpt2-xlarge": _GPT2(1600, 48, 25), "gpt2-xl": _GPT2(1600, 48, 25),
          "opt-1.3b": _OPT(2048, 24, 32), "opt-2.7b": _OPT(2560, 32, 32), "opt-6.7b": _OPT(4096, 32, 32),
@@ -46,7 +50,8 @@ KNOWN = {"gpt2-base": _GPT2(768, 12, 12), "gpt2": _GPT2(768, 12, 12), "gpt2-medi
          "qwen2.5-7b-instruct": _QWEN(3584, 18944, 28, 28, 4, 152064, False),
          "qwen2.5-1.5b-instruct": _QWEN(1536, 8960, 28, 12, 2, 151936, True),
          "llama-3.1-8b-instruct": _LLAMA3(4096, 14336, 32, 8.0, False),
-         "llama-3.2-1b-instruct": _LLAMA3(2048, 8192, 16, 32.0, True)}
+         "llama-3.2-1b-instruct": _LLAMA3(2048, 8192, 16, 32.0, True),
+         "qwen3-8b": _QWEN3(4096, 12288, 36, 32, False), "qwen3-1.7b": _QWEN3(2048, 6144, 28, 16, True)}
 # The MiniLLM project's SFT checkpoints on the hub (the GPT-2 configs' defaults): GPT-2 shapes.
 KNOWN.update({"teacher-gpt2-1.5b": KNOWN["gpt2-xl"], "init-gpt2-120m": KNOWN["gpt2"],
               "init-gpt2-340m": KNOWN["gpt2-medium"], "init-gpt2-760m": KNOWN["gpt2-large"]})

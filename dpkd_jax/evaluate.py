@@ -40,9 +40,15 @@ def bucket_of(reference: str) -> str:
     return next(name for name, lo, hi in BUCKETS if lo <= n <= hi)
 
 
+def final_answer(text: str) -> str:
+    """A generation's answer: the text after a closing ``</think>`` (reasoning traces), else all of it."""
+    return text.rsplit("</think>", 1)[-1].strip() if "</think>" in text else text
+
+
 def score_answers(predictions, references):
-    """Mean RougeL and EM (×100), overall and per gold-length bucket."""
-    rows = [(rouge_l(p, r), exact_match(p, r), bucket_of(r if isinstance(r, str) else r[0]))
+    """Mean RougeL and EM (×100), overall and per gold-length bucket; a prediction's thinking block is not
+    scored (:func:`final_answer`)."""
+    rows = [(rouge_l(final_answer(p), r), exact_match(final_answer(p), r), bucket_of(r if isinstance(r, str) else r[0]))
             for p, r in zip(predictions, references)]
     out = {"rougeL": float(np.mean([r[0] for r in rows])), "exact_match": float(np.mean([r[1] for r in rows])),
            "n": len(rows)}

@@ -29,6 +29,8 @@ def test_rouge_and_exact_match_on_hand_examples():
     s = E.score_answers(["a b", "x"], ["a b", " ".join(["w"] * 40)])
     assert s["exact_match"] == 50.0 and s["n_<=30"] == 1 and s["n_30-70"] == 1
     assert E.bucket_of(" ".join(["w"] * 70)) == ">=70" and E.bucket_of("w " * 30) == "<=30"
+    # a reasoning trace's thinking is not scored: only the answer after </think>
+    assert E.score_answers(["<think>\nadd them\n</think>\n\n68"], ["68"])["exact_match"] == 100.0
 
 
 # ----------------------------------------------------------------- config

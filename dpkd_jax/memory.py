@@ -128,6 +128,8 @@ class Fitter:
 
     def auto_micro(self, **changes) -> int:
         """The largest micro-batch (a divisor of the batch per device) whose step fits; 0 if none."""
+        if self.cfg.data.packing:  # packed rows are laid out for the whole batch (config: one or the other)
+            return 0
         divisors = sorted((d for d in range(1, self.per_device + 1) if self.per_device % d == 0), reverse=True)
         return next((m for m in divisors if self.with_micro(m, **changes).total <= self.cap), 0)
 

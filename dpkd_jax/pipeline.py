@@ -24,8 +24,8 @@ from .errors import InputError
 def data_options(cfg) -> dict:
     """The tokenization options every instruction set of a run shares."""
     return dict(max_prompt_length=cfg.data.max_prompt_length, max_length=cfg.data.max_length,
-                pad_token_id=cfg.gen.pad_token_id, template=cfg.data.template, format=cfg.data.format,
-                trace_loss=cfg.data.trace_loss)
+                pad_token_id=cfg.gen.pad_token_id, template=cfg.data.template,
+                format=data_lib.traces.Format(cfg.data.format, cfg.data.trace_loss))
 
 
 def load_eval_sets(cfg, tokenizer, dev, paths=None):

@@ -22,7 +22,7 @@ def trace_file(tmp_path):
 
 def load(path, tok, loss, P=64, L=160):
     return D.load_instructions(path, tok, max_prompt_length=P, max_length=L, pad_token_id=tok.eos_token_id,
-                               format="traces", trace_loss=loss, log=False)
+                               format=traces.Format("traces", loss), log=False)
 
 
 def text(tok, ids, mask):

@@ -258,14 +258,14 @@ def tokenize(records, tokenizer, *, max_prompt_length: int, max_length: int, rep
 
 
 def load_instructions(source, tokenizer, *, max_prompt_length, max_length, pad_token_id, template="dolly",
-                      log=True, fields=(), format="instructions", trace_loss="all"):
-    """(:class:`Tokenized`, :class:`Report`) of an instruction set, or with ``format="traces"`` a file of
+                      log=True, fields=(), format=traces.Format()):
+    """(:class:`Tokenized`, :class:`Report`) of an instruction set, or with ``format.kind="traces"`` a file of
     reasoning traces (``data/traces.py``); ``fields``: extra columns kept in ``Tokenized.sources``
     (``data.teacher_field``)."""
     report = Report(source)
-    records = traces.read_traces(source, report) if format == "traces" else load_records(source, report, fields)
+    records = traces.read_traces(source, report) if format.kind == "traces" else load_records(source, report, fields)
     data = tokenize(records, tokenizer, max_prompt_length=max_prompt_length, max_length=max_length,
-                    report=report, pad_token_id=pad_token_id, template=template, trace_loss=trace_loss)
+                    report=report, pad_token_id=pad_token_id, template=template, trace_loss=format.trace_loss)
     if log:
         logging.info("%s", report)
     return data, report

@@ -14,6 +14,7 @@ that cannot fit even without thinking is cut itself. Each cut trace is counted i
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 from ..errors import InputError
@@ -21,6 +22,13 @@ from ..errors import InputError
 OPEN, CLOSE = "<think>\n", "\n</think>\n\n"
 FIELDS = ("prompt", "thinking", "answer")
 LOSSES = ("all", "answer")
+
+
+@dataclasses.dataclass(frozen=True)
+class Format:
+    """How a training file reads (``data.format``) and what a trace's losses read (``data.trace_loss``)."""
+    kind: str = "instructions"   # instructions | traces
+    trace_loss: str = "all"      # all | answer
 
 
 def read_traces(path: str, report) -> list[dict]:

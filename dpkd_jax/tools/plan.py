@@ -311,7 +311,8 @@ def fit_rows(cfg, mesh_sizes, devices, lengths, limit_gib=0.0):
             c.data.max_length, c.gen.max_new_tokens = length, length - c.data.max_prompt_length
         f = memory.Fitter(c, mesh_sizes, dp, cap, devices)
         rows.append({"length": length, "batch_per_device": f.per_device, "total": f.with_micro(f.per_device).total,
-                     "largest_batch": f.largest_batch(), "auto_micro": f.auto_micro(), "cap": cap, "kind": kind})
+                     "largest_batch": f.largest_batch(), "auto_micro": f.auto_micro(), "cap": cap, "kind": kind,
+                     "packing": bool(c.data.packing)})
     return rows
 
 
@@ -320,7 +321,7 @@ def fit_table(rows):
     lines = ["| total length | step at the config's batch per device | GiB per device | largest batch per device "
              "| train.micro_batch=auto |", "|---|---|---|---|---|"]
     for r in rows:
-        auto = r["auto_micro"] or "none fits"
+        auto = "n/a (data.packing)" if r.get("packing") else r["auto_micro"] or "none fits"
         lines.append(f"| {r['length']} | {r['batch_per_device']} | {g(r['total'])} | {r['largest_batch']} | {auto} |")
     return "\n".join(lines) + f"\n\nCapacity {rows[0]['cap'] / GiB:.2f} GiB per device ({rows[0]['kind']})."
 

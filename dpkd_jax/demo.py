@@ -138,7 +138,8 @@ def checked(c, run, archs, generation=False):
     ``train.micro_batch`` resolved; ``archs``: the stage's (teacher, student) Configs."""
     if not c.check.memory or not c.train.steps:
         return c
-    return fitted(c, run.placement, {"data": run.train, "models": archs}, generation)
+    return fitted(c, run.placement, {"data": run.train, "models": archs, "lm_rows": run.lm_rows is not None},
+                  generation)
 
 
 def gap_table(results, steps):

@@ -84,10 +84,10 @@ class Need:
         return f"{self.total / GiB:.2f} GiB"
 
 
-def step_need(cfg, mesh_sizes, vocab=0, devices=None, data=None, models=None, **changes) -> Need:
+def step_need(cfg, mesh_sizes, vocab=0, devices=None, data=None, models=None, lm_rows=None, **changes) -> Need:
     """The train step's bytes per device for ``cfg`` with ``changes`` (dotted config fields, e.g.
     ``{"train.batch_size": 4}``), from the planner's compile on ``devices`` (default: this host's) of
-    the run's own step (``vocab``, ``data``, ``models``: the run's; ``plan.plan_one``)."""
+    the run's own step (``vocab``, ``data``, ``models``, ``lm_rows``: the run's; ``plan.plan_one``)."""
     from .tools import plan
     c = cfg.copy_and_resolve_references()
     with c.unlocked():
@@ -99,7 +99,8 @@ def step_need(cfg, mesh_sizes, vocab=0, devices=None, data=None, models=None, **
             del node[last]  # a new field, not a cast: train.micro_batch goes from "auto" to an int
             node[last] = value
     try:
-        row = plan.plan_one(c, mesh_sizes, devices or jax.devices(), vocab=vocab, data=data, models=models)
+        row = plan.plan_one(c, mesh_sizes, devices or jax.devices(), vocab=vocab, data=data, models=models,
+                            lm_rows=lm_rows)
     except Exception as e:  # noqa: BLE001 -- XLA refuses a program that cannot fit an accelerator outright
         if "RESOURCE_EXHAUSTED" not in str(e):
             raise
@@ -154,7 +155,7 @@ def fit(cfg, mesh_sizes, dp: int, run_inputs=None, generation=True) -> int:
     """Check the run's step (and, with ``generation``, its generating programs) against the device, log
     their memory, and return the micro-batch to run (``train.micro_batch``, resolved when ``"auto"``).
     Raises :class:`InputError` (one line) when nothing asked for fits. ``run_inputs``: the run's
-    ``vocab``, ``data`` and in-process ``models`` (``plan.plan_one``), which make each compiled program
+    ``vocab``, ``data``, in-process ``models`` and ``lm_rows`` (``plan.plan_one``), which make each compiled program
     the run's own: the run then loads it from the persistent compilation cache instead of compiling it."""
     cap, source = capacity(cfg.check.memory_limit_gib)
     run_inputs = run_inputs or {}

@@ -8,8 +8,8 @@ attention stays within a segment. ``picks`` maps every response token back to th
 output predicts it, so every loss sees the same ``[B, R]`` values as unpacked and is reduced per
 example exactly as unpacked.
 
-``rows`` is static (one compiled step): enough for ``B`` examples of the data's mean length with some
-room (:func:`rows_for`). Each epoch's shuffled order is grouped into batches that fit them
+``rows`` is static (one compiled step): what first fit needs for most batches of a shuffled order
+(:func:`rows_for`). Each epoch's shuffled order is grouped into batches that fit them
 (:func:`group`): an example that does not fit the batch being filled waits for the next one, so a
 batch is never cut and the order stays a function of the seed and the epoch.
 """
@@ -68,10 +68,14 @@ def plan(prompt_mask, response_mask, length: int, rows: int) -> dict:
     return {"src": src, "positions": pos, "segments": seg, "picks": picks}
 
 
-def rows_for(lengths, batch_size: int, length: int, room: float = 1.15) -> int:
-    """Packed rows per step: ``batch_size`` examples of the mean length, with ``room`` to spare."""
-    mean = float(np.mean(lengths)) if len(lengths) else 1.0
-    return int(min(batch_size, max(1, np.ceil(room * batch_size * mean / length))))
+def rows_for(lengths, batch_size: int, length: int, quantile: float = 0.9, seed: int = 0) -> int:
+    """Packed rows per step: as many as first fit needs for ``quantile`` of the batches of a shuffled order
+    (the rest are regrouped to fit, :func:`group`); at most one row per example."""
+    lengths = np.asarray(lengths)
+    order = np.random.default_rng(seed).permutation(len(lengths))
+    needs = [len(first_fit(lengths[order[i:i + batch_size]], length))
+             for i in range(0, len(order) - batch_size + 1, batch_size)] or [batch_size]
+    return int(min(batch_size, np.ceil(np.quantile(needs, quantile))))
 
 
 class _Filling:

@@ -117,13 +117,14 @@ def topology_devices(name):
                          "(pip install libtpu) and a name like v5e:2x4, v4:2x2x2 or v5p:2x2x2") from e
 
 
-def plan_one(cfg, mesh_sizes, devices, batch_per_replica=0, vocab=0, data=None, models=None):
+def plan_one(cfg, mesh_sizes, devices, batch_per_replica=0, vocab=0, data=None, models=None, lm_rows=None):
     """Per-device bytes of one compiled train step on ``devices`` (a count of this host's devices, or
     a list such as :func:`topology_devices` gives). ``batch_per_replica`` > 0: the global batch is that
     times the data-parallel size; ``vocab`` > 0: the real vocabulary (else the smaller model's rows);
     ``data``: the run's training rows (``data.Tokenized``), whose longest row bounds the gold forwards
     as in the run (``specs.Step.with_data``): the step then compiles to the run's own program;
-    ``models``: see :func:`run_model_configs`."""
+    ``models``: see :func:`run_model_configs`; ``lm_rows``: whether the run reads pre-training rows (None:
+    when ``data.pretrain`` names them; the demo always has its own)."""
     import jax
     import numpy as np
     from .. import sharding
@@ -154,7 +155,8 @@ def plan_one(cfg, mesh_sizes, devices, batch_per_replica=0, vocab=0, data=None, 
                          sh["state"])
     B, P, L = spec.batch_size, cfg.data.max_prompt_length, cfg.data.max_length
     i32 = lambda *shape: jax.ShapeDtypeStruct(shape, np.int32, sharding=sh["batch"])
-    lm = i32(B, cfg.data.lm_seq_len) if spec.objective.lm_coef > 0 and cfg.data.pretrain else None
+    has_lm = bool(cfg.data.pretrain) if lm_rows is None else lm_rows
+    lm = i32(B, cfg.data.lm_seq_len) if spec.objective.lm_coef > 0 and has_lm else None
     batch = Batch(i32(B, P), i32(B, P), i32(B, L - P), i32(B, L - P), lm_ids=lm,
                   packing=_planned_packing(cfg, spec, data, sharding.data_parallel_size(mesh), i32))
     rng = jax.ShapeDtypeStruct((2,), np.uint32)  # uncommitted, as the loop's fold_in key: the run finds this compile

@@ -167,13 +167,18 @@ def fit(cfg, mesh_sizes, dp: int, run_inputs=None, generation=True) -> int:
                      f.with_micro(micro).gib(), cap / GiB)
     need = f.with_micro(micro or f.per_device)
     _state["estimate"] = f"start-up estimate {need.gib()} per device of {cap / GiB:.2f} GiB ({source})"
-    _state["shapes"] = (f"batch {cfg.train.batch_size} x {cfg.data.max_length} tokens "
-                        f"({cfg.data.max_prompt_length} prompt)")
+    note_shapes(cfg)
     _report(need, cap, source, lambda: advice(f))
     for program, kw in generations(cfg) if generation else ():
         g = Generation(cfg, mesh_sizes, dp, cap, program, run_inputs=run_inputs, **kw)
         _report(g.need(), cap, source, g.advice)
     return 0 if micro >= f.per_device else micro
+
+
+def note_shapes(cfg):
+    """The run's batch and length, for a run-time out-of-memory's line (with or without the start-up check)."""
+    _state["shapes"] = (f"batch {cfg.train.batch_size} x {cfg.data.max_length} tokens "
+                        f"({cfg.data.max_prompt_length} prompt)")
 
 
 def _report(need: Need, cap: int, source: str, what_fits):

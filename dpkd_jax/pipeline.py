@@ -174,6 +174,7 @@ def run(cfg):
     cfg = run_lib.resolved(cfg, tokenizer, teacher_path=teacher_path, student_path=student_path)
     placement = sharding.Placement(cfg.mesh)
     train_data, dev, routing = load_train(cfg, tokenizer)
+    memory.note_shapes(cfg)
     if cfg.mode == "train" and cfg.check.memory:  # before any weights load
         cfg = fitted(cfg, placement, {"vocab": vocab, "data": train_data})
     (t_cfg, t_params), (s_cfg, params) = load_models(cfg, placement, vocab, t_vocab)

@@ -101,7 +101,7 @@ def run_demo(cfg):
         return run_lib.train_stage(run, c, model, params, desc=name, init=init).params
 
     sft = run_lib.stage_config(cfg, "sft", os.path.join(wd, "teacher"), steps=d.teacher_steps, lr=d.teacher_lr)
-    t_params = stage("teacher_sft", checked(sft, run, (arch, arch)), t_cfg, t_params)
+    t_params = stage("teacher_sft", checked(sft, run, (t_cfg, t_cfg)), t_cfg, t_params)
     run = run.with_teacher(t_cfg, t_params)
     s_cfg, s_init = prune(models.decoder_for(arch, run.placement.rules("student")), t_params, keep)
     ev = lambda model, params, tag: run_lib.evaluate(run, model, params, tag, os.path.join(wd, "eval"))
@@ -110,7 +110,7 @@ def run_demo(cfg):
     for i, method in enumerate(d.methods):
         results[method] = []
         base = checked(run_lib.stage_config(cfg, method, os.path.join(wd, method), steps=d.distill_steps,
-                                            lr=d.distill_lr), run, (arch, s_cfg.config), generation=i == 0)
+                                            lr=d.distill_lr), run, (t_cfg, s_cfg), generation=i == 0)
         for seed in d.seeds:  # one compiled step serves every seed (train.make_step)
             c = run_lib.stage_config(base, method, os.path.join(wd, method, f"seed{seed}"), seed=seed)
             params = stage(f"{method} seed {seed}", c, s_cfg, s_init, init=s_init)
@@ -135,7 +135,7 @@ def run_demo(cfg):
 def checked(c, run, archs, generation=False):
     """A stage's config checked against the device right before the stage runs (``pipeline.fitted``: its
     step, and with ``generation`` the evaluations' generation, compiled as the stage then runs them), with
-    ``train.micro_batch`` resolved; ``archs``: the stage's (teacher, student) Configs."""
+    ``train.micro_batch`` resolved; ``archs``: the stage's (teacher, student) decoders."""
     if not c.check.memory or not c.train.steps:
         return c
     return fitted(c, run.placement, {"data": run.train, "models": archs, "lm_rows": run.lm_rows is not None},

@@ -23,7 +23,7 @@ from .. import data as data_lib
 from .. import models, objectives, sharding
 from ..assets import resolve
 from ..errors import InputError
-from ..pipeline import load_model
+from ..pipeline import fitted, load_model
 from .. import run as run_lib
 from ..tools.prune import parse_layers, prune
 from . import report
@@ -126,6 +126,9 @@ class Experiment:
                     dev.update(self.measure_dev(self.s_cfg, state["params"]))
                 eval_s[0] += time.perf_counter() - t
 
+        if c.check.memory:  # the run's step against the device, compiled once (the run then reuses it)
+            c = fitted(c, self.placement, {"data": self.train, "models": (self.t_cfg, self.s_cfg), "lm_rows": False},
+                       generation=False)
         start = time.perf_counter()
         trained = run_lib.train_stage(self.run_ctx, c, self.s_cfg, self.s_params, desc=name, callback=on_step,
                                       plot=False)

@@ -85,11 +85,12 @@ def run_model_configs(cfg, vocab=0, models=None):
     """(teacher, student) Configs exactly as the run builds them (``pipeline.model_options``), so the
     planned step is the run's own program: its compile is the one the run loads from the persistent
     compilation cache. ``vocab`` > 0: the tokenizers' shared vocabulary, else the smaller model's rows.
-    ``models``: the run's own (teacher, student) Configs, for models built in-process (the demo), with
-    ``config.model``'s execution fields applied (a variant the check tries changes them)."""
+    ``models``: the run's own (teacher, student) decoders, for models the caller already holds (the demo's,
+    the experiment's pruned student): their Configs with ``config.model``'s execution fields applied (a
+    variant the check tries changes them)."""
     from ..pipeline import attention_options, model_options
     if models is not None:
-        return tuple(m.replace(remat=cfg.model.remat, **attention_options(cfg.model)) for m in models)
+        return tuple(m.config.replace(remat=cfg.model.remat, **attention_options(cfg.model)) for m in models)
     paths = {"teacher": cfg.teacher.path, "student": cfg.student.path}
     if not vocab:
         raw = [model_config(paths[r], "float32", "float32", f"{r}.path").vocab_size for r in paths]
@@ -128,7 +129,6 @@ def plan_one(cfg, mesh_sizes, devices, batch_per_replica=0, vocab=0, data=None, 
     import jax
     import numpy as np
     from .. import sharding
-    from ..batch import Batch
     from ..optim import make_optimizer
     from ..train import init_state, make_step, step_shardings
     from ..models import decoder_for
@@ -153,16 +153,13 @@ def plan_one(cfg, mesh_sizes, devices, batch_per_replica=0, vocab=0, data=None, 
     state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
                          jax.eval_shape(lambda p: init_state(student, p, tx, spec.objective, spec.feature), s_abs),
                          sh["state"])
-    B, P, L = spec.batch_size, cfg.data.max_prompt_length, cfg.data.max_length
-    i32 = lambda *shape: jax.ShapeDtypeStruct(shape, np.int32, sharding=sh["batch"])
-    has_lm = bool(cfg.data.pretrain) if lm_rows is None else lm_rows
-    lm = i32(B, cfg.data.lm_seq_len) if spec.objective.lm_coef > 0 and has_lm else None
-    batch = Batch(i32(B, P), i32(B, P), i32(B, L - P), i32(B, L - P), lm_ids=lm,
-                  packing=_planned_packing(cfg, spec, data, sharding.data_parallel_size(mesh), i32))
+    B, P = spec.batch_size, cfg.data.max_prompt_length
+    batch = _planned_batch(cfg, spec, sh["batch"], data, sharding.data_parallel_size(mesh), lm_rows)
     rng = jax.ShapeDtypeStruct((2,), np.uint32)  # uncommitted, as the loop's fold_in key: the run finds this compile
     # the teacher's weights (and a reference model's) are arguments, as in a run
     ref = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), s_abs, sh["ref"]) \
         if spec.objective.needs.reference else None
+    t_abs = None if cfg.teacher.topk else t_abs  # a top-k or sampled cache: the step takes no teacher weights
     step = make_step(spec, student, teacher, tx, t_abs, ref, sh)
     compiled = step.lower(state, batch, rng, t_abs, ref).compile()
     mem = compiled.memory_analysis()
@@ -225,10 +222,43 @@ def _source(cfg, role, models=None) -> str:
     planned step is then the run's own jitted step), "" for models without a folder."""
     import json
     from ..models import hf
+    if models is not None:  # the decoders the caller holds: their own
+        return models[0 if role == "teacher" else 1].abstract_module().source
     path = (cfg.teacher if role == "teacher" else cfg.student).path
-    if models is not None or not (os.path.isfile(os.path.join(path, "config.json")) or hf.is_gguf(path)):
+    if not (os.path.isfile(os.path.join(path, "config.json")) or hf.is_gguf(path)):
         return ""
     return json.dumps(hf.read_hf_config(path), sort_keys=True)
+
+
+def _planned_batch(cfg, spec, batch_sharding, data, dp, lm_rows):
+    """The abstract batch the run's step reads: prompts and gold responses, pre-training rows (``lm_rows``:
+    whether the run has them; None: ``data.pretrain`` says), the offline caches and the packing."""
+    import jax
+    import numpy as np
+    from ..batch import Batch
+    B, P, L = spec.batch_size, cfg.data.max_prompt_length, cfg.data.max_length
+    array = lambda shape, dtype=np.int32: jax.ShapeDtypeStruct(shape, dtype, sharding=batch_sharding)
+    i32 = lambda *shape: array(shape)
+    has_lm = bool(cfg.data.pretrain) if lm_rows is None else lm_rows
+    lm = i32(B, cfg.data.lm_seq_len) if spec.objective.lm_coef > 0 and has_lm else None
+    return Batch(i32(B, P), i32(B, P), i32(B, L - P), i32(B, L - P), lm_ids=lm,
+                 packing=_planned_packing(cfg, spec, data, dp, i32), **_planned_caches(cfg, spec, (B, L - P), array))
+
+
+def _planned_caches(cfg, spec, gold, array) -> dict:
+    """The batch fields of the run's offline caches (``loop.row_extras``): the teacher's samples
+    (``gen.teacher_mode=offline``) ``[B, N]``, and the top-k or sampled teacher cache ``[B, R, k]``;
+    ``gold``: (B, R); ``array(shape, dtype)``: an abstract batch array."""
+    import numpy as np
+    (B, R), out, k = gold, {}, cfg.teacher.topk
+    if spec.objective.needs.teacher_samples and cfg.gen.teacher_mode == "offline":
+        out.update(teacher_ids=array((B, spec.sampling.max_new_tokens), np.int32),
+                   teacher_mask=array((B, spec.sampling.max_new_tokens), np.int32))
+    if k and cfg.teacher.cache == "sampled":
+        out.update(teacher_sampled_ids=array((B, R, k), np.int32), teacher_sampled_counts=array((B, R, k), np.uint8))
+    elif k:
+        out.update(teacher_topk_ids=array((B, R, k), np.int32), teacher_topk_logps=array((B, R, k), np.float32))
+    return out
 
 
 def _planned_packing(cfg, spec, data, dp, i32):

@@ -126,7 +126,9 @@ class Experiment:
                     dev.update(self.measure_dev(self.s_cfg, state["params"]))
                 eval_s[0] += time.perf_counter() - t
 
-        if c.check.memory:  # the run's step against the device, compiled once (the run then reuses it)
+        # the run's step against the device, compiled once (the run then reuses it); across tokenizers the step is
+        # wrapped (cross_tokenizer.wrap_step), which the planner does not build
+        if c.check.memory and self.run_ctx.teacher_tokenizer is None:
             c = fitted(c, self.placement, {"data": self.train, "models": (self.t_cfg, self.s_cfg), "lm_rows": False},
                        generation=False)
         start = time.perf_counter()

@@ -136,19 +136,24 @@ class Fitter:
 
     def largest_batch(self, **changes) -> int:
         """The largest batch per device that fits at this length: the step's bytes are affine in the batch
-        (compiled at 1 and at the config's batch per device), confirmed by a compile there."""
-        one = self.need(**{"train.micro_batch": 0, "train.batch_size": self.dp, **changes})
-        if one.total > self.cap:
+        (compiled at 1 and at the config's batch per device); the estimate is confirmed by a compile there,
+        and when it does not fit, bisected between the largest batch known to fit and it."""
+        at = lambda b: self.need(**{"train.micro_batch": 0, "train.batch_size": b * self.dp, **changes}).total
+        if at(1) > self.cap:
             return 0
         if self.per_device == 1:
             return 1
-        full = self.need(**{"train.micro_batch": 0, **changes})
-        slope = max((full.total - one.total) / (self.per_device - 1), 1)
-        b = max(1, int(1 + (self.cap - one.total) / slope))
-        while b > 1 and self.need(**{"train.micro_batch": 0, "train.batch_size": b * self.dp,
-                                     **changes}).total > self.cap:
-            b -= 1
-        return b
+        full = at(self.per_device)
+        slope = max((full - at(1)) / (self.per_device - 1), 1)
+        guess = max(1, int(1 + (self.cap - at(1)) / slope))
+        lo = self.per_device if full <= self.cap else 1  # fits
+        if guess <= lo or at(guess) <= self.cap:
+            return max(lo, guess)
+        hi = guess  # does not fit
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            lo, hi = (mid, hi) if at(mid) <= self.cap else (lo, mid)
+        return lo
 
 
 def fit(cfg, mesh_sizes, dp: int, run_inputs=None, generation=True) -> int:

@@ -138,7 +138,8 @@ class Fitter:
         """The largest batch per device that fits at this length: the step's bytes are affine in the batch
         (compiled at 1 and at the config's batch per device); the estimate is confirmed by a compile there,
         and when it does not fit, bisected between the largest batch known to fit and it."""
-        at = lambda b: self.need(**{"train.micro_batch": 0, "train.batch_size": b * self.dp, **changes}).total
+        at = lambda b: self.need(**{"train.micro_batch": 0, **changes,  # the config's batch: with_micro's key
+                                    **({} if b == self.per_device else {"train.batch_size": b * self.dp})}).total
         if at(1) > self.cap:
             return 0
         if self.per_device == 1:

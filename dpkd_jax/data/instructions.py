@@ -215,10 +215,10 @@ class Tokenized:
 
 
 def tokenize(records, tokenizer, *, max_prompt_length: int, max_length: int, report: Report,
-             pad_token_id: int, template: str = "dolly", trace_loss: str = "all") -> Tokenized:
+             pad_token_id: int, template: str = "dolly", format=traces.Format()) -> Tokenized:
     """Prompts rendered with ``template`` and left-padded; responses end with the template's end
     token (:func:`end_token_id`: the tokenizer's EOS, e.g. ``<|im_end|>`` for chat tokenizers).
-    Reasoning traces (records with ``thinking``) render as ``data/traces.py`` says, per ``trace_loss``."""
+    Reasoning traces (records with ``thinking``) render as ``data/traces.py`` says, per ``format.trace_loss``."""
     if not 0 < max_prompt_length < max_length:
         raise InputError(f"max_prompt_length={max_prompt_length} must be in (0, max_length={max_length})")
     P, R = max_prompt_length, max_length - max_prompt_length
@@ -228,7 +228,7 @@ def tokenize(records, tokenizer, *, max_prompt_length: int, max_length: int, rep
     for rec in records:
         rec = dict(rec, prompt=render_prompt(rec, tokenizer, template))
         if "thinking" in rec:
-            p, r, cut = traces.trace_rows(rec, rec["prompt"], ids, eos, trace_loss, (P, R))
+            p, r, cut = traces.trace_rows(rec, rec["prompt"], ids, eos, format.trace_loss, (P, R))
             report.traces_cut += int(cut and p is not None)
             rec["response"] = rec["answer"]  # the reference an evaluation scores
         else:
@@ -265,7 +265,7 @@ def load_instructions(source, tokenizer, *, max_prompt_length, max_length, pad_t
     report = Report(source)
     records = traces.read_traces(source, report) if format.kind == "traces" else load_records(source, report, fields)
     data = tokenize(records, tokenizer, max_prompt_length=max_prompt_length, max_length=max_length,
-                    report=report, pad_token_id=pad_token_id, template=template, trace_loss=format.trace_loss)
+                    report=report, pad_token_id=pad_token_id, template=template, format=format)
     if log:
         logging.info("%s", report)
     return data, report

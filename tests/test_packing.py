@@ -112,7 +112,7 @@ def test_a_packed_sft_run_says_what_it_saved_and_logs_its_efficiency(hf_pair, tm
     assert r.stderr.count("Finished XLA compilation of jit(_generic_body)") == 1
     line = next(line for line in r.stdout.splitlines() if line.startswith("sft: packing 4 examples per step into"))
     rows, slots = int(line.split(" into ")[1].split()[0]), int(line.split(" rows of ")[1].split()[0])
-    assert rows < 4 and "slots instead of" in line, line
+    assert rows < 4 and f"({rows * slots} slots instead of {4 * slots})" in line, line
     eff = scalars(tmp_path / "work" / "tb", "packing/efficiency")
     assert len(eff) == 2 and all(0 < e <= 1 for e in eff), eff
 

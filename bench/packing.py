@@ -3,7 +3,7 @@
 
 * ``dolly``: the demo's Dolly-format training set, batch 16, rows of its longest example;
 * ``traces``: synthetic reasoning traces, prompts of 32-128 tokens and responses of 64-3,968 (log-normal,
-  median about 700), batch 4, rows of 4,096 slots (``model.attention_kernel=auto``: blockwise there).
+  median about 700), batch 4 (``--traces_batch``), rows of 4,096 slots (``model.attention_kernel=auto``: blockwise there).
 
 Both layouts run the same batches (each epoch grouped to fit the packed rows, ``packing.group``),
 alternated step by step in one process; medians. Tokens/s counts real (prompt and response) tokens.
@@ -34,7 +34,7 @@ def dolly():
     return run.train, c.train.batch_size, (c.data.max_prompt_length, c.data.max_length)
 
 
-def traces(n=64, P=128, R=3968, seed=0):
+def traces(n=64, P=128, R=3968, seed=0, batch=4):
     rng, vocab = np.random.default_rng(seed), demo_config("kd").demo.vocab_size
     p = rng.integers(32, P + 1, n)
     r = np.clip(rng.lognormal(np.log(700), 0.8, n).astype(int), 64, R)
@@ -42,7 +42,7 @@ def traces(n=64, P=128, R=3968, seed=0):
     rm = (np.arange(R)[None] < r[:, None]).astype(np.int32)
     ids = lambda shape: rng.integers(1, vocab, shape).astype(np.int32)
     data = Tokenized(ids((n, P)) * pm, pm, ids((n, R)) * rm, rm, [""] * n, [""] * n)
-    return data, 4, (P, P + R)
+    return data, batch, (P, P + R)
 
 
 def batches_of(data, batch_size, length, n):
@@ -88,9 +88,10 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeats", type=int, default=6)
     ap.add_argument("--sets", default="dolly,traces")
+    ap.add_argument("--traces_batch", type=int, default=4)
     ap.add_argument("--out", default="")
     args = ap.parse_args()
-    sets = {"dolly": dolly, "traces": traces}
+    sets = {"dolly": dolly, "traces": lambda: traces(batch=args.traces_batch)}
     rows = {name: run_set(name, *sets[name](), args.repeats) for name in args.sets.split(",")}
     report({"device": jax.devices()[0].device_kind, "jax": jax.__version__, "method": "kd",
             "models": "demo GPT-2 shapes: teacher 4 layers, student 2", "repeats": args.repeats, "sets": rows},

@@ -262,7 +262,8 @@ def register_hooks(trainer, save, run, cfg, spec, student, history, desc, callba
                             spec.batch_size * (d.max_length + spec.sampling.max_new_tokens))
     pbar = tqdm(initial=trainer.step, total=spec.steps, desc=desc, leave=False, disable=jax.process_index() != 0)
     trainer.every(1, nan_guard(t.max_bad_steps, save.now, lambda: trainer.step))
-    trainer.every(t.log_every, log_metrics(history, throughput, t.log_every, HackingWatch(t.hacking_warn_ratio, history),
+    rates = lambda steps: throughput(steps, trainer.ready_time)  # each interval ends when its last step did
+    trainer.every(t.log_every, log_metrics(history, rates, t.log_every, HackingWatch(t.hacking_warn_ratio, history),
                                            writer, pbar))
     trainer.every(1, lambda step, _: pbar.update(1), state=True, at_end=False)
     if callback:

@@ -43,8 +43,10 @@ class Throughput:
         self.peak = peak_flops()
         self.t = time.perf_counter()
 
-    def __call__(self, steps):
-        now = time.perf_counter()
+    def __call__(self, steps, now=None):
+        """Rates over the ``steps`` steps since the last call, which ended at ``now`` (the trainer's
+        ``ready_time``; default: this moment)."""
+        now = time.perf_counter() if now is None else now
         dt = (now - self.t) / max(steps, 1)
         self.t = now
         out = {"perf/step_time_s": dt, "perf/tokens_per_s": self.tokens / dt}

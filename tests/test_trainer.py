@@ -72,3 +72,23 @@ def test_resumes_from_start_and_a_hook_can_stop_the_run():
     with pytest.raises(KeyboardInterrupt):
         tr.run(jnp.int32(0))
     assert done == [7, 8] and tr.step == 8
+
+
+def test_each_logged_interval_is_timed_to_the_end_of_its_own_steps():
+    """Metric hooks run one step late; ``ready_time`` is still when their own step finished, so the rates of
+    every interval (the last one too, flushed right after the one before) cover exactly the steps they name."""
+    import time
+    from dpkd_jax.throughput import Throughput
+    naps = {1: 0.05, 2: 0.15, 3: 0.05, 4: 0.3}
+
+    def step_fn(state, batch, rng):  # synchronous: its outputs are computed when it returns
+        time.sleep(naps[int(batch)])
+        out = jax.block_until_ready(state + batch)
+        return out, {"loss": out * 1.0}
+    tr = Trainer(step_fn, lambda step: jnp.int32(step + 1), lambda step: None, start=0, steps=4)
+    rates, seen = Throughput(1.0, 100), {}
+    tr.every(1, lambda step, m: seen.update({step: rates(1, tr.ready_time)["perf/step_time_s"]}))
+    tr.run(jnp.int32(0))
+    assert seen[1] >= naps[1]  # the first interval also holds the start-up (here the add's compile)
+    for step in (2, 3, 4):
+        assert naps[step] <= seen[step] < naps[step] + 0.04, (step, seen)

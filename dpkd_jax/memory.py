@@ -98,14 +98,20 @@ def step_need(cfg, mesh_sizes, vocab=0, devices=None, data=None, models=None, lm
                 node = node[part]
             del node[last]  # a new field, not a cast: train.micro_batch goes from "auto" to an int
             node[last] = value
+    return _compiled_need(f"train step ({cfg.method})", lambda: plan.plan_one(
+        c, mesh_sizes, devices or jax.devices(), vocab=vocab, data=data, models=models, lm_rows=lm_rows))
+
+
+def _compiled_need(program: str, compile_row) -> Need:
+    """The :class:`Need` of ``compile_row()`` (a planner row), or an unbounded one when XLA refuses the program
+    outright (a program that cannot fit an accelerator)."""
     try:
-        row = plan.plan_one(c, mesh_sizes, devices or jax.devices(), vocab=vocab, data=data, models=models,
-                            lm_rows=lm_rows)
-    except Exception as e:  # noqa: BLE001 -- XLA refuses a program that cannot fit an accelerator outright
+        row = compile_row()
+    except Exception as e:  # noqa: BLE001 -- the refusal is an XlaRuntimeError; anything else is raised
         if "RESOURCE_EXHAUSTED" not in str(e):
             raise
-        return Need(f"train step ({cfg.method})", 1 << 62, 1 << 62)
-    return Need(f"train step ({cfg.method})", int(row["total"]), int(row["temp"]))
+        return Need(program, 1 << 62, 1 << 62)
+    return Need(program, int(row["total"]), int(row["temp"]))
 
 
 class Fitter:
@@ -113,7 +119,7 @@ class Fitter:
 
     def __init__(self, cfg, mesh_sizes, dp: int, cap: int, devices=None, run_inputs=None):
         self.cfg, self.mesh_sizes, self.dp, self.cap, self.devices = cfg, mesh_sizes, dp, cap, devices
-        self.run_inputs = run_inputs or {}  # the run's vocab and data: its own step, compiled once
+        self.run_inputs = run_inputs or {}  # the run's vocab, data, models, lm_rows: its own step, compiled once
         self.per_device = cfg.train.batch_size // dp
         self._seen = {}
 
@@ -227,15 +233,9 @@ class Generation:
         batch = batch or self.batch
         if batch not in self._seen:
             from .tools import plan
-            try:
-                row = plan.plan_generation(self.cfg, self.mesh_sizes, jax.devices(), self.role, batch,
-                                           self.cfg[self.sampler], vocab=self.run_inputs.get("vocab", 0),
-                                           models=self.run_inputs.get("models"))
-                self._seen[batch] = Need(self.program, row["total"], row["temp"])
-            except Exception as e:  # noqa: BLE001 -- XLA refuses a program that cannot fit an accelerator outright
-                if "RESOURCE_EXHAUSTED" not in str(e):
-                    raise
-                self._seen[batch] = Need(self.program, 1 << 62, 1 << 62)
+            self._seen[batch] = _compiled_need(self.program, lambda: plan.plan_generation(
+                self.cfg, self.mesh_sizes, jax.devices(), self.role, batch, self.cfg[self.sampler],
+                vocab=self.run_inputs.get("vocab", 0), models=self.run_inputs.get("models")))
         return self._seen[batch]
 
     def advice(self) -> str:

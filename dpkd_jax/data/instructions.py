@@ -10,7 +10,6 @@ and counted. Nothing is lost silently.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 import re
@@ -18,6 +17,7 @@ import re
 import numpy as np
 from . import packing as packing_lib
 from . import traces
+from .jsonl import json_objects
 from ..errors import InputError
 
 PROMPT_NO_INPUT = ("Below is an instruction that describes a task. Write a response that appropriately "
@@ -114,34 +114,18 @@ def read_jsonl(path: str, report: Report, fields=()) -> list[dict]:
     """Records ``{instruction, context, response, category, line}`` from a Dolly-format JSONL
     file, plus each of ``fields`` as it is in the line (``None`` when absent)."""
     out = []
-    try:
-        f = open(path, encoding="utf-8")
-    except OSError as e:
-        raise InputError(f"{path}: cannot read the instruction file ({e.strerror or e})") from None
-    with f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            report.read += 1
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                report.bad(lineno, f"bad JSON ({e.msg})")
-                continue
-            if not isinstance(rec, dict):
-                report.bad(lineno, "not a JSON object")
-                continue
-            ins = rec.get("instruction")
-            resp = rec.get("response", rec.get("output"))
-            if not isinstance(ins, str) or not ins.strip():
-                report.bad(lineno, "missing or empty field 'instruction'")
-                continue
-            if not isinstance(resp, str):
-                report.bad(lineno, "missing field 'response' (or 'output')")
-                continue
-            ctx = rec.get("context", rec.get("input", "")) or ""
-            out.append({"instruction": ins, "context": ctx, "response": resp, "category": rec.get("category", ""),
-                        "line": lineno, **{k: rec.get(k) for k in fields}})
+    for lineno, rec in json_objects(path, report, "instruction file"):
+        ins = rec.get("instruction")
+        resp = rec.get("response", rec.get("output"))
+        if not isinstance(ins, str) or not ins.strip():
+            report.bad(lineno, "missing or empty field 'instruction'")
+            continue
+        if not isinstance(resp, str):
+            report.bad(lineno, "missing field 'response' (or 'output')")
+            continue
+        ctx = rec.get("context", rec.get("input", "")) or ""
+        out.append({"instruction": ins, "context": ctx, "response": resp, "category": rec.get("category", ""),
+                    "line": lineno, **{k: rec.get(k) for k in fields}})
     return out
 
 
@@ -321,19 +305,9 @@ class Batches:
             self._epoch_batches = (epoch, found)
         return self._epoch_batches[1]
 
-    def indices(self, steps: int) -> list:
-        """The example indices of the next ``steps`` batches; the position is left where it is."""
-        epoch, index, out = self.epoch, self.index, []
-        for _ in range(steps):
-            if index >= len(self.batches_of(epoch)):
-                epoch, index = epoch + 1, 0
-            out.append(self.batches_of(epoch)[index])
-            index += 1
-        return out
-
     def packed(self, length: int, multiple: int = 1) -> int:
-        """Pack every batch into rows of ``length`` slots: enough rows for ``batch_size`` examples of the
-        data's mean length with room (``packing.rows_for``; static: one compiled step), rounded up to
+        """Pack every batch into rows of ``length`` slots: as many rows as first fit needs for most batches of
+        a shuffled order (``packing.rows_for``; static: one compiled step), rounded up to
         ``multiple`` (the data-parallel devices, which split the rows); each epoch's order is then grouped
         into batches that fit them. Returns the row count."""
         lengths = packing_lib.example_lengths(self.data.prompt_mask, self.data.response_mask)

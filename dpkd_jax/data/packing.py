@@ -109,8 +109,3 @@ def group(order, lengths, batch_size: int, length: int, rows: int) -> tuple[list
             cur = _Filling(rows, length)
             waiting[:] = [j for j in waiting if not take(j)]
     return batches, len(cur.members) + len(waiting)
-
-
-def efficiency(segments) -> float:
-    """Real tokens over slots."""
-    return float(np.mean(np.asarray(segments) > 0))

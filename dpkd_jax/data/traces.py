@@ -15,9 +15,8 @@ that cannot fit even without thinking is cut itself. Each cut trace is counted i
 from __future__ import annotations
 
 import dataclasses
-import json
 
-from ..errors import InputError
+from .jsonl import json_objects
 
 OPEN, CLOSE = "<think>\n", "\n</think>\n\n"
 FIELDS = ("prompt", "thinking", "answer")
@@ -35,26 +34,13 @@ def read_traces(path: str, report) -> list[dict]:
     """Trace records ``{instruction, context, thinking, answer, line}``; a line without the three string
     fields is counted as malformed with its line number (``report``, a ``data.Report``)."""
     out = []
-    try:
-        f = open(path, encoding="utf-8")
-    except OSError as e:
-        raise InputError(f"{path}: cannot read the trace file ({e.strerror or e})") from None
-    with f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            report.read += 1
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                report.bad(lineno, f"bad JSON ({e.msg})")
-                continue
-            missing = [k for k in FIELDS if not isinstance(rec, dict) or not isinstance(rec.get(k), str)]
-            if missing:
-                report.bad(lineno, f"missing field {missing[0]!r} (a trace has prompt, thinking and answer)")
-                continue
-            out.append({"instruction": rec["prompt"], "context": "", "thinking": rec["thinking"],
-                        "answer": rec["answer"], "line": lineno})
+    for lineno, rec in json_objects(path, report, "trace file"):
+        missing = [k for k in FIELDS if not isinstance(rec.get(k), str)]
+        if missing:
+            report.bad(lineno, f"missing field {missing[0]!r} (a trace has prompt, thinking and answer)")
+            continue
+        out.append({"instruction": rec["prompt"], "context": "", "thinking": rec["thinking"],
+                    "answer": rec["answer"], "line": lineno})
     return out
 
 

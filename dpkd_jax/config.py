@@ -12,7 +12,7 @@ import os
 import ml_collections
 
 from . import data as data_lib
-from . import objectives, specs
+from . import objectives, specs, trackers
 from .models.config import ATTENTION_KERNELS
 from .sharding import DEFAULT_RULES
 from .errors import InputError
@@ -109,6 +109,9 @@ def default_config():
     c.demo = ml_collections.ConfigDict({"enabled": False})
     c.experiment = ml_collections.ConfigDict({"enabled": False})  # configs/smollm2_pruned.py
     c.check = _check_block()
+    # Experiment trackers (trackers.py): tensorboard | wandb (offline without WANDB_API_KEY; pip extra wandb) |
+    # trackio (local; pip extra trackio). Each gets the scalars, the config and the final table.
+    c.log = ml_collections.ConfigDict({"trackers": ("tensorboard",), "project": "dpkd_jax"})
     return c
 
 
@@ -221,6 +224,7 @@ def validate(c):
     if c.model.loss_chunk_tokens < 0:
         fail("model.loss_chunk_tokens", f"must be >= 0 (0: no chunking), got {c.model.loss_chunk_tokens}")
     _check_memory(c, dp, objective)
+    trackers.check(c.log.trackers)
     if c.train.max_bad_steps < 1:
         fail("train.max_bad_steps", f"must be >= 1, got {c.train.max_bad_steps}")
     if c.train.steps < 1:

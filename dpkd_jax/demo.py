@@ -21,7 +21,7 @@ from . import curves, models, sharding
 from . import run as run_lib
 from .checkpoint import prepare_workdir
 from .models import gpt2
-from .pipeline import attention_options, data_options, export, fitted, load_eval_sets
+from .pipeline import attention_options, data_options, export, fitted, load_eval_sets, publish_table
 from .tools.prune import parse_layers, prune
 
 DEMO_DIR = os.path.join(os.path.dirname(__file__), "data", "demo")
@@ -123,8 +123,7 @@ def run_demo(cfg):
     curves.wait()
     table = gap_table(results, d.distill_steps)
     print(table)
-    with open(os.path.join(wd, "table.md"), "w") as f:
-        f.write(table + "\n")
+    publish_table(cfg, table)  # table.md and the trackers
     with open(os.path.join(wd, "results.json"), "w") as f:
         json.dump(results, f, indent=1)
     print(f"\ncurves: {wd}/<method>/seed<k>/curves.png   answers and scores: {wd}/eval/   table: {wd}/table.md")

@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from . import data as data_lib
 from . import evaluate as eval_lib
-from . import memory, sharding
+from . import memory, sharding, trackers
 from .checkpoint import Checkpoints
 from . import cross_tokenizer, specs, teacher_cache, teachers
 from .batch import Batch
@@ -251,11 +251,10 @@ class Saver:
 
 
 def register_hooks(trainer, save, run, cfg, spec, student, history, desc, callback=None):
-    """The stage's hooks: NaN guard, logging (TensorBoard, throughput, the hacking watch),
+    """The stage's hooks: NaN guard, logging (the trackers, throughput, the hacking watch),
     progress bar, the caller's callback, dev eval, periodic checkpoints. Returns what to close."""
-    from tensorboardX import SummaryWriter
     t, d = cfg.train, cfg.data
-    writer = SummaryWriter(os.path.join(cfg.workdir, "tb")) if jax.process_index() == 0 else None
+    writer = trackers.open_for(cfg)
     throughput = Throughput(step_flops(spec.objective.needs, student, run.teacher[0], spec.batch_size,
                                        (d.max_prompt_length, d.max_length - d.max_prompt_length,
                                         spec.sampling.max_new_tokens)),
@@ -272,7 +271,7 @@ def register_hooks(trainer, save, run, cfg, spec, student, history, desc, callba
         trainer.every(t.eval_every, dev_eval(run, cfg, student, writer, save), state=True, at_end=False)
     if t.save_every:
         trainer.every(t.save_every, lambda step, tr: save(step), state=True)
-    return [pbar] + ([writer] if writer else [])
+    return [pbar, writer]
 
 
 def dev_eval(run, cfg, student, writer, save):
@@ -280,8 +279,7 @@ def dev_eval(run, cfg, student, writer, save):
     def evaluate(step, tr):
         res = eval_lib.evaluate(student, tr.state["params"], {"dev": run.dev}, run.tokenizer, _quick_eval(cfg),
                                 cfg.gen, mesh=run.placement.mesh)
-        if writer:
-            writer.add_scalar("eval/dev_rougeL", res["dev"]["rougeL"], step)
+        writer.scalars({"eval/dev_rougeL": res["dev"]["rougeL"]}, step)
         save(step, res["dev"]["rougeL"])
     return evaluate
 
@@ -359,15 +357,13 @@ def nan_guard(max_bad_steps, save, current_step):
 
 
 def log_metrics(history, throughput, log_every, watch, writer, pbar):
-    """Metric hook: append to the history, throughput, the hacking watch, TensorBoard, the bar."""
+    """Metric hook: append to the history, throughput, the hacking watch, the trackers, the bar."""
     def hook(step, m):
         m = dict(m, **throughput(log_every if step % log_every == 0 else step % log_every), step=step)
         history.append(m)
         watch(m)
         pbar.set_postfix(loss=f"{m['loss/total']:.3f}")
-        if writer:
-            for k, v in m.items():
-                writer.add_scalar(k, v, step)
+        writer.scalars(m, step)
     return hook
 
 

@@ -13,7 +13,7 @@ import numpy as np
 
 from . import data as data_lib
 from . import evaluate as eval_lib
-from . import curves, memory, models, sharding
+from . import curves, memory, models, sharding, trackers
 from .checkpoint import prepare_workdir
 from .config import lora_spec
 from . import run as run_lib
@@ -196,9 +196,18 @@ def run(cfg):
             tag = f"teacher {name}" if multi else "teacher"
             results[tag] = run_lib.evaluate(run, decoder, p, tag.replace(" ", "_"), out_dir)
     if jax.process_index() == 0:
-        print_table(results)
+        publish_table(cfg, print_table(results))
     curves.wait()
     return results
+
+
+def publish_table(cfg, table: str):
+    """The final table in ``<workdir>/table.md`` and in the run's trackers (``log.trackers``)."""
+    os.makedirs(cfg.workdir, exist_ok=True)
+    with open(os.path.join(cfg.workdir, "table.md"), "w") as f:
+        f.write(table + "\n")
+    with trackers.open_for(cfg) as tr:
+        tr.table("results", table)
 
 
 def export(decoder, params, tokenizer, path, base_model=""):

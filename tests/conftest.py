@@ -2,6 +2,7 @@
 
 import json
 import os
+import tempfile
 import textwrap
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -40,6 +41,9 @@ def _fast_compile_flags():
 
 
 os.environ["XLA_FLAGS"] = _fast_compile_flags()
+
+# trackio (log.trackers) writes its database under TRACKIO_DIR, read when it is first imported: a test run's own
+os.environ.setdefault("TRACKIO_DIR", tempfile.mkdtemp(prefix="trackio-"))
 
 import jax
 import numpy as np
@@ -306,3 +310,19 @@ def fresh_compiled_steps():
     train._compiled.cache_clear()
     train._state_initializer.cache_clear()
     yield
+
+
+def scalars(tb_dir, tag):
+    """A tag's values in the TensorBoard event files (TFRecord framing: length, its CRC, the record, its CRC)."""
+    import glob
+    import struct
+    from tensorboardX.proto import event_pb2
+    out = []
+    for fn in glob.glob(os.path.join(str(tb_dir), "events.*")):
+        data, i = open(fn, "rb").read(), 0
+        while i < len(data):
+            n = struct.unpack("<Q", data[i:i + 8])[0]
+            event = event_pb2.Event.FromString(data[i + 12:i + 12 + n])
+            out += [v.simple_value for v in event.summary.value if v.tag == tag]
+            i += 16 + n
+    return out

@@ -9,7 +9,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import write_config
+from conftest import scalars, write_config
 from dpkd_jax import models, sampling
 from dpkd_jax.batch import Packing
 from dpkd_jax.data import packing
@@ -115,19 +115,3 @@ def test_a_packed_sft_run_says_what_it_saved_and_logs_its_efficiency(hf_pair, tm
     assert rows < 4 and f"({rows * slots} slots instead of {4 * slots})" in line, line
     eff = scalars(tmp_path / "work" / "tb", "packing/efficiency")
     assert len(eff) == 2 and all(0 < e <= 1 for e in eff), eff
-
-
-def scalars(tb_dir, tag):
-    """A tag's values in the TensorBoard event files (TFRecord framing: length, its CRC, the record, its CRC)."""
-    import glob
-    import struct
-    from tensorboardX.proto import event_pb2
-    out = []
-    for fn in glob.glob(os.path.join(str(tb_dir), "events.*")):
-        data, i = open(fn, "rb").read(), 0
-        while i < len(data):
-            n = struct.unpack("<Q", data[i:i + 8])[0]
-            event = event_pb2.Event.FromString(data[i + 12:i + 12 + n])
-            out += [v.simple_value for v in event.summary.value if v.tag == tag]
-            i += 16 + n
-    return out

@@ -10,6 +10,7 @@ import platform
 
 import numpy as np
 
+from .. import trackers
 from .measure import CROSS_METRICS, METRICS
 
 LABELS = {"rougeL": "RougeL vs teacher", "teacher_logp": "teacher log-prob / token of y_s",
@@ -151,6 +152,8 @@ def write(cfg, start, runs, lrs, grid, knobs, rows, knob_runs=(), previous=()):
         text += f"\n## The host round trip across tokenizers\n\n{host_share(runs)}\n"
     with open(os.path.join(wd, "table.md"), "w") as f:
         f.write(text)
+    with trackers.open_for(cfg) as tr:
+        tr.table("results", table(cfg, start, runs, lrs, rows, previous))
     with open(os.path.join(wd, "results.json"), "w") as f:
         json.dump({"start": start, "lrs": lrs, "grid": {n: {str(k): v for k, v in g.items()} for n, g in grid.items()},
                    "knobs": knobs, "runs": runs, "previous": list(previous)}, f, indent=1)

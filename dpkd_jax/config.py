@@ -127,7 +127,11 @@ def _train_block():
         "hacking_warn_ratio": 2.0, "eval_every": 0, "save_every": 500, "keep": 2, "max_bad_steps": 10,
         # rows per device in each micro-batch of a step (a scan inside the step, one update; exact): 0 = the whole
         # batch; "auto": the largest whose compiled step fits the device (memory.fit)
-        "micro_batch": ml_collections.config_dict.FieldReference(0, field_type=object)})
+        "micro_batch": ml_collections.config_dict.FieldReference(0, field_type=object),
+        # lm-evaluation-harness tasks (comma-separated) run on the final student after training (lm_eval_adapter.py;
+        # pip extra lm_eval): lm_eval.json and lm_eval.md beside table.md. include_path: a folder of task YAMLs;
+        # limit: documents per task (0: all)
+        "final_lm_eval_tasks": "", "final_lm_eval_include_path": "", "final_lm_eval_limit": 0})
 
 
 def _check_block():
@@ -225,6 +229,8 @@ def validate(c):
         fail("model.loss_chunk_tokens", f"must be >= 0 (0: no chunking), got {c.model.loss_chunk_tokens}")
     _check_memory(c, dp, objective)
     trackers.check(c.log.trackers)
+    if c.train.final_lm_eval_tasks and c.mode in ("train", "check"):
+        _check_lm_eval(c.train)
     if c.train.max_bad_steps < 1:
         fail("train.max_bad_steps", f"must be >= 1, got {c.train.max_bad_steps}")
     if c.train.steps < 1:
@@ -252,6 +258,15 @@ def _check_memory(c, dp, objective):
     limit = c.check.memory_limit_gib
     if limit is not None and not limit > 0:
         _fail("check.memory_limit_gib", f"must be > 0 GiB (unset: the device's own capacity), got {limit}")
+
+
+def _check_lm_eval(t):
+    """``train.final_lm_eval_tasks``: lm-eval is installed and knows every task (before any weights load)."""
+    import importlib.util
+    if importlib.util.find_spec("lm_eval") is None:  # an optional extra: imported only when asked for
+        _fail("train.final_lm_eval_tasks", "lm-eval is not installed: pip install 'dpkd_jax[lm_eval]'")
+    from .lm_eval_adapter import check_tasks
+    check_tasks(t.final_lm_eval_tasks, t.final_lm_eval_include_path, field="config.train.final_lm_eval_tasks")
 
 
 def _check_experiment(e):

@@ -189,6 +189,8 @@ def run(cfg):
             host = jax.tree.map(sharding.to_host, p)  # every process takes part in the gather
             if jax.process_index() == 0:
                 export(s_cfg, host, tokenizer, os.path.join(cfg.workdir, "export", name), cfg.student.path)
+        if cfg.train.final_lm_eval_tasks:
+            final_lm_eval(cfg, s_cfg, params, tokenizer, placement.mesh)
     out_dir = os.path.join(cfg.workdir, "eval")
     results = {cfg.method: run_lib.evaluate(run, s_cfg, params, "student", out_dir)}
     if cfg.eval.eval_teacher and t_tok is None:  # across tokenizers the teacher is scored by its own run
@@ -208,6 +210,21 @@ def publish_table(cfg, table: str):
         f.write(table + "\n")
     with trackers.open_for(cfg) as tr:
         tr.table("results", table)
+
+
+def final_lm_eval(cfg, decoder, params, tokenizer, mesh):
+    """``train.final_lm_eval_tasks`` on the final student (every process computes; process 0 writes
+    ``lm_eval.json`` and ``lm_eval.md`` in the work dir and sends the table to the trackers)."""
+    from . import lm_eval_adapter as adapter  # lm-eval is an optional extra, checked at start-up
+    t = cfg.train
+    lm = adapter.JaxLM(decoder, params, tokenizer, batch_size=cfg.eval.batch_size, mesh=mesh, seed=cfg.seed)
+    results = adapter.run_tasks(lm, adapter.check_tasks(t.final_lm_eval_tasks, t.final_lm_eval_include_path),
+                                include_path=t.final_lm_eval_include_path, limit=t.final_lm_eval_limit)
+    if jax.process_index() == 0:
+        table = adapter.write(results, cfg.workdir)
+        print(table)
+        with trackers.open_for(cfg) as tr:
+            tr.table("lm_eval", table)
 
 
 def export(decoder, params, tokenizer, path, base_model=""):

@@ -42,7 +42,7 @@ def marked_blocks():
 def test_the_documented_commands_cover_the_tools():
     text = " ".join(" ".join(c) for _, c, in (p.values[:2] for p in marked_blocks()))
     for piece in ("dpkd_jax.main --help", "--config.mode=check", "--config.mode=generate", "--config.mode=eval",
-                  "dpkd_jax.tools.plan", "--devices=1", "dpkd_jax.tools.prune", "dpkd_jax.tools.convert",
+                  "dpkd_jax.tools.plan", "--devices=1", "dpkd_jax.tools.prune", "dpkd_jax.tools.convert", "dpkd_jax.tools.lm_eval",
                   "dpkd_jax.assets --list"):
         assert piece in text, piece
 

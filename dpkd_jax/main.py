@@ -15,6 +15,7 @@ from absl import app, flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
 
+from . import overrides
 from .errors import EXIT_DIVERGED, EXIT_INPUT, EXIT_OOM, InputError, one_line
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/demo.py", "experiment config file", lock_config=True)
@@ -141,10 +142,13 @@ def parse_flags(argv):
     except (flags.Error, KeyError, AttributeError, TypeError, ValueError) as e:
         if "--traceback" in argv:
             raise
-        msg = one_line(e)
-        key = msg.split("'")[1] if msg.count("'") >= 2 else None
-        culprit = next((a for a in argv[1:] if key and a.startswith("--") and f".{key}" in a), None)
-        print(f"error: {culprit + ': ' if culprit else ''}{msg}", file=sys.stderr, flush=True)
+        line = overrides.explain_argv(argv)  # an unknown field or a wrong type, in plain words
+        if line is None:
+            msg = one_line(e)
+            key = msg.split("'")[1] if msg.count("'") >= 2 else None
+            culprit = next((a for a in argv[1:] if key and a.startswith("--") and f".{key}" in a), None)
+            line = f"{culprit + ': ' if culprit else ''}{msg}"
+        print(f"error: {line}", file=sys.stderr, flush=True)
         sys.exit(EXIT_INPUT)
 
 

@@ -9,7 +9,7 @@ import pytest
 
 from conftest import load_config, write_jsonl
 from dpkd_jax.data.make_instruct_prompts import KINDS, generate
-from dpkd_jax.experiment import runner
+from dpkd_jax.experiment import run_experiment, runner
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -142,7 +142,7 @@ def test_cross_experiment_trains_each_method_across_tokenizers(cross_experiment,
     real = runner.run_lib.train_stage
     monkeypatch.setattr(runner.run_lib, "train_stage", lambda ctx, c, *a, **k: trained.append(
         (c.method, c.loss[c.method].beta if c.method == "dpkd" else None)) or real(ctx, c, *a, **k))
-    runs = runner.run_experiment(cfg)
+    runs = run_experiment(cfg)  # the package picks the cross experiment
     assert "12 of 13 prompts fit data.max_prompt_length=40 in both tokenizers; 1 skipped" in capsys.readouterr().out
     # dpkd at the config's β and the β sweep's 0.1 are one run; β=1 is trained once more
     assert sorted(trained, key=str) == sorted([("dpkd", 0.1), ("dpkd", 1.0), ("dadpo", None)], key=str)

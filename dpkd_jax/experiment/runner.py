@@ -195,15 +195,13 @@ def previous_rows(e):
     return prev["runs"], dict(prev["lrs"]), grid, prev.get("knobs", [])
 
 
-def run_experiment(cfg):
+def run_experiment(cfg, kind=None):
+    """The experiment ``cfg.experiment`` describes, with ``kind`` (:class:`Experiment`, or across tokenizers
+    ``cross.CrossExperiment``, which the package's ``run_experiment`` picks) holding its models and data."""
     e = cfg.experiment
     os.makedirs(cfg.workdir, exist_ok=True)
     old_runs, lrs, grid, knobs = previous_rows(e)  # before the models load: a bad path fails at once
-    if e.get("cross", False):
-        from .cross import CrossExperiment
-        x = CrossExperiment(cfg)
-    else:
-        x = Experiment(cfg)
+    x = (kind or Experiment)(cfg)
     print(f"{x.describe()}; train {len(x.train)}, dev {len(x.dev)}, eval {len(x.eval)} prompts")
     start = {"student": x.measure_eval(x.s_cfg, x.s_params), "teacher": x.teacher_row()}
     print(f"before training: student {start['student']}\n                 teacher {start['teacher']}")

@@ -7,7 +7,7 @@ gives the hashable decode call and flat state the compiled paths use."""
 from .config import Attention, Config, LoRA, Mlp, Norm, Rope
 from .hf import (export_arrays, from_pretrained, hf_config_dict, is_gguf, load_config, read_hf_config,
                  save_pretrained)
-from .lora import save_peft_adapter
+from .peft import save_peft_adapter
 from .registry import FAMILIES, family
 from .decoder import Decoder, ParamInfo, abstract, decoder_for, init, merge, param_info, param_table, split, with_config
 from .tokenizers import check_same_vocabulary, load_tokenizer, pad_id, real_vocab_size, vocabularies

@@ -55,7 +55,12 @@ def test_preflight_passes_and_summarises(good):
     ("--config.teacher.path=/nowhere/teacher", "config.teacher.path: '/nowhere/teacher' is not a directory"),
     ("--config.method=dpkdd", "config.method: unknown method 'dpkdd'"),
     ("--config.loss.dpkd.beta=-1.0", "config.loss.dpkd.beta: must be > 0, got -1.0"),
-    ("--config.trian.steps=3", "--config.trian.steps=3"),
+    ("--config.trian.steps=3", "--config.trian.steps=3: config has no field 'trian' (did you mean 'train'?)"),
+    ("--config.train.warmup=10", "--config.train.warmup=10: config.train has no field 'warmup' (did you mean "
+                                 "'warmup_steps'?)"),
+    ("--config.train.batchsize=4", "--config.train.batchsize=4: config.train has no field 'batchsize' (did you mean "
+                                   "'batch_size'?)"),
+    ("--config.train.steps=ten", "--config.train.steps=ten: config.train.steps must be an int, got 'ten'"),
     ("--config.data.max_prompt_length=200", "config.data.max_prompt_length: 200 must be < data.max_length=128"),
     ("--config.data.template=alpaca", "config.data.template"),
     ("--config.check.devices=3", "config.train.batch_size: 4 is not divisible by the data-parallel size 3"),

@@ -31,10 +31,11 @@ FIELDS = list(leaves(overrides.load_config_file([f"--config={CONFIG}"])))
 
 def refused(flag) -> bool:
     """Whether ml_collections' flag parser refuses ``flag`` on the pair config."""
+    argv = ["prog", f"--config={CONFIG}", flag]
     fv = flags.FlagValues()
-    config_flags.DEFINE_config_file("config", CONFIG, flag_values=fv, lock_config=True)
+    config_flags.DEFINE_config_file("config", CONFIG, flag_values=fv, lock_config=True, sys_argv=argv)
     try:
-        fv(["prog", f"--config={CONFIG}", flag])
+        fv(argv)
         fv.config  # noqa: B018 -- some versions apply the override on first access
     except Exception:  # noqa: BLE001 -- whatever it raises, the door explains it
         return True

@@ -109,10 +109,14 @@ def default_config():
     c.demo = ml_collections.ConfigDict({"enabled": False})
     c.experiment = ml_collections.ConfigDict({"enabled": False})  # configs/smollm2_pruned.py
     c.check = _check_block()
-    # Experiment trackers (trackers.py): tensorboard | wandb (offline without WANDB_API_KEY; pip extra wandb) |
-    # trackio (local; pip extra trackio). Each gets the scalars, the config and the final table.
-    c.log = ml_collections.ConfigDict({"trackers": ("tensorboard",), "project": "dpkd_jax"})
+    c.log = _log_block()
     return c
+
+
+def _log_block():
+    """``config.log``: the experiment trackers (trackers.py), tensorboard | wandb (offline without WANDB_API_KEY;
+    pip extra wandb) | trackio (local; pip extra trackio); each gets the scalars, the config and the final table."""
+    return ml_collections.ConfigDict({"trackers": ("tensorboard",), "project": "dpkd_jax"})
 
 
 def _train_block():

@@ -122,13 +122,18 @@ def run_demo(cfg):
         return results
     curves.wait()
     table = gap_table(results, d.distill_steps)
-    print(table)
+    print(table + f"\n\n{SAME_MACHINE}")
     publish_table(cfg, table)  # table.md and the trackers
     with open(os.path.join(wd, "results.json"), "w") as f:
         json.dump(results, f, indent=1)
     print(f"\ncurves: {wd}/<method>/seed<k>/curves.png   answers and scores: {wd}/eval/   table: {wd}/table.md")
     logging.info("demo done")
     return results
+
+
+# floating-point rounding follows the CPU's kernels: measured tables on three CPU setups are in the README
+SAME_MACHINE = ("This table repeats on this machine; another CPU rounds differently and prints cells that differ by "
+                "up to about one ± (README, 'The same table on the same machine').")
 
 
 def checked(c, run, archs, generation=False):

@@ -93,6 +93,7 @@ def test_shortened_demo_runs_end_to_end(tmp_path, capsys):
     assert out.count("memory: train step (sft) needs") == 2 and out.count("memory: train step (dpkd) needs") == 1
     assert out.count("memory: evaluation's generation needs") == 1 and "memory: the teacher's evaluation" in out
     assert " ± " in out.split("| dpkd, 2 steps")[1].splitlines()[0]  # the spread over seeds is printed
+    assert "This table repeats on this machine; another CPU rounds differently" in out  # and across machines
     assert os.path.isfile(tmp_path / "table.md") and os.path.isfile(tmp_path / "dpkd" / "seed1" / "curves.png")
     assert os.path.isfile(tmp_path / "eval" / "dpkd_seed0_demo_eval_answers.jsonl")
     back = models.from_pretrained(str(tmp_path / "dpkd" / "export"))

@@ -11,7 +11,9 @@ checkpointing it generates without a KV cache), constant lr, grad clip 1.0.
 
 Comparisons, each in rounds A,B,A,B (medians over rounds of each side's median step after the first):
 our ``gkd`` vs TRL's ``GKDTrainer`` teacher-forced (lmbda=0); the same with generation (lmbda=1, 192 sampled
-tokens per row at temperature 0.9); our ``kd`` vs TRL's teacher-forced GKD. The last line is
+tokens per row at temperature 0.9); our ``kd`` vs TRL's teacher-forced GKD; our ``opd`` with the exact reverse KL
+per position vs TRL's ``DistillationTrainer`` at beta=1 (reverse KL; it covers only lmbda=1 at temperature 1),
+both on 192 tokens sampled from the student at temperature 1. The last line is
 ``peer step: dpkd_jax <x>x trl teacher-forced, <y>x with generation`` (TRL's step time over ours, gkd vs gkd).
 Fixed cost is a process's wall time less its steps: start-up, loading, compiling, the final eval and export
 (TRL's run has neither). Ours is given cold (round 0: its persistent compilation cache emptied, as on a
@@ -108,6 +110,7 @@ def get_config():
     c.gen.max_new_tokens, c.gen.temperature = {RESPONSE}, 0.9
     c.loss.gkd.lmbda, c.loss.gkd.beta, c.loss.gkd.temperature, c.loss.gkd.kd_ratio, c.loss.gkd.lm_coef = {lmbda}, 0.5, 0.9, 1.0, 0.0
     c.loss.kd.kd_ratio, c.loss.kd.lm_coef, c.loss.kd.temperature = 1.0, 0.0, 1.0
+    c.loss.opd.exact, c.loss.opd.temperature, c.loss.opd.kd_ratio, c.loss.opd.lm_coef = True, 1.0, 1.0, 0.0
     c.eval.max_examples, c.eval.max_new_tokens, c.eval.seeds, c.eval.batch_size, c.eval.eval_teacher = 4, 8, (0,), 4, False
     return c
 """)
@@ -157,9 +160,10 @@ def run_ours(root, method, lmbda, steps, tag, cold):
     return {"side": "ours", "wall_s": wall, "step_s": step_s, "first_loss": loss[0], "peak_rss_mib": rss}
 
 
-def run_trl(root, trl_python, lmbda, steps):
+def run_trl(root, trl_python, lmbda, steps, trainer="gkd"):
+    extra = ["--trainer=distillation", "--beta=1.0"] if trainer == "distillation" else []
     out, wall, rss = timed([trl_python, os.path.join(ROOT, "bench", "peer_trl.py"), f"--root={root}",
-                            f"--lmbda={lmbda}", f"--steps={steps}"])
+                            f"--lmbda={lmbda}", f"--steps={steps}", *extra])
     r = json.loads(out.strip().splitlines()[-1])
     return dict(r, wall_s=wall, peak_rss_mib=rss)
 
@@ -170,13 +174,13 @@ def summary(r, steps, tokens):
             "first_loss": r["first_loss"], "peak_rss_mib": r["peak_rss_mib"]}
 
 
-def compare(root, trl_python, name, method, lmbda, steps, rounds):
+def compare(root, trl_python, name, method, lmbda, steps, rounds, trainer="gkd"):
     """Rounds A,B,A,B: ours then TRL's, each a whole process; per side the median of its per-round medians."""
     tokens = 4 * (PROMPT + RESPONSE)
     runs = {"ours": [], "trl": []}
     for k in range(rounds):
         runs["ours"].append(summary(run_ours(root, method, lmbda, steps, f"{method}{lmbda}_{k}", k == 0), steps, tokens))
-        runs["trl"].append(summary(run_trl(root, trl_python, lmbda, steps), steps, tokens))
+        runs["trl"].append(summary(run_trl(root, trl_python, lmbda, steps, trainer), steps, tokens))
         print(f"  {name} round {k}: ours {runs['ours'][-1]['step_s']:.3f} s/step, trl {runs['trl'][-1]['step_s']:.3f}",
               flush=True)
     med = {side: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for side, rs in runs.items()}
@@ -219,7 +223,9 @@ def main():
           f"{os.cpu_count()} cores", flush=True)
     results = [compare(a.root, a.trl_python, "gkd teacher-forced (lmbda=0)", "gkd", 0.0, a.steps, a.rounds),
                compare(a.root, a.trl_python, "gkd with generation (lmbda=1)", "gkd", 1.0, a.gen_steps, a.rounds),
-               compare(a.root, a.trl_python, "our kd vs TRL gkd teacher-forced", "kd", 0.0, a.steps, a.rounds)]
+               compare(a.root, a.trl_python, "our kd vs TRL gkd teacher-forced", "kd", 0.0, a.steps, a.rounds),
+               compare(a.root, a.trl_python, "our opd (exact reverse KL) vs TRL DistillationTrainer (beta=1)", "opd",
+                       1.0, a.gen_steps, a.rounds, trainer="distillation")]
     print(table(results))
     with open(a.out, "w") as f:
         json.dump({"machine": f"{platform.machine()}, {os.cpu_count()} cores", "steps": a.steps,

@@ -1,5 +1,5 @@
 """TRL's side of bench/peer_step.py: one whole process that trains the prepared student with TRL's GKDTrainer
-and prints one JSON line of timings. Runs in the bench's own venv (TRL + torch CPU),
+(or DistillationTrainer) and prints one JSON line of timings. Runs in the bench's own venv (TRL + torch CPU),
 never in ours:
 
     <trl venv>/bin/python bench/peer_trl.py --root=DIR --lmbda=0 --steps=12
@@ -40,17 +40,30 @@ def common(a):
                 use_cpu=True, dataloader_num_workers=0, seed=0, disable_dropout=True)
 
 
-def trainer_of(a, student, teacher, tok, data, clock):
+def trainer_of(a, student, teacher, tok, rows, clock):
+    """TRL's GKDTrainer on chat rows, or (``--trainer=distillation``) its DistillationTrainer on prompts alone: on-policy
+    at temperature 1, the divergence chosen by ``beta`` (1: reverse KL)."""
+    if a.trainer == "distillation":
+        from trl import DistillationConfig, DistillationTrainer
+        data = Dataset.from_list([{"prompt": [{"role": "user", "content": r["instruction"]}]} for r in rows])
+        args = DistillationConfig(**common(a), beta=a.beta, temperature=1.0, max_completion_length=a.new,
+                                  shuffle_dataset=False)
+        return DistillationTrainer(model=student, teacher_model=teacher, args=args, train_dataset=data,
+                                   processing_class=tok, callbacks=[clock]), None
     from trl.experimental.gkd import GKDConfig, GKDTrainer
+    data = Dataset.from_list([{"messages": [{"role": "user", "content": r["instruction"]},
+                                            {"role": "assistant", "content": r["response"]}]} for r in rows])
     args = GKDConfig(**common(a), lmbda=a.lmbda, beta=a.beta, temperature=a.temperature, max_new_tokens=a.new,
                      max_length=a.prompt + a.response)
-    return GKDTrainer(model=student, teacher_model=teacher, args=args, train_dataset=data, processing_class=tok,
-                      callbacks=[clock])
+    trainer = GKDTrainer(model=student, teacher_model=teacher, args=args, train_dataset=data, processing_class=tok,
+                         callbacks=[clock])
+    return trainer, trainer.data_collator([data[0]])
 
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--root", required=True)
+    ap.add_argument("--trainer", default="gkd", choices=("gkd", "distillation"))
     ap.add_argument("--lmbda", type=float, default=0.0)
     ap.add_argument("--beta", type=float, default=0.5)
     ap.add_argument("--temperature", type=float, default=0.9)
@@ -66,15 +79,13 @@ def main():
     load = lambda n: AutoModelForCausalLM.from_pretrained(os.path.join(a.root, n), dtype=torch.float32)
     student, teacher = load("student"), load("teacher")
     rows = [json.loads(line) for line in open(os.path.join(a.root, "train.jsonl"))]
-    data = Dataset.from_list([{"messages": [{"role": "user", "content": r["instruction"]},
-                                            {"role": "assistant", "content": r["response"]}]} for r in rows])
     clock = Clock()
-    trainer = trainer_of(a, student, teacher, tok, data, clock)
-    first = trainer.data_collator([data[0]])
+    trainer, first = trainer_of(a, student, teacher, tok, rows, clock)
     trainer.train()
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    ids = {} if first is None else {"input_ids": first["input_ids"][0].tolist(), "prompt_ids": first["prompts"][0].tolist()}
     print(json.dumps({"side": "trl", "wall_s": time.perf_counter() - T0, "step_s": clock.times, "first_loss": losses[0],
-                      "input_ids": first["input_ids"][0].tolist(), "prompt_ids": first["prompts"][0].tolist(),
+                      **ids,
                       "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                       "torch_threads": torch.get_num_threads()}))
 

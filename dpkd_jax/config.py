@@ -76,6 +76,9 @@ def default_config():
         # teacher-forced methods: each step's examples packed end to end in rows of the data's longest row
         # (own segment ids, positions from 0; data/packing.py): the same losses, fewer padded slots
         "packing": False,
+        # generating methods above all: a window of this many batches is sorted by prompt length, and each batch's
+        # left-padded prompts are cut to the narrowest of P, P/2, P/4, P/8 that holds them (data/grouping.py); 0: off
+        "group_by_length": 0,
         # instructions: Dolly-format JSONL (or hf:/tfds:); traces: JSONL of {prompt, thinking, answer}, the thinking
         # as a Qwen3 <think> block (data/traces.py); trace_loss: all (thinking and answer trained on) or answer
         "format": "instructions", "trace_loss": "all"})
@@ -318,7 +321,17 @@ def _check_feature(c, objective):
 
 
 def _check_packing(c, objective):
-    """``data.packing`` lays out the gold responses of a teacher-forced method's own forwards."""
+    """``data.packing`` lays out the gold responses of a teacher-forced method's own forwards;
+    ``data.group_by_length`` groups one teacher's batches by prompt length."""
+    g = c.data.group_by_length
+    if not isinstance(g, int) or isinstance(g, bool) or g < 0:
+        _fail("data.group_by_length", f"must be an int >= 0 (batches per sorted window; 0: off), got {g!r}")
+    if g and c.data.packing:
+        _fail("data.group_by_length", "packed rows already hold examples end to end; use data.packing or "
+                                      "data.group_by_length, not both")
+    if g and c.teacher.paths:
+        _fail("data.group_by_length", "each of several teachers draws its own batches; group_by_length serves "
+                                      "one teacher")
     if not c.data.packing:
         return
     needs = objective.needs

@@ -181,6 +181,11 @@ def one_teacher(run, cfg, spec, student, placed):
     batches = data_lib.Batches(train_data, spec.batch_size, cfg.seed, extra or None)
     if cfg.data.packing:
         pack(batches, spec, run.placement.mesh, cfg.method)
+    if cfg.data.group_by_length:
+        full, mean = batches.length_grouped(cfg.data.group_by_length)
+        print(f"{cfg.method}: length-grouped batches (windows of {cfg.data.group_by_length}): prompt slots per row "
+              f"{full:.0f} -> {mean:.0f} on average this epoch ({100 * (1 - mean / full):.0f}% fewer); each prompt "
+              f"width compiles the step once (padding/prompt_width in the log)", flush=True)
     step_fn = make_step(spec, student, run.teacher[0], placed.tx, step_teacher, placed.ref_params, placed.shardings)
     if run.teacher_tokenizer is not None:
         sides = cross_tokenizer.Sides(run.tokenizer, run.teacher_tokenizer, data_lib.end_token_id(

@@ -327,7 +327,8 @@ def _finish(spec, state, new_params, opt_state, metrics, batch, kls):
     metrics["nonfinite/skipped"] = opt_state.total_notfinite
     metrics.update({"kl/first_token_forward": kls[0].mean(), "kl/first_token_reverse": kls[1].mean(),
                     "lr": jnp.asarray(spec.schedule(state["step"] * spec.objective.updates_per_step), jnp.float32),
-                    "length/gold": batch.response_mask.sum(1).mean()})
+                    "length/gold": batch.response_mask.sum(1).mean(),
+                    "padding/prompt_width": jnp.asarray(batch.prompt_ids.shape[1], jnp.float32)})
     if batch.packing is not None:
         metrics["packing/efficiency"] = (batch.packing.segments > 0).mean()
     return {"params": new_params, "opt_state": opt_state, "step": state["step"] + 1, "objective": state["objective"],

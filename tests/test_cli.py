@@ -72,6 +72,14 @@ def test_config_errors_are_one_line(good, flag, culprit):
     assert_user_error(run(good(), flag, "--config.mode=check"), culprit)
 
 
+def test_length_grouping_errors_name_the_field(good):
+    assert_user_error(run(good(), "--config.data.group_by_length=4", "--config.data.packing=True",
+                          "--config.method=sft", "--config.mode=check"),
+                      "config.data.group_by_length: packed rows already hold examples end to end")
+    assert_user_error(run(good(), "--config.data.group_by_length=-1", "--config.mode=check"),
+                      "config.data.group_by_length: must be an int >= 0 (batches per sorted window; 0: off), got -1")
+
+
 def test_packing_errors_name_the_method_and_the_micro_batch(good):
     assert_user_error(run(good(), "--config.data.packing=True", "--config.method=dpkd", "--config.mode=check"),
                       "config.data.packing: dpkd generates the responses it trains on and does not pack", "sft, ")

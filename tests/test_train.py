@@ -33,10 +33,17 @@ def three_steps(cfg, data, teacher, student, chunk, extra=None, teacher_params=T
     batches = D.Batches(data, 4, 0, extra)
     if kw.get("packing"):  # the batches grouped to fit packed rows; "unpacked": the same batches, unpacked
         batches.packed(kw["packing"])
+    if kw.get("grouped"):  # length-grouped batches, prompts cut; "uncut": the same batches at the full width
+        batches.length_grouped(kw["grouped"])
     r = np.random.default_rng(0)
     lm = r.integers(0, 500, (4, 12)).astype(np.int32)
+    widths = kw.get("widths", [])
     for i in range(3):
-        rows = {k: v for k, v in batches.next().items() if k != "example_ids"
+        rows = batches.next()
+        if kw.get("uncut"):
+            rows.update(prompt_ids=data.prompt_ids[rows["example_ids"]], prompt_mask=data.prompt_mask[rows["example_ids"]])
+        widths.append(rows["prompt_ids"].shape[1])
+        rows = {k: v for k, v in rows.items() if k != "example_ids"
                 and not (kw.get("unpacked") and k.startswith("packing."))}
         given = given_samples(spec, r) if samples else {}
         state, m = step(state, Batch.of(dict(rows, lm_ids=lm, **given)), jax.random.PRNGKey(i))
@@ -116,6 +123,30 @@ def test_packed_gold_forwards_train_as_unpacked(tmp_path, tok, method):
     for k in ("loss/total", "grad_norm", f"loss/{method}"):
         np.testing.assert_allclose(m_packed[k], m_whole[k], rtol=1e-5, atol=1e-6, err_msg=k)
     assert D.Batches(data, 4, 0).packed(3 * longest) < 4  # rows hold several examples
+
+
+@pytest.mark.parametrize("method, samples", [("sft", True), ("kd", True), ("dpkd", False), ("gkd", False)])
+def test_length_grouped_batches_with_cut_prompts_train_as_at_the_full_width(tmp_path, tok, method, samples):
+    """``data.group_by_length``: the same grouped batches with their left-padded prompts cut to the narrowest
+    width that holds them give the full width's loss and parameters after 3 steps, also when the step samples
+    y_t and y_s itself (the prefill over fewer padding slots)."""
+    cfg, _, teacher, student = tiny_setup(tmp_path, tok, varied=True)
+    cfg.method = method
+    cfg.loss[method].lm_coef = 0.5
+    # prompts of 30-50 tokens at a width of 128: cut to 64 (the widths are 128, 64, 32, 16)
+    cfg.data.max_prompt_length, cfg.data.max_length = 128, 136
+    data, _ = D.load_instructions(str(tmp_path / "d.jsonl"), tok, max_prompt_length=128, max_length=136,
+                                  pad_token_id=tok.eos_token_id)
+    cut_widths, full_widths = [], []
+    full, m_full = three_steps(cfg, data, teacher, student, 8, samples=samples, grouped=2, uncut=True,
+                               widths=full_widths)
+    cut, m_cut = three_steps(cfg, data, teacher, student, 8, samples=samples, grouped=2, widths=cut_widths)
+    assert full_widths == [128] * 3 and max(cut_widths) < 128  # the prompts were cut
+    for k in full:
+        np.testing.assert_allclose(np.asarray(cut[k]), np.asarray(full[k]), atol=1e-5, err_msg=f"{method} {k}")
+    for k in ("loss/total", "grad_norm", f"loss/{method}"):
+        np.testing.assert_allclose(m_cut[k], m_full[k], rtol=1e-5, atol=1e-6, err_msg=k)
+    assert float(m_cut["padding/prompt_width"]) == cut_widths[-1]
 
 
 @pytest.mark.parametrize("method, samples", [("sft", True), ("kd", True), ("gkd", True), ("dpkd", True),

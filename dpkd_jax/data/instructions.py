@@ -15,6 +15,7 @@ import os
 import re
 
 import numpy as np
+from . import grouping
 from . import packing as packing_lib
 from . import traces
 from .jsonl import json_objects
@@ -278,7 +279,9 @@ class Batches:
         self.epoch, self.index = 0, 0
         self.dropped_per_epoch = len(data) % batch_size
         self.packing = None  # (length, rows): each batch also carries its packing (``data.packing``)
+        self.grouping = None  # (window, widths): length-grouped batches, prompts cut (``data.group_by_length``)
         self._epoch_batches = (None, [])
+        self._prompt_lengths = None
 
     def state(self):
         return {"epoch": self.epoch, "index": self.index}
@@ -294,7 +297,10 @@ class Batches:
         packed, grouped so every batch fits the packed rows (``packing.group``)."""
         if self._epoch_batches[0] != epoch:
             order, bs = self._order(epoch), self.batch_size
-            if self.packing is None:
+            if self.grouping is not None:
+                found = grouping.group(order, self.prompt_lengths(), bs, self.grouping[0],
+                                       np.random.default_rng([self.seed, epoch, 1]))
+            elif self.packing is None:
                 found = [order[i * bs:(i + 1) * bs] for i in range(len(order) // bs)]
             else:
                 lengths = packing_lib.example_lengths(self.data.prompt_mask, self.data.response_mask)
@@ -317,6 +323,20 @@ class Batches:
         self.batches_of(self.epoch)  # this epoch's grouping now: its leftover count, or the error
         return self.packing[1]
 
+    def prompt_lengths(self):
+        """Each example's prompt tokens ``[N]`` (computed once)."""
+        if self._prompt_lengths is None:
+            self._prompt_lengths = self.data.prompt_mask.sum(1)
+        return self._prompt_lengths
+
+    def length_grouped(self, window: int) -> tuple[float, float]:
+        """Group every epoch's batches by prompt length in windows of ``window`` batches, each batch's prompts cut
+        to the narrowest width that holds them (``grouping.py``). Returns (prompt slots per row at the full width,
+        on average over this epoch's batches)."""
+        self.grouping = (window, grouping.widths_for(self.data.prompt_ids.shape[1]))
+        self._epoch_batches = (None, [])
+        return grouping.saved(self.batches_of(self.epoch), self.prompt_lengths(), self.grouping[1])
+
     def next(self):
         if self.index >= len(self.batches_of(self.epoch)):
             self.epoch, self.index = self.epoch + 1, 0
@@ -328,6 +348,9 @@ class Batches:
                  "example_ids": idx.astype(np.int32)}
         if self.extra is not None:
             batch.update({k: v[idx] for k, v in self.extra.items()})
+        if self.grouping is not None:  # left-padded: the last ``w`` columns hold every prompt of the batch
+            w = grouping.width_of(int(self.prompt_lengths()[idx].max()), self.grouping[1])
+            batch["prompt_ids"], batch["prompt_mask"] = batch["prompt_ids"][:, -w:], batch["prompt_mask"][:, -w:]
         if self.packing is not None:
             plan = packing_lib.plan(batch["prompt_mask"], batch["response_mask"], *self.packing)
             batch.update({f"packing.{k}": v for k, v in plan.items()})

@@ -95,7 +95,8 @@ def default_config():
     # positions), recomputed in the backward pass (method.md §11); 0 = whole [B, N, V] logits (for comparisons)
     # allow_pickle: load pickle (.bin) weights, from a folder or a hub id (they can run code: off by default)
     # attention_kernel: auto | dense | blockwise | cudnn | splash (docs/models.md); blocks 0 = the backend's default
-    c.model = ml_collections.ConfigDict({"remat": "none", "scan_layers": True, "decode_kernel": "xla",
+    # kv_cache: compute (the compute dtype) | int8 (one float32 scale per head and slot: ~half of bfloat16's bytes)
+    c.model = ml_collections.ConfigDict({"remat": "none", "scan_layers": True, "decode_kernel": "xla", "kv_cache": "compute",
                                          "attention_kernel": "auto", "attention_block_q": 0, "attention_block_k": 0,
                                          "loss_chunk_tokens": 128, "allow_pickle": False})
     # Multi-host: jax.distributed.initialize(); empty fields are auto-detected (TPU pods, SLURM).
@@ -226,6 +227,8 @@ def validate(c):
     if c.train.batch_size % dp:
         fail("train.batch_size", f"{c.train.batch_size} is not divisible by the data-parallel size {dp} "
                                  f"(mesh data={mesh['data']} x fsdp={mesh['fsdp']})")
+    if c.model.kv_cache not in ("compute", "int8"):
+        fail("model.kv_cache", f"must be compute or int8, got {c.model.kv_cache!r}")
     if c.model.attention_kernel not in ATTENTION_KERNELS:
         fail("model.attention_kernel", f"unknown kernel {c.model.attention_kernel!r}; choose one of "
                                        f"{', '.join(ATTENTION_KERNELS)}")

@@ -47,7 +47,7 @@ def model_options(cfg, role, vocab) -> dict:
     kw = dict(dtype=jnp.dtype(spec.dtype), compute_dtype=jnp.dtype(spec.dtype if role == "teacher" else
                                                                     spec.compute_dtype),
               output_vocab=vocab, remat=cfg.model.remat, scan_layers=cfg.model.scan_layers,
-              decode_kernel=cfg.model.decode_kernel, **attention_options(cfg.model))
+              decode_kernel=cfg.model.decode_kernel, kv_cache=cfg.model.kv_cache, **attention_options(cfg.model))
     if role == "teacher":
         kw["quantize"] = cfg.teacher.quantize
     else:

@@ -65,9 +65,10 @@ def test_batches_cut_prompts_to_their_width_and_resume_the_same():
 
 
 def test_a_generating_run_groups_its_batches_and_logs_the_widths(hf_pair, tmp_path):
+    """gkd with length-grouped batches, sampling (and evaluating) from an int8 KV cache."""
     teacher, student, train = hf_pair
     config = write_config(tmp_path / "c.py", teacher, student, train, str(tmp_path / "work"), steps=4, method="gkd",
-                          **{"data.group_by_length": 4, "train.log_every": 1, "data.dev_num": 8,
+                          **{"data.group_by_length": 4, "train.log_every": 1, "data.dev_num": 8, "model.kv_cache": "int8",
                              "data.max_prompt_length": 128, "data.max_length": 136})
     r = subprocess.run([sys.executable, "-m", "dpkd_jax.main", f"--config={config}"], cwd=ROOT,
                        env=dict(os.environ, JAX_PLATFORMS="cpu"), capture_output=True, text=True, timeout=600)

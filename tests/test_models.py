@@ -19,6 +19,7 @@ from transformers import AutoModelForCausalLM
 from conftest import MODEL_KINDS, VOCAB, hf_model, make_tokenizer
 from dpkd_jax import models, sampling
 from dpkd_jax.models import gpt2
+from dpkd_jax.tools import plan
 from flax import nnx
 
 
@@ -137,6 +138,40 @@ def test_cached_decoding_equals_recomputation(checkpoints, kind, rng):
             got.append(np.asarray(logits))
         got = np.concatenate(got, axis=1)
         np.testing.assert_allclose(got[mask == 1], full[mask == 1], atol=1e-5, err_msg=str(model.config.scan_layers))
+
+
+@pytest.mark.parametrize("kind", ["llama", "gpt2"])
+def test_an_int8_kv_cache_stays_within_a_small_kl_of_the_float_cache(checkpoints, kind, rng):
+    """``kv_cache="int8"`` (one float32 scale per head and slot): prefill then one token at a time, scanned
+    and unrolled, every next-token distribution within KL(float || int8) < 2e-3 (mean < 5e-4) of the float
+    cache's; the cache holds int8 values and a scale per head and slot: (K + 4) / 4K of the float32 bytes."""
+    base = models.from_pretrained(checkpoints[kind][0])
+    ids, mask = left_padded(rng, t=12)
+    pos, P = models.positions_from_mask(mask), 5
+    for scan in (True, False):
+        runs = {}
+        for kv in ("compute", "int8"):
+            model = models.with_config(base, scan_layers=scan, kv_cache=kv)
+            cache = model.init_cache(3, 12)
+            logits, cache = model(ids[:, :P], attention_mask=mask, positions=pos[:, :P], cache=cache, cache_index=0)
+            steps = [np.asarray(logits)]
+            for t in range(P, 12):
+                logits, cache = model(ids[:, t:t + 1], attention_mask=mask, positions=pos[:, t:t + 1], cache=cache,
+                                      cache_index=t)
+                steps.append(np.asarray(logits))
+            runs[kv] = (np.concatenate(steps, axis=1), cache)
+        (ref, fcache), (got, qcache) = runs["compute"], runs["int8"]
+        p, q = jax.nn.log_softmax(ref[mask == 1]), jax.nn.log_softmax(got[mask == 1])
+        kl = np.asarray(jnp.sum(jnp.exp(p) * (p - q), -1))
+        assert kl.max() < 2e-3 and kl.mean() < 5e-4, (scan, kl.max(), kl.mean())
+        assert kl.max() > 0  # the int8 cache did round
+        nbytes = lambda c: sum(a.nbytes for a in jax.tree.leaves(c))
+        assert {a.dtype for a in jax.tree.leaves({"k": qcache["k"], "v": qcache["v"]})} == {jnp.dtype(jnp.int8)}
+        K = model.config.head_size  # per head and slot: K bytes and a 4-byte scale, against 4 K bytes of float32
+        assert nbytes(qcache) * 4 * K == nbytes(fcache) * (K + 4), (nbytes(qcache), nbytes(fcache), K)
+        mesh = jax.make_mesh((1, 1, 1), ("data", "fsdp", "tensor"))  # the planner's table counts the same bytes
+        assert plan.kv_cache_bytes(model.config, mesh, 3, 12) == nbytes(qcache)
+        assert plan.kv_cache_bytes(models.with_config(base, kv_cache="compute").config, mesh, 3, 12) == nbytes(fcache)
 
 
 @pytest.mark.parametrize("kind", MODEL_KINDS)

@@ -111,6 +111,7 @@ class Config:
     scan_layers: bool = True
     remat: str = "none"                    # none | full | dots (save matmul outputs): training memory vs compute
     decode_kernel: str = "xla"             # xla | pallas (GPU decode-attention kernel; XLA where it cannot apply)
+    kv_cache: str = "compute"              # compute (the compute dtype) | int8 (per head and slot scales)
     attention_kernel: str = "auto"         # auto | dense | blockwise | cudnn | splash (models/attention.py)
     attention_block_q: int = 0             # blockwise query / key block sizes; 0 = the backend's default
     attention_block_k: int = 0
@@ -127,6 +128,8 @@ class Config:
             raise ValueError(f"activation {self.mlp.activation!r} is not supported; known: {sorted(ACTIVATION_NAMES)}")
         if self.attention.layer_windows and len(self.attention.layer_windows) != self.n_layers:
             raise ValueError(f"layer_windows has {len(self.attention.layer_windows)} entries for {self.n_layers} layers")
+        if self.kv_cache not in ("compute", "int8"):
+            raise ValueError(f"kv_cache must be compute or int8, got {self.kv_cache!r}")
         if self.decode_kernel not in ("xla", "pallas"):
             raise ValueError(f"decode_kernel must be xla or pallas, got {self.decode_kernel!r}")
         if self.attention_kernel not in ATTENTION_KERNELS:

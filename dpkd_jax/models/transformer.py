@@ -89,13 +89,52 @@ class Block(nnx.Module):
         return constrain(x, ACT, p.rules), cache
 
 
+def _kv_of(cache):
+    """The layers' (k, v) from a cache dict; with an int8 cache each is ``(int8 values, scales)``."""
+    if "k_scale" in cache:
+        return (cache["k"], cache["k_scale"]), (cache["v"], cache["v_scale"])
+    return cache["k"], cache["v"]
+
+
+def _cache_of(kv, quantized: bool) -> dict:
+    """The cache dict of the layers' (k, v), as :func:`_kv_of` read it."""
+    k, v = kv
+    if quantized:
+        return {"k": k[0], "k_scale": k[1], "v": v[0], "v_scale": v[1]}
+    return {"k": k, "v": v}
+
+
+def _layer_of(part, i):
+    """Layer ``i``'s cache of an unrolled model's part: a tuple of per-layer arrays, or (values, scales) of them."""
+    return (part[0][i], part[1][i]) if isinstance(part[0], tuple) else part[i]
+
+
+def _stacked(per_layer):
+    """Per-layer caches back into the part's layout: a tuple of arrays, or (values, scales) tuples."""
+    if isinstance(per_layer[0], tuple):
+        return tuple(p[0] for p in per_layer), tuple(p[1] for p in per_layer)
+    return per_layer
+
+
+def quantize_kv(x):
+    """int8 keys or values with one scale per head and slot: ``x [B, G, T, K]`` -> (``round(x / s)`` int8,
+    ``s = max|x| / 127`` ``[B, G, T, 1]`` float32)."""
+    amax = jnp.max(jnp.abs(x.astype(jnp.float32)), axis=-1, keepdims=True)
+    scale = jnp.where(amax > 0, amax / 127.0, 1.0)
+    return jnp.clip(jnp.round(x.astype(jnp.float32) / scale), -127, 127).astype(jnp.int8), scale
+
+
 def _write(c, new, layer, index):
+    if isinstance(c, tuple):  # int8 values and their scales
+        return tuple(_write(part, q, layer, index) for part, q in zip(c, quantize_kv(new)))
     if layer is None:
         return jax.lax.dynamic_update_slice(c, new.astype(c.dtype), (0, 0, index, 0))
     return jax.lax.dynamic_update_slice(c, new[None].astype(c.dtype), (layer, 0, 0, index, 0))
 
 
 def _read(c, layer, slots):
+    if isinstance(c, tuple):
+        return _read(c[0], layer, slots).astype(jnp.float32) * _read(c[1], layer, slots)
     if layer is None:
         return c if slots == c.shape[2] else c[:, :, :slots]
     return jax.lax.dynamic_slice(c, (layer, 0, 0, 0, 0), (1, *c.shape[1:3], slots, c.shape[4]))[0]
@@ -179,7 +218,7 @@ class CausalLM(nnx.Module):
             return nnx.merge(gdef, state)(x, window, index, kv, shared)
         if cfg.remat != "none" and cache is None:
             block = jax.checkpoint(block, policy=_REMAT_POLICIES[cfg.remat])
-        kv = None if cache is None else (cache["k"], cache["v"])
+        kv = None if cache is None else _kv_of(cache)
         if cfg.scan_layers:
             def body(carry, layer):
                 x, kv = block(*carry, layer)
@@ -190,7 +229,7 @@ class CausalLM(nnx.Module):
         feats = per_layer[jnp.asarray(collect)] if collect else None
         if self.final_norm is not None:
             x = self.final_norm(x)
-        return x, None if kv is None else {"k": kv[0], "v": kv[1]}, feats
+        return x, None if kv is None else _cache_of(kv, "k_scale" in cache), feats
 
     def _unrolled(self, block, x, kv, xs, collect):
         """The layers one after another, each on its own cache arrays (``kv``: per-layer tuples)."""
@@ -200,11 +239,11 @@ class CausalLM(nnx.Module):
         layers = jax.tree.map(lambda a: [p[0] for p in jnp.split(a, L)], xs[:2])
         for i in range(L):
             state, window = jax.tree.map(lambda parts: parts[i], layers, is_leaf=lambda v: isinstance(v, list))
-            x, kv_i = block(x, None if kv is None else (kv[0][i], kv[1][i]), (state, window, None))
+            x, kv_i = block(x, None if kv is None else tuple(_layer_of(part, i) for part in kv), (state, window, None))
             outs.append(x)
             new.append(kv_i)
         per_layer = jnp.stack(outs) if collect else None
-        return x, None if kv is None else tuple(tuple(n[j] for n in new) for j in range(2)), per_layer
+        return x, None if kv is None else tuple(_stacked(tuple(n[j] for n in new)) for j in range(2)), per_layer
 
     def head_logits(self, x):
         """Hidden ``[..., D]`` -> logits ``[..., V']`` over the first ``config.logits_vocab`` rows,
@@ -248,12 +287,16 @@ def init_cache(cfg: Config, batch: int, length: int, rules=DEFAULT_RULES):
     before slots, so attention reads a layer's keys without a transpose); for an unrolled model, a
     tuple of ``layers`` arrays ``[B, kv_heads, S, head_dim]`` each."""
     shape = (batch, cfg.kv_heads, length, cfg.head_size)
+
+    def empty(dt, last):
+        if cfg.scan_layers:
+            return constrain(jnp.zeros((cfg.n_layers, *shape[:-1], last), dt), CACHE, rules)
+        return tuple(constrain(jnp.zeros((*shape[:-1], last), dt), CACHE[1:], rules) for _ in range(cfg.n_layers))
+    if cfg.kv_cache == "int8":  # half the bytes of bfloat16 plus one float32 scale per head and slot
+        return {"k": empty(jnp.int8, cfg.head_size), "k_scale": empty(jnp.float32, 1),
+                "v": empty(jnp.int8, cfg.head_size), "v_scale": empty(jnp.float32, 1)}
     dt = DTYPES[cfg.compute_dtype]
-    if cfg.scan_layers:
-        empty = lambda: constrain(jnp.zeros((cfg.n_layers, *shape), dt), CACHE, rules)
-    else:
-        empty = lambda: tuple(constrain(jnp.zeros(shape, dt), CACHE[1:], rules) for _ in range(cfg.n_layers))
-    return {"k": empty(), "v": empty()}
+    return {"k": empty(dt, cfg.head_size), "v": empty(dt, cfg.head_size)}
 
 
 def forward_flops_per_token(cfg: Config, seq_len: int) -> float:

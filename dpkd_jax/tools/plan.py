@@ -296,14 +296,16 @@ def _planned_spec(cfg, mesh, batch_per_replica, data, model_cfgs):
 
 
 def kv_cache_bytes(model_cfg, mesh, batch, length):
-    """One model's KV cache per device: ``[2, L, B/dp, P+N, G/tensor (G when replicated), K]``."""
+    """One model's KV cache per device: ``[2, L, B/dp, P+N, G/tensor (G when replicated), K]`` in the compute dtype,
+    or int8 with a float32 scale per head and slot (``model.kv_cache=int8``)."""
     import numpy as np
     from .. import sharding
     from ..models.config import DTYPES
     g = model_cfg.kv_heads
     g = g // mesh.shape["tensor"] if g % mesh.shape["tensor"] == 0 else g
-    return (2 * model_cfg.n_layers * (batch // sharding.data_parallel_size(mesh)) * length * g * model_cfg.head_size
-            * np.dtype(DTYPES[model_cfg.compute_dtype]).itemsize)
+    per_slot = (model_cfg.head_size + 4 if model_cfg.kv_cache == "int8" else  # int8 values and a float32 scale
+                model_cfg.head_size * np.dtype(DTYPES[model_cfg.compute_dtype]).itemsize)
+    return 2 * model_cfg.n_layers * (batch // sharding.data_parallel_size(mesh)) * length * g * per_slot
 
 
 def table(rows):

@@ -63,25 +63,7 @@ def default_config():
     # the command line's persistent compilation cache (later runs of the same steps load them compiled); "" = off
     c.compile_cache = os.environ.get("DPKD_COMPILE_CACHE", os.path.join("~", ".cache", "dpkd_jax", "xla"))
     c.teacher, c.student = _model_blocks()
-    c.data = ml_collections.ConfigDict({
-        "train": "", "dev_num": 500, "eval_sets": ml_collections.ConfigDict(), "pretrain": "",
-        "max_prompt_length": 256, "max_length": 512, "lm_seq_len": 512,
-        # dolly: the reference code's template; chat: the tokenizer's chat template (instruct models);
-        # gemma: Gemma's turn format written down (data.TURNS), for base checkpoints that ship no template
-        "template": "dolly",
-        # across tokenizers: the teacher's own prompt template ("" = data.template)
-        "teacher_template": "",
-        # multi-teacher: the field of each training row that names its teacher (a key of teacher.paths)
-        "teacher_field": "",
-        # teacher-forced methods: each step's examples packed end to end in rows of the data's longest row
-        # (own segment ids, positions from 0; data/packing.py): the same losses, fewer padded slots
-        "packing": False,
-        # generating methods above all: a window of this many batches is sorted by prompt length, and each batch's
-        # left-padded prompts are cut to the narrowest of P, P/2, P/4, P/8 that holds them (data/grouping.py); 0: off
-        "group_by_length": 0,
-        # instructions: Dolly-format JSONL (or hf:/tfds:); traces: JSONL of {prompt, thinking, answer}, the thinking
-        # as a Qwen3 <think> block (data/traces.py); trace_loss: all (thinking and answer trained on) or answer
-        "format": "instructions", "trace_loss": "all"})
+    c.data = _data_block()
     c.train = _train_block()
     # Device mesh (sharding.py): -1 takes the remaining devices. shard_student=False keeps a
     # small student whole on every device (pure data parallel); the teacher is always split.
@@ -121,6 +103,29 @@ def _log_block():
     """``config.log``: the experiment trackers (trackers.py), tensorboard | wandb (offline without WANDB_API_KEY;
     pip extra wandb) | trackio (local; pip extra trackio); each gets the scalars, the config and the final table."""
     return ml_collections.ConfigDict({"trackers": ("tensorboard",), "project": "dpkd_jax"})
+
+
+def _data_block():
+    """``config.data``: the training and eval sets, lengths, templates, packing and length grouping."""
+    return ml_collections.ConfigDict({
+        "train": "", "dev_num": 500, "eval_sets": ml_collections.ConfigDict(), "pretrain": "",
+        "max_prompt_length": 256, "max_length": 512, "lm_seq_len": 512,
+        # dolly: the reference code's template; chat: the tokenizer's chat template (instruct models);
+        # gemma: Gemma's turn format written down (data.TURNS), for base checkpoints that ship no template
+        "template": "dolly",
+        # across tokenizers: the teacher's own prompt template ("" = data.template)
+        "teacher_template": "",
+        # multi-teacher: the field of each training row that names its teacher (a key of teacher.paths)
+        "teacher_field": "",
+        # teacher-forced methods: each step's examples packed end to end in rows of the data's longest row
+        # (own segment ids, positions from 0; data/packing.py): the same losses, fewer padded slots
+        "packing": False,
+        # generating methods above all: a window of this many batches is sorted by prompt length, and each batch's
+        # left-padded prompts are cut to the narrowest of P, P/2, P/4, P/8 that holds them (data/grouping.py); 0: off
+        "group_by_length": 0,
+        # instructions: Dolly-format JSONL (or hf:/tfds:); traces: JSONL of {prompt, thinking, answer}, the thinking
+        # as a Qwen3 <think> block (data/traces.py); trace_loss: all (thinking and answer trained on) or answer
+        "format": "instructions", "trace_loss": "all"})
 
 
 def _train_block():

@@ -13,6 +13,7 @@ import dataclasses
 import hashlib
 import importlib.util
 import os
+import uuid
 
 import jax
 
@@ -53,7 +54,8 @@ def check(names) -> tuple:
 class TensorBoard:
     def __init__(self, where: Where):
         from tensorboardX import SummaryWriter
-        self.writer = SummaryWriter(os.path.join(where.workdir, "tb"))
+        # a suffix of its own: two writers opened in one second (a stage, then its table) would share a file name
+        self.writer = SummaryWriter(os.path.join(where.workdir, "tb"), filename_suffix=f".{uuid.uuid4().hex[:8]}")
         self.writer.add_text("config", "```\n" + _yaml(where.config) + "\n```", 0)
 
     def scalars(self, metrics: dict, step: int):

@@ -109,3 +109,14 @@ def test_a_run_without_process_zero_logs_nothing(tmp_path, monkeypatch):
     with trackers.Trackers(("tensorboard",), trackers.Where(str(tmp_path), "t", {})) as tr:
         tr.scalars({"loss/total": 1.0}, 1)
     assert not os.path.exists(tmp_path / "tb")
+
+
+def test_two_writers_on_one_work_dir_in_one_second_keep_both_files(tmp_path):
+    """A stage's writer and its table's, opened back to back: neither event file replaces the other."""
+    where = trackers.Where(str(tmp_path), "t", {})
+    with trackers.Trackers(("tensorboard",), where) as tr:
+        tr.scalars({"loss/total": 1.5}, 1)
+    with trackers.Trackers(("tensorboard",), where) as tr:
+        tr.table("results", "| a |\n|---|\n| 1 |")
+    assert len(glob.glob(str(tmp_path / "tb" / "events.*"))) == 2
+    assert scalars(tmp_path / "tb", "loss/total") == [1.5]

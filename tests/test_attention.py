@@ -46,9 +46,9 @@ CASES = {  # name: (inputs overrides, Mask overrides, Options overrides)
     "prefix_cache": (dict(T=13, S=40, right_pad=(0, 0)), dict(q_offset=27), {}),
     "prefix_cache_window": (dict(T=13, S=40, right_pad=(0, 0)), dict(q_offset=27, window=9), {}),
     "segments": (dict(left_pad=(0, 0)), "segments", {}),
-    # five examples in rows of 32 slots: whole key blocks of other examples are skipped, not only masked
+    # five examples in rows of 32 slots
     "segments_packed": (dict(T=32, S=32, left_pad=(0, 0), right_pad=(0, 0)), "segments_packed", {}),
-    # one id in two separate runs (and padding 0 between): the skipped blocks still hold no allowed pair
+    # one id in two separate runs, and padding 0 between
     "segments_scattered": (dict(T=32, S=32, left_pad=(0, 0), right_pad=(0, 0)), "segments_scattered", {}),
 }
 SEGMENT_IDS = {"segments": lambda B, T: segments(B, T), "segments_packed": lambda B, T: segments(B, T, (5, 12, 20, 27)),
@@ -118,23 +118,6 @@ def test_blockwise_skips_masked_blocks():
     windowed = [tuple(int(x) for x in A._q_range(sh, 0, 100, i)) for i in range(8)]
     assert windowed == [(0, 1)] + [(i - 1, i + 1) for i in range(1, 8)]
     assert [tuple(int(x) for x in A._k_range(sh, 0, 100, j)) for j in (0, 7)] == [(0, 2), (7, 8)]
-
-
-def test_blockwise_skips_the_blocks_of_other_segments():
-    """Packed rows: query block i starts at the first key block of its queries' segments, and key block j stops
-    at the last query block of its keys' segments (four slots a block, examples at 0, 5, 12, 20, 27)."""
-    sh = A._Shape(T=32, S=32, bq=4, bk=4, nq=8, nk=8, scale=1.0, softcap=0.0)
-    ids = np.asarray(segments(2, 32, (5, 12, 20, 27)))
-    bounds = A._segment_bounds(sh, (jnp.asarray(ids), jnp.asarray(ids)), jnp.int32(0))
-    first = {v: int(np.argmax(ids[0] == v)) for v in set(ids[0])}
-    last = {v: int(31 - np.argmax(ids[0][::-1] == v)) for v in set(ids[0])}
-    assert [int(x) for x in bounds[0]] == [min(first[v] for v in ids[0, 4 * i:4 * i + 4]) // 4 for i in range(8)]
-    assert [int(x) for x in bounds[1]] == [max(last[v] for v in ids[0, 4 * j:4 * j + 4]) // 4 + 1 for j in range(8)]
-    ranges = [tuple(int(x) for x in A._q_range(sh, 0, 0, i, bounds)) for i in range(8)]
-    assert ranges == [(0, 1), (0, 2), (1, 3), (3, 4), (3, 5), (5, 6), (5, 7), (6, 8)]
-    assert sum(hi - lo for lo, hi in ranges) < sum(i + 1 for i in range(8))  # fewer blocks than causal alone
-    offset = A._segment_bounds(sh, (jnp.asarray(ids), jnp.asarray(ids)), jnp.int32(3))  # a cache offset: no skipping
-    assert [int(x) for x in offset[0]] == [0] * 8 and [int(x) for x in offset[1]] == [8] * 8
 
 
 def test_cudnn_wrapper_equals_dense_on_valid_rows(rng):

@@ -211,12 +211,11 @@ def blockwise(q, k, v, mask: Mask, opts: Options):
     qp = pad(q, nq * bq - T, 1).reshape(B, nq * bq, G, H // G, K)
     kp, vp = pad(k, nk * bk - S, 2), pad(v, nk * bk - S, 2)
     key_mask = pad(mask.key_mask.astype(jnp.int32), nk * bk - S, 1)
-    segs = bounds = None
+    segs = None
     if mask.q_segments is not None:
         segs = (pad(mask.q_segments, nq * bq - T, 1), pad(mask.k_segments, nk * bk - S, 1))
-        bounds = _segment_bounds(shape, segs, jnp.asarray(mask.q_offset, jnp.int32))
     out = _flash(shape, qp, kp, vp, key_mask, segs, jnp.asarray(mask.q_offset, jnp.int32),
-                 jnp.asarray(mask.window, jnp.int32), bounds)
+                 jnp.asarray(mask.window, jnp.int32))
     return out.reshape(B, nq * bq, H, K)[:, :T]
 
 
@@ -229,41 +228,20 @@ def _block_mask(sh: _Shape, key_mask, segs, q_offset, window, i, j):
     return ok & (t < sh.T)[None, None, None, :, None]
 
 
-def _segment_bounds(sh: _Shape, segs, q_offset):
-    """With segment ids (packed rows), the blocks a segment cannot reach: per query block, the first key block
-    holding a key of any of its queries' segments ``[nq]``; per key block, one past the last query block holding a
-    query of any of its keys' segments ``[nk]``. Exact for any layout of ids (each id's first and last slot,
-    ``segment_min``/``segment_max``: O(T)); a block past them has no allowed pair in any row, so it is skipped."""
-    q_seg, k_seg = segs
-    n_ids = max(q_seg.shape[1], k_seg.shape[1]) + 1
-    first_key = jax.vmap(lambda ids: jax.ops.segment_min(jnp.arange(ids.shape[0]), ids, num_segments=n_ids))(k_seg)
-    last_query = jax.vmap(lambda ids: jax.ops.segment_max(jnp.arange(ids.shape[0]), ids, num_segments=n_ids))(q_seg)
-    key_lo = jnp.take_along_axis(first_key, jnp.clip(q_seg, 0, n_ids - 1), axis=1)   # [B, nq*bq]
-    query_hi = jnp.take_along_axis(last_query, jnp.clip(k_seg, 0, n_ids - 1), axis=1)  # [B, nk*bk]
-    lo = jnp.clip(key_lo.reshape(-1, sh.nq, sh.bq).min(axis=(0, 2)) // sh.bk, 0, sh.nk)
-    hi = jnp.clip(query_hi.reshape(-1, sh.nk, sh.bk).max(axis=(0, 2)) // sh.bq + 1, 0, sh.nq)
-    # the ids say which query slot meets which key slot only without a cache offset (packed rows have none)
-    return jnp.where(q_offset == 0, lo, 0), jnp.where(q_offset == 0, hi, sh.nq)
-
-
-def _q_range(sh: _Shape, q_offset, window, i, bounds=None):
-    """Key blocks ``[lo, hi)`` that query block ``i`` can see (causal, window, its queries' segments)."""
+def _q_range(sh: _Shape, q_offset, window, i):
+    """Key blocks ``[lo, hi)`` that query block ``i`` can see (causal, window)."""
     qmin = q_offset + i * sh.bq
     qmax = q_offset + jnp.minimum((i + 1) * sh.bq, sh.T) - 1
     hi = jnp.clip(qmax // sh.bk + 1, 0, sh.nk)
     lo = jnp.where(window > 0, jnp.clip((qmin - window + 1) // sh.bk, 0, sh.nk), 0)
-    if bounds is not None:
-        lo = jnp.maximum(lo, bounds[0][i])
     return lo, jnp.maximum(lo, hi)
 
 
-def _k_range(sh: _Shape, q_offset, window, j, bounds=None):
-    """Query blocks ``[lo, hi)`` that can see key block ``j`` (causal, window, its keys' segments)."""
+def _k_range(sh: _Shape, q_offset, window, j):
+    """Query blocks ``[lo, hi)`` that can see key block ``j``."""
     kmin, kmax = j * sh.bk, (j + 1) * sh.bk - 1
     lo = jnp.clip((kmin - q_offset) // sh.bq, 0, sh.nq)
     hi = jnp.where(window > 0, jnp.clip((kmax + window - 1 - q_offset) // sh.bq + 1, 0, sh.nq), sh.nq)
-    if bounds is not None:
-        hi = jnp.minimum(hi, bounds[1][j])
     return lo, jnp.maximum(lo, hi)
 
 
@@ -279,11 +257,11 @@ def _slice(x, start, size, axis):
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _flash(sh, q, k, v, key_mask, segs, q_offset, window, bounds):
-    return _flash_fwd(sh, q, k, v, key_mask, segs, q_offset, window, bounds)[0]
+def _flash(sh, q, k, v, key_mask, segs, q_offset, window):
+    return _flash_fwd(sh, q, k, v, key_mask, segs, q_offset, window)[0]
 
 
-def _flash_fwd(sh, q, k, v, key_mask, segs, q_offset, window, bounds):
+def _flash_fwd(sh, q, k, v, key_mask, segs, q_offset, window):
     B, _, G, R, K = q.shape
 
     def q_block(i):
@@ -302,7 +280,7 @@ def _flash_fwd(sh, q, k, v, key_mask, segs, q_offset, window, bounds):
             return m_new, l * c + p.sum(-1), acc
         init = (jnp.full((B, G, R, sh.bq), NEG, jnp.float32), jnp.zeros((B, G, R, sh.bq), jnp.float32),
                 jnp.zeros((B, G, R, sh.bq, K), jnp.float32))
-        return jax.lax.fori_loop(*_q_range(sh, q_offset, window, i, bounds), body, init)
+        return jax.lax.fori_loop(*_q_range(sh, q_offset, window, i), body, init)
 
     m, l, acc = jax.lax.map(q_block, jnp.arange(sh.nq))          # [nq, B, G, R, bq(, K)]
     live = l > 0
@@ -313,11 +291,11 @@ def _flash_fwd(sh, q, k, v, key_mask, segs, q_offset, window, bounds):
     out = out.transpose(1, 0, 4, 2, 3, 5).reshape(q.shape).astype(q.dtype)   # [B, nq*bq, G, R, K]
     lse = lse.transpose(1, 0, 4, 2, 3).reshape(B, -1, G, R)                 # [B, nq*bq, G, R]
     live = live.transpose(1, 0, 4, 2, 3).reshape(B, -1, G, R)
-    return out, (q, k, v, key_mask, segs, q_offset, window, bounds, out, lse, live)
+    return out, (q, k, v, key_mask, segs, q_offset, window, out, lse, live)
 
 
 def _flash_bwd(sh, res, dout):
-    q, k, v, key_mask, segs, q_offset, window, bounds, out, lse, live = res
+    q, k, v, key_mask, segs, q_offset, window, out, lse, live = res
     B, Tp, G, R, K = q.shape
     dout = dout.astype(jnp.float32)
     delta = jnp.sum(dout * out.astype(jnp.float32), axis=-1)                  # [B, Tp, G, R]
@@ -342,7 +320,7 @@ def _flash_bwd(sh, res, dout):
             dq = jax.lax.dynamic_update_slice_in_dim(dq, _slice(dq, i * sh.bq, sh.bq, 1) + dqi, i * sh.bq, 1)
             return dq, dk + jnp.einsum("bgrqs,bqgrk->bgsk", ds, qi, preferred_element_type=jnp.float32), dv
         zeros = jnp.zeros((B, G, sh.bk, K), jnp.float32)
-        dq, dk, dv = jax.lax.fori_loop(*_k_range(sh, q_offset, window, j, bounds), body, (dq, zeros, zeros))
+        dq, dk, dv = jax.lax.fori_loop(*_k_range(sh, q_offset, window, j), body, (dq, zeros, zeros))
         return dq, (dk, dv)
 
     dq, (dk, dv) = jax.lax.scan(k_block, jnp.zeros(q.shape, jnp.float32), jnp.arange(sh.nk))
@@ -351,7 +329,7 @@ def _flash_bwd(sh, res, dout):
     # rows with no allowed key averaged every real value: each real slot gets 1/S of their cotangent
     dead = jnp.sum(jnp.where(live[..., None], 0.0, dout), axis=(1, 3)) / sh.S     # [B, G, K]
     dv = dv + jnp.where(jnp.arange(sh.nk * sh.bk) < sh.S, 1.0, 0.0)[None, None, :, None] * dead[:, :, None]
-    return dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype), None, None, None, None, None
+    return dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype), None, None, None, None
 
 
 _flash.defvjp(_flash_fwd, _flash_bwd)

@@ -65,11 +65,12 @@ def default_config():
     c.teacher, c.student = _model_blocks()
     c.data = _data_block()
     c.train = _train_block()
-    # Device mesh (sharding.py): -1 takes the remaining devices. shard_student=False keeps a
+    # Device mesh (sharding.py): -1 takes the remaining devices. context splits each forward's sequence across
+    # devices (attention gathers keys and values; docs/scale-out.md). shard_student=False keeps a
     # small student whole on every device (pure data parallel); the teacher is always split.
     # rules: logical axis -> mesh axes (sharding.DEFAULT_RULES), overridable per run, e.g.
     # --config.mesh.rules.kv_heads=None to replicate KV heads.
-    c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1, "shard_student": True,
+    c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "context": 1, "tensor": 1, "shard_student": True,
                                         "rules": dict(DEFAULT_RULES)})
     # Model execution: remat none | full | dots (save matmul outputs) for long sequences; scan over layers.
     # decode_kernel: pallas uses JAX's Pallas GPU decode-attention kernel for decode steps (xla elsewhere)
@@ -198,6 +199,14 @@ def _fail(field, msg):
     raise InputError(f"config.{field}: {msg}")
 
 
+def _check_context(c, context: int):
+    """The context axis splits the teacher-forced forward's ``data.max_length`` slots in ``2 x context`` chunks
+    (two per device, for the causal load balance of ``models/attention.py``)."""
+    if context > 1 and c.data.max_length % (2 * context):
+        _fail("mesh.context", f"{context} needs data.max_length to be a multiple of {2 * context} (two chunks of the "
+                              f"sequence per device), got data.max_length={c.data.max_length}")
+
+
 def validate(c):
     """Stop at start-up with one message naming the field."""
     fail = _fail
@@ -232,6 +241,7 @@ def validate(c):
     if c.train.batch_size % dp:
         fail("train.batch_size", f"{c.train.batch_size} is not divisible by the data-parallel size {dp} "
                                  f"(mesh data={mesh['data']} x fsdp={mesh['fsdp']})")
+    _check_context(c, mesh["context"])
     if c.model.kv_cache not in ("compute", "int8"):
         fail("model.kv_cache", f"must be compute or int8, got {c.model.kv_cache!r}")
     if c.model.attention_kernel not in ATTENTION_KERNELS:

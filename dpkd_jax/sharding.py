@@ -1,10 +1,11 @@
 """One device mesh, one table of logical-axis -> mesh-axis rules, and the shardings
 of params, optimizer state and batches derived from them.
 
-The mesh has three named axes: ``data`` (pure data parallel), ``fsdp`` (data
-parallel whose members also split the parameters, ZeRO-3 style) and ``tensor``
-(Megatron-style splitting of heads, MLP and vocabulary). A batch is split over
-``data`` x ``fsdp``. Every parameter is sharded by the logical axis names of the
+The mesh has four named axes: ``data`` (pure data parallel), ``fsdp`` (data
+parallel whose members also split the parameters, ZeRO-3 style), ``context`` (the
+sequence of a forward split across devices; attention gathers keys and values,
+``models/attention.py``) and ``tensor`` (Megatron-style splitting of heads, MLP and
+vocabulary). A batch is split over ``data`` x ``fsdp``. Every parameter is sharded by the logical axis names of the
 parameter table the caller passes (``models.param_table``), through rules that
 are data (:data:`DEFAULT_RULES`, overridable per run with ``config.mesh.rules``).
 
@@ -22,13 +23,14 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from .errors import InputError
 
-AXES = ("data", "fsdp", "tensor")
+AXES = ("data", "fsdp", "context", "tensor")
 BATCH = ("data", "fsdp")
 
 # logical axis -> mesh axes (None: replicated along it). One table for every model, as a
 # hashable tuple of pairs so it can sit in a model Config (the static part of a jit).
 DEFAULT_RULES = (
     ("batch", BATCH),
+    ("length", "context"),
     ("vocab", "tensor"),
     ("embed", "fsdp"),
     ("heads", "tensor"),
@@ -60,7 +62,7 @@ _POD_HINT = ("; on a machine with fewer devices than the run's, check it for the
 
 
 def mesh_shape(sizes: dict, n_devices: int) -> dict:
-    """Resolve ``{"data": -1, "fsdp": 2, "tensor": 1}`` (-1: the rest) against ``n_devices``."""
+    """Resolve ``{"data": -1, "fsdp": 2, "context": 1, "tensor": 1}`` (-1: the rest) against ``n_devices``."""
     sizes = {a: int(sizes.get(a, 1)) for a in AXES}
     free = [a for a, s in sizes.items() if s == -1]
     if len(free) > 1:
@@ -96,7 +98,9 @@ def spec_for(logical_axes, shape, mesh: Mesh, rules=None, name="", soft=False) -
     out, used = [], set()
     for dim, ax in zip(shape, logical_axes):
         mesh_ax = rules.get(ax) if ax else None
-        axes = tuple(a for a in ((mesh_ax,) if isinstance(mesh_ax, str) else (mesh_ax or ())) if a not in used)
+        # a mesh without an axis the rules name (one built by hand, before the context axis) leaves it out
+        axes = tuple(a for a in ((mesh_ax,) if isinstance(mesh_ax, str) else (mesh_ax or ()))
+                     if a not in used and a in mesh.shape)
         size = math.prod(mesh.shape[a] for a in axes)
         if axes and dim % size:
             if soft:

@@ -43,7 +43,7 @@ def setup():
     return cfg, mk(teacher, 0), mk(student, 1), batch
 
 
-def run(placement, steps=2):
+def run(placement, steps=2, setup=setup):
     cfg, (t_cfg, t_params), (s_cfg, s_params), batch = setup()
     tx = make_optimizer(cfg.train)
     sh = step_shardings(placement, s_cfg, t_cfg, tx, s_params)

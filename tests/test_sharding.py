@@ -26,8 +26,10 @@ def fake_mesh(**shape):
 
 
 def test_mesh_shape_resolves_the_rest_and_names_bad_sizes():
-    assert sharding.mesh_shape({"data": -1, "fsdp": 2, "tensor": 2}, 16) == {"data": 4, "fsdp": 2, "tensor": 2}
-    assert sharding.mesh_shape({"data": 1, "fsdp": -1}, 8) == {"data": 1, "fsdp": 8, "tensor": 1}
+    assert sharding.mesh_shape({"data": -1, "fsdp": 2, "tensor": 2}, 16) == \
+        {"data": 4, "fsdp": 2, "context": 1, "tensor": 2}
+    assert sharding.mesh_shape({"data": 1, "fsdp": -1}, 8) == {"data": 1, "fsdp": 8, "context": 1, "tensor": 1}
+    assert sharding.mesh_shape({"data": 2, "context": -1}, 8) == {"data": 2, "fsdp": 1, "context": 4, "tensor": 1}
     with pytest.raises(ValueError, match="config.mesh: at most one axis may be -1"):
         sharding.mesh_shape({"data": -1, "fsdp": -1}, 8)
     with pytest.raises(ValueError, match="config.mesh: .* 6 devices but there are 8"):
@@ -95,6 +97,28 @@ def test_one_step_on_a_2x2x2_mesh_equals_one_device():
     r = subprocess.run([sys.executable, os.path.join(ROOT, "tests", "mesh_worker.py")], cwd=ROOT, env=env,
                        capture_output=True, text=True, timeout=500)
     assert r.returncode == 0 and "OK" in r.stdout, r.stdout[-3000:] + r.stderr[-3000:]
+
+
+def test_a_step_split_over_the_context_axis_equals_one_unsplit():
+    """context = 4 (x data 2) against context = 1: a Llama forward and gradient with padding and packed segments
+    (dense and blockwise kernels), and kd steps unpacked and packed (tests/context_worker.py)."""
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "tests", "context_worker.py")], cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=500)
+    assert r.returncode == 0 and "OK" in r.stdout, r.stdout[-3000:] + r.stderr[-3000:]
+
+
+def test_a_context_axis_that_does_not_split_the_sequence_names_both_numbers():
+    from dpkd_jax.config import default_config, validate
+    c = default_config()
+    c.demo.enabled = True
+    c.mode, c.check.devices = "check", 8
+    c.mesh.data, c.mesh.context, c.data.max_length = 2, 4, 300
+    with pytest.raises(ValueError, match=r"config.mesh.context: 4 needs data.max_length to be a multiple of 8 .* "
+                                         r"got data.max_length=300"):
+        validate(c)
+    c.data.max_length = 512
+    validate(c)
 
 
 def free_port():

@@ -12,6 +12,13 @@ prefill, evaluation, the shared-prompt forward, features) through the kernel tha
 - ``splash``: Pallas splash attention on TPU (``interpret=True`` elsewhere, for tests).
 - ``auto``: dense below :data:`CROSSOVER` key slots on CPU, else the backend's O(T) kernel.
 
+Context parallelism: under a mesh whose ``context`` axis has ``c > 1`` devices, a whole-sequence
+forward (no cache) is laid out in :func:`balanced_order` by the model and each device holds two of
+``2c`` chunks, ``d`` and ``2c-1-d`` (causal load balancing, as MaxText does it): every device then
+sees about the same number of unmasked (query, key) pairs. :func:`context_parallel` all-gathers keys
+and values over the axis inside ``shard_map`` and runs the kernel on the device's own queries at
+their slots; the backward's reduce-scatter is the all-gather's transpose.
+
 The mask is described, never materialised: :class:`Mask` holds the valid key slots, the slot of
 the first query (causal over cache slots), the layer's sliding window and optional segment ids.
 A kernel that cannot honour a call (soft-capping, a head size, segment ids, a traced cache
@@ -51,6 +58,7 @@ class Mask(NamedTuple):
     window: object = 0
     q_segments: jax.Array | None = None  # [B, T]
     k_segments: jax.Array | None = None  # [B, S]
+    context: int = 1                     # > 1: the sequence is in balanced_order over this many devices
 
     def pairs(self, q_slots, k_slots, q_index=None, k_index=None):
         """Allowed pairs ``[B, 1, 1, len(q_slots), len(k_slots)]`` for these slots; ``q_index`` and
@@ -98,6 +106,12 @@ def options(cfg: Config, backend: str | None = None) -> Options:
 def attend(cfg: Config, q, k, v, mask: Mask):
     """Grouped-query attention: q ``[B, T, H, K]`` over k, v ``[B, G, S, K]`` (heads before slots,
     the KV cache's layout) -> ``[B, T, H, K]``, through the kernel :func:`choose` picks."""
+    if mask.context > 1:
+        return context_parallel(cfg, q, k, v, mask)
+    return _kernel(cfg, q, k, v, mask)
+
+
+def _kernel(cfg: Config, q, k, v, mask: Mask):
     T, S = q.shape[1], k.shape[2]
     if C.pallas_decode_ok(cfg, T, S):
         return C.attend_decode_pallas(cfg, q, k, v, mask.key_mask, mask.q_offset + 1)
@@ -335,6 +349,62 @@ def _flash_bwd(sh, res, dout):
 _flash.defvjp(_flash_fwd, _flash_bwd)
 
 
+# ------------------------------------------------------------------ context parallelism
+
+def context_shards(T: int, S: int, cache) -> int:
+    """Devices of the context mesh's ``context`` axis that split this forward, or 1: only a whole-sequence
+    forward (no cache, ``S == T``) whose length splits in two chunks per device is split here. Other calls
+    (prefill and decode over a cache, odd lengths) leave the sequence to XLA's own partitioner."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty or "context" not in mesh.axis_names or "context" in mesh.manual_axes:
+        return 1
+    c = mesh.shape["context"]
+    return c if c > 1 and cache is None and S == T and T % (2 * c) == 0 else 1
+
+
+@functools.lru_cache(maxsize=64)
+def balanced_order(T: int, c: int) -> np.ndarray:
+    """The slots of a ``T``-slot sequence in the order that puts chunks ``d`` and ``2c-1-d`` of ``2c`` on
+    device ``d`` of ``c``: causal attention's early chunks (few keys) pair with its late ones (many)."""
+    n = T // (2 * c)
+    chunks = [i for d in range(c) for i in (d, 2 * c - 1 - d)]
+    return np.concatenate([np.arange(i * n, (i + 1) * n) for i in chunks])
+
+
+def context_parallel(cfg: Config, q, k, v, mask: Mask):
+    """Attention over a sequence split across the ``context`` axis in :func:`balanced_order`: inside
+    ``shard_map`` each device all-gathers k, v (and the key mask and segment ids), restores slot order,
+    and attends its two query chunks at their slots (a traced cache offset for the kernel).
+
+    All-gathered K/V rather than a ring: grouped-query models keep few KV heads (a gathered layer's
+    keys and values are ``2 G / H`` of its queries' size), one collective per layer that XLA can overlap,
+    and any kernel runs unchanged on the local queries; a ring would save the gathered copy's memory."""
+    c, T = mask.context, q.shape[1]
+    n = T // (2 * c)
+    restore = np.argsort(balanced_order(T, c))
+    has_segs = mask.q_segments is not None
+
+    def local(q, k, v, key_mask, window, *segs):
+        d = jax.lax.axis_index("context")
+        gather = lambda x, axis: jnp.take(jax.lax.all_gather(x, "context", axis=axis, tiled=True), restore, axis=axis)
+        k, v, key_mask = gather(k, 2), gather(v, 2), gather(key_mask, 1)
+        k_seg = gather(segs[1], 1) if has_segs else None
+        outs = []
+        for half, chunk in enumerate((d, 2 * c - 1 - d)):
+            part = slice(half * n, (half + 1) * n)
+            m = Mask(key_mask, chunk * n, window, segs[0][:, part] if has_segs else None, k_seg)
+            outs.append(_kernel(cfg, q[:, part], k, v, m))
+        return jnp.concatenate(outs, axis=1)
+    from jax.sharding import PartitionSpec as P
+    seq, kv = P(None, "context"), P(None, None, "context")
+    args = (q, k, v, mask.key_mask, jnp.asarray(mask.window, jnp.int32))
+    specs = (seq, kv, kv, seq, P())
+    if has_segs:
+        args, specs = args + (mask.q_segments, mask.k_segments), specs + (seq, seq)
+    return jax.shard_map(local, mesh=jax.sharding.get_abstract_mesh(), in_specs=specs, out_specs=seq,
+                         axis_names=frozenset({"context"}), check_vma=False)(*args)
+
+
 # ------------------------------------------------------------------ cuDNN (GPU)
 
 def cudnn(q, k, v, mask: Mask, opts: Options, implementation: str = "cudnn"):
@@ -445,4 +515,4 @@ def _on_mesh(fn, q, k, v, q_seg, k_seg):
 
 
 __all__ = ["KERNELS", "CROSSOVER", "Mask", "Options", "attend", "choose", "dense", "blockwise", "cudnn", "splash",
-           "splash_interpreted", "options"]
+           "splash_interpreted", "options", "context_shards", "balanced_order", "context_parallel"]

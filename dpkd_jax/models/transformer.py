@@ -31,7 +31,7 @@ from . import components as C
 from .config import DTYPES, Config
 
 # Logical axes of activations (mapped to the mesh by the model's rules inside a mesh context).
-ACT = ("batch", None, None)                                 # hidden states [B, T, D]
+ACT = ("batch", "length", None)                             # hidden states [B, T, D]
 CACHE = ("layers", "batch", "kv_heads", None, "head_dim")   # KV cache [L, B, G, S, K] (per layer: [B, G, S, K])
 _REMAT_POLICIES = {"full": None, "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable}
 
@@ -39,13 +39,15 @@ _REMAT_POLICIES = {"full": None, "dots": jax.checkpoint_policies.dots_with_no_ba
 class Pass(NamedTuple):
     """What every layer of one forward pass shares: ``ropes`` (global, local) tables, the valid key
     slots ``key_mask [B, S]``, the cache slot of the first new token, the activation rules and
-    optional segment ids (``[B, T]``: packed examples attend only within their own)."""
+    optional segment ids (``[B, T]``: packed examples attend only within their own); ``context > 1``: the
+    sequence is in ``attention.balanced_order`` over that many devices of the mesh's context axis."""
     cfg: Config
     ropes: tuple | None
     key_mask: jax.Array
     cache_index: object
     rules: tuple
     segment_ids: jax.Array | None = None
+    context: int = 1
 
 
 class Block(nnx.Module):
@@ -77,7 +79,7 @@ class Block(nnx.Module):
             cache = tuple(_write(c, new, layer, p.cache_index) for c, new in zip(cache, (k, v)))
             k, v = (_read(c, layer, key_mask.shape[1]).astype(x.dtype) for c in cache)
         segs = (p.segment_ids, p.segment_ids) if p.segment_ids is not None else (None, None)
-        attn = A.attend(cfg, q, k, v, A.Mask(key_mask, p.cache_index, window, *segs))
+        attn = A.attend(cfg, q, k, v, A.Mask(key_mask, p.cache_index, window, *segs, p.context))
         h = self.attn.out(attn)
         x = x + (self.post_attn_norm(h) if self.post_attn_norm is not None else h)
         if not self.pre_norm:
@@ -207,8 +209,13 @@ class CausalLM(nnx.Module):
 
     def _run(self, tokens, positions, attention_mask, cache, cache_index, collect, segment_ids=None):
         cfg = self.config
+        context = A.context_shards(tokens.shape[1], attention_mask.shape[1], cache)
+        if context > 1:  # every per-token input in the balanced layout; the outputs go back at the end
+            order = A.balanced_order(tokens.shape[1], context)
+            tokens, positions, attention_mask = (a[:, order] for a in (tokens, positions, attention_mask))
+            segment_ids = None if segment_ids is None else segment_ids[:, order]
         x = constrain(self.embed(tokens, positions, DTYPES[cfg.compute_dtype]), ACT, self.rules)
-        shared = Pass(cfg, _ropes(cfg, positions), attention_mask, cache_index, self.rules, segment_ids)
+        shared = Pass(cfg, _ropes(cfg, positions), attention_mask, cache_index, self.rules, segment_ids, context)
         gdef, layers = nnx.split(self.blocks)
         windows = jnp.asarray(cfg.attention.layer_windows or (0,) * cfg.n_layers, jnp.int32)
         xs = (layers, windows, jnp.arange(cfg.n_layers))
@@ -229,6 +236,9 @@ class CausalLM(nnx.Module):
         feats = per_layer[jnp.asarray(collect)] if collect else None
         if self.final_norm is not None:
             x = self.final_norm(x)
+        if context > 1:
+            restore = np.argsort(order)
+            x, feats = x[:, restore], None if feats is None else feats[:, :, restore]
         return x, None if kv is None else _cache_of(kv, "k_scale" in cache), feats
 
     def _unrolled(self, block, x, kv, xs, collect):
@@ -261,7 +271,8 @@ class CausalLM(nnx.Module):
         if cfg.final_softcap:
             cap = cfg.final_softcap
             logits = (jnp.tanh(logits.astype(jnp.float32) / cap) * cap).astype(dt)
-        return constrain(logits, ("batch", None, "vocab"), self.rules)
+        # [B, T, V] splits its slots over the context axis; a loss's chunk of tokens [N, V] keeps its batch rule
+        return constrain(logits, ("batch", "length" if logits.ndim == 3 else None, "vocab"), self.rules)
 
     def init_cache(self, batch: int, length: int):
         return init_cache(self.config, batch, length, self.rules)

@@ -169,7 +169,7 @@ def plan_one(cfg, mesh_sizes, devices, batch_per_replica=0, vocab=0, data=None, 
                    for x in jax.tree.leaves(tree))
     kv = lambda c: kv_cache_bytes(c, mesh, B, P + spec.sampling.max_new_tokens)
     return {"devices": len(devices), "kind": devices[0].device_kind, "batch": B,
-            "mesh": "x".join(f"{a}{mesh.shape[a]}" for a in sharding.AXES),
+            "mesh": "x".join(f"{a}{mesh.shape[a]}" for a in sharding.AXES if a != "context" or mesh.shape[a] > 1),
             "teacher_params": per_device(t_abs), "student_params": per_device(state["params"]),
             "opt_state": per_device(state["opt_state"]), "kv_caches": kv(t_cfg) + kv(s_cfg),
             "temp": int(mem.temp_size_in_bytes),
@@ -378,7 +378,7 @@ def main(argv=None):
         cfg = FLAGS.config
         targets = ([topology_devices(t) for t in FLAGS.topology.split(",")] if FLAGS.topology
                    else [int(x) for x in FLAGS.devices.split(",")])
-        mesh = parse_mesh(FLAGS.mesh) if FLAGS.mesh else {a: cfg.mesh[a] for a in ("data", "fsdp", "tensor")}
+        mesh = parse_mesh(FLAGS.mesh) if FLAGS.mesh else {a: cfg.mesh[a] for a in sharding.AXES}
         if FLAGS.fit_lengths:
             for devices in targets:
                 print(fit_table(fit_rows(cfg.copy_and_resolve_references(), mesh, devices,

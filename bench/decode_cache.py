@@ -32,8 +32,8 @@ def sampler(layers, scan, B, P, N, rng):
     mask = np.ones((B, P), np.int32)
     mask[:, :P - 64] = 0
     mask = jnp.asarray(mask)
-    f = jax.jit(lambda p, r: sampling.sample(dec, p, ids, mask, r, max_new_tokens=N, eos_token_id=-1,
-                                             pad_token_id=0))
+    f = jax.jit(lambda p, r: sampling.sample(dec, p, ids, mask, r,
+                                             sampling.Sampling(max_new_tokens=N, eos_token_id=-1, pad_token_id=0)))
     return lambda i: jax.block_until_ready(f(params, jax.random.PRNGKey(i)))
 
 

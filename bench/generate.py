@@ -64,8 +64,9 @@ def build(args):
 
 def time_ours(model, ids, mask, n, seed, eos):
     t = time.perf_counter()
-    toks, m = sampling.generate(model, ids, mask, max_new_tokens=n, rng=jax.random.PRNGKey(seed), eos_token_id=eos,
-                                pad_token_id=0)
+    toks, m = models.generate(model, ids, mask,
+                              sampling.Sampling(max_new_tokens=n, eos_token_id=eos, pad_token_id=0),
+                              rng=jax.random.PRNGKey(seed))
     toks.block_until_ready()
     return time.perf_counter() - t, int(np.asarray(m).sum(1).max())
 

@@ -35,8 +35,8 @@ def thin(kv_cache, new):
 def generate(kv_cache, ids, new):
     """(tokens, seconds, cache bytes) of one generation of ``new`` tokens (after a warm-up that compiles)."""
     decoder, params = thin(kv_cache, new)
-    run = lambda n: sampling.generate((decoder, params), ids, jnp.ones_like(ids), max_new_tokens=n, greedy=True,
-                                      eos_token_id=-1, pad_token_id=0)
+    run = lambda n: models.generate((decoder, params), ids, jnp.ones_like(ids),
+                                    sampling.Sampling(max_new_tokens=n, greedy=True, eos_token_id=-1, pad_token_id=0))
     jax.block_until_ready(run(new))  # compiles the prefill and the chunks
     t = time.perf_counter()
     toks, _ = jax.block_until_ready(run(new))

@@ -100,7 +100,7 @@ class Ours:
         cfg, params = (self.t_cfg, self.t_params) if which == "teacher" else (self.s_cfg, self.state["params"])
         t = time.perf_counter()
         out = sampling.sample_jit(cfg, params, *batch.prompts, jax.random.PRNGKey(seed),
-                                  max_new_tokens=new, eos_token_id=-1, pad_token_id=0)
+                                  sampling.Sampling(max_new_tokens=new, eos_token_id=-1, pad_token_id=0))
         jax.block_until_ready(out)
         return time.perf_counter() - t
 

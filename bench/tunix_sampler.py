@@ -74,8 +74,9 @@ def main():
 
     def run_ours(seed):
         t = time.perf_counter()
-        toks, _ = sampling.generate(ours, ids, np.ones_like(ids), max_new_tokens=N, rng=jax.random.PRNGKey(seed),
-                                    eos_token_id=-1, pad_token_id=0)
+        toks, _ = models.generate(ours, ids, np.ones_like(ids),
+                                  sampling.Sampling(max_new_tokens=N, eos_token_id=-1, pad_token_id=0),
+                                  rng=jax.random.PRNGKey(seed))
         toks.block_until_ready()
         return time.perf_counter() - t
 

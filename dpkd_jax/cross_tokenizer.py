@@ -115,10 +115,10 @@ def wrap_step(step, spec, needs, student, teacher, teacher_params, sides: Sides,
                              dst_eos=spec.eos_token_id, dst_pad=spec.pad_token_id)
     to_teacher = Retokenizer(student_tok, teacher_tok, length, src_eos=spec.eos_token_id,
                              dst_eos=t_eos, dst_pad=t_pad)
-    t_kw = spec.kwargs(eos_token_id=t_eos, pad_token_id=t_pad)
+    t_opts = spec.replace(eos_token_id=t_eos, pad_token_id=t_pad)
     # compiled once per (model, shapes, options): every run of a process (the experiment's seeds) shares them
-    draw_t = lambda tp, p, m, rng: sampling.sample_jit(teacher, tp, p, m, rng, **t_kw)
-    draw_s = lambda params, p, m, rng: sampling.sample_jit(student, params, p, m, rng, **spec.kwargs())
+    draw_t = lambda tp, p, m, rng: sampling.sample_jit(teacher, tp, p, m, rng, t_opts)
+    draw_s = lambda params, p, m, rng: sampling.sample_jit(student, params, p, m, rng, spec)
     put = (lambda a: sharding.put(a, batch_sharding)) if batch_sharding is not None else (lambda a: a)
 
     def cross_step(state, batch, rng):

@@ -69,21 +69,25 @@ def decode_responses(tokenizer, tokens, mask, eos_token_id):
     return out
 
 
-def generate_answers(decode, params, data, tokenizer, *, batch_size, max_new_tokens, seed, temperature=1.0,
-                     top_k=0, top_p=1.0, greedy=False, eos_token_id, pad_token_id, desc="generate", mesh=None):
-    """Answers for every prompt of ``data`` (a data.Tokenized), in order. With ``mesh``,
+def answer_options(ec, gc) -> sampling.Sampling:
+    """How evaluation answers: ``config.eval``'s length and sampler, ``config.gen``'s EOS and padding."""
+    return sampling.Sampling(int(ec.max_new_tokens), float(ec.temperature), int(ec.top_k), float(ec.top_p),
+                             int(gc.eos_token_id), int(gc.pad_token_id), bool(ec.greedy))
+
+
+def generate_answers(decode, params, data, tokenizer, opts: sampling.Sampling, *, batch_size, seed, desc="generate",
+                     mesh=None):
+    """Answers for every prompt of ``data`` (a data.Tokenized), in order, sampled under ``opts``. With ``mesh``,
     each batch is split over its batch axes (every process gets every answer)."""
-    kw = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, greedy=greedy,
-              eos_token_id=eos_token_id, pad_token_id=pad_token_id)
     answers = []
     n = len(data)
     for i in tqdm(range(0, n, batch_size), desc=desc, leave=False):
         sl = np.arange(i, min(i + batch_size, n))
         idx = np.concatenate([sl, np.full(batch_size - len(sl), sl[0])])  # static shape
         ids, mask = sharding.put_batch((data.prompt_ids[idx], data.prompt_mask[idx]), mesh)
-        toks, m = sampling.generate_stepwise(decode, params, ids, mask, jax.random.PRNGKey(seed * 100003 + i), **kw)
+        toks, m = sampling.generate_stepwise(decode, params, ids, mask, jax.random.PRNGKey(seed * 100003 + i), opts)
         toks, m = sharding.to_host(toks), sharding.to_host(m)
-        answers.extend(decode_responses(tokenizer, toks, m, eos_token_id)[: len(sl)])
+        answers.extend(decode_responses(tokenizer, toks, m, opts.eos_token_id)[: len(sl)])
     return answers
 
 
@@ -98,11 +102,8 @@ def evaluate(decode, params, eval_sets: dict, tokenizer, ec, gc, out_dir=None, t
         per_seed = []
         answers_all = []
         for seed in ec.seeds:
-            answers = generate_answers(decode, params, data, tokenizer, batch_size=ec.batch_size,
-                                       max_new_tokens=ec.max_new_tokens, seed=seed, temperature=ec.temperature,
-                                       top_k=ec.top_k, top_p=ec.top_p, greedy=ec.greedy,
-                                       eos_token_id=gc.eos_token_id, pad_token_id=gc.pad_token_id,
-                                       desc=f"eval {tag}/{name} seed {seed}", mesh=mesh)
+            answers = generate_answers(decode, params, data, tokenizer, answer_options(ec, gc),
+                                       batch_size=ec.batch_size, seed=seed, desc=f"eval {tag}/{name} seed {seed}", mesh=mesh)
             per_seed.append(score_answers(answers, data.references))
             answers_all.append(answers)
         res = {k: float(np.mean([s[k] for s in per_seed])) for k in per_seed[0]}

@@ -161,8 +161,9 @@ class JaxLM(TemplateLM):
             prompt[b, width - len(ids):], mask[b, width - len(ids):] = ids, 1  # left-padded, as the sampler reads
         prompt, mask = sharding.put_batch((prompt, mask), self.mesh)
         toks, live = sampling.generate_stepwise(
-            self.decode, self.params, prompt, mask, jax.random.PRNGKey(self.seed), max_new_tokens=g.max_new_tokens,
-            temperature=g.temperature, greedy=g.greedy, eos_token_id=self.eot_token_id, pad_token_id=self.eot_token_id)
+            self.decode, self.params, prompt, mask, jax.random.PRNGKey(self.seed),
+            sampling.Sampling(g.max_new_tokens, g.temperature, eos_token_id=self.eot_token_id,
+                              pad_token_id=self.eot_token_id, greedy=g.greedy))
         toks, live = np.asarray(sharding.to_host(toks)), np.asarray(sharding.to_host(live))
         texts = [self.tok_decode([int(t) for t, m in zip(toks[b], live[b]) if m and t != self.eot_token_id])
                  for b in range(len(rows))]

@@ -257,12 +257,8 @@ def generate_mode(cfg, s_cfg, params, tokenizer, mesh=None):
         raise InputError("config.generate: set generate.prompt or generate.input_file for mode=generate")
     rep = data_lib.Report(g.input_file or "prompt")
     data = data_lib.tokenize(records, tokenizer, report=rep, **data_options(cfg))
-    answers = eval_lib.generate_answers(s_cfg, params, data, tokenizer, mesh=mesh,
-                                        batch_size=min(cfg.eval.batch_size, len(data)),
-                                        max_new_tokens=cfg.eval.max_new_tokens, seed=cfg.seed,
-                                        temperature=cfg.eval.temperature, top_k=cfg.eval.top_k,
-                                        top_p=cfg.eval.top_p, greedy=cfg.eval.greedy,
-                                        eos_token_id=cfg.gen.eos_token_id, pad_token_id=cfg.gen.pad_token_id)
+    answers = eval_lib.generate_answers(s_cfg, params, data, tokenizer, eval_lib.answer_options(cfg.eval, cfg.gen),
+                                        batch_size=min(cfg.eval.batch_size, len(data)), seed=cfg.seed, mesh=mesh)
     out = g.output_file or os.path.join(cfg.workdir, "answers.jsonl")
     if jax.process_index() != 0:
         return answers

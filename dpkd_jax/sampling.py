@@ -19,6 +19,7 @@ the prefill and each chunk separately, donates the cache, and stops between chun
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from typing import NamedTuple
@@ -28,7 +29,8 @@ import jax.numpy as jnp
 
 from . import losses
 
-__all__ = ["generate", "sample", "sample_jit", "score", "response_logits", "response_hidden", "process_logits", "chunks"]
+__all__ = ["Sampling", "generate", "sample", "sample_jit", "score", "response_logits", "response_hidden",
+           "process_logits", "chunks"]
 
 MAX_CHUNKS = 4      # compiled decode bodies per generation; attention waste <= 1/MAX_CHUNKS of N
 # Each chunk is one more compiled decode body (seconds of XLA compile per model on a CPU); a chunk shorter
@@ -108,17 +110,18 @@ def draw(key, logits):
     return jnp.minimum(jnp.sum(cdf < u, axis=-1), logits.shape[-1] - 1).astype(jnp.int32)
 
 
-def decode_chunk(decode, params, state: State, rng, start, stop, *, prompt_len, eos_token_id, pad_token_id,
-                 **pick):
-    """New tokens ``start..stop-1``: ``(state, tokens [B, n], live [B, n])``. Each step
-    attends over the ``prompt_len + stop`` slots this chunk can have filled, not the whole cache."""
+def decode_chunk(decode, params, state: State, rng, start, stop, *, prompt_len, opts, temperature):
+    """New tokens ``start..stop-1``: ``(state, tokens [B, n], live [B, n])`` under ``opts`` (a :class:`Sampling`) at
+    ``temperature`` (traced: one compile serves every temperature). Each step attends over the
+    ``prompt_len + stop`` slots this chunk can have filled, not the whole cache."""
     key_mask = state.key_mask[:, :prompt_len + stop]
+    pick = opts._pick(temperature)
 
     def step(carry, i):
         logits, cache, pos, done = carry
-        tok = jnp.where(done, pad_token_id, _pick(logits, jax.random.fold_in(rng, i), **pick))
+        tok = jnp.where(done, opts.pad_token_id, _pick(logits, jax.random.fold_in(rng, i), **pick))
         live = ~done
-        done = done | (tok == eos_token_id)
+        done = done | (tok == opts.eos_token_id)
         logits, cache = decode(params, tok[:, None], pos[:, None], key_mask, cache, prompt_len + i)
         return (logits[:, 0], cache, pos + 1, done), (tok, live)
 
@@ -127,62 +130,91 @@ def decode_chunk(decode, params, state: State, rng, start, stop, *, prompt_len, 
     return state._replace(logits=logits, cache=cache, pos=pos, done=done), toks.T, live.T
 
 
-def sample(decode, params, prompt_ids, prompt_mask, rng, *, max_new_tokens, temperature=1.0, top_k=0,
-           top_p=1.0, greedy=False, eos_token_id, pad_token_id):
+@dataclasses.dataclass(frozen=True)
+class Sampling:
+    """The sampler's options, one hashable value (a compiled sampler is keyed by it): ``max_new_tokens`` after
+    the prompt; after a row emits ``eos_token_id`` its later tokens are ``pad_token_id`` with mask 0;
+    ``greedy`` takes the argmax, otherwise temperature / top-k / top-p sampling (``top_k=0, top_p=1.0``:
+    the full distribution, as the paper samples)."""
+    max_new_tokens: int
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    eos_token_id: int = -1
+    pad_token_id: int = 0
+    greedy: bool = False
+
+    @classmethod
+    def of(cls, g) -> "Sampling":
+        """From a ``config.gen``-shaped section (entry points only)."""
+        return cls(int(g.max_new_tokens), float(g.temperature), int(g.top_k), float(g.top_p), int(g.eos_token_id),
+                   int(g.pad_token_id))
+
+    def replace(self, **changes) -> "Sampling":
+        return dataclasses.replace(self, **changes)
+
+    def check(self) -> "Sampling":
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.temperature <= 0 and not self.greedy:
+            raise ValueError(f"temperature must be > 0 (or greedy=True), got {self.temperature}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        return self
+
+    def _pick(self, temperature=None) -> dict:
+        return dict(temperature=self.temperature if temperature is None else temperature, top_k=self.top_k,
+                    top_p=self.top_p, greedy=self.greedy)
+
+
+def sample(decode, params, prompt_ids, prompt_mask, rng, opts: Sampling):
     """Pure generation (call it inside your own jit, e.g. a train step): see :func:`generate`.
     Chunks after every row has ended are skipped (``lax.cond``)."""
     B, P = prompt_ids.shape
     rng = jax.random.PRNGKey(0) if rng is None else rng
-    kw = dict(prompt_len=P, eos_token_id=eos_token_id, pad_token_id=pad_token_id, temperature=temperature,
-              top_k=top_k, top_p=top_p, greedy=greedy)
-    state = prefill(decode, params, prompt_ids, prompt_mask, max_new_tokens)
+    kw = dict(prompt_len=P, opts=opts, temperature=opts.temperature)
+    state = prefill(decode, params, prompt_ids, prompt_mask, opts.max_new_tokens)
     toks, lives = [], []
-    for start, stop in chunks(max_new_tokens):
+    for start, stop in chunks(opts.max_new_tokens):
         run = functools.partial(decode_chunk, decode, params, rng=rng, start=start, stop=stop, **kw)
 
         def skip(st, n=stop - start):
-            return st, jnp.full((B, n), pad_token_id, jnp.int32), jnp.zeros((B, n), bool)
+            return st, jnp.full((B, n), opts.pad_token_id, jnp.int32), jnp.zeros((B, n), bool)
         state, t, live = jax.lax.cond(jnp.all(state.done), skip, lambda st: run(state=st), state)
         toks.append(t)
         lives.append(live)
     return jnp.concatenate(toks, axis=1), jnp.concatenate(lives, axis=1).astype(jnp.int32)
 
 
-_STATIC = ("decode", "max_new_tokens", "top_k", "top_p", "greedy", "eos_token_id", "pad_token_id")
+@functools.partial(jax.jit, static_argnames=("decode", "opts"))
+def _generate_jit(decode, params, prompt_ids, prompt_mask, rng, temperature, opts):
+    return sample(decode, params, prompt_ids, prompt_mask, rng, opts.replace(temperature=temperature))
 
 
-@functools.partial(jax.jit, static_argnames=_STATIC)
-def _generate_jit(decode, params, prompt_ids, prompt_mask, rng, temperature, **static):
-    return sample(decode, params, prompt_ids, prompt_mask, rng, temperature=temperature, **static)
-
-
-def sample_jit(decode, params, prompt_ids, prompt_mask, rng, *, max_new_tokens, temperature=1.0, top_k=0,
-               top_p=1.0, greedy=False, eos_token_id, pad_token_id):
-    """:func:`sample` compiled as one program, once per (decode, shapes, static options)."""
-    return _generate_jit(decode, params, prompt_ids, prompt_mask, rng, jnp.float32(temperature),
-                         max_new_tokens=int(max_new_tokens), top_k=int(top_k), top_p=float(top_p),
-                         greedy=bool(greedy), eos_token_id=int(eos_token_id), pad_token_id=int(pad_token_id))
+def sample_jit(decode, params, prompt_ids, prompt_mask, rng, opts: Sampling):
+    """:func:`sample` compiled as one program, once per (decode, shapes, options but the temperature)."""
+    return _generate_jit(decode, params, prompt_ids, prompt_mask, rng, jnp.float32(opts.temperature),
+                         opts=opts.replace(temperature=1.0))
 
 
 # Evaluation and offline teacher samples: prefill and each chunk jitted apart, the cache donated,
 # the host stopping between chunks once every row has ended.
 _prefill_jit = jax.jit(prefill, static_argnums=(0, 4))
-_CHUNK_STATIC = ("decode", "start", "stop", "prompt_len", "eos_token_id", "pad_token_id", "top_k", "top_p", "greedy")
+_CHUNK_STATIC = ("decode", "start", "stop", "prompt_len", "opts")
 _chunk_jit = jax.jit(decode_chunk, static_argnames=_CHUNK_STATIC, donate_argnames=("state",))
 
 
-def generate_stepwise(decode, params, prompt_ids, prompt_mask, rng, *, max_new_tokens, temperature=1.0,
-                      top_k=0, top_p=1.0, greedy=False, eos_token_id, pad_token_id):
+def generate_stepwise(decode, params, prompt_ids, prompt_mask, rng, opts: Sampling):
     """Same tokens as :func:`sample_jit`, driven from the host chunk by chunk: true early
     exit (no work at all after every row has ended) at one host check per chunk."""
     B, P = prompt_ids.shape
-    state = _prefill_jit(decode, params, prompt_ids, prompt_mask, int(max_new_tokens))
-    kw = dict(prompt_len=P, eos_token_id=int(eos_token_id), pad_token_id=int(pad_token_id),
-              temperature=jnp.float32(temperature), top_k=int(top_k), top_p=float(top_p), greedy=bool(greedy))
+    N, pad = int(opts.max_new_tokens), int(opts.pad_token_id)
+    state = _prefill_jit(decode, params, prompt_ids, prompt_mask, N)
+    kw = dict(prompt_len=P, opts=opts.replace(temperature=1.0), temperature=jnp.float32(opts.temperature))
     toks, lives = [], []
-    for start, stop in chunks(int(max_new_tokens)):
+    for start, stop in chunks(N):
         if toks and bool(jnp.all(state.done)):
-            toks.append(jnp.full((B, stop - start), pad_token_id, jnp.int32))
+            toks.append(jnp.full((B, stop - start), pad, jnp.int32))
             lives.append(jnp.zeros((B, stop - start), bool))
             continue
         state, t, live = _chunk_jit(decode, params, state, rng, start=start, stop=stop, **kw)
@@ -191,31 +223,20 @@ def generate_stepwise(decode, params, prompt_ids, prompt_mask, rng, *, max_new_t
     return jnp.concatenate(toks, axis=1), jnp.concatenate(lives, axis=1).astype(jnp.int32)
 
 
-def generate(model, prompt_ids, prompt_mask, *, max_new_tokens, rng=None, temperature=1.0, top_k=0, top_p=1.0,
-             greedy=False, eos_token_id, pad_token_id):
-    """Sample ``max_new_tokens`` after left-padded prompts.
+def generate(model, prompt_ids, prompt_mask, opts: Sampling, rng=None):
+    """Sample ``opts.max_new_tokens`` after left-padded prompts.
 
-    Args: ``model``, an NNX ``models.CausalLM`` (split once into its decode call and
-    state) or a ``(decode, params)`` pair; ``prompt_ids``/``prompt_mask`` ``[B, P]``, left-padded.
-    Returns ``(tokens [B, N], mask [B, N])``: after a row emits ``eos_token_id``
-    its later tokens are ``pad_token_id`` with mask 0 (the EOS has mask 1).
-    ``greedy`` takes the argmax; otherwise temperature / top-k / top-p sampling
-    (``top_k=0, top_p=1.0``: the full distribution, as the paper samples).
+    Args: ``model``, a ``(decode, params)`` pair (``models.split`` of an NNX model; ``models.generate`` takes
+    the NNX model itself); ``prompt_ids``/``prompt_mask`` ``[B, P]``, left-padded; ``opts``, a
+    :class:`Sampling`. Returns ``(tokens [B, N], mask [B, N])``: after a row emits the EOS its later tokens
+    are padding with mask 0 (the EOS has mask 1).
     """
-    if max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-    if temperature <= 0 and not greedy:
-        raise ValueError(f"temperature must be > 0 (or greedy=True), got {temperature}")
-    if not 0.0 < top_p <= 1.0:
-        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+    opts.check()
     if jnp.shape(prompt_ids) != jnp.shape(prompt_mask):
         raise ValueError(f"prompt_mask has shape {jnp.shape(prompt_mask)}, prompt_ids {jnp.shape(prompt_ids)}")
-    from .models.decoder import split
-    decode, params = model if isinstance(model, tuple) else split(model)
+    decode, params = model
     return generate_stepwise(decode, params, jnp.asarray(prompt_ids), jnp.asarray(prompt_mask),
-                             jax.random.PRNGKey(0) if rng is None else rng, max_new_tokens=max_new_tokens,
-                             temperature=temperature, top_k=top_k, top_p=top_p, greedy=greedy,
-                             eos_token_id=eos_token_id, pad_token_id=pad_token_id)
+                             jax.random.PRNGKey(0) if rng is None else rng, opts)
 
 
 def _teacher_forced(prompt_ids, prompt_mask, response_ids, response_mask):

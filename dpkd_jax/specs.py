@@ -14,6 +14,7 @@ from . import objectives
 from .errors import InputError
 from .objectives import Response
 from .optim import Schedule
+from .sampling import Sampling  # noqa: F401  (the step's sampler options; specs.Sampling)
 
 FEATURE_SCHEDULES = ("constant", "linear", "cosine")
 
@@ -87,25 +88,6 @@ class Feature:
             return {}
         rng = np.random.default_rng(0)
         return {"feature/projection": (rng.standard_normal((len(self.pairs), ds, dt)) / np.sqrt(ds)).astype(np.float32)}
-
-
-@dataclasses.dataclass(frozen=True)
-class Sampling:
-    """The sampler's options: ``sampling.sample(..., **spec.kwargs())``."""
-    max_new_tokens: int
-    temperature: float = 1.0
-    top_k: int = 0
-    top_p: float = 1.0
-    eos_token_id: int = -1
-    pad_token_id: int = 0
-
-    @classmethod
-    def of(cls, g) -> "Sampling":
-        return cls(int(g.max_new_tokens), float(g.temperature), int(g.top_k), float(g.top_p), int(g.eos_token_id),
-                   int(g.pad_token_id))
-
-    def kwargs(self, **changes) -> dict:
-        return dict(dataclasses.asdict(self), **changes)
 
 
 @dataclasses.dataclass(frozen=True)

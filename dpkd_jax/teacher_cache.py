@@ -66,13 +66,14 @@ def static_batches(n, bs):
         yield i, sl, np.concatenate([sl, np.zeros(bs - len(sl), int)])
 
 
-def generate_all(model, params, data, batch_size, *, seed, desc, mesh=None, **gen_kw):
+def generate_all(model, params, data, batch_size, opts, *, seed, desc, mesh=None):
     """Responses to every prompt of ``data`` (a ``data.Tokenized``) in static-shape batches, the
-    batch starting at row i drawn with ``PRNGKey(seed + i)``: ``(ids, mask)`` ``[n, N]`` on the host."""
+    batch starting at row i drawn with ``PRNGKey(seed + i)`` under ``opts`` (a ``sampling.Sampling``):
+    ``(ids, mask)`` ``[n, N]`` on the host."""
     ids, mask = [], []
     for i, sl, idx in tqdm(list(static_batches(len(data), batch_size)), desc=desc, leave=False):
         p_ids, p_mask = put_batch((data.prompt_ids[idx], data.prompt_mask[idx]), mesh)
-        t, m = sampling.generate_stepwise(model, params, p_ids, p_mask, jax.random.PRNGKey(seed + i), **gen_kw)
+        t, m = sampling.generate_stepwise(model, params, p_ids, p_mask, jax.random.PRNGKey(seed + i), opts)
         ids.append(to_host(t)[: len(sl)])
         mask.append(to_host(m)[: len(sl)])
     return np.concatenate(ids), np.concatenate(mask)
@@ -85,8 +86,8 @@ def teacher_samples(spec, seed, bs, teacher, teacher_params, data, path=None, me
                     data.prompt_ids, data.prompt_mask)
 
     def compute():
-        ids, mask = generate_all(teacher, teacher_params, data, bs, seed=seed, desc="teacher samples (offline)",
-                                 mesh=mesh, **spec.kwargs())
+        ids, mask = generate_all(teacher, teacher_params, data, bs, spec, seed=seed, desc="teacher samples (offline)",
+                                 mesh=mesh)
         return {"teacher_ids": ids, "teacher_mask": mask}
     return cached(path, key, "teacher samples", compute)
 

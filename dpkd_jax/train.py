@@ -178,8 +178,8 @@ def _student_samples(spec, student, batch, params, rng, samples):
     needs, g = spec.objective.needs, spec.sampling
     if batch.student_ids is not None:  # given by the caller (bench/train_step.py times the step without generation)
         return batch.student_ids, batch.student_mask
-    kw = g.kwargs(temperature=needs.student_temperature or g.temperature)
-    own = lambda: sampling.sample(student, jax.lax.stop_gradient(params), *batch.prompts, rng, **kw)
+    opts = g.replace(temperature=needs.student_temperature or g.temperature)
+    own = lambda: sampling.sample(student, jax.lax.stop_gradient(params), *batch.prompts, rng, opts)
     if needs.on_policy >= 1.0:
         return own()
     # GKD: the student's own samples with probability on_policy, else the fallback responses.
@@ -198,7 +198,7 @@ def _samples(spec, student, teacher, batch, params, teacher_params, rng):
             samples[Response.TEACHER] = (batch.teacher_ids, batch.teacher_mask)
         else:
             samples[Response.TEACHER] = sampling.sample(teacher, teacher_params, *batch.prompts, rng_t,
-                                                        **spec.sampling.kwargs())
+                                                        spec.sampling)
     if needs.student_samples:
         samples[Response.STUDENT] = _student_samples(spec, student, batch, params, rng_s, samples)
     return samples
@@ -273,7 +273,7 @@ def _own_update_body(spec, student, teacher, tx, state, batch, rng, teacher_para
     """An objective with its own update (MiniLLM): one rollout, then ``ppo_epochs`` passes over
     it in ``minibatches``, each an optimizer update."""
     obj = spec.objective
-    roll = obj.rollout(student, state["params"], teacher, teacher_params, batch, rng, spec.sampling.kwargs(),
+    roll = obj.rollout(student, state["params"], teacher, teacher_params, batch, rng, spec.sampling,
                        spec.chunk_tokens)
     mb = batch.rows // obj.minibatches
     part = lambda a, i: None if a is None else jax.lax.dynamic_slice_in_dim(a, i * mb, mb)

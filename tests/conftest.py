@@ -297,8 +297,9 @@ def greedy_text(model, tok, ids, n):
     """Our greedy continuation of ``ids`` ``[1, P]``, ``n`` new tokens, decoded."""
     import jax.numpy as jnp
     from dpkd_jax import sampling
-    toks, mask = sampling.generate(model, jnp.asarray(ids), jnp.ones_like(jnp.asarray(ids)), max_new_tokens=n,
-                                   greedy=True, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    toks, mask = models.generate(model, jnp.asarray(ids), jnp.ones_like(jnp.asarray(ids)),
+                                 sampling.Sampling(max_new_tokens=n, greedy=True, eos_token_id=tok.eos_token_id,
+                                                   pad_token_id=tok.pad_token_id))
     return tok.decode(np.asarray(toks)[0][np.asarray(mask)[0] == 1], skip_special_tokens=True)
 
 

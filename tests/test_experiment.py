@@ -170,8 +170,9 @@ def test_cross_measure_scores_the_answer_in_the_teachers_own_tokens(cross_experi
     got = x.measure_eval(x.s_cfg, x.s_params)
     c, d, t = x.cfg, x.eval, x.eval_t
     ids, mask = sampling.generate_stepwise(x.s_cfg, x.s_params, d.prompt_ids, d.prompt_mask, jax.random.PRNGKey(0),
-                                           max_new_tokens=c.gen.max_new_tokens, greedy=True,
-                                           eos_token_id=c.gen.eos_token_id, pad_token_id=c.gen.pad_token_id)
+                                           sampling.Sampling(max_new_tokens=c.gen.max_new_tokens, greedy=True,
+                                                             eos_token_id=c.gen.eos_token_id,
+                                                             pad_token_id=c.gen.pad_token_id))
     ids, mask = np.asarray(ids), np.asarray(mask)
     texts = decode_responses(x.tokenizer, ids, mask, c.gen.eos_token_id)
     logps, rouge = [], []

@@ -74,8 +74,8 @@ def test_generation_with_blockwise_prefill_equals_dense(checkpoints, kind, rng):
     ids, mask = left_padded(rng, t=11)
     for greedy in (True, False):
         kw = dict(max_new_tokens=6, greedy=greedy, eos_token_id=-1, pad_token_id=0, rng=jax.random.PRNGKey(3))
-        want, _ = sampling.generate(dense, ids, mask, **kw)
-        got, _ = sampling.generate(block, ids, mask, **kw)
+        want, _ = models.generate(dense, ids, mask, sampling.Sampling(**kw))
+        got, _ = models.generate(block, ids, mask, sampling.Sampling(**kw))
         np.testing.assert_array_equal(np.asarray(got), np.asarray(want), err_msg=f"greedy={greedy}")
 
 
@@ -178,7 +178,8 @@ def test_an_int8_kv_cache_stays_within_a_small_kl_of_the_float_cache(checkpoints
 def test_greedy_decoding_equals_a_no_cache_argmax_loop(checkpoints, kind, rng):
     model = models.from_pretrained(checkpoints[kind][0])
     ids, mask = left_padded(rng, t=8)
-    toks, tmask = sampling.generate(model, ids, mask, max_new_tokens=6, greedy=True, eos_token_id=-1, pad_token_id=0)
+    toks, tmask = models.generate(model, ids, mask,
+                                  sampling.Sampling(max_new_tokens=6, greedy=True, eos_token_id=-1, pad_token_id=0))
     seq, m = ids, mask
     for _ in range(6):
         nxt = np.asarray(model(seq, attention_mask=m))[:, -1].argmax(-1)
@@ -352,8 +353,8 @@ def test_pallas_decode_kernel_equals_the_xla_path(checkpoints, kind, rng):
     ids, mask = left_padded(rng, t=10)
     ids, mask = np.concatenate([ids, ids[:, :6]], 1), np.concatenate([mask, np.ones((3, 6), mask.dtype)], 1)
     kw = dict(max_new_tokens=16, greedy=True, eos_token_id=-1, pad_token_id=0)  # P + N = 32: 16-wide blocks
-    a, _ = sampling.generate(model, ids, mask, **kw)
-    b, _ = sampling.generate(pallas, ids, mask, **kw)
+    a, _ = models.generate(model, ids, mask, sampling.Sampling(**kw))
+    b, _ = models.generate(pallas, ids, mask, sampling.Sampling(**kw))
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     from dpkd_jax.models import components as C
     assert C.pallas_decode_ok(pallas.config, 1, 32) and not C.pallas_decode_ok(pallas.config, 1, 30)

@@ -154,7 +154,7 @@ def test_mixture_sampler_draws_from_0p8_q_plus_0p2_p(checkpoints):
     n = 20000
     ids = np.tile(np.array([[5, 9, 13, 2]]), (n, 1))
     toks, _ = sampling.sample_jit(mix, (s_params, t_params), ids, np.ones_like(ids), jax.random.PRNGKey(0),
-                                  max_new_tokens=1, eos_token_id=-1, pad_token_id=0)
+                                  sampling.Sampling(max_new_tokens=1, eos_token_id=-1, pad_token_id=0))
     q = np.asarray(jax.nn.softmax(s(ids[:1])[0, -1]))
     p = np.asarray(jax.nn.softmax(t(ids[:1])[0, -1]))
     want = 0.8 * q + 0.2 * p

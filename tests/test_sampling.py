@@ -24,8 +24,8 @@ def prompts(rng, b=4, p=6):
 
 def test_greedy_equals_no_cache_argmax_loop(model, rng):
     ids, mask = prompts(rng)
-    toks, tmask = sampling.generate(model, ids, mask, max_new_tokens=8, greedy=True, eos_token_id=-1,
-                                    pad_token_id=0)
+    toks, tmask = models.generate(model, ids, mask,
+                                  sampling.Sampling(max_new_tokens=8, greedy=True, eos_token_id=-1, pad_token_id=0))
     assert toks.shape == tmask.shape == (4, 8) and np.all(np.asarray(tmask) == 1)
     for r in range(4):
         seq = list(ids[r][mask[r] == 1])
@@ -36,10 +36,11 @@ def test_greedy_equals_no_cache_argmax_loop(model, rng):
 
 def test_eos_ends_a_row_and_pads_the_rest(model, rng):
     ids, mask = prompts(rng)
-    first, _ = sampling.generate(model, ids, mask, max_new_tokens=5, greedy=True, eos_token_id=-1, pad_token_id=0)
+    first, _ = models.generate(model, ids, mask,
+                               sampling.Sampling(max_new_tokens=5, greedy=True, eos_token_id=-1, pad_token_id=0))
     eos = int(first[0, 1])  # make row 0's second token the EOS
-    toks, tmask = sampling.generate(model, ids, mask, max_new_tokens=5, greedy=True, eos_token_id=eos,
-                                    pad_token_id=7)
+    toks, tmask = models.generate(model, ids, mask,
+                                  sampling.Sampling(max_new_tokens=5, greedy=True, eos_token_id=eos, pad_token_id=7))
     toks, tmask = np.asarray(toks), np.asarray(tmask)
     row = toks[0]
     cut = int(np.argmax(row == eos))
@@ -58,8 +59,9 @@ def test_sampling_frequencies_match_softmax(model):
     mask = np.ones_like(ids)
     want = np.asarray(jax.nn.softmax(model(ids[:1])[0, -1] / 0.7))
     for kw in [{}, {"top_k": 5}, {"top_p": 0.3}, {"top_k": 12, "top_p": 0.5}]:
-        toks, _ = sampling.generate(model, ids, mask, max_new_tokens=1, temperature=0.7, rng=jax.random.PRNGKey(1),
-                                    eos_token_id=-1, pad_token_id=0, **kw)
+        toks, _ = models.generate(model, ids, mask,
+                                  sampling.Sampling(max_new_tokens=1, temperature=0.7, eos_token_id=-1, pad_token_id=0,
+                                                    **kw), rng=jax.random.PRNGKey(1))
         freq = np.bincount(np.asarray(toks[:, 0]), minlength=VOCAB) / n
         p = want.copy()
         if kw:  # the support as transformers' warpers define it: top-k, then top-p over it renormalised
@@ -75,11 +77,13 @@ def test_sampling_frequencies_match_softmax(model):
 
 def test_rows_sample_independently_and_steps_differ(model):
     ids = np.tile(np.array([[5, 9, 13, 2]]), (64, 1))
-    toks, _ = sampling.generate(model, ids, np.ones_like(ids), max_new_tokens=6, rng=jax.random.PRNGKey(0),
-                                eos_token_id=-1, pad_token_id=0)
+    toks, _ = models.generate(model, ids, np.ones_like(ids),
+                              sampling.Sampling(max_new_tokens=6, eos_token_id=-1, pad_token_id=0),
+                              rng=jax.random.PRNGKey(0))
     assert len({tuple(r) for r in np.asarray(toks)}) > 48
-    again, _ = sampling.generate(model, ids, np.ones_like(ids), max_new_tokens=6, rng=jax.random.PRNGKey(0),
-                                 eos_token_id=-1, pad_token_id=0)
+    again, _ = models.generate(model, ids, np.ones_like(ids),
+                               sampling.Sampling(max_new_tokens=6, eos_token_id=-1, pad_token_id=0),
+                               rng=jax.random.PRNGKey(0))
     np.testing.assert_array_equal(toks, again)  # same key, same samples
 
 
@@ -107,15 +111,15 @@ def test_compiled_once_per_shape(model, rng, monkeypatch):
     for seed in range(3):  # different prompts, padding (real lengths) and temperatures: one shape
         ids, mask = prompts(np.random.default_rng(seed))
         mask[0, : seed + 1] = 0
-        sampling.generate(model, ids, mask, rng=jax.random.PRNGKey(seed), temperature=0.5 + seed, **kw)
+        models.generate(model, ids, mask, sampling.Sampling(temperature=0.5 + seed, **kw), rng=jax.random.PRNGKey(seed))
         sampling.sample_jit(*models.split(model), ids, mask, jax.random.PRNGKey(seed),
-                            temperature=0.5 + seed, **kw)
+                            sampling.Sampling(temperature=0.5 + seed, **kw))
     assert sampling._prefill_jit._cache_size() == 1
     assert sampling._chunk_jit._cache_size() == len(sampling.chunks(40)) == 3  # one per static chunk
     assert sampling._generate_jit._cache_size() == 1
     decoder, params = models.split(model)
-    jaxpr = str(jax.make_jaxpr(lambda p, i, m: sampling.sample(
-        decoder, p, i, m, jax.random.PRNGKey(0), **kw))(params, ids, mask))
+    jaxpr = str(jax.make_jaxpr(lambda p, i, m: sampling.sample(decoder, p, i, m, jax.random.PRNGKey(0),
+                                                               sampling.Sampling(**kw)))(params, ids, mask))
     assert "scan" in jaxpr and "cond" in jaxpr
 
 
@@ -125,15 +129,15 @@ def test_in_jit_sampler_equals_host_driven_and_early_exit_changes_nothing(model,
     ids, mask = prompts(rng)
     kw = dict(max_new_tokens=n, temperature=1.3, eos_token_id=-1, pad_token_id=0)
     key = jax.random.PRNGKey(4)
-    full, _ = sampling.sample_jit(*models.split(model), ids, mask, key, **kw)
-    host, _ = sampling.generate(model, ids, mask, rng=key, **kw)
+    full, _ = sampling.sample_jit(*models.split(model), ids, mask, key, sampling.Sampling(**kw))
+    host, _ = models.generate(model, ids, mask, sampling.Sampling(**kw), rng=key)
     np.testing.assert_array_equal(np.asarray(full), np.asarray(host))
     # Pick a token every row emits early as EOS: rows stop, later chunks are skipped, and the
     # tokens equal the run to the maximum cut at each row's first EOS.
     eos = int(np.asarray(full)[:, 0][0])
     kw["eos_token_id"] = eos
-    for toks, m in (sampling.sample_jit(*models.split(model), ids, mask, key, **kw),
-                    sampling.generate(model, ids, mask, rng=key, **kw)):
+    for toks, m in (sampling.sample_jit(*models.split(model), ids, mask, key, sampling.Sampling(**kw)),
+                    models.generate(model, ids, mask, sampling.Sampling(**kw), rng=key)):
         toks, m = np.asarray(toks), np.asarray(m)
         for r in range(4):
             end = int(np.argmax(np.asarray(full)[r] == eos)) + 1 if (np.asarray(full)[r] == eos).any() else n
@@ -153,13 +157,15 @@ def test_early_exit_skips_the_remaining_chunks(model, rng, monkeypatch):
     calls = []
     real = sampling._chunk_jit
     monkeypatch.setattr(sampling, "_chunk_jit", lambda *a, **k: calls.append(k["start"]) or real(*a, **k))
-    greedy, _ = sampling.generate(model, ids, mask, max_new_tokens=64, greedy=True, eos_token_id=-1, pad_token_id=0)
+    greedy, _ = models.generate(model, ids, mask,
+                                sampling.Sampling(max_new_tokens=64, greedy=True, eos_token_id=-1, pad_token_id=0))
     assert calls == [s for s, _ in sampling.chunks(64)] and len(calls) == 4
     calls.clear()
     firsts = set(np.asarray(greedy)[:, :16].ravel().tolist())  # every row emits one of these in its first chunk
     row_eos = [t for t in firsts if all(t in np.asarray(greedy)[r, :16] for r in range(4))]
     assert row_eos, "the fixed test model emits no token common to every row's first chunk"
-    sampling.generate(model, ids, mask, max_new_tokens=64, greedy=True, eos_token_id=row_eos[0], pad_token_id=0)
+    models.generate(model, ids, mask,
+                    sampling.Sampling(max_new_tokens=64, greedy=True, eos_token_id=row_eos[0], pad_token_id=0))
     assert calls == [0]
 
 
@@ -168,11 +174,11 @@ def test_chunked_attention_over_the_filled_cache_equals_dense(model, rng, monkey
     sampling._generate_jit.clear_cache()
     ids, mask = prompts(rng)
     kw = dict(max_new_tokens=48, temperature=1.0, eos_token_id=-1, pad_token_id=0)
-    chunked, _ = sampling.sample_jit(*models.split(model), ids, mask, jax.random.PRNGKey(1), **kw)
+    chunked, _ = sampling.sample_jit(*models.split(model), ids, mask, jax.random.PRNGKey(1), sampling.Sampling(**kw))
     monkeypatch.setattr(sampling, "MAX_CHUNKS", 1)  # one chunk: every step attends over the whole cache
     monkeypatch.setattr(sampling, "MIN_CHUNK", 10**6)
     sampling._generate_jit.clear_cache()
-    dense, _ = sampling.sample_jit(*models.split(model), ids, mask, jax.random.PRNGKey(1), **kw)
+    dense, _ = sampling.sample_jit(*models.split(model), ids, mask, jax.random.PRNGKey(1), sampling.Sampling(**kw))
     sampling._generate_jit.clear_cache()
     assert len(sampling.chunks(48)) == 1
     np.testing.assert_array_equal(np.asarray(chunked), np.asarray(dense))
@@ -180,8 +186,9 @@ def test_chunked_attention_over_the_filled_cache_equals_dense(model, rng, monkey
 
 def test_score_matches_full_forward(model, rng):
     ids, mask = prompts(rng)
-    resp, rmask = sampling.generate(model, ids, mask, max_new_tokens=5, rng=jax.random.PRNGKey(2),
-                                    eos_token_id=3, pad_token_id=0)
+    resp, rmask = models.generate(model, ids, mask,
+                                  sampling.Sampling(max_new_tokens=5, eos_token_id=3, pad_token_id=0),
+                                  rng=jax.random.PRNGKey(2))
     logps, m = sampling.score(*models.split(model), ids, mask, resp, rmask)
     full = np.concatenate([ids, np.asarray(resp)], 1)
     fmask = np.concatenate([mask, np.asarray(rmask)], 1)
@@ -252,8 +259,9 @@ def test_shared_prompt_forward_gives_each_responses_outputs_and_gradients(checkp
 def test_bad_arguments(model, rng):
     ids, mask = prompts(rng)
     with pytest.raises(ValueError, match="max_new_tokens"):
-        sampling.generate(model, ids, mask, max_new_tokens=0, eos_token_id=0, pad_token_id=0)
+        models.generate(model, ids, mask, sampling.Sampling(max_new_tokens=0, eos_token_id=0, pad_token_id=0))
     with pytest.raises(ValueError, match="top_p"):
-        sampling.generate(model, ids, mask, max_new_tokens=2, top_p=0.0, eos_token_id=0, pad_token_id=0)
+        models.generate(model, ids, mask,
+                        sampling.Sampling(max_new_tokens=2, top_p=0.0, eos_token_id=0, pad_token_id=0))
     with pytest.raises(ValueError, match="prompt_mask"):
-        sampling.generate(model, ids, mask[:, 1:], max_new_tokens=2, eos_token_id=0, pad_token_id=0)
+        models.generate(model, ids, mask[:, 1:], sampling.Sampling(max_new_tokens=2, eos_token_id=0, pad_token_id=0))

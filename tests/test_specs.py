@@ -19,9 +19,10 @@ def test_sampling_spec_holds_the_seven_options():
     from dpkd_jax.config import default_config
     g = default_config().gen
     s = Sampling.of(g)
-    assert s.kwargs() == dict(max_new_tokens=g.max_new_tokens, temperature=g.temperature, top_k=g.top_k,
-                              top_p=g.top_p, eos_token_id=g.eos_token_id, pad_token_id=g.pad_token_id)
-    assert s.kwargs(temperature=0.5)["temperature"] == 0.5 and hash(s) == hash(Sampling.of(g))
+    assert dataclasses.asdict(s) == dict(max_new_tokens=g.max_new_tokens, temperature=g.temperature, top_k=g.top_k,
+                                         top_p=g.top_p, eos_token_id=g.eos_token_id, pad_token_id=g.pad_token_id,
+                                         greedy=False)
+    assert s.replace(temperature=0.5).temperature == 0.5 and hash(s) == hash(Sampling.of(g))
 
 
 def test_every_seed_of_a_method_shares_one_compiled_step(tmp_path, tok):

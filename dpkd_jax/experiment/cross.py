@@ -18,6 +18,7 @@ from ..assets import resolve
 from ..cross_tokenizer import Retokenizer
 from ..errors import InputError
 from ..pipeline import load_model
+from ..sampling import Sampling
 from .measure import CrossMeasure
 from .runner import Experiment, read_prompts
 from .targets import greedy_targets, prompts_only
@@ -82,9 +83,9 @@ class CrossExperiment(Experiment):
         for name, recs in self._records().items():
             prompts, _ = prompts_only(recs, self.teacher_tokenizer, max_prompt_length=P, max_new_tokens=N,
                                       pad_token_id=self.t_pad, template=self.t_template, source=name)
-            targets = greedy_targets(self.t_cfg, self.t_params, prompts, self.teacher_tokenizer, max_new_tokens=N,
-                                     batch_size=cfg.eval.batch_size, eos_token_id=self.t_eos,
-                                     pad_token_id=self.t_pad, mesh=self.placement.mesh,
+            t_gen = Sampling.of(cfg.gen).replace(eos_token_id=self.t_eos, pad_token_id=self.t_pad)
+            targets = greedy_targets(self.t_cfg, self.t_params, prompts, self.teacher_tokenizer, t_gen,
+                                     batch_size=cfg.eval.batch_size, mesh=self.placement.mesh,
                                      path=os.path.join(cfg.workdir, f"teacher_targets_{name}.npz"))
             report = data_lib.Report(f"{name} (teacher answers in the student's tokens)")
             report.read = len(recs)
@@ -99,8 +100,7 @@ class CrossExperiment(Experiment):
         c = self.cfg
         to_teacher = Retokenizer(self.tokenizer, self.teacher_tokenizer, 2 * c.gen.max_new_tokens,
                                  src_eos=c.gen.eos_token_id, dst_eos=self.t_eos, dst_pad=self.t_pad)
-        gen = dict(max_new_tokens=c.gen.max_new_tokens, eos_token_id=c.gen.eos_token_id,
-                   pad_token_id=c.gen.pad_token_id)
+        gen = Sampling.of(c.gen)
         kw = dict(batch_size=c.eval.batch_size, mesh=self.placement.mesh)
         teacher = (self.t_cfg, self.t_params)
         self.measure_eval = CrossMeasure(teacher, self.eval, self.eval_t, to_teacher, gen, **kw)

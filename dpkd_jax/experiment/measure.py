@@ -21,10 +21,13 @@ METRICS = ("rougeL", "teacher_logp", "forward_kl", "reverse_kl", "distinct2", "l
 
 
 @functools.partial(jax.jit, static_argnums=(0, 2))
-def _score(student, params, teacher, teacher_params, prompt_ids, prompt_mask, t_on_t, t_ids, t_mask, s_ids, s_mask):
+def _score(student, params, teacher, teacher_params, arrays, t_on_t, answers):
     """Per row, in the order of ``METRICS[1:]``: the teacher's per-token log-prob of y_s; forward and
     reverse KL on y_t (``t_on_t``: the teacher's logits there, the same for every student); distinct-2
-    and length of y_s."""
+    and length of y_s. ``arrays``: the batch's (prompt ids, prompt mask, y_t ids, y_t mask); ``answers``:
+    y_s (ids, mask)."""
+    prompt_ids, prompt_mask, t_ids, t_mask = arrays
+    s_ids, s_mask = answers
     s_on_t = sampling.response_logits(student, params, prompt_ids, prompt_mask, t_ids, t_mask)
     t_on_s = sampling.response_logits(teacher, teacher_params, prompt_ids, prompt_mask, s_ids, s_mask)
     total, n = losses.sequence_logprobs(t_on_s, s_ids, s_mask)
@@ -36,12 +39,12 @@ class Measure:
     """The metrics of one held-out set; the teacher's logits on its own answers are computed
     once here, since they are the same for every student."""
 
-    def __init__(self, teacher, teacher_params, data, tokenizer, *, batch_size, max_new_tokens, eos_token_id,
-                 pad_token_id, mesh=None, full=True):
+    def __init__(self, teacher, teacher_params, data, tokenizer, opts: sampling.Sampling, *, batch_size, mesh=None,
+                 full=True):
+        """``opts``: the student's length, EOS and padding (answers are greedy)."""
         self.teacher, self.teacher_params, self.data, self.tokenizer = teacher, teacher_params, data, tokenizer
-        self.gen = dict(max_new_tokens=max_new_tokens, greedy=True, eos_token_id=eos_token_id,
-                        pad_token_id=pad_token_id)
-        self.eos, self.full = eos_token_id, full
+        self.gen = opts.replace(greedy=True)
+        self.eos, self.full = opts.eos_token_id, full
         self.batches = []
         for _, sl, idx in static_batches(len(data), batch_size):
             arrays = put_batch((data.prompt_ids[idx], data.prompt_mask[idx], data.response_ids[idx],
@@ -53,11 +56,10 @@ class Measure:
     def __call__(self, student, params) -> dict:
         """``METRICS`` for ``params`` (RougeL only when ``full=False``)."""
         rows = {k: [] for k in (METRICS if self.full else METRICS[:1])}
-        for sl, (p, m, t_ids, t_mask), t_on_t in self.batches:
-            s_ids, s_mask = sampling.generate_stepwise(student, params, p, m, jax.random.PRNGKey(0), **self.gen)
+        for sl, arrays, t_on_t in self.batches:
+            s_ids, s_mask = sampling.generate_stepwise(student, params, *arrays[:2], jax.random.PRNGKey(0), self.gen)
             if self.full:
-                out = _score(student, params, self.teacher, self.teacher_params, p, m, t_on_t, t_ids, t_mask,
-                             s_ids, s_mask)
+                out = _score(student, params, self.teacher, self.teacher_params, arrays, t_on_t, (s_ids, s_mask))
                 for k, v in zip(METRICS[1:], out):
                     rows[k].extend(to_host(v)[: len(sl)].tolist())
             texts = decode_responses(self.tokenizer, to_host(s_ids), to_host(s_mask), self.eos)[: len(sl)]
@@ -92,10 +94,10 @@ class CrossMeasure:
     def __init__(self, teacher, data, teacher_prompts, to_teacher, gen, *, batch_size, mesh=None, full=True):
         """``teacher``: (decoder, params); ``data``/``teacher_prompts``: the set in the student's and
         the teacher's tokens; ``to_teacher``: a :class:`cross_tokenizer.Retokenizer` from the
-        student's tokenizer; ``gen``: the student's ``max_new_tokens``, ``eos_token_id``, ``pad_token_id``."""
+        student's tokenizer; ``gen``: the student's ``sampling.Sampling`` (answers are greedy)."""
         (self.teacher, self.teacher_params), self.data, self.tokenizer = teacher, data, to_teacher.src
-        self.to_teacher, self.eos, self.full = to_teacher, gen["eos_token_id"], full
-        self.gen = dict(gen, greedy=True)
+        self.to_teacher, self.eos, self.full = to_teacher, gen.eos_token_id, full
+        self.gen = gen.replace(greedy=True)
         self.batches = [(sl, put_batch((data.prompt_ids[idx], data.prompt_mask[idx]), mesh),
                          put_batch((teacher_prompts.prompt_ids[idx], teacher_prompts.prompt_mask[idx]), mesh))
                         for _, sl, idx in static_batches(len(data), batch_size)]
@@ -105,7 +107,7 @@ class CrossMeasure:
         """``CROSS_METRICS`` for ``params`` (RougeL only when ``full=False``)."""
         rows = {k: [] for k in (CROSS_METRICS if self.full else CROSS_METRICS[:1])}
         for sl, (p, m), (tp, tm) in self.batches:
-            s_ids, s_mask = sampling.generate_stepwise(student, params, p, m, jax.random.PRNGKey(0), **self.gen)
+            s_ids, s_mask = sampling.generate_stepwise(student, params, p, m, jax.random.PRNGKey(0), self.gen)
             ids, mask = to_host(s_ids), to_host(s_mask)
             texts = decode_responses(self.tokenizer, ids, mask, self.eos)[: len(sl)]
             rows["rougeL"].extend(rouge_l(a, self.data.references[j]) for a, j in zip(texts, sl))

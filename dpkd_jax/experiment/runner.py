@@ -25,6 +25,7 @@ from ..assets import resolve
 from ..errors import InputError
 from ..pipeline import fitted, load_model
 from .. import run as run_lib
+from ..sampling import Sampling
 from ..tools.prune import parse_layers, prune
 from . import report
 from .measure import Measure
@@ -82,18 +83,17 @@ class Experiment:
             prompts, rep = prompts_only(recs, self.tokenizer, max_prompt_length=P, max_new_tokens=N,
                                         pad_token_id=cfg.gen.pad_token_id, template=cfg.data.template, source=name)
             print(rep)
-            out.append(greedy_targets(self.t_cfg, self.t_params, prompts, self.tokenizer, max_new_tokens=N,
-                                      batch_size=cfg.eval.batch_size, eos_token_id=cfg.gen.eos_token_id,
-                                      pad_token_id=cfg.gen.pad_token_id, mesh=self.placement.mesh,
+            out.append(greedy_targets(self.t_cfg, self.t_params, prompts, self.tokenizer, Sampling.of(cfg.gen),
+                                      batch_size=cfg.eval.batch_size, mesh=self.placement.mesh,
                                       path=os.path.join(cfg.workdir, f"teacher_targets_{name}.npz")))
         return out
 
     def _measures(self):
         c = self.cfg
-        kw = dict(batch_size=c.eval.batch_size, max_new_tokens=c.gen.max_new_tokens, eos_token_id=c.gen.eos_token_id,
-                  pad_token_id=c.gen.pad_token_id, mesh=self.placement.mesh)
-        self.measure_eval = Measure(self.t_cfg, self.t_params, self.eval, self.tokenizer, **kw)
-        self.measure_dev = Measure(self.t_cfg, self.t_params, self.dev, self.tokenizer, full=False, **kw)
+        kw = dict(batch_size=c.eval.batch_size, mesh=self.placement.mesh)
+        gen = Sampling.of(c.gen)
+        self.measure_eval = Measure(self.t_cfg, self.t_params, self.eval, self.tokenizer, gen, **kw)
+        self.measure_dev = Measure(self.t_cfg, self.t_params, self.dev, self.tokenizer, gen, full=False, **kw)
 
     def run_cfg(self, method, lr, seed, over, workdir):
         # y_t sampled once (teacher.cache_dir), shared by every run; no checkpoints

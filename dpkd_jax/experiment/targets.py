@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import data as data_lib
-from .. import teacher_cache
+from .. import sampling, teacher_cache
 from ..evaluate import decode_responses
 
 
@@ -20,20 +20,20 @@ def prompts_only(records, tokenizer, *, max_prompt_length, max_new_tokens, pad_t
     return d, report
 
 
-def greedy_targets(teacher, teacher_params, prompts: data_lib.Tokenized, tokenizer, *, max_new_tokens, batch_size,
-                   eos_token_id, pad_token_id, path=None, mesh=None) -> data_lib.Tokenized:
-    """``prompts`` with the teacher's greedy responses (EOS included when reached) as the
-    responses and their text as the references; cached at ``path`` (hash-checked)."""
-    settings = {"what": "greedy targets", "max_new_tokens": max_new_tokens, "eos": eos_token_id}
+def greedy_targets(teacher, teacher_params, prompts: data_lib.Tokenized, tokenizer, opts: sampling.Sampling, *,
+                   batch_size, path=None, mesh=None) -> data_lib.Tokenized:
+    """``prompts`` with the teacher's greedy responses (``opts``' length, EOS and padding; EOS included when
+    reached) as the responses and their text as the references; cached at ``path`` (hash-checked)."""
+    opts = opts.replace(greedy=True)
+    settings = {"what": "greedy targets", "max_new_tokens": opts.max_new_tokens, "eos": opts.eos_token_id}
     key = teacher_cache.cache_key(settings, teacher, teacher_params, prompts.prompt_ids, prompts.prompt_mask)
 
     def compute():
-        ids, mask = teacher_cache.generate_all(teacher, teacher_params, prompts, batch_size, seed=0,
-                                               desc="teacher targets", mesh=mesh, max_new_tokens=max_new_tokens,
-                                               greedy=True, eos_token_id=eos_token_id, pad_token_id=pad_token_id)
+        ids, mask = teacher_cache.generate_all(teacher, teacher_params, prompts, batch_size, opts, seed=0,
+                                               desc="teacher targets", mesh=mesh)
         return {"ids": ids.astype(np.int32), "mask": mask.astype(np.int32)}
 
     z = teacher_cache.cached(path, key, "teacher targets", compute)
-    refs = decode_responses(tokenizer, z["ids"], z["mask"], eos_token_id)
+    refs = decode_responses(tokenizer, z["ids"], z["mask"], opts.eos_token_id)
     return data_lib.Tokenized(prompts.prompt_ids, prompts.prompt_mask, z["ids"], z["mask"], refs,
                               list(prompts.prompts))

@@ -9,7 +9,8 @@ from .hf import (export_arrays, from_pretrained, hf_config_dict, is_gguf, load_c
                  save_pretrained)
 from .peft import save_peft_adapter
 from .registry import FAMILIES, family
-from .decoder import Decoder, ParamInfo, abstract, decoder_for, init, merge, param_info, param_table, split, with_config
+from .decoder import (Decoder, ParamInfo, abstract, decoder_for, generate, init, merge, param_info, param_table, split,
+                      with_config)
 from .tokenizers import check_same_vocabulary, load_tokenizer, pad_id, real_vocab_size, vocabularies
 from .transformer import CausalLM, flops_per_token, forward_flops_per_token, init_cache, positions_from_mask
 

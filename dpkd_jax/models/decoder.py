@@ -20,6 +20,7 @@ from typing import NamedTuple
 import jax
 from flax import nnx
 
+from .. import sampling
 from ..sharding import DEFAULT_RULES
 from .config import Config
 from .transformer import CausalLM
@@ -150,6 +151,12 @@ def split(model: CausalLM) -> tuple[Decoder, dict]:
     decoder = Decoder(gdef, treedef, names, info)
     decoder = _INTERNED.setdefault(decoder, decoder)
     return decoder, dict(zip(names, (leaf for _, leaf in pairs)))
+
+
+def generate(model, prompt_ids, prompt_mask, opts: sampling.Sampling, rng=None):
+    """:func:`sampling.generate` for an NNX model (split once here) or a ``(decode, params)`` pair: ``(tokens
+    [B, N], mask [B, N])`` after left-padded prompts ``[B, P]``."""
+    return sampling.generate(model if isinstance(model, tuple) else split(model), prompt_ids, prompt_mask, opts, rng)
 
 
 def merge(decoder: Decoder, params: dict) -> CausalLM:

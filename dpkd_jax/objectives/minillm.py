@@ -69,9 +69,9 @@ class MiniLLM(Objective):
         check_mix("minillm", self.kd_ratio, self.lm_coef)
 
     # ---- the rollout (no gradient) ----
-    def rollout(self, student, params, teacher, teacher_params, batch, rng, gen_kw, chunk_tokens):
+    def rollout(self, student, params, teacher, teacher_params, batch, rng, opts, chunk_tokens):
         mix = Mixture(student, teacher, self.teacher_mix)
-        ids, mask = sampling.sample(mix, (jax.lax.stop_gradient(params), teacher_params), *batch.prompts, rng, **gen_kw)
+        ids, mask = sampling.sample(mix, (jax.lax.stop_gradient(params), teacher_params), *batch.prompts, rng, opts)
         score = lambda dec, p: sampling.score(dec, p, *batch.prompts, ids, mask, chunk_tokens=chunk_tokens)[0]
         old = jax.lax.stop_gradient(score(student, params))
         tlp = score(teacher, teacher_params)

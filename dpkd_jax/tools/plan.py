@@ -203,10 +203,11 @@ def plan_generation(cfg, mesh_sizes, devices, role="student", batch=0, sampler=N
                          jax.eval_shape(lambda p, i: sampling.prefill(decoder, p, i, i, N), params, ids),
                          prefill.output_shardings)
     start, stop = sampling.chunks(N)[-1]
+    # the static options exactly as generate_stepwise passes them (the temperature traced), so the run finds this
+    opts = sampling.Sampling(N, 1.0, int(g.top_k), float(g.top_p), int(cfg.gen.eos_token_id), int(cfg.gen.pad_token_id),
+                             bool(g.get("greedy", False)))
     chunk = sampling._chunk_jit.lower(decoder, params, state, jax.ShapeDtypeStruct((2,), np.uint32), start=start,
-                                      stop=stop, prompt_len=P, eos_token_id=int(cfg.gen.eos_token_id),
-                                      pad_token_id=int(cfg.gen.pad_token_id), temperature=np.float32(g.temperature),
-                                      top_k=int(g.top_k), top_p=float(g.top_p), greedy=bool(g.get("greedy", False))
+                                      stop=stop, prompt_len=P, opts=opts, temperature=np.float32(g.temperature)
                                       ).compile()
     rows = [_bytes(c.memory_analysis()) for c in (prefill, chunk)]
     return {**max(rows, key=lambda r: r["total"]), "kv_cache": kv_cache_bytes(model_cfg, mesh, B, P + N)}

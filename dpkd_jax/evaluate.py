@@ -103,7 +103,8 @@ def evaluate(decode, params, eval_sets: dict, tokenizer, ec, gc, out_dir=None, t
         answers_all = []
         for seed in ec.seeds:
             answers = generate_answers(decode, params, data, tokenizer, answer_options(ec, gc),
-                                       batch_size=ec.batch_size, seed=seed, desc=f"eval {tag}/{name} seed {seed}", mesh=mesh)
+                                       batch_size=ec.batch_size, seed=seed, desc=f"eval {tag}/{name} seed {seed}",
+                                       mesh=mesh)
             per_seed.append(score_answers(answers, data.references))
             answers_all.append(answers)
         res = {k: float(np.mean([s[k] for s in per_seed])) for k in per_seed[0]}

@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from . import data as data_lib
 from . import evaluate as eval_lib
-from . import memory, sharding, trackers
+from . import memory, sharding, stored_config, trackers
 from .checkpoint import Checkpoints
 from . import cross_tokenizer, specs, teacher_cache, teachers
 from .batch import Batch
@@ -317,6 +317,7 @@ def train_loop(run, cfg, student, params, *, spec=None, ref_params=None, desc=No
     with Checkpoints(os.path.join(cfg.workdir, "checkpoints"), keep=cfg.train.keep) as ckpt:
         state, history, start = resume(ckpt, placed.state, batches, desc, spec.steps) if cfg.resume else (
             placed.state, [], 0)
+        stored_config.check_and_store(cfg, desc, resumed=start > 0)
         base_rng = jax.random.PRNGKey(cfg.seed)
         trainer = Trainer(step_fn, batch_source(batches, lm_rows, cfg.seed, spec.batch_size, placed.shardings["batch"],
                                                 routed), lambda step: jax.random.fold_in(base_rng, step),

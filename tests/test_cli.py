@@ -175,8 +175,12 @@ def test_rerun_with_resume_false_is_decided_at_start_up(good, tmp_path):
     r = run(config, "--config.resume=False", "--config.overwrite=True", env=dict(cache, JAX_LOG_COMPILES="1"))
     assert r.returncode == 0 and "overwrite: cleared the checkpoints" in r.stdout, r.stderr[-3000:]
     assert "Persistent compilation cache hit for 'jit__generic_body'" in r.stderr, r.stderr[-3000:]
-    r = run(config)
+    # resume=True reuses it; a changed field of the run is named against the stored config (run_config.json),
+    # while the fields that steer the command (resume, overwrite, the cache) are not
+    r = run(config, "--config.train.log_every=7", env=cache)
     assert r.returncode == 0 and "resumed from step 2 (finished: reusing it)" in r.stdout, r.stderr[-3000:]
+    line = next(x for x in r.stdout.splitlines() if "changed since the stored run" in x)
+    assert line.endswith(f"({work}/run_config.json): train.log_every 1 -> 7"), line
 
 
 def test_multi_host_error_is_printed_once_and_every_process_exits_2(good):

@@ -141,11 +141,8 @@ def bind_feature(spec, student, run):
     if run.teacher_tokenizer is not None:
         raise InputError("config.loss.feature: across tokenizers the teacher's positions are other tokens; the "
                          "feature term needs one tokenizer")
-    shapes = {(d.config.d_model, d.config.n_layers) for d, _ in (run.teachers or {"": run.teacher}).values()}
-    if len(shapes) > 1:
-        raise InputError("config.loss.feature: the teachers of teacher.paths differ in width or depth; the feature "
-                         "term needs one projection for all of them")
-    return dataclasses.replace(spec, feature=spec.feature.bind(student.config, run.teacher[0].config))
+    teachers = [d.config for d, _ in (run.teachers or {"": run.teacher}).values()]
+    return dataclasses.replace(spec, feature=spec.feature.bind_all(student.config, teachers))
 
 
 def resume(ckpt, state, batches, desc, steps):

@@ -185,6 +185,18 @@ def _check_memory(cfg, paths, mesh, n, run_inputs, say):
     say("memory: the train step fits" + (f" with train.micro_batch={micro}" if micro else ""))
 
 
+def _check_feature(cfg, paths, say):
+    """``loss.feature``'s layers against the models' depths, as the run binds them (``Feature.bind_all``)."""
+    from . import models
+    from .specs import Feature
+    feature = Feature.of(cfg.loss.feature)
+    if feature is None:
+        return
+    teachers = [models.load_config(p) for role, p in paths.items() if role.startswith("teacher")]
+    feature.bind_all(models.load_config(paths["student"]), teachers)
+    say(f"feature: layer pairs {feature.pairs} exist in the student and the teacher")
+
+
 def preflight(cfg, out=print):
     """Run the checks; print one line each. Returns the summary lines."""
     from . import checkpoint, models, sharding
@@ -201,6 +213,7 @@ def preflight(cfg, out=print):
     if cfg.experiment.enabled:
         student = _check_experiment(cfg, paths["teacher"], say)
         paths.setdefault("student", student)
+    _check_feature(cfg, paths, say)
     tokenizer = models.load_tokenizer(paths["student"])
     vocab = _check_vocabularies(cfg, paths, tokenizer, say)
     cfg = resolved(cfg, tokenizer)

@@ -80,6 +80,14 @@ class Feature:
                                  f"{cfg.n_layers} layers, 0-based)")
         return dataclasses.replace(self, widths=(student_config.d_model, teacher_config.d_model))
 
+    def bind_all(self, student_config, teacher_configs) -> "Feature":
+        """:meth:`bind` against every teacher's config (one or those of ``teacher.paths``), which must share one
+        width and depth: the run's and ``mode=check``'s one check."""
+        if len({(c.d_model, c.n_layers) for c in teacher_configs}) > 1:
+            raise InputError("config.loss.feature: the teachers of teacher.paths differ in width or depth; the "
+                             "feature term needs one projection for all of them")
+        return self.bind(student_config, teacher_configs[0])
+
     def init_params(self) -> dict:
         """The trainable projection ``{"feature/projection": [K, D_s, D_t]}`` (normal, std
         1/sqrt(D_s), seeded), or ``{}`` when the widths are equal."""

@@ -72,6 +72,17 @@ def test_config_errors_are_one_line(good, flag, culprit):
     assert_user_error(run(good(), flag, "--config.mode=check"), culprit)
 
 
+def test_check_refuses_a_feature_layer_the_teacher_lacks_as_the_run_does(good):
+    """mode=check binds loss.feature to the models' depths with the run's own check (Feature.bind_all)."""
+    feature = ("--config.loss.feature.weight=1.0", "--config.loss.feature.final_weight=1.0")
+    assert_user_error(run(good(), *feature, "--config.loss.feature.layers=0:5", "--config.mode=check"),
+                      "config.loss.feature.layers: teacher layer 5 does not exist (the teacher has 2 layers, 0-based)")
+    assert_user_error(run(good(), *feature, "--config.loss.feature.layers=1:1", "--config.mode=check"),
+                      "config.loss.feature.layers: student layer 1 does not exist (the student has 1 layers, 0-based)")
+    r = run(good(), *feature, "--config.loss.feature.layers=0:1", "--config.mode=check")
+    assert r.returncode == 0 and "check: feature: layer pairs ((0, 1),) exist" in r.stdout, r.stderr[-2000:]
+
+
 def test_length_grouping_errors_name_the_field(good):
     assert_user_error(run(good(), "--config.data.group_by_length=4", "--config.data.packing=True",
                           "--config.method=sft", "--config.mode=check"),

@@ -73,9 +73,9 @@ def test_generation_with_blockwise_prefill_equals_dense(checkpoints, kind, rng):
     block = models.with_config(dense, **BLOCKWISE)
     ids, mask = left_padded(rng, t=11)
     for greedy in (True, False):
-        kw = dict(max_new_tokens=6, greedy=greedy, eos_token_id=-1, pad_token_id=0, rng=jax.random.PRNGKey(3))
-        want, _ = models.generate(dense, ids, mask, sampling.Sampling(**kw))
-        got, _ = models.generate(block, ids, mask, sampling.Sampling(**kw))
+        opts = sampling.Sampling(max_new_tokens=6, greedy=greedy, eos_token_id=-1, pad_token_id=0)
+        want, _ = models.generate(dense, ids, mask, opts, rng=jax.random.PRNGKey(3))
+        got, _ = models.generate(block, ids, mask, opts, rng=jax.random.PRNGKey(3))
         np.testing.assert_array_equal(np.asarray(got), np.asarray(want), err_msg=f"greedy={greedy}")
 
 

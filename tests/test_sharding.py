@@ -207,3 +207,24 @@ def test_memory_plan_counts_shards_exactly(checkpoints):
         plan.model_config("nowhere/opt-99b", "float32", "float32", "teacher.path")
     assert plan.model_config("checkpoints/opt-13b-sft", "bfloat16", "bfloat16", "teacher.path").n_layers == 40
     assert plan.model_config("MiniLLM/teacher-gpt2-1.5B", "bfloat16", "bfloat16", "teacher.path").n_layers == 48
+
+
+def test_the_planner_reports_a_step_xla_refuses_as_a_row(monkeypatch, capsys):
+    """A target whose step XLA refuses to compile (RESOURCE_EXHAUSTED, as splash's mask tables at 128k on v5p)
+    is a table row naming the refusal; any other error still raises."""
+    from dpkd_jax.config import default_config
+    from dpkd_jax.tools import plan
+    refusal = ("RESOURCE_EXHAUSTED: Allocation (size=2097152) would exceed memory (size=1048576) :: #allocation3 "
+               "[space=smem] :: splash_mha_fwd")
+
+    def refuse(*args, **kw):
+        raise RuntimeError("compile failed\n" + refusal)
+    monkeypatch.setattr(plan, "plan_one", refuse)
+    rows = plan.plan_rows(default_config(), {"data": 1, "context": 2, "tensor": 4}, [8])
+    assert rows == [{"devices": 8, "kind": "cpu", "refused": refusal, "mesh": "data1xfsdp1xcontext2xtensor4"}]
+    assert f"| 8 (XLA:CPU) | data1xfsdp1xcontext2xtensor4 | | | | | | | does not compile | {refusal} |" in \
+        plan.table(rows)
+    assert "8 devices: does not compile (RESOURCE_EXHAUSTED" in capsys.readouterr().err
+    monkeypatch.setattr(plan, "plan_one", lambda *a, **k: (_ for _ in ()).throw(ValueError("a bug")))
+    with pytest.raises(ValueError, match="a bug"):
+        plan.plan_rows(default_config(), {"data": 1}, [1])

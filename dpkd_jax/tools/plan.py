@@ -309,17 +309,51 @@ def kv_cache_bytes(model_cfg, mesh, batch, length):
     return 2 * model_cfg.n_layers * (batch // sharding.data_parallel_size(mesh)) * length * g * per_slot
 
 
+def plan_rows(cfg, mesh_sizes, targets, batch_per_replica=0) -> list[dict]:
+    """:func:`plan_one` for each target; a program XLA refuses to compile (``RESOURCE_EXHAUSTED``: too large for the
+    chip, e.g. a kernel's scalar memory) is a row saying so, not a traceback."""
+    rows = []
+    for devices in targets:
+        try:
+            row = plan_one(cfg.copy_and_resolve_references(), mesh_sizes, devices, batch_per_replica)
+            said = f"total {row['total'] / GiB:.2f} GiB per device"
+        except Exception as e:  # noqa: BLE001 -- XLA's refusal is an XlaRuntimeError; anything else is raised
+            if "RESOURCE_EXHAUSTED" not in str(e):
+                raise
+            row = refused_row(cfg, mesh_sizes, devices, e)
+            said = f"does not compile ({row['refused']})"
+        rows.append(row)
+        print(f"{row['devices']} devices: {said}", file=sys.stderr, flush=True)
+    return rows
+
+
+def refused_row(cfg, mesh_sizes, devices, error) -> dict:
+    """The table row of a target whose step XLA refused: its devices, mesh and the refusal's first line."""
+    from .. import sharding
+    n = devices if isinstance(devices, int) else len(devices)
+    kind = "cpu" if isinstance(devices, int) else devices[0].device_kind
+    shape = sharding.mesh_shape({**dict(cfg.mesh), **mesh_sizes}, n)
+    text = str(error)
+    first = next((line.strip() for line in text.splitlines() if "RESOURCE_EXHAUSTED" in line), text)
+    return {"devices": n, "kind": kind, "refused": first[:200],
+            "mesh": "x".join(f"{a}{shape[a]}" for a in sharding.AXES if a != "context" or shape[a] > 1)}
+
+
 def table(rows):
     head = ("| devices | mesh | global batch | teacher params | student params | optimizer state | KV caches (both) | "
             "temporaries (all activations) | total per device | fits |")
     lines = [head, "|" + "---|" * 10]
     for r in rows:
+        tpu = r["kind"] in TPU_HBM  # compiled for that chip: say whether it fits that chip
+        devices = f"{r['devices']} × {TPU_HBM[r['kind']][0]}" if tpu else f"{r['devices']} (XLA:CPU)"
+        if "refused" in r:
+            lines.append(f"| {devices} | {r['mesh']} | | | | | | | does not compile | {r['refused']} |")
+            continue
         room = lambda gib: r["total"] < 0.9 * gib * GiB
-        if r["kind"] in TPU_HBM:  # compiled for that chip: say whether it fits that chip
-            name, gib = TPU_HBM[r["kind"]]
-            devices, fits = f"{r['devices']} × {name}", f"{'yes' if room(gib) else 'no'} ({gib} GiB)"
+        if tpu:
+            gib = TPU_HBM[r["kind"]][1]
+            fits = f"{'yes' if room(gib) else 'no'} ({gib} GiB)"
         else:
-            devices = f"{r['devices']} (XLA:CPU)"
             fits = ", ".join(k for k, gib in DEVICES.items() if room(gib)) or "none listed"
         g = lambda k: f"{r[k] / GiB:.2f}"
         lines.append(f"| {devices} | {r['mesh']} | {r['batch']} | {g('teacher_params')} | {g('student_params')} | "
@@ -385,12 +419,7 @@ def main(argv=None):
                 print(fit_table(fit_rows(cfg.copy_and_resolve_references(), mesh, devices,
                                          [int(x) for x in FLAGS.fit_lengths.split(",")], FLAGS.memory_limit_gib)))
             return
-        rows = []
-        for devices in targets:
-            rows.append(plan_one(cfg.copy_and_resolve_references(), mesh, devices, FLAGS.batch_per_replica))
-            print(f"{rows[-1]['devices']} devices: total {rows[-1]['total'] / GiB:.2f} GiB per device",
-                  file=sys.stderr, flush=True)
-        print(table(rows))
+        print(table(plan_rows(cfg, mesh, targets, FLAGS.batch_per_replica)))
     # The simulated devices must exist before JAX starts.
     counts = [a for a in (argv or sys.argv) if a.startswith("--devices=")]
     n_max = max(int(x) for x in (counts[-1].split("=", 1)[1] if counts else "8,32,64").split(","))

@@ -97,12 +97,12 @@ def evaluate(decode, params, eval_sets: dict, tokenizer, ec, gc, out_dir=None, t
     (process 0 only)."""
     if jax.process_index() != 0:
         out_dir = None
-    results = {}
+    results, opts = {}, answer_options(ec, gc)
     for name, data in eval_sets.items():
         per_seed = []
         answers_all = []
         for seed in ec.seeds:
-            answers = generate_answers(decode, params, data, tokenizer, answer_options(ec, gc),
+            answers = generate_answers(decode, params, data, tokenizer, opts,
                                        batch_size=ec.batch_size, seed=seed, desc=f"eval {tag}/{name} seed {seed}",
                                        mesh=mesh)
             per_seed.append(score_answers(answers, data.references))

@@ -126,6 +126,33 @@ def dpkd_loss(student_chosen_logps, student_rejected_logps,
     cheaper tokens), an offset unrelated to how well the student matches the teacher.
     Returns the per-example loss ``[B]`` in float32.
     """
+    _check_dpkd_options(form, beta, label_smoothing, reference_free)
+    _same_shape(student_chosen_logps=student_chosen_logps, student_rejected_logps=student_rejected_logps,
+                teacher_chosen_logps=teacher_chosen_logps, teacher_rejected_logps=teacher_rejected_logps,
+                chosen_lengths=chosen_lengths, rejected_lengths=rejected_lengths)
+    f32 = lambda a: jnp.asarray(a, jnp.float32)
+    sc, sr, tc, tr = map(f32, (student_chosen_logps, student_rejected_logps,
+                               teacher_chosen_logps, teacher_rejected_logps))
+    n_c, n_r, tn_c, tn_r = _dpkd_lengths(chosen_lengths, rejected_lengths, teacher_chosen_lengths,
+                                         teacher_rejected_lengths)
+    if form == "cpo":
+        return -jax.nn.log_sigmoid(beta * (sc - sr)) + cpo_alpha * (-sc / n_c)
+    if form == "simpo":
+        return -jax.nn.log_sigmoid(beta * sc / n_c - beta * sr / n_r - simpo_gamma)
+    if reference_free:
+        tc, tr = jnp.zeros_like(tc), jnp.zeros_like(tr)
+    norms = (n_c, n_r, tn_c, tn_r) if length_normalize else (1.0,) * 4
+    u = _dpkd_margin((sc, sr, tc, tr), norms)
+    if form == "ipo":
+        return (u - 1.0 / (2.0 * beta)) ** 2
+    if form == "dpop":
+        u = u - dpop_lambda * jnp.maximum(0.0, tc / norms[2] - sc / norms[0])
+    logits = beta * u
+    return -(1.0 - label_smoothing) * jax.nn.log_sigmoid(logits) - label_smoothing * jax.nn.log_sigmoid(-logits)
+
+
+def _check_dpkd_options(form, beta, label_smoothing, reference_free):
+    """:func:`dpkd_loss`'s options, one ``ValueError`` naming the bad one."""
     if form not in DPKD_FORMS:
         raise ValueError(f"form must be one of {DPKD_FORMS}, got {form!r}")
     if beta <= 0:
@@ -136,31 +163,22 @@ def dpkd_loss(student_chosen_logps, student_rejected_logps,
         raise ValueError(f"label_smoothing must be in [0, 0.5), got {label_smoothing}")
     if reference_free and form == "dpop":
         raise ValueError("reference_free=True is undefined for form='dpop': its penalty needs the teacher")
-    _same_shape(student_chosen_logps=student_chosen_logps, student_rejected_logps=student_rejected_logps,
-                teacher_chosen_logps=teacher_chosen_logps, teacher_rejected_logps=teacher_rejected_logps,
-                chosen_lengths=chosen_lengths, rejected_lengths=rejected_lengths)
-    f32 = lambda a: jnp.asarray(a, jnp.float32)
-    sc, sr, tc, tr = map(f32, (student_chosen_logps, student_rejected_logps,
-                               teacher_chosen_logps, teacher_rejected_logps))
-    n_c, n_r = _lengths(chosen_lengths), _lengths(rejected_lengths)
-    tn_c = n_c if teacher_chosen_lengths is None else _lengths(teacher_chosen_lengths)
-    tn_r = n_r if teacher_rejected_lengths is None else _lengths(teacher_rejected_lengths)
 
-    if form == "cpo":
-        return -jax.nn.log_sigmoid(beta * (sc - sr)) + cpo_alpha * (-sc / n_c)
-    if form == "simpo":
-        return -jax.nn.log_sigmoid(beta * sc / n_c - beta * sr / n_r - simpo_gamma)
 
-    if reference_free:
-        tc, tr = jnp.zeros_like(tc), jnp.zeros_like(tr)
-    norm_c, norm_r, t_norm_c, t_norm_r = (n_c, n_r, tn_c, tn_r) if length_normalize else (1.0,) * 4
-    u = (sc / norm_c - tc / t_norm_c) - (sr / norm_r - tr / t_norm_r)
-    if form == "ipo":
-        return (u - 1.0 / (2.0 * beta)) ** 2
-    if form == "dpop":
-        u = u - dpop_lambda * jnp.maximum(0.0, tc / t_norm_c - sc / norm_c)
-    logits = beta * u
-    return -(1.0 - label_smoothing) * jax.nn.log_sigmoid(logits) - label_smoothing * jax.nn.log_sigmoid(-logits)
+def _dpkd_lengths(chosen, rejected, teacher_chosen, teacher_rejected):
+    """The student's response lengths (clamped at 1) and the teacher's (default: the student's)."""
+    n_c, n_r = _lengths(chosen), _lengths(rejected)
+    return (n_c, n_r, n_c if teacher_chosen is None else _lengths(teacher_chosen),
+            n_r if teacher_rejected is None else _lengths(teacher_rejected))
+
+
+def _dpkd_margin(logps, norms):
+    """``u = Δ_t − Δ_s`` with ``Δ = log q / n_q − log p / n_p``: ``logps`` (student chosen, student rejected,
+    teacher chosen, teacher rejected) ``[B]``, ``norms`` their divisors in the order (student chosen, student
+    rejected, teacher chosen, teacher rejected)."""
+    sc, sr, tc, tr = logps
+    n_c, n_r, tn_c, tn_r = norms
+    return (sc / n_c - tc / tn_c) - (sr / n_r - tr / tn_r)
 
 
 def dpkd_token_loss(student_logits, teacher_logits, mask, *, beta=0.1, label_smoothing=0.0,

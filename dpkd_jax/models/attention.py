@@ -35,6 +35,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import PartitionSpec as P
 
 from . import components as C
 from .config import ATTENTION_KERNELS as KERNELS, Config
@@ -371,6 +372,12 @@ def balanced_order(T: int, c: int) -> np.ndarray:
     return np.concatenate([np.arange(i * n, (i + 1) * n) for i in chunks])
 
 
+@functools.lru_cache(maxsize=64)
+def restore_order(T: int, c: int) -> np.ndarray:
+    """The inverse of :func:`balanced_order`: ``x[:, restore_order(T, c)]`` puts balanced slots back in order."""
+    return np.argsort(balanced_order(T, c))
+
+
 def context_parallel(cfg: Config, q, k, v, mask: Mask):
     """Attention over a sequence split across the ``context`` axis in :func:`balanced_order`: inside
     ``shard_map`` each device all-gathers k, v (and the key mask and segment ids), restores slot order,
@@ -381,7 +388,7 @@ def context_parallel(cfg: Config, q, k, v, mask: Mask):
     and any kernel runs unchanged on the local queries; a ring would save the gathered copy's memory."""
     c, T = mask.context, q.shape[1]
     n = T // (2 * c)
-    restore = np.argsort(balanced_order(T, c))
+    restore = restore_order(T, c)
     has_segs = mask.q_segments is not None
 
     def local(q, k, v, key_mask, window, *segs):
@@ -395,7 +402,6 @@ def context_parallel(cfg: Config, q, k, v, mask: Mask):
             m = Mask(key_mask, chunk * n, window, segs[0][:, part] if has_segs else None, k_seg)
             outs.append(_kernel(cfg, q[:, part], k, v, m))
         return jnp.concatenate(outs, axis=1)
-    from jax.sharding import PartitionSpec as P
     seq, kv = P(None, "context"), P(None, None, "context")
     args = (q, k, v, mask.key_mask, jnp.asarray(mask.window, jnp.int32))
     specs = (seq, kv, kv, seq, P())
@@ -504,7 +510,6 @@ def _on_mesh(fn, q, k, v, q_seg, k_seg):
     mesh = jax.sharding.get_abstract_mesh()
     if mesh.empty:
         return fn(q, k, v, q_seg, k_seg)
-    from jax.sharding import PartitionSpec as P
     batch = tuple(a for a in ("data", "fsdp") if a in mesh.axis_names) or None
     heads = "tensor" if "tensor" in mesh.axis_names and q.shape[1] % mesh.shape["tensor"] == 0 \
         and k.shape[1] % mesh.shape["tensor"] == 0 else None
@@ -515,4 +520,5 @@ def _on_mesh(fn, q, k, v, q_seg, k_seg):
 
 
 __all__ = ["KERNELS", "CROSSOVER", "Mask", "Options", "attend", "choose", "dense", "blockwise", "cudnn", "splash",
-           "splash_interpreted", "options", "context_shards", "balanced_order", "context_parallel"]
+           "splash_interpreted", "options", "context_shards", "balanced_order", "restore_order",
+           "context_parallel"]

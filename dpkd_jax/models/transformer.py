@@ -237,7 +237,7 @@ class CausalLM(nnx.Module):
         if self.final_norm is not None:
             x = self.final_norm(x)
         if context > 1:
-            restore = np.argsort(order)
+            restore = A.restore_order(tokens.shape[1], context)
             x, feats = x[:, restore], None if feats is None else feats[:, :, restore]
         return x, None if kv is None else _cache_of(kv, "k_scale" in cache), feats
 

@@ -28,7 +28,7 @@ GiB = 2**30
 
 def measure(method, n, kernel, root):
     from dpkd_jax.config import default_config
-    from dpkd_jax.tools.plan import plan_one
+    from dpkd_jax.planner import plan_one
     c = default_config()
     c.method = method
     c.teacher.path, c.student.path = qwen_folder(root, "t", 4096), qwen_folder(root, "s", 4096)

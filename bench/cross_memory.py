@@ -61,7 +61,7 @@ def measure(cfg, method, student_vocab=None):
     from dpkd_jax.models import decoder_for
     from dpkd_jax.optim import make_optimizer
     from dpkd_jax.run import stage_config
-    from dpkd_jax.tools.plan import model_config
+    from dpkd_jax.planner import model_config
     from dpkd_jax.train import make_step, step_shardings
     c = stage_config(cfg, method, cfg.workdir)
     placement = sharding.Placement({"data": 1, "fsdp": 1, "tensor": 1})

@@ -63,7 +63,7 @@ class Case:
         mk = lambda n, seed: models.init(gpt2.tiny_config(**dict(fields, n_layers=n)), seed)
         (t_dec, t_params), (s_dec, s_params) = mk(fields["n_layers"], 0), mk(layers, 1)  # the teacher: all layers
         tx, spec = make_optimizer(c.train), dataclasses.replace(Step.of(c), gold_length=gold_length)
-        self.sh = sh = step_shardings(sharding.Placement(c.mesh), s_dec, t_dec, tx, s_params, spec.objective)
+        self.sh = sh = step_shardings(sharding.Placement(c.mesh.as_dict()), s_dec, t_dec, tx, s_params, spec.objective)
         self.state = place_state(s_dec, s_params, tx, sh, spec.objective)
         self.step = make_step(spec, s_dec, t_dec, tx, sharding.put(t_params, sh["teacher"]), shardings=sh)
         self.batch = sharding.put(batch(c, fields["vocab_size"], np.random.default_rng(0)), sh["batch"])

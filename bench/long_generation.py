@@ -21,7 +21,7 @@ import numpy as np
 
 from dpkd_jax import models, sampling
 from dpkd_jax.models import llama
-from dpkd_jax.tools import plan
+from dpkd_jax import planner as plan
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

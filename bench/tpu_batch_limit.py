@@ -24,7 +24,7 @@ sys.path.insert(0, os.getcwd())
 def fits(cfg_path, topology, mesh, bpr, limit=256):
     from ml_collections import config_flags  # noqa: F401 -- the config files import ml_collections
     import importlib.util
-    from dpkd_jax.tools import plan
+    from dpkd_jax import planner as plan
     spec = importlib.util.spec_from_file_location("cfg", cfg_path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)

@@ -23,7 +23,7 @@ from report import report  # noqa: E402
 
 def plan_at(cfg_path, topology, mesh, length, kernel, remat, batch_per_replica):
     import importlib.util
-    from dpkd_jax.tools import plan
+    from dpkd_jax import planner as plan
     spec = importlib.util.spec_from_file_location("cfg", cfg_path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)

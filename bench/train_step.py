@@ -26,7 +26,7 @@ import numpy as np
 from dpkd_jax import models, sampling, sharding
 from dpkd_jax.config import default_config
 from dpkd_jax.models import gpt2
-from dpkd_jax.tools import plan
+from dpkd_jax import planner as plan
 from dpkd_jax.optim import make_optimizer
 from dpkd_jax.throughput import peak_flops, step_flops
 from dpkd_jax.batch import Batch

@@ -37,7 +37,7 @@ def qwen_folder(root, name, vocab):
 
 def measure(method, vocab, chunk, root):
     from dpkd_jax.config import default_config
-    from dpkd_jax.tools.plan import plan_one
+    from dpkd_jax.planner import plan_one
     c = default_config()
     c.method = method
     c.teacher.path, c.student.path = qwen_folder(root, f"t{vocab}", vocab), qwen_folder(root, f"s{vocab}", vocab)

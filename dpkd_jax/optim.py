@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import optax
 
 from .errors import InputError
+from .models.components import DECAYED
 
 # optax >= 0.2.5 names it optax.tree.norm; older releases only have global_norm.
 global_norm = getattr(getattr(optax, "tree", None), "norm", None) or optax.global_norm
@@ -20,7 +21,6 @@ global_norm = getattr(getattr(optax, "tree", None), "norm", None) or optax.globa
 def decay_mask(kinds: dict):
     """Weight decay on matrices, embeddings and adapters only (never biases, norm scales or
     learned positions), by each parameter's kind from the model's metadata."""
-    from .models.components import DECAYED
     return lambda params: {k: kinds[k] in DECAYED for k in params}
 
 

@@ -3,22 +3,23 @@ one method (`loop.train_loop`), evaluate, export the final and best students."""
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from . import data as data_lib
 from . import evaluate as eval_lib
 from . import curves, memory, models, sharding, trackers
-from .checkpoint import prepare_workdir
-from .config import lora_spec
 from . import run as run_lib
 from . import objectives, teachers
+from .assets import resolve
+from .checkpoint import prepare_workdir
 from .errors import InputError
+from .model_options import attention_options, model_options  # noqa: F401  (pipeline.model_options, as before)
+from .runspec import RunSpec
+from .sampling import Sampling
 
 
 def data_options(cfg) -> dict:
@@ -41,38 +42,15 @@ def load_eval_sets(cfg, tokenizer, dev, paths=None):
     return sets
 
 
-def model_options(cfg, role, vocab) -> dict:
-    """``models.load_config`` / ``from_pretrained`` options of a run's teacher or student."""
-    spec = cfg.teacher if role == "teacher" else cfg.student
-    kw = dict(dtype=jnp.dtype(spec.dtype), compute_dtype=jnp.dtype(spec.dtype if role == "teacher" else
-                                                                    spec.compute_dtype),
-              output_vocab=vocab, remat=cfg.model.remat, scan_layers=cfg.model.scan_layers,
-              decode_kernel=cfg.model.decode_kernel, kv_cache=cfg.model.kv_cache, **attention_options(cfg.model))
-    if role == "teacher":
-        kw["quantize"] = cfg.teacher.quantize
-    else:
-        kw["lora"] = lora_spec(cfg)
-    return kw
-
-
-def fitted(cfg, placement, run_inputs, generation=True):
-    """The config whose train step fits the device (``memory.fit``; one line when nothing asked for
-    fits), with ``train.micro_batch`` resolved (``"auto"``: the largest that fits), as a locked copy.
+def fitted(cfg: RunSpec, placement, run_inputs, generation=True) -> RunSpec:
+    """The spec whose train step fits the device (``memory.fit``; one line when nothing asked for
+    fits), with ``train.micro_batch`` resolved (``"auto"``: the largest that fits), a new spec.
     ``run_inputs``: the run's vocab, data (and in-process models), so the checked step is the one the
     run executes; ``generation``: check the generating programs too."""
-    micro = memory.fit(cfg, {a: cfg.mesh[a] for a in sharding.AXES}, sharding.data_parallel_size(placement.mesh),
+    sizes = cfg.mesh.as_dict()
+    micro = memory.fit(cfg, {a: sizes[a] for a in sharding.AXES}, sharding.data_parallel_size(placement.mesh),
                        run_inputs, generation)
-    c = copy.deepcopy(cfg)
-    with c.unlocked():
-        del c.train["micro_batch"]  # "auto" (a str) becomes an int: a new field, not a cast
-        c.train.micro_batch = micro
-    c.lock()
-    return c
-
-
-def attention_options(model_cfg) -> dict:
-    """The attention kernel and its block sizes from ``config.model`` (models.Config fields)."""
-    return {f: model_cfg[f] for f in ("attention_kernel", "attention_block_q", "attention_block_k")}
+    return cfg.replace({"train.micro_batch": micro})
 
 
 def load_model(cfg, placement, role, path, vocab):
@@ -107,7 +85,6 @@ def load_teachers(cfg, placement, vocab, tokenizer, first):
     """Multi-teacher (``teacher.paths``): ``{name: (decoder, params)}``, each teacher sharing the
     student's tokenizer (a mismatch is an error naming the teacher); ``first``: the first one,
     already loaded as the run's teacher."""
-    from .assets import resolve
     out = {}
     for i, (name, path) in enumerate(cfg.teacher.paths.items()):
         path = resolve(path, allow_pickle=cfg.model.allow_pickle)
@@ -136,12 +113,10 @@ def one_model(cfg):
     """``mode=generate``, or ``mode=eval`` without a teacher: the student alone is loaded (no teacher
     path is read); answers are written, or RougeL/EM on ``data.eval_sets`` (and the dev split when
     ``data.train`` is set) printed."""
-    from .assets import resolve
-    from .specs import Sampling
     path = resolve(cfg.student.path, allow_pickle=cfg.model.allow_pickle)
     tokenizer = models.load_tokenizer(path)
     cfg = run_lib.resolved(cfg, tokenizer, student_path=path)
-    placement = sharding.Placement(cfg.mesh)
+    placement = sharding.Placement(cfg.mesh.as_dict())
     s_cfg, params = load_model(cfg, placement, "student", path, models.real_vocab_size(tokenizer))
     if cfg.mode == "generate":
         return generate_mode(cfg, s_cfg, params, tokenizer, placement.mesh)
@@ -162,7 +137,6 @@ def run(cfg):
     prepare_workdir(cfg)
     if cfg.mode == "generate" or (cfg.mode == "eval" and not cfg.teacher.path and not cfg.teacher.paths):
         return one_model(cfg)
-    from .assets import resolve
     pickle = cfg.model.allow_pickle
     multi = tuple(cfg.teacher.paths.values())
     teacher_path, student_path = (resolve(p, allow_pickle=pickle) for p in (multi[0] if multi else cfg.teacher.path,
@@ -172,7 +146,7 @@ def run(cfg):
     vocab, t_vocab, t_tok = models.vocabularies(teacher_path, student_path, cross_ok=cross_ok,
                                                 cross_methods=objectives.CROSS_METHODS, student_tok=tokenizer)
     cfg = run_lib.resolved(cfg, tokenizer, teacher_path=teacher_path, student_path=student_path)
-    placement = sharding.Placement(cfg.mesh)
+    placement = sharding.Placement(cfg.mesh.as_dict())
     train_data, dev, routing = load_train(cfg, tokenizer)
     memory.note_shapes(cfg)
     if cfg.mode == "train" and cfg.check.memory:  # before any weights load

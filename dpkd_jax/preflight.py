@@ -6,16 +6,28 @@ on one host before paying start-up on all of them.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
+from types import SimpleNamespace
 
 import jax
+import numpy as np
+
+from . import assets, checkpoint, hub, memory, models, objectives, sharding, specs, teachers
+from . import data as data_lib
+from .demo import demo_file
+from .errors import InputError
+from .experiment.runner import PROMPTS_DIR
+from .models import gpt2, hf
+from .pipeline import check_teacher_tokenizer, data_options, model_options
+from .pruning import parse_layers
+from .run import resolved
+from .runspec import RunSpec
 
 
 def _model_summary(role, path, cfg):
     """One line: architecture, parameter count and bytes (with the run's dtype, int8 or LoRA)."""
-    import numpy as np
-    from . import models
     info = models.param_table(cfg)
     n = sum(int(np.prod(i.shape)) for i in info.values() if i.kind not in ("lora_a", "lora_b", "quant_scale"))
     size = sum(int(np.prod(i.shape)) * np.dtype(i.dtype).itemsize for i in info.values())
@@ -30,8 +42,6 @@ def _model_summary(role, path, cfg):
 
 def check_weights(path, allow_pickle=False):
     """The weight files' headers and tensor names (no tensor is read)."""
-    from . import models
-    from .models import hf
     cfg = models.load_config(path)
     fam = models.family(cfg.model_type)
     table = models.param_table(cfg)  # base weights: what the files must hold
@@ -45,7 +55,6 @@ def check_weights(path, allow_pickle=False):
 
 def _local_path(role, path, say):
     """A model path as a local folder or file, or None (said why) when an asset or hub id is not cached."""
-    from . import assets, hub
     if path.startswith(assets.PREFIX):
         name = path[len(assets.PREFIX):]
         if not os.path.isdir(assets.path_of(name)):
@@ -55,24 +64,25 @@ def _local_path(role, path, say):
     hid = hub.parse(path)
     if hid is not None:
         say(f"{role}: hub id {hub.describe(path)}")
-        return hub.cached(hid)
+        local = hub.cached(hid)
+        if local is None:
+            say(f"{role}: {path} is not cached yet; the run fetches it")
+        return local
     return path
 
 
-def _check_models(cfg, say):
+def _check_models(cfg: RunSpec, say):
     """{role: local path} of every model (each teacher of ``teacher.paths``), headers read and
-    summarised; None when one is not fetched yet (the run fetches it: nothing more to read)."""
-    from . import models
-    from .pipeline import model_options
+    summarised; a model not fetched yet (the run fetches it) is left out, and the checks go on without it."""
     roles = {f"teacher {n}": p for n, p in cfg.teacher.paths.items()} or {"teacher": cfg.teacher.path}
     # the pruned experiment's student is the teacher with layers removed; the cross one names its own
-    if not cfg.experiment.enabled or cfg.experiment.get("cross", False):
+    if not cfg.experiment.enabled or cfg.experiment.cross:
         roles["student"] = cfg.student.path
     paths = {}
-    for role, spec in roles.items():
-        path = _local_path(role, spec, say)
+    for role, where in roles.items():
+        path = _local_path(role, where, say)
         if path is None:
-            return None
+            continue
         paths[role] = path
         check_weights(path, cfg.model.allow_pickle)
         kind = "student" if role == "student" else "teacher"
@@ -82,16 +92,12 @@ def _check_models(cfg, say):
 
 def _check_demo(cfg, say):
     """The demo builds its tokenizer and models: its data, its layers and its work dir."""
-    from . import checkpoint, data as data_lib
-    from .demo import demo_file
-    from .models import gpt2
-    from .tools.prune import parse_layers
     d = cfg.demo
     for name, path in (("train", cfg.data.train or demo_file("train.jsonl")), ("eval", demo_file("eval.jsonl"))):
         report = data_lib.Report(path)
         rows = data_lib.read_jsonl(path, report)
         say(f"demo {name} data: {len(rows)} rows from {path} (malformed {report.malformed})")
-    n_layers = gpt2.tiny_config(vocab_size=8, **dict(d.teacher)).n_layers
+    n_layers = gpt2.tiny_config(vocab_size=8, **dataclasses.asdict(d.teacher)).n_layers
     keep = parse_layers(d.keep_layers, n_layers, "config.demo.keep_layers")
     say(f"demo models: a {n_layers}-layer GPT-2-shaped teacher trained here, its student keeping {len(keep)} layers; "
         f"methods {', '.join(d.methods)} x seeds {tuple(d.seeds)}")
@@ -103,11 +109,8 @@ def _check_demo(cfg, say):
 def _check_experiment(cfg, teacher_path, say):
     """What the experiment builds: its student (the teacher's kept layers) and its prompt sets.
     Returns the student's path for the checks that follow (the teacher's: one tokenizer)."""
-    from . import data as data_lib, models
-    from .experiment.runner import PROMPTS_DIR
-    from .tools.prune import parse_layers
     e = cfg.experiment
-    if not e.get("cross", False):
+    if not e.cross:
         n = models.load_config(teacher_path).n_layers
         keep = parse_layers(e.keep_layers, n, "config.experiment.keep_layers")
         say(f"student: built by the experiment from the teacher, keeping {len(keep)} of its {n} layers "
@@ -117,7 +120,6 @@ def _check_experiment(cfg, teacher_path, say):
         path = os.path.join(e.prompts or PROMPTS_DIR, f"{split}.jsonl")
         sizes[split] = len(data_lib.read_jsonl(path, data_lib.Report(path)))
     if sizes["train"] < e.n_train + e.n_dev or sizes["eval"] < e.n_eval:
-        from .errors import InputError
         raise InputError(f"config.experiment: n_train + n_dev = {e.n_train + e.n_dev} and n_eval = {e.n_eval} need "
                          f"that many prompts; the set has {sizes['train']} and {sizes['eval']}")
     say(f"experiment prompts: {e.n_train} train / {e.n_dev} dev of {sizes['train']}, {e.n_eval} eval of "
@@ -126,9 +128,7 @@ def _check_experiment(cfg, teacher_path, say):
 
 
 def _check_vocabularies(cfg, paths, tokenizer, say):
-    from . import models, objectives
     if cfg.teacher.paths:
-        from .pipeline import check_teacher_tokenizer
         for role, path in paths.items():
             if role != "student":
                 vocab = check_teacher_tokenizer(role.split()[1], path, paths["student"], tokenizer)
@@ -145,8 +145,6 @@ def _check_vocabularies(cfg, paths, tokenizer, say):
 def _check_data(cfg, tokenizer, say):
     """The training rows (and each teacher's count), the eval sets and the pre-training text.
     Returns the run's training rows (the dev split taken out), or None without training data."""
-    from . import data as data_lib, teachers
-    from .pipeline import data_options
     field = cfg.data.teacher_field
     if cfg.mode != "generate" and cfg.data.train:
         full, report = data_lib.load_instructions(cfg.data.train, tokenizer, **data_options(cfg), log=False,
@@ -175,21 +173,17 @@ def _check_memory(cfg, paths, mesh, n, run_inputs, say):
         return
     if cfg.experiment.enabled:
         return
-    from . import memory, sharding
-    c = cfg.copy_and_resolve_references()
-    with c.unlocked():
-        c.teacher.path, c.student.path = next(iter(paths.values())), paths["student"]
+    c = cfg.replace({"teacher.path": next(iter(paths.values())), "student.path": paths["student"]})
     vocab, train = run_inputs
-    micro = memory.fit(c, {a: cfg.mesh[a] for a in sharding.AXES}, math.prod(mesh.shape[a] for a in sharding.BATCH),
+    sizes = cfg.mesh.as_dict()
+    micro = memory.fit(c, {a: sizes[a] for a in sharding.AXES}, math.prod(mesh.shape[a] for a in sharding.BATCH),
                        {"vocab": vocab, "data": train})
     say("memory: the train step fits" + (f" with train.micro_batch={micro}" if micro else ""))
 
 
 def _check_feature(cfg, paths, say):
     """``loss.feature``'s layers against the models' depths, as the run binds them (``Feature.bind_all``)."""
-    from . import models
-    from .specs import Feature
-    feature = Feature.of(cfg.loss.feature)
+    feature = specs.Feature.of(cfg.loss.feature)
     if feature is None:
         return
     teachers = [models.load_config(p) for role, p in paths.items() if role.startswith("teacher")]
@@ -197,35 +191,19 @@ def _check_feature(cfg, paths, say):
     say(f"feature: layer pairs {feature.pairs} exist in the student and the teacher")
 
 
-def preflight(cfg, out=print):
-    """Run the checks; print one line each. Returns the summary lines."""
-    from . import checkpoint, models, sharding
-    from .run import resolved
-    lines = []
-    say = lambda s: (lines.append(s), out(f"check: {s}"))
-    say(f"config: method {cfg.method}, {cfg.train.steps} steps, batch {cfg.train.batch_size}, mode check")
-    if cfg.demo.enabled:
-        _check_demo(cfg, say)
-        return lines
-    paths = _check_models(cfg, say)
-    if paths is None:
-        return lines
-    if cfg.experiment.enabled:
-        student = _check_experiment(cfg, paths["teacher"], say)
-        paths.setdefault("student", student)
-    _check_feature(cfg, paths, say)
-    tokenizer = models.load_tokenizer(paths["student"])
-    vocab = _check_vocabularies(cfg, paths, tokenizer, say)
-    cfg = resolved(cfg, tokenizer)
-    train = _check_data(cfg, tokenizer, say)
-    from types import SimpleNamespace
-    from .config import check_devices
-    n = check_devices(cfg)
-    mesh = SimpleNamespace(shape=sharding.mesh_shape(dict(cfg.mesh), n))  # arithmetic only: no devices needed
+def _check_mesh(cfg: RunSpec, paths, say):
+    """The mesh for the run's device count (``check.devices`` on one host of many): the batch and every fetched
+    model's heads divide. Returns (device count, mesh stand-in)."""
+    n = cfg.check_devices()
+    mesh = SimpleNamespace(shape=sharding.mesh_shape(cfg.mesh.as_dict(), n))  # arithmetic only: no devices needed
     sharding.check_batch(cfg.train.batch_size, mesh)
     for role, path in paths.items():
         sharding.check_heads(models.load_config(path).n_heads, mesh, role)
     say(f"mesh: {mesh.shape} over {n} devices; batch and heads divide")
+    return n, mesh
+
+
+def _check_workdir(cfg: RunSpec, say):
     checkpoint.check_workdir(cfg.workdir)
     found = checkpoint.find_checkpoints(cfg.workdir)
     what = "none" if not found else ", ".join(f"{os.path.relpath(d, cfg.workdir)} at step {s}" for d, s in found)
@@ -233,6 +211,34 @@ def preflight(cfg, out=print):
                                    " (overwrite=True clears them)" if cfg.overwrite else
                                    " (resume=False: the run would stop; pass overwrite=True or another workdir)")
     say(f"work dir: {cfg.workdir} is writable; checkpoints: {what}{action}")
+
+
+def preflight(cfg: RunSpec, out=print):
+    """Run the checks; print one line each. Returns the summary lines. A model that is not fetched yet is said;
+    the checks that do not read it (the student, the data, the mesh, the work dir) still run."""
+    lines = []
+    say = lambda s: (lines.append(s), out(f"check: {s}"))
+    say(f"config: method {cfg.method}, {cfg.train.steps} steps, batch {cfg.train.batch_size}, mode check")
+    if cfg.demo.enabled:
+        _check_demo(cfg, say)
+        return lines
+    paths = _check_models(cfg, say)
+    if cfg.experiment.enabled and "teacher" in paths:
+        paths.setdefault("student", _check_experiment(cfg, paths["teacher"], say))
+    missing = "student" not in paths or sum(r.startswith("teacher") for r in paths) < max(1, len(cfg.teacher.paths))
+    train = vocab = None
+    if "student" in paths:
+        tokenizer = models.load_tokenizer(paths["student"])
+        if not missing:
+            _check_feature(cfg, paths, say)
+            vocab = _check_vocabularies(cfg, paths, tokenizer, say)
+        cfg = resolved(cfg, tokenizer)
+        train = _check_data(cfg, tokenizer, say)
+    n, mesh = _check_mesh(cfg, paths, say)
+    _check_workdir(cfg, say)
+    if missing:
+        say("models not fetched yet: the vocabularies, the feature layers and the memory are checked by the run")
+        return lines
     if cfg.check.memory:
         _check_memory(cfg, paths, mesh, n, (vocab, train), say)
     say("ok")

@@ -6,12 +6,11 @@
 3. **evaluate**: :func:`evaluate` (RougeL/EM on the run's eval sets).
 
 The pipeline runs one stage; the demo and the experiment only choose which stages to run
-(:func:`stage_config` derives each stage's config as a copy; the run's own is never written).
+(:func:`stage_config` derives each stage's spec; no spec is ever changed in place).
 """
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import os
 
@@ -22,28 +21,25 @@ from . import evaluate as eval_lib
 from . import memory, models, specs
 from . import curves
 from .loop import Trained, train_loop
+from .runspec import RunSpec
 
 
-def resolved(cfg, tokenizer, **paths):
-    """The validated config completed before anything reads it, as a locked copy: the sampler's
-    EOS/pad ids from the tokenizer (and the template's end token) where the config says -1, and resolved model paths
+def resolved(cfg: RunSpec, tokenizer, **paths) -> RunSpec:
+    """The validated spec completed before anything reads it, a new spec: the sampler's EOS/pad ids from the
+    tokenizer (and the template's end token) where the config says -1, and resolved model paths
     (``teacher_path=``, ``student_path=``)."""
-    c = copy.deepcopy(cfg)
-    with c.unlocked():
-        if c.gen.eos_token_id < 0:
-            c.gen.eos_token_id = data_lib.end_token_id(tokenizer, c.data.template)
-        if c.gen.pad_token_id < 0:
-            c.gen.pad_token_id = models.pad_id(tokenizer)
-        for field, path in paths.items():
-            c[field.removesuffix("_path")].path = path
-    c.lock()
-    return c
+    changes = {f"{field.removesuffix('_path')}.path": path for field, path in paths.items()}
+    if cfg.gen.eos_token_id < 0:
+        changes["gen.eos_token_id"] = data_lib.end_token_id(tokenizer, cfg.data.template)
+    if cfg.gen.pad_token_id < 0:
+        changes["gen.pad_token_id"] = models.pad_id(tokenizer)
+    return cfg.replace(changes)
 
 
 @dataclasses.dataclass(frozen=True)
 class Run:
     """What every stage of a run shares."""
-    cfg: object                 # the resolved config (:func:`resolved`)
+    cfg: RunSpec                # the resolved spec (:func:`resolved`)
     tokenizer: object
     placement: object           # sharding.Placement
     teacher: tuple              # (decoder, params)
@@ -63,25 +59,13 @@ class Run:
         return dataclasses.replace(self, teacher=(decoder, params))
 
 
-def stage_config(cfg, method, workdir, *, seed=None, steps=None, lr=None, loss=None, **fields):
-    """A stage's config: a copy of the run's with its method, work dir and the given changes
-    (``loss``: fields of the method's block; ``fields``: dotted paths such as ``resume``)."""
-    c = copy.deepcopy(cfg)
-    with c.unlocked():
-        c.method, c.workdir = method, workdir
-        c.seed = c.seed if seed is None else seed
-        c.train.steps = c.train.steps if steps is None else steps
-        c.train.lr = c.train.lr if lr is None else lr
-        for k, v in (loss or {}).items():
-            c.loss[method][k] = v
-        for path, v in fields.items():
-            *head, last = path.split(".")
-            node = c
-            for h in head:
-                node = node[h]
-            node[last] = v
-    c.lock()
-    return c
+def stage_config(cfg: RunSpec, method, workdir, *, seed=None, steps=None, lr=None, loss=None, **fields) -> RunSpec:
+    """A stage's spec: the run's with its method, work dir and the given changes (``loss``: fields of the
+    method's block; ``fields``: dotted paths such as ``resume``), a new spec."""
+    changes = {k: v for k, v in (("train.steps", steps), ("train.lr", lr)) if v is not None} | fields
+    if loss:
+        changes[f"loss.{method}"] = dataclasses.replace(cfg.loss.block(method), **loss)
+    return cfg.replace(changes, method=method, workdir=workdir, seed=cfg.seed if seed is None else seed)
 
 
 def train_stage(run: Run, c, student, params, *, desc=None, init=None, callback=None, plot=True) -> Trained:

@@ -42,7 +42,7 @@ def check_and_store(cfg, desc: str, resumed: bool) -> list[str]:
     """Compare a resumed stage's config with the stored one (one printed line naming the changes), then store
     this one. Returns the changes."""
     path = os.path.join(cfg.workdir, FILE)
-    now = flatten(json.loads(cfg.to_json_best_effort()))
+    now = flatten(cfg.to_dict())
     found = []
     if resumed and os.path.isfile(path):
         with open(path) as f:

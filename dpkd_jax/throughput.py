@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 import jax
+from .models import flops_per_token, forward_flops_per_token
 
 
 # Peak dense bf16 FLOP/s per device, for MFU. Unknown devices (CPU) report no MFU.
@@ -21,7 +22,6 @@ def step_flops(needs, student, teacher, batch_size, lengths):
     """Model FLOPs of one step (for MFU): student train on scored tokens, teacher
     forward scoring, generation forwards of both. ``needs``: the objective's
     :class:`objectives.Needs`; ``lengths``: (prompt, gold response, new tokens)."""
-    from .models import flops_per_token, forward_flops_per_token
     P, R, N = lengths
     S = P + max(R, N)
     n_resp = 1 + needs.teacher_samples + needs.student_samples

@@ -138,22 +138,13 @@ class Trackers:
 
 def open_for(cfg) -> Trackers:
     """The trackers ``cfg.log.trackers`` names, for the stage whose work dir is ``cfg.workdir``."""
-    return Trackers(cfg.log.trackers, Where(cfg.workdir, cfg.log.project, _plain(cfg.to_dict())))
+    return Trackers(cfg.log.trackers, Where(cfg.workdir, cfg.log.project, cfg.to_dict()))
 
 
 def _cells(markdown: str):
     """A markdown table's header and rows (the separator line dropped)."""
     lines = [[c.strip() for c in line.strip().strip("|").split("|")] for line in markdown.strip().splitlines()]
     return lines[0], [r for r in lines[1:] if not set("".join(r)) <= set("-: ")]
-
-
-def _plain(value):
-    """A config as JSON-able values (tuples as lists, anything else as its text)."""
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value if value is None or isinstance(value, (bool, int, float, str)) else str(value)
 
 
 def _yaml(config: dict, indent: str = "") -> str:

@@ -43,26 +43,24 @@ def step_shardings(placement, student, teacher, tx, student_params, objective=No
     """Shardings of everything the step takes, from the run's :class:`sharding.Placement`
     and the models' metadata (the objective's own state, the feature projection and a few
     scalars, replicated)."""
-    from . import sharding
     mesh = placement.mesh
     p_sh = placement.params(student.info, "student")
     extra = {} if feature is None else feature.init_params()
     trainable = {**split_trainable(student, student_params)[0], **extra}
-    opt = sharding.like_params(jax.eval_shape(tx.init, trainable), trainable, p_sh, mesh)
-    rep = sharding.replicated(mesh)
+    opt = sharding_lib.like_params(jax.eval_shape(tx.init, trainable), trainable, p_sh, mesh)
+    rep = sharding_lib.replicated(mesh)
     own = jax.tree.map(lambda _: rep, {} if objective is None else objective.init_state())
     state = {"params": p_sh, "opt_state": opt, "step": rep, "objective": own,
              "feature": jax.tree.map(lambda _: rep, extra)}
     return {"params": p_sh, "state": state,
             "teacher": placement.params(teacher.info, "teacher"), "ref": p_sh,
-            "batch": sharding.batch_sharding(mesh), "replicated": rep}
+            "batch": sharding_lib.batch_sharding(mesh), "replicated": rep}
 
 
 def place_state(student, params, tx, shardings, objective=None, feature=None):
     """A fresh train state (a copy of ``params``, so donation leaves the caller's arrays
     valid) on the step's shardings."""
-    from .sharding import copy_to
-    params = copy_to(params, shardings["params"])
+    params = sharding_lib.copy_to(params, shardings["params"])
     return _state_initializer(student, tx, _Frozen(shardings["state"]), objective, feature)(params)
 
 

@@ -232,8 +232,9 @@ def tiny_setup(tmp_path, tok, n=24, varied=False):
     cfg.gen.eos_token_id, cfg.gen.pad_token_id = tok.eos_token_id, tok.eos_token_id
     cfg.train.batch_size, cfg.train.log_every, cfg.train.save_every = 4, 1, 2
     cfg.train.lr, cfg.train.steps, cfg.train.schedule = 3e-3, 3, "constant"
-    for block in cfg.loss.values():
-        block.lm_coef = 0.0
+    for name, block in cfg.loss.items():
+        if name != "feature":
+            block.lm_coef = 0.0
     data, _ = load_instructions(write_jsonl(tmp_path / "d.jsonl", rows), tok, max_prompt_length=56,
                                   max_length=64, pad_token_id=tok.eos_token_id)
     mk = lambda d, L, seed: (lambda c: models.init(c, seed))(
@@ -271,13 +272,19 @@ def write_config(path, teacher, student, train, workdir, steps=2, **over):
     return str(path)
 
 
+def spec_of(cfg):
+    """The typed run spec of a test's ConfigDict (as the entry point builds it; a spec passes through)."""
+    from dpkd_jax.runspec import RunSpec
+    return cfg if isinstance(cfg, RunSpec) else RunSpec.of(cfg)
+
+
 def train(cfg, student, params, teacher, teacher_params, data, lm_rows, workdir, **kw):
     """``loop.train_loop`` on a :class:`run.Run` of these pieces, with ``cfg`` as the stage's config;
     ``kw``: the run's ``tokenizer``/``teacher_tokenizer``, and train_loop's own keywords."""
     from dpkd_jax import run as run_lib, sharding
     from dpkd_jax.loop import train_loop
-    c = run_lib.stage_config(cfg, cfg.method, workdir)
-    run = run_lib.Run(c, kw.pop("tokenizer", None), sharding.Placement(c.mesh), (teacher, teacher_params), data,
+    c = run_lib.stage_config(spec_of(cfg), cfg.method, workdir)
+    run = run_lib.Run(c, kw.pop("tokenizer", None), sharding.Placement(c.mesh.as_dict()), (teacher, teacher_params), data,
                       lm_rows=lm_rows, teacher_tokenizer=kw.pop("teacher_tokenizer", None))
     return train_loop(run, c, student, params, **kw)
 

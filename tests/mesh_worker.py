@@ -20,6 +20,7 @@ from dpkd_jax.optim import make_optimizer  # noqa: E402
 from dpkd_jax.batch import Batch  # noqa: E402
 from dpkd_jax.specs import Step  # noqa: E402
 from dpkd_jax.train import make_step, place_state, step_shardings  # noqa: E402
+from conftest import spec_of
 
 
 def setup():
@@ -49,7 +50,7 @@ def run(placement, steps=2, setup=setup):
     sh = step_shardings(placement, s_cfg, t_cfg, tx, s_params)
     t_params = sharding.put(t_params, sh["teacher"])
     state = place_state(s_cfg, s_params, tx, sh)
-    step = make_step(Step.of(cfg), s_cfg, t_cfg, tx, t_params, shardings=sh)
+    step = make_step(Step.of(spec_of(cfg)), s_cfg, t_cfg, tx, t_params, shardings=sh)
     losses = []
     for i in range(steps):
         state, m = step(state, sharding.put(batch, sh["batch"]), jax.random.PRNGKey(i))

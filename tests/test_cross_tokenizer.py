@@ -79,7 +79,7 @@ def test_context_scores_the_teacher_in_its_own_tokens():
     samples = {O.Response.TEACHER: s_yt, O.Response.STUDENT: s_ys}
     views = {T: (t_prompt, {O.Response.TEACHER: t_yt, O.Response.STUDENT: t_ys})}
     ctx = O.Context({S: (s_cfg, s_p), T: (t_cfg, t_p)}, batch, samples, 0.0, views)
-    obj = O.build("dpkd", {"dpkd": O.defaults()["dpkd"]})
+    obj = O.OBJECTIVES["dpkd"]()
     terms, _ = obj.loss(ctx)
 
     def logp(cfg, p, prompt, resp):

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from conftest import load_config, write_jsonl
+from conftest import spec_of
 from dpkd_jax.data.make_instruct_prompts import KINDS, generate
 from dpkd_jax.experiment import run_experiment, runner
 
@@ -54,7 +55,7 @@ def short_experiment(hf_pair, tmp_path):
 
 def test_short_experiment_writes_table_and_plots(short_experiment, monkeypatch):
     cfg = short_experiment
-    runs = runner.run_experiment(cfg)
+    runs = runner.run_experiment(spec_of(cfg))
     wd = cfg.workdir
     table = open(os.path.join(wd, "table.md")).read()
     group = cfg.experiment.best_of
@@ -72,7 +73,7 @@ def test_short_experiment_writes_table_and_plots(short_experiment, monkeypatch):
         assert os.path.getsize(os.path.join(wd, png)) > 10_000
     # A rerun trains nothing: every run is read back from its record.
     monkeypatch.setattr(runner.run_lib, "train_stage", lambda *a, **k: pytest.fail("retrained a finished run"))
-    again = runner.run_experiment(cfg)
+    again = runner.run_experiment(spec_of(cfg))
     assert again["sft"][0]["curve"] == runs["sft"][0]["curve"]
 
 
@@ -80,7 +81,7 @@ def test_previous_rows_are_reported_beside_new_ones_without_retraining(short_exp
     cfg = short_experiment
     with cfg.unlocked():
         cfg.experiment.methods, cfg.experiment.dpkd_betas = ("sft", "kd"), ()
-    first = runner.run_experiment(cfg)
+    first = runner.run_experiment(spec_of(cfg))
     prev = os.path.join(cfg.workdir, "previous.json")
     os.replace(os.path.join(cfg.workdir, "results.json"), prev)
     trained = []
@@ -89,7 +90,7 @@ def test_previous_rows_are_reported_beside_new_ones_without_retraining(short_exp
                         or real(ctx, c, *a, **k))
     with cfg.unlocked():
         cfg.experiment.methods, cfg.experiment.previous = ("sft", "kd", "opd_iw"), prev
-    runs = runner.run_experiment(cfg)
+    runs = runner.run_experiment(spec_of(cfg))
     assert trained == ["opd"]  # only the new row: its one lr and one seed
     assert runs["kd"] == first["kd"] and runs["opd_iw"][0]["over"] == {"iw_gamma": 0.5}
     table = open(os.path.join(cfg.workdir, "table.md")).read()
@@ -97,7 +98,7 @@ def test_previous_rows_are_reported_beside_new_ones_without_retraining(short_exp
     with cfg.unlocked():
         cfg.experiment.previous = os.path.join(cfg.workdir, "missing.json")
     with pytest.raises(runner.InputError, match="config.experiment.previous: cannot read"):
-        runner.run_experiment(cfg)
+        runner.run_experiment(spec_of(cfg))
 
 
 # ------------------------------------------------ across tokenizers (configs/smollm2_to_gemma3.py)
@@ -142,7 +143,7 @@ def test_cross_experiment_trains_each_method_across_tokenizers(cross_experiment,
     real = runner.run_lib.train_stage
     monkeypatch.setattr(runner.run_lib, "train_stage", lambda ctx, c, *a, **k: trained.append(
         (c.method, c.loss[c.method].beta if c.method == "dpkd" else None)) or real(ctx, c, *a, **k))
-    runs = run_experiment(cfg)  # the package picks the cross experiment
+    runs = run_experiment(spec_of(cfg))  # the package picks the cross experiment
     assert "12 of 13 prompts fit data.max_prompt_length=40 in both tokenizers; 1 skipped" in capsys.readouterr().out
     # dpkd at the config's β and the β sweep's 0.1 are one run; β=1 is trained once more
     assert sorted(trained, key=str) == sorted([("dpkd", 0.1), ("dpkd", 1.0), ("dadpo", None)], key=str)
@@ -166,7 +167,7 @@ def test_cross_measure_scores_the_answer_in_the_teachers_own_tokens(cross_experi
     from dpkd_jax import sampling
     from dpkd_jax.evaluate import decode_responses, rouge_l
     from dpkd_jax.experiment.cross import CrossExperiment
-    x = CrossExperiment(cross_experiment)
+    x = CrossExperiment(spec_of(cross_experiment))
     got = x.measure_eval(x.s_cfg, x.s_params)
     c, d, t = x.cfg, x.eval, x.eval_t
     ids, mask = sampling.generate_stepwise(x.s_cfg, x.s_params, d.prompt_ids, d.prompt_mask, jax.random.PRNGKey(0),

@@ -9,7 +9,7 @@ import torch
 from dpkd_jax import models
 from dpkd_jax.models.components import quantize_int8
 from dpkd_jax.models.lora import dequantize_int8
-from dpkd_jax.tools.plan import KNOWN
+from dpkd_jax.planner import KNOWN
 
 
 def test_quantization_against_numpy(rng):

@@ -11,6 +11,7 @@ import pytest
 from safetensors.numpy import load_file
 
 from conftest import write_config
+from conftest import spec_of
 from dpkd_jax import memory
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -86,7 +87,7 @@ def _load(config):
     spec = importlib.util.spec_from_file_location("c", config)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    return mod.get_config()
+    return spec_of(mod.get_config())
 
 
 def _needs(config, **changes):

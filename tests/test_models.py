@@ -19,7 +19,7 @@ from transformers import AutoModelForCausalLM
 from conftest import MODEL_KINDS, VOCAB, hf_model, make_tokenizer
 from dpkd_jax import models, sampling
 from dpkd_jax.models import gpt2
-from dpkd_jax.tools import plan
+from dpkd_jax import planner as plan
 from flax import nnx
 
 

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from conftest import tiny_setup
+from conftest import spec_of
 from dpkd_jax import objectives as O
 from dpkd_jax.config import default_config
 from dpkd_jax.errors import InputError
@@ -31,19 +32,19 @@ def test_every_method_has_a_typed_block_and_bad_fields_are_named():
         c = default_config()
         c.loss[method][field] = value
         with pytest.raises(InputError, match=msg):
-            O.build(method, c.loss)
+            O.build(method, spec_of(c).loss)
     with pytest.raises(InputError, match="config.method: unknown method 'dpo'"):
-        O.build("dpo", default_config().loss)
+        O.build("dpo", spec_of(default_config()).loss)
 
 
 def test_needs_declare_what_each_step_must_provide():
-    loss = default_config().loss
+    loss = spec_of(default_config()).loss
     assert O.build("dpkd", loss).needs.teacher_samples and O.build("dpkd", loss).needs.student_samples
     assert not O.build("kd", loss).needs.teacher_samples and O.build("dadpo", loss).needs.reference
     assert not O.build("plad", loss).needs.teacher_logits and not O.build("sft", loss).needs.teacher_logits
     gkd = O.build("gkd", loss).needs
     assert gkd.on_policy == 0.5 and gkd.fallback is O.Response.GOLD and gkd.student_temperature == 0.9
-    loss.gkd.seq_kd = True
+    loss = dataclasses.replace(loss, gkd=dataclasses.replace(loss.gkd, seq_kd=True))  # the spec is frozen
     assert O.build("gkd", loss).needs.fallback is O.Response.TEACHER and O.build("gkd", loss).needs.teacher_samples
 
 
@@ -53,7 +54,7 @@ def _steps(tmp_path, tok, method, n, **block):
     for k, v in block.items():
         cfg.loss[method][k] = v
     tx = make_optimizer(cfg.train)
-    spec = Step.of(cfg)
+    spec = Step.of(spec_of(cfg))
     step = make_step(spec, s_cfg, t_cfg, tx, t_params, s_params if spec.objective.needs.reference else None)
     state = init_state(s_cfg, jax.tree.map(jnp.copy, s_params), tx, spec.objective)
     batches = D.Batches(data, 4, 0)
@@ -109,7 +110,7 @@ def test_first_token_kls_come_from_the_objectives_forwards(tmp_path, tok, method
     np.testing.assert_allclose(m["kl/first_token_reverse"], float(rkl.mean()), rtol=1e-5)
     if method != "dpkd":  # which forwards the objective ran (dpkd's need its samples)
         ctx = O.Context({O.Model.STUDENT: (s_dec, s_p), O.Model.TEACHER: (t_dec, t_p)}, b, {})
-        O.build(method, cfg.loss).loss(ctx)
+        O.build(method, spec_of(cfg).loss).loss(ctx)
         assert O.first_positions(ctx)[0] is not None
         assert (O.first_positions(ctx)[1] is not None) == (method == "kd")
 
@@ -138,7 +139,7 @@ def test_hacking_watch_warns_once_when_nll_of_own_samples_doubles(caplog):
 def test_objectives_are_frozen_dataclasses_with_their_fields_as_config():
     for name, cls in O.OBJECTIVES.items():
         assert dataclasses.is_dataclass(cls) and cls.__dataclass_params__.frozen, name
-        assert set(O.defaults()[name]) == {f.name for f in dataclasses.fields(cls)}
+        assert set(default_config().loss[name]) == {f.name for f in dataclasses.fields(cls)}  # the config's block
 
 
 def test_mixture_sampler_draws_from_0p8_q_plus_0p2_p(checkpoints):
@@ -172,8 +173,8 @@ def test_minillm_takes_ppo_epochs_x_minibatches_updates_per_step(tmp_path, tok):
     cfg, data, (t_cfg, t_params), (s_cfg, s_params) = tiny_setup(tmp_path, tok)
     cfg.method = "minillm"
     cfg.loss.minillm.ppo_epochs, cfg.loss.minillm.minibatches = 3, 2
-    tx = make_optimizer(cfg.train, O.build("minillm", cfg.loss).updates_per_step)
-    step = make_step(Step.of(cfg), s_cfg, t_cfg, tx, t_params)
+    tx = make_optimizer(cfg.train, O.build("minillm", spec_of(cfg).loss).updates_per_step)
+    step = make_step(Step.of(spec_of(cfg)), s_cfg, t_cfg, tx, t_params)
     state = init_state(s_cfg, jax.tree.map(jnp.copy, s_params), tx)
     b = Batch.of({k: v for k, v in D.Batches(data, 4, 0).next().items() if k != "example_ids"})
     state, _ = step(state, b, jax.random.PRNGKey(0))
@@ -182,7 +183,7 @@ def test_minillm_takes_ppo_epochs_x_minibatches_updates_per_step(tmp_path, tok):
     assert 6 in counts and int(state["step"]) == 1  # 3 epochs x 2 minibatches = 6 Adam updates in one step
     cfg.loss.minillm.minibatches = 3
     with pytest.raises(InputError, match="config.loss.minillm.minibatches: 3 does not divide train.batch_size=4"):
-        make_step(Step.of(cfg), s_cfg, t_cfg, tx, t_params)
+        make_step(Step.of(spec_of(cfg)), s_cfg, t_cfg, tx, t_params)
 
 
 def test_token_methods_train_from_the_topk_cache_without_the_teacher(tmp_path, tok, monkeypatch):
@@ -226,7 +227,7 @@ def test_more_token_methods_train_from_the_cache_alone(tmp_path, tok, monkeypatc
     cfg, data, (t_cfg, t_params), (s_cfg, s_params) = tiny_setup(tmp_path, tok)
     cfg.method, cfg.train.steps, cfg.teacher.topk = method, 2, 8
     cfg.loss.gkd.lmbda = 0.0  # off-policy GKD on the gold responses
-    assert O.build(method, cfg.loss).topk
+    assert O.build(method, spec_of(cfg).loss).topk
     seen = {}
     real = __import__("dpkd_jax.train", fromlist=["make_step"]).make_step
     monkeypatch.setattr("dpkd_jax.loop.make_step", lambda c, s, t, tx, tp, *a, **k: (
@@ -257,8 +258,9 @@ def test_opd_options_train(tmp_path, tok, block):
 
 def test_opd_exact_with_iw_weights_is_a_named_error():
     from dpkd_jax.errors import InputError
-    loss = default_config().loss
-    loss.opd.exact, loss.opd.iw_gamma = True, 0.5
+    c = default_config()
+    c.loss.opd.exact, c.loss.opd.iw_gamma = True, 0.5
+    loss = spec_of(c).loss
     with pytest.raises(InputError, match="config.loss.opd.exact"):
         O.build("opd", loss)
 
@@ -305,7 +307,7 @@ def test_a_models_responses_run_on_one_prompt_forward(tmp_path, tok, monkeypatch
     the terms and the student's gradients equal those of the responses on forwards of their own."""
     from dpkd_jax import sampling
     cfg, data, (t_dec, t_p), (s_dec, s_p) = tiny_setup(tmp_path, tok)
-    obj = O.build(method, cfg.loss)
+    obj = O.build(method, spec_of(cfg).loss)
     b = Batch.of({k: v for k, v in D.Batches(data, 4, 0).next().items() if k != "example_ids"})
     rng = np.random.default_rng(0)
     sample = lambda: (jnp.asarray(rng.integers(1, 50, (4, 6))),

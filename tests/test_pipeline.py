@@ -13,6 +13,7 @@ from dpkd_jax import evaluate as E
 from dpkd_jax import models
 from dpkd_jax.config import default_config, validate
 from conftest import train
+from conftest import spec_of
 
 ROOT = os.path.dirname(os.path.dirname(__file__))
 
@@ -45,7 +46,7 @@ def test_overfit_loss_decreases_and_no_recompilation(tmp_path, tok):
     tx = make_optimizer(cfg.train)
     from dpkd_jax.batch import Batch
     from dpkd_jax.specs import Step
-    step = make_step(Step.of(cfg), s_cfg, t_cfg, tx, t_params)
+    step = make_step(Step.of(spec_of(cfg)), s_cfg, t_cfg, tx, t_params)
     state = init_state(s_cfg, jax.tree.map(jax.numpy.copy, s_params), tx)
     batch = Batch.of({k: v for k, v in D.Batches(data, 4, 0).next().items() if k != "example_ids"})
     first = None
@@ -84,7 +85,7 @@ def test_shortened_demo_runs_end_to_end(tmp_path, capsys):
     c.gen.max_new_tokens = c.eval.max_new_tokens = 4
     c.eval.max_examples, c.eval.seeds, c.eval.batch_size = 4, (1,), 4
     from dpkd_jax.demo import run_demo
-    results = run_demo(c)
+    results = run_demo(spec_of(c))
     assert set(results) == {"teacher", "student at start (pruned teacher)", "sft", "dpkd"}
     assert len(results["dpkd"]) == 2  # one evaluation per training seed
     out = capsys.readouterr().out

@@ -17,6 +17,7 @@ from jax.sharding import PartitionSpec as P
 
 from dpkd_jax import sharding
 from dpkd_jax.models import gpt2
+from conftest import spec_of
 
 ROOT = os.path.dirname(os.path.dirname(__file__))
 
@@ -177,18 +178,18 @@ def test_two_processes_equal_one_process_on_four_devices(tmp_path):
 def test_memory_plan_counts_shards_exactly(checkpoints):
     from dpkd_jax.config import default_config
     from dpkd_jax.models import load_config, param_table
-    from dpkd_jax.tools import plan
+    from dpkd_jax import planner as plan
     c = default_config()
     c.teacher.path = c.student.path = checkpoints["gpt2"][0]
     c.teacher.dtype = "bfloat16"
     c.data.max_prompt_length, c.data.max_length, c.gen.max_new_tokens, c.train.batch_size = 16, 32, 8, 2
-    row = plan.plan_one(c, {"data": -1}, 1)
+    row = plan.plan_one(spec_of(c), {"data": -1}, 1)
     n = sum(int(np.prod(i.shape)) for i in param_table(load_config(c.student.path)).values())
     assert row["student_params"] == 4 * n and row["teacher_params"] == 2 * n
     assert row["opt_state"] >= 2 * 4 * n  # Adam's two moments, float32
     # A LoRA student: optimizer state for the adapters only; an int8 teacher: its projections at 1 byte.
     c.student.lora.rank, c.teacher.quantize = 2, "int8"
-    small = plan.plan_one(c, {"data": -1}, 1)
+    small = plan.plan_one(spec_of(c), {"data": -1}, 1)
     lora = param_table(load_config(c.student.path, lora=models.LoRA(rank=2)))
     n_lora = sum(int(np.prod(i.shape)) for i in lora.values() if i.trainable)
     assert small["opt_state"] - 8 * n_lora in range(0, 64)  # + step counters
@@ -213,18 +214,18 @@ def test_the_planner_reports_a_step_xla_refuses_as_a_row(monkeypatch, capsys):
     """A target whose step XLA refuses to compile (RESOURCE_EXHAUSTED, as splash's mask tables at 128k on v5p)
     is a table row naming the refusal; any other error still raises."""
     from dpkd_jax.config import default_config
-    from dpkd_jax.tools import plan
+    from dpkd_jax import planner as plan
     refusal = ("RESOURCE_EXHAUSTED: Allocation (size=2097152) would exceed memory (size=1048576) :: #allocation3 "
                "[space=smem] :: splash_mha_fwd")
 
     def refuse(*args, **kw):
         raise RuntimeError("compile failed\n" + refusal)
     monkeypatch.setattr(plan, "plan_one", refuse)
-    rows = plan.plan_rows(default_config(), {"data": 1, "context": 2, "tensor": 4}, [8])
+    rows = plan.plan_rows(spec_of(default_config()), {"data": 1, "context": 2, "tensor": 4}, [8])
     assert rows == [{"devices": 8, "kind": "cpu", "refused": refusal, "mesh": "data1xfsdp1xcontext2xtensor4"}]
     assert f"| 8 (XLA:CPU) | data1xfsdp1xcontext2xtensor4 | | | | | | | does not compile | {refusal} |" in \
         plan.table(rows)
     assert "8 devices: does not compile (RESOURCE_EXHAUSTED" in capsys.readouterr().err
     monkeypatch.setattr(plan, "plan_one", lambda *a, **k: (_ for _ in ()).throw(ValueError("a bug")))
     with pytest.raises(ValueError, match="a bug"):
-        plan.plan_rows(default_config(), {"data": 1}, [1])
+        plan.plan_rows(spec_of(default_config()), {"data": 1}, [1])

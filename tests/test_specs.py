@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from conftest import tiny_setup
+from conftest import spec_of
 from dpkd_jax import data as D
 from dpkd_jax import run as run_lib
 from dpkd_jax.batch import Batch
@@ -28,7 +29,7 @@ def test_sampling_spec_holds_the_seven_options():
 def test_every_seed_of_a_method_shares_one_compiled_step(tmp_path, tok):
     cfg, data, (t_dec, t_params), (s_dec, s_params) = tiny_setup(tmp_path, tok)
     cfg.method = "kd"
-    stages = [run_lib.stage_config(cfg, "kd", str(tmp_path / f"s{seed}"), seed=seed) for seed in (0, 1, 2)]
+    stages = [run_lib.stage_config(spec_of(cfg), "kd", str(tmp_path / f"s{seed}"), seed=seed) for seed in (0, 1, 2)]
     specs = [Step.of(c) for c in stages]
     assert specs[0] == specs[1] == specs[2] and hash(specs[0]) == hash(specs[2])
     txs = [make_optimizer(c.train) for c in stages]
@@ -41,17 +42,17 @@ def test_every_seed_of_a_method_shares_one_compiled_step(tmp_path, tok):
         step(state, batch, jax.random.PRNGKey(i))
     assert steps[0].jitted._cache_size() == 1
     # another learning rate is another schedule: its own step
-    other = Step.of(run_lib.stage_config(cfg, "kd", str(tmp_path / "x"), lr=1e-5))
+    other = Step.of(run_lib.stage_config(spec_of(cfg), "kd", str(tmp_path / "x"), lr=1e-5))
     assert other != specs[0] and dataclasses.replace(other, schedule=specs[0].schedule) == specs[0]
-    assert np.isfinite(float(Step.of(cfg).schedule(0)))
+    assert np.isfinite(float(Step.of(spec_of(cfg)).schedule(0)))
 
 
 def test_stage_configs_and_the_resolved_config_are_copies(tok):
     from dpkd_jax.config import default_config
     cfg = default_config()
     before = cfg.to_json()
-    c = run_lib.stage_config(cfg, "dpkd", "/tmp/w", seed=3, loss={"beta": 0.5}, **{"train.save_every": 0})
+    c = run_lib.stage_config(spec_of(cfg), "dpkd", "/tmp/w", seed=3, loss={"beta": 0.5}, **{"train.save_every": 0})
     assert (c.seed, c.loss.dpkd.beta, c.train.save_every, c.workdir) == (3, 0.5, 0, "/tmp/w")
-    r = run_lib.resolved(cfg, tok)
+    r = run_lib.resolved(spec_of(cfg), tok)
     assert r.gen.eos_token_id == tok.eos_token_id and r.gen.pad_token_id >= 0
     assert cfg.to_json() == before  # the run's own config is never written

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from conftest import tiny_setup, write_config, write_jsonl
+from conftest import spec_of
 from dpkd_jax import models, run as run_lib, sharding, teachers
 from dpkd_jax.data import Batches, load_instructions
 from dpkd_jax.errors import InputError
@@ -66,15 +67,15 @@ def test_grouped_batches_are_one_teacher_per_step_deterministic_and_resumable(tm
 
 
 def multi_run(cfg, data, routing, teachers_, student, params, workdir):
-    c = run_lib.stage_config(cfg, cfg.method, str(workdir))
+    c = run_lib.stage_config(spec_of(cfg), cfg.method, str(workdir))
     first = next(iter(teachers_.values()))
-    run = run_lib.Run(c, None, sharding.Placement(c.mesh), first, data, teachers=teachers_, routing=routing)
+    run = run_lib.Run(c, None, sharding.Placement(c.mesh.as_dict()), first, data, teachers=teachers_, routing=routing)
     return train_loop(run, c, student, params)
 
 
 def single_run(cfg, data, teacher, student, params, workdir):
-    c = run_lib.stage_config(cfg, cfg.method, str(workdir))
-    return train_loop(run_lib.Run(c, None, sharding.Placement(c.mesh), teacher, data), c, student, params)
+    c = run_lib.stage_config(spec_of(cfg), cfg.method, str(workdir))
+    return train_loop(run_lib.Run(c, None, sharding.Placement(c.mesh.as_dict()), teacher, data), c, student, params)
 
 
 def test_a_teacher_with_every_row_gives_its_single_teacher_run(tmp_path, tok):

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from conftest import lora_setup, tiny_setup
+from conftest import spec_of
 from dpkd_jax import data as D
 from dpkd_jax import objectives as O
 from dpkd_jax import run as run_lib
@@ -25,7 +26,7 @@ def three_steps(cfg, data, teacher, student, chunk, extra=None, teacher_params=T
     (t_dec, t_params), (s_dec, s_params) = teacher, student
     # Adam's ε at 1e-4: with 1e-8 a gradient entry of ~1e-9 (a rare token's embedding) becomes a whole lr-sized
     # step, so float32 summation-order noise would be compared at the scale of the update itself.
-    c = run_lib.stage_config(cfg, cfg.method, "/unused", **{"model.loss_chunk_tokens": chunk, "train.adam_eps": 1e-4})
+    c = run_lib.stage_config(spec_of(cfg), cfg.method, "/unused", **{"model.loss_chunk_tokens": chunk, "train.adam_eps": 1e-4})
     spec = dataclasses.replace(Step.of(c), gold_length=gold_length).with_micro_batch(micro_batch, 1)
     tx = make_optimizer(c.train, spec.objective.updates_per_step)
     step = make_step(spec, s_dec, t_dec, tx, t_params if teacher_params else None, s_params)
@@ -103,7 +104,7 @@ def test_gold_forwards_on_squeezed_rows_train_as_on_full_rows(tmp_path, tok, met
     squeezed, m_sq = three_steps(cfg, data, teacher, student, 8, gold_length=longest)
     assert_same(squeezed, full, method)
     np.testing.assert_allclose(m_sq["loss/total"], m_full["loss/total"], rtol=1e-5)
-    assert Step.of(run_lib.stage_config(cfg, method, "/unused")).with_data(data).gold_length == data.longest_row()
+    assert Step.of(run_lib.stage_config(spec_of(cfg), method, "/unused")).with_data(data).gold_length == data.longest_row()
 
 
 @pytest.mark.parametrize("method", ["sft", "kd", "jsd", "taid"])
@@ -170,8 +171,8 @@ def test_micro_batches_train_as_the_whole_batch(tmp_path, tok, method, samples):
 def test_micro_batch_must_divide_the_batch_per_device(tmp_path, tok):
     cfg, *_ = tiny_setup(tmp_path, tok)
     with pytest.raises(ValueError, match=r"config.train.micro_batch: 3 does not divide the batch per device 4"):
-        Step.of(run_lib.stage_config(cfg, "sft", "/unused")).with_micro_batch(3, 1)
-    assert Step.of(run_lib.stage_config(cfg, "sft", "/unused")).with_micro_batch(2, 2).micro_batches == 1
+        Step.of(run_lib.stage_config(spec_of(cfg), "sft", "/unused")).with_micro_batch(3, 1)
+    assert Step.of(run_lib.stage_config(spec_of(cfg), "sft", "/unused")).with_micro_batch(2, 2).micro_batches == 1
 
 
 def test_chunked_sparse_cache_step_trains_as_the_dense_one(tmp_path, tok):

@@ -20,6 +20,7 @@ from . import packing as packing_lib
 from . import traces
 from .jsonl import json_objects
 from ..errors import InputError
+from .. import hub
 
 PROMPT_NO_INPUT = ("Below is an instruction that describes a task. Write a response that appropriately "
                    "completes the request.\n\n### Instruction:\n{instruction}\n\n### Response:\n")
@@ -133,8 +134,7 @@ def read_jsonl(path: str, report: Report, fields=()) -> list[dict]:
 def _hub_dataset(name: str):
     """A dataset by hub id with the same offline rules as models (``HF_HUB_OFFLINE``, ``HF_HOME``,
     ``HF_TOKEN``, read by ``datasets``); a failure is one line naming the dataset."""
-    import datasets
-    from .. import hub
+    import datasets  # an optional extra (hf: data), imported when asked for
     try:
         return datasets.load_dataset(name, split="train", token=os.environ.get("HF_TOKEN") or None)
     except ConnectionError as e:

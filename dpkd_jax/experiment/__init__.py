@@ -16,7 +16,7 @@ from .runner import Experiment
 def run_experiment(cfg):
     """The experiment of ``cfg``: one tokenizer (the student is the teacher with layers removed) or, with
     ``experiment.cross``, a student with a tokenizer of its own."""
-    return runner.run_experiment(cfg, CrossExperiment if cfg.experiment.get("cross", False) else Experiment)
+    return runner.run_experiment(cfg, CrossExperiment if cfg.experiment.cross else Experiment)
 
 
 __all__ = ["run_experiment"]

@@ -39,7 +39,7 @@ class CrossExperiment(Experiment):
     pruned teacher, trained across tokenizers."""
 
     def __init__(self, cfg):
-        self.placement = sharding.Placement(cfg.mesh)
+        self.placement = sharding.Placement(cfg.mesh.as_dict())
         t_path, s_path = resolve(cfg.teacher.path), resolve(cfg.student.path)
         self.teacher_tokenizer, self.tokenizer = models.load_tokenizer(t_path), models.load_tokenizer(s_path)
         cfg = run_lib.resolved(cfg, self.tokenizer, teacher_path=t_path, student_path=s_path)

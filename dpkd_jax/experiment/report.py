@@ -24,7 +24,7 @@ CROSS_LABELS = dict(LABELS, teacher_logp="teacher log-prob / token of y_s (teach
 
 def metrics(cfg):
     """(the metrics of the table, their labels)."""
-    return (CROSS_METRICS, CROSS_LABELS) if cfg.experiment.get("cross", False) else (METRICS, LABELS)
+    return (CROSS_METRICS, CROSS_LABELS) if cfg.experiment.cross else (METRICS, LABELS)
 
 
 def _fmt(values):
@@ -47,7 +47,7 @@ def table(cfg, start, runs, lrs, rows, previous=()) -> str:
     lines = [head, "|" + "---|" * (len(names) + 2)]
     for who in ("teacher", "student"):
         label = ("teacher (reference)" if who == "teacher" else
-                 e.get("start_label", "") or f"pruned student before training ({e.keep_layers})")
+                 e.start_label or f"pruned student before training ({e.keep_layers})")
         lines.append(f"| {label} | " + " | ".join(f"{start[who][m]:.2f}" for m in names) + " | |")
     for name, rs in runs.items():
         finals = [r["curve"][-1] for r in rs]
@@ -138,7 +138,7 @@ def write(cfg, start, runs, lrs, grid, knobs, rows, knob_runs=(), previous=()):
                  f"of its day), not retrained; the reference rows above are this run's.")
     grid_lines = "\n".join(f"- {n}: " + ", ".join(f"lr {lr:g} → {s:.2f}" for lr, s in g.items()) + f" (picked "
                            f"{lrs[n]:g})" + ("" if n in runs else "; not the best of "
-                                             f"{', '.join(e.get('best_of', ()))} on dev, so not trained further")
+                                             f"{', '.join(e.best_of)} on dev, so not trained further")
                            for n, g in grid.items())
     text = (f"# {e.title}\n\nMachine: {machine}. Scale: {e.scale}. Steps {e.steps}, batch {cfg.train.batch_size}, "
             f"responses ≤ {cfg.gen.max_new_tokens} tokens, {len(e.seeds)} seeds {tuple(e.seeds)}; "
@@ -148,7 +148,7 @@ def write(cfg, start, runs, lrs, grid, knobs, rows, knob_runs=(), previous=()):
         text += f"\n## DPKD's β and kd_ratio (dev, seed {e.seeds[0]})\n\n{knobs_table(knobs)}\n"
         if "dpkd_best" not in rows:
             text += "\nThe best on dev is the config's own β and kd_ratio: the dpkd row above.\n"
-    if e.get("cross", False):
+    if e.cross:
         text += f"\n## The host round trip across tokenizers\n\n{host_share(runs)}\n"
     with open(os.path.join(wd, "table.md"), "w") as f:
         f.write(text)

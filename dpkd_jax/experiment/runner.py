@@ -26,7 +26,7 @@ from ..errors import InputError
 from ..pipeline import fitted, load_model
 from .. import run as run_lib
 from ..sampling import Sampling
-from ..tools.prune import parse_layers, prune
+from ..pruning import parse_layers, prune
 from . import report
 from .measure import Measure
 from .targets import greedy_targets, prompts_only
@@ -48,7 +48,7 @@ class Experiment:
     """Models, data and settings shared by every run; ``run`` trains and measures one."""
 
     def __init__(self, cfg):
-        self.placement = sharding.Placement(cfg.mesh)
+        self.placement = sharding.Placement(cfg.mesh.as_dict())
         path = resolve(cfg.teacher.path)
         self.tokenizer = models.load_tokenizer(path)
         cfg = run_lib.resolved(cfg, self.tokenizer, teacher_path=path)
@@ -184,7 +184,7 @@ def dpkd_knobs(x: Experiment, lr):
 def previous_rows(e):
     """The rows of an earlier ``results.json`` (``experiment.previous``) reported beside this
     run's and not retrained: {row: runs}, their lrs, lr grid and DPKD knob rows."""
-    if not e.get("previous", ""):
+    if not e.previous:
         return {}, {}, {}, []
     try:
         with open(e.previous) as f:
@@ -212,7 +212,7 @@ def run_experiment(cfg, kind=None):
     knob_runs = []
     if "dpkd" in names and e.dpkd_betas:
         knobs, knob_runs = dpkd_knobs(x, lrs["dpkd"])
-    group = [n for n in e.get("best_of", ()) if n in new_grid]
+    group = [n for n in e.best_of if n in new_grid]
     dropped = {n for n in group if n != max(group, key=lambda n: max(new_grid[n].values()))} if group else set()
     rows = {n: variant(n) for n in (*old_runs, *names) if n != "dpkd_best" and n not in dropped}
     best = max(knobs, key=lambda k: k["dev_rougeL"]) if knobs else None

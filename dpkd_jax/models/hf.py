@@ -28,6 +28,7 @@ from .transformer import CausalLM
 from .weights import assemble, disassemble, hf_names
 from ..sharding import DEFAULT_RULES
 from ..errors import InputError, MissingFile
+from .gguf_file import GGUFSource
 
 SAFE_INDEX = "model.safetensors.index.json"
 PICKLE_FILES = ("pytorch_model.bin", "pytorch_model.bin.index.json")
@@ -58,7 +59,6 @@ def read_json(path, what="file"):
 def read_hf_config(path) -> dict:
     """The HF config dict of a checkpoint folder (``config.json``) or a ``.gguf`` file."""
     if is_gguf(path):
-        from .gguf_file import GGUFSource
         return GGUFSource(path).hf_config()
     cfg_file = os.path.join(path, "config.json")
     if not os.path.isfile(cfg_file):
@@ -104,7 +104,6 @@ class _Reader:
         self._pickled = None
         self._open = {}
         if is_gguf(path):
-            from .gguf_file import GGUFSource
             self._gguf = GGUFSource(path)
             self.files = {n: path for n in self._gguf.names()}
             return

@@ -4,7 +4,7 @@ linear, llama3), grouped-query attention, SwiGLU, tied or untied head."""
 
 from __future__ import annotations
 
-from .config import Attention, Config, Mlp, Norm
+from .config import Attention, Config, Mlp, Norm, Rope
 from .hfconfig import layer_windows, refuse, rms_decoder_fields, rope_from_hf, rope_to_hf
 from .weights import Row, proj
 
@@ -80,7 +80,6 @@ def config_to_hf(cfg: Config) -> dict:
 
 def tiny_config(**kw) -> Config:
     """A small Llama-family model (GQA, RoPE, SwiGLU) for tests and benches."""
-    from .config import Rope
     base = dict(model_type="llama", vocab_size=512, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=128,
                 max_positions=2048, norm=Norm("rmsnorm", eps=1e-5), attention=Attention(rope=Rope()),
                 mlp=Mlp("silu", gated=True, bias=False), tied_head=False)

@@ -9,8 +9,6 @@ what it needs (``Needs``), and its whole loss as weighted terms with its metrics
 
 from __future__ import annotations
 
-import dataclasses
-
 from ..errors import InputError
 from .base import Context, Layout, Model, Needs, Objective, Response, scored_responses
 from .diagnostics import (distinct_2, first_positions, first_token_kls, first_token_kls_of_logits,
@@ -32,20 +30,15 @@ TOPK_METHODS = ("kd", "rkl", "jsd", "akl", "skew_kl", "skew_rkl", "gkd (off-poli
 CROSS_METHODS = ("dpkd (every form)", "seqkd", "plad", "dadpo (with loss.dadpo.alpha=0)")
 
 
-def defaults() -> dict:
-    """``config.loss``: one block per method with its typed defaults."""
-    return {name: dataclasses.asdict(cls()) for name, cls in OBJECTIVES.items()}
-
-
-def build(method: str, loss_cfg):
-    """The objective of ``method`` from its config block, validated (InputError naming the field)."""
+def build(method: str, loss) -> Objective:
+    """The objective of ``method`` from ``loss`` (``RunSpec.loss``: the methods' typed blocks), validated
+    (InputError naming the field)."""
     if method not in OBJECTIVES:
         raise InputError(f"config.method: unknown method {method!r}; choose from {sorted(OBJECTIVES)}")
-    block = dict(loss_cfg[method])
-    obj = OBJECTIVES[method](**block)
+    obj = loss.block(method)
     obj.validate()
     return obj
 
 
-__all__ = ["CROSS_METHODS", "TOPK_METHODS", "Objective", "Mixture", "OBJECTIVES", "defaults", "build", "Context", "Layout", "Model", "Needs", "Response", "first_token_kls",
+__all__ = ["CROSS_METHODS", "TOPK_METHODS", "Objective", "Mixture", "OBJECTIVES", "build", "Context", "Layout", "Model", "Needs", "Response", "first_token_kls",
            "first_token_logits", "first_token_kls_of_logits", "first_positions", "reward_hacking", "distinct_2"]

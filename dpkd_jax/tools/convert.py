@@ -7,23 +7,10 @@ files with the chat template) that transformers loads with the same logits.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-from ..errors import InputError
+
+from ..models.convert import gguf_to_hf as convert
 from . import run_tool
-
-
-def convert(gguf_path: str, out_dir: str, dtype: str = "float32") -> str:
-    import jax.numpy as jnp
-    from .. import models
-    if not models.is_gguf(gguf_path) or not os.path.isfile(gguf_path):
-        raise InputError(f"{gguf_path}: not a .gguf file")
-    model = models.from_pretrained(gguf_path, dtype=jnp.dtype(dtype))
-    tok = models.load_tokenizer(gguf_path)
-    os.makedirs(out_dir, exist_ok=True)
-    models.save_pretrained(model, out_dir)
-    tok.save_pretrained(out_dir)  # tokenizer.json + tokenizer_config.json with the chat template
-    return out_dir
 
 
 def main(argv=None):

@@ -124,3 +124,47 @@ def test_check_goes_on_past_a_hub_id_that_is_not_cached(hf_pair, tmp_path, monke
     assert any(l.startswith("train data: ") for l in lines) and any(l.startswith("mesh: ") for l in lines), lines
     assert any(l.startswith("work dir: ") for l in lines), lines
     assert lines[-1].startswith("models not fetched yet"), lines
+
+
+def _package_imports():
+    """{module: (top-level package imports, package imports inside functions)} of dpkd_jax, by its source."""
+    import ast
+    pkg = os.path.join(ROOT, "dpkd_jax")
+    out = {}
+    for path in glob.glob(os.path.join(pkg, "**", "*.py"), recursive=True):
+        rel = os.path.relpath(path, ROOT)[:-3].replace(os.sep, ".").removesuffix(".__init__")
+        here = rel if path.endswith("__init__.py") else rel.rsplit(".", 1)[0]
+        tree = ast.parse(open(path).read())
+        top, inner = set(), set()
+        for node in ast.walk(tree):
+            if not (isinstance(node, ast.ImportFrom) and node.level):
+                continue
+            base = ".".join(here.split(".")[:len(here.split(".")) - node.level + 1] + ([node.module] if node.module else []))
+            (top if node in tree.body else inner).update(f"{base}.{a.name}" for a in node.names)
+        out[rel] = (top, inner)
+    # "from .x import name": the module x.name when it is one, else x (a name defined in x)
+    pick = lambda names: {n if n in out else n.rsplit(".", 1)[0] for n in names}
+    return {m: (pick(top), pick(inner)) for m, (top, inner) in out.items()}
+
+
+def test_the_package_has_no_import_cycle_and_imports_lazily_only_at_the_entry_points():
+    graph = _package_imports()
+    edges = {m: {d for d in top if d in graph and d != m} for m, (top, _) in graph.items()}
+    state = {}
+
+    def visit(m, stack):
+        state[m] = "open"
+        for d in edges[m]:
+            assert state.get(d) != "open", f"import cycle: {' -> '.join(stack + [m, d])}"
+            if d not in state:
+                visit(d, stack + [m])
+        state[m] = "done"
+    for m in edges:
+        if m not in state:
+            visit(m, [])
+    lazy = {m: inner for m, (_, inner) in graph.items() if inner and not m.startswith("dpkd_jax.tools")
+            and m != "dpkd_jax.main"}
+    # the optional lm-eval extra is imported only when a run asks for it
+    assert all(i == {"dpkd_jax.lm_eval_adapter"} for i in lazy.values()), lazy
+    assert not any("dpkd_jax.tools" in d for m, (top, _) in graph.items() if not m.startswith("dpkd_jax.tools")
+                   for d in top), "a library module imports a tool"

@@ -142,7 +142,7 @@ def test_cross_experiment_trains_each_method_across_tokenizers(cross_experiment,
     trained = []
     real = runner.run_lib.train_stage
     monkeypatch.setattr(runner.run_lib, "train_stage", lambda ctx, c, *a, **k: trained.append(
-        (c.method, c.loss[c.method].beta if c.method == "dpkd" else None)) or real(ctx, c, *a, **k))
+        (c.method, c.loss.block(c.method).beta if c.method == "dpkd" else None)) or real(ctx, c, *a, **k))
     runs = run_experiment(spec_of(cfg))  # the package picks the cross experiment
     assert "12 of 13 prompts fit data.max_prompt_length=40 in both tokenizers; 1 skipped" in capsys.readouterr().out
     # dpkd at the config's β and the β sweep's 0.1 are one run; β=1 is trained once more

@@ -75,7 +75,7 @@ def test_checkpoint_resume_gives_the_same_run(tmp_path, tok):
 
 
 def test_shortened_demo_runs_end_to_end(tmp_path, capsys):
-    c = validate(load_config("demo.py"))
+    c = load_config("demo.py")
     c.workdir = str(tmp_path)
     c.demo.teacher = {"d_model": 32, "n_layers": 2, "n_heads": 2, "d_ff": 64}
     c.demo.keep_layers, c.demo.seeds = "1", (0, 1)
@@ -85,7 +85,7 @@ def test_shortened_demo_runs_end_to_end(tmp_path, capsys):
     c.gen.max_new_tokens = c.eval.max_new_tokens = 4
     c.eval.max_examples, c.eval.seeds, c.eval.batch_size = 4, (1,), 4
     from dpkd_jax.demo import run_demo
-    results = run_demo(spec_of(c))
+    results = run_demo(validate(c))
     assert set(results) == {"teacher", "student at start (pruned teacher)", "sft", "dpkd"}
     assert len(results["dpkd"]) == 2  # one evaluation per training seed
     out = capsys.readouterr().out
@@ -105,7 +105,7 @@ def test_shortened_demo_runs_end_to_end(tmp_path, capsys):
     assert exported["bos_token_id"] == tok.bos_token_id  # None for the demo tokenizer, not 50256
     # The demo's models follow config.model.scan_layers (the demo config unrolls its few layers).
     from dpkd_jax.demo import demo_run
-    assert c.model.scan_layers is False and demo_run(c).teacher[0].config.scan_layers is False
+    assert c.model.scan_layers is False and demo_run(spec_of(c)).teacher[0].config.scan_layers is False
     # The preflight passes on the demo's exported models (teacher and student alike here).
     from dpkd_jax.preflight import preflight
     c = default_config()

@@ -1,6 +1,7 @@
 """Long runs and failures: exact resume after SIGKILL, SIGTERM, NaN guards, broken
 checkpoints, a full disk, an unwritable work dir, a stale teacher cache, host memory."""
 
+import dataclasses
 import json
 import os
 import signal
@@ -16,7 +17,7 @@ import pytest
 from dpkd_jax import data as D
 from dpkd_jax import objectives as O
 from dpkd_jax.loop import Diverged
-from conftest import train
+from conftest import spec_of, train
 from conftest import tiny_setup, write_config
 
 ROOT = os.path.dirname(os.path.dirname(__file__))
@@ -116,8 +117,9 @@ def test_second_sigterm_exits_at_once():
 
 # ---------------------------------------------------------------- NaN guard
 
-def poisoned(monkeypatch, bad_steps, steps):
-    """Make the kd loss NaN on the given (1-based) steps of a ``steps``-step run."""
+def poisoned(bad_steps, steps):
+    """A kd objective whose loss is NaN on the given (1-based) steps of a ``steps``-step run (the run spec's
+    ``loss.kd`` block in :func:`run_kd`)."""
     base = O.OBJECTIVES["kd"]
     bad = jnp.asarray(sorted(bad_steps))
 
@@ -127,14 +129,17 @@ def poisoned(monkeypatch, bad_steps, steps):
             weight, value = terms["kd"]
             step = jnp.round(ctx.progress * steps).astype(jnp.int32) + 1
             return dict(terms, kd=(weight, value + jnp.where(jnp.isin(step, bad), jnp.nan, 0.0))), metrics
-    monkeypatch.setitem(O.OBJECTIVES, "kd", Poisoned)
+    return Poisoned
 
 
-def run_kd(tmp_path, tok, steps, **train_fields):
+def run_kd(tmp_path, tok, steps, poison=None, **train_fields):
     cfg, data, (t_cfg, t_params), (s_cfg, s_params) = tiny_setup(tmp_path, tok)
     cfg.method, cfg.train.steps = "kd", steps
     for k, v in train_fields.items():
         setattr(cfg.train, k, v)
+    if poison is not None:
+        cfg = spec_of(cfg)
+        cfg = cfg.replace({"loss.kd": poison(**dataclasses.asdict(cfg.loss.kd))})
     seen = {}
     cb = lambda step, state: seen.__setitem__(step, np.asarray(state["params"]["blocks/mlp/up/w"]).copy())
     return cfg, seen, lambda: train(cfg, s_cfg, s_params, t_cfg, t_params, data, None, str(tmp_path / "w"),
@@ -142,8 +147,7 @@ def run_kd(tmp_path, tok, steps, **train_fields):
 
 
 def test_a_nan_step_is_skipped_and_counted(monkeypatch, tmp_path, tok):  # noqa: F811
-    poisoned(monkeypatch, {3}, 5)
-    cfg, seen, go = run_kd(tmp_path, tok, 5)
+    cfg, seen, go = run_kd(tmp_path, tok, 5, poisoned({3}, 5))
     params, hist, _ = go()
     np.testing.assert_array_equal(seen[3], seen[2])  # the bad update was not applied
     assert not np.array_equal(seen[4], seen[3])
@@ -152,8 +156,7 @@ def test_a_nan_step_is_skipped_and_counted(monkeypatch, tmp_path, tok):  # noqa:
 
 
 def test_consecutive_nan_steps_stop_the_run_with_the_last_good_state_saved(monkeypatch, tmp_path, tok):  # noqa
-    poisoned(monkeypatch, set(range(3, 100)), 20)
-    cfg, seen, go = run_kd(tmp_path, tok, 20, max_bad_steps=3, save_every=100)
+    cfg, seen, go = run_kd(tmp_path, tok, 20, poisoned(set(range(3, 100)), 20), max_bad_steps=3, save_every=100)
     with pytest.raises(Diverged, match=r"3 consecutive steps .*\(train.max_bad_steps=3\).*saved as step 6"):
         go()
     from dpkd_jax.checkpoint import Checkpoints

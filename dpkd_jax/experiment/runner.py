@@ -11,6 +11,7 @@ Each finished run is written to ``<workdir>/runs/<name>.json``; a rerun reuses t
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -105,7 +106,7 @@ class Experiment:
         """Train one run from the pruned student: the held-out metrics at ``experiment.eval_points``
         steps and the dev metrics at the end. The same settings are never trained twice (knobs at
         the config's values are left out of the name: ``dpkd`` and ``dpkd`` at its β are one run)."""
-        default = self.cfg.loss[method]  # what the run's config already sets
+        default = dataclasses.asdict(self.cfg.loss.block(method))  # what the run's config already sets
         over = {k: v for k, v in over.items() if v != default[k]}
         knobs = "".join(f"_{k}{v}" for k, v in sorted(over.items()))
         name = f"{method}{knobs}_lr{lr:g}_seed{seed}"

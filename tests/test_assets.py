@@ -22,6 +22,12 @@ def smol():
     return path, tok, np.asarray([ids])
 
 
+def test_its_tokenizer_is_the_one_auto_tokenizer_gives(smol):
+    from transformers import AutoTokenizer
+    from test_tokenizers import same_tokenizer
+    same_tokenizer(smol[1], AutoTokenizer.from_pretrained(smol[0]))
+
+
 def test_asset_is_cached_and_converted_once(smol, monkeypatch):
     path, tok, _ = smol
     assert assets.resolve(f"asset:{NAME}") == path and os.path.isfile(os.path.join(path, "model.gguf"))

@@ -19,6 +19,12 @@ def gemma():
     return path, models.load_tokenizer(path)
 
 
+def test_its_tokenizer_is_the_one_auto_tokenizer_gives(gemma):
+    from transformers import AutoTokenizer
+    from test_tokenizers import same_tokenizer
+    same_tokenizer(gemma[1], AutoTokenizer.from_pretrained(gemma[0]))
+
+
 def test_asset_is_assembled_checked_and_converted(gemma):
     path, tok = gemma
     assert assets.resolve(f"asset:{NAME}") == path

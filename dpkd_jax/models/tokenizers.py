@@ -3,7 +3,10 @@ and the check that teacher and student share one vocabulary."""
 
 from __future__ import annotations
 
+import json
 import os
+
+import transformers
 
 from .hf import is_gguf, load_config
 from ..errors import InputError
@@ -11,10 +14,29 @@ from ..errors import InputError
 TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "tokenizer.model", "tokenizer_config.json")
 
 
+def _named_class(path):
+    """The tokenizer class ``tokenizer_config.json`` names, as ``AutoTokenizer`` resolves it when the folder
+    ships no remote code; None where AutoTokenizer has more to decide (no class named, remote code, unknown).
+    Loading it directly skips AutoTokenizer's model-config machinery, which imports torch when it is installed
+    (2-3 s of a run's start-up; docs/performance.md)."""
+    try:
+        with open(os.path.join(path, "tokenizer_config.json")) as f:
+            tc = json.load(f)
+    except (OSError, ValueError):
+        return None
+    name = tc.get("tokenizer_class") if isinstance(tc, dict) and "auto_map" not in tc else None
+    if not isinstance(name, str):
+        return None
+    cls = getattr(transformers, name, None) or getattr(transformers, name + "Fast", None)
+    if not (isinstance(cls, type) and issubclass(cls, transformers.PreTrainedTokenizerBase)):
+        return None
+    return transformers.TokenizersBackend if cls.__name__ == "PythonBackend" else cls
+
+
 def load_tokenizer(path):
-    """``transformers.AutoTokenizer`` for a checkpoint folder or a ``.gguf`` file (its
-    embedded tokenizer and chat template); a ValueError naming the path if unreadable."""
-    from transformers import AutoTokenizer
+    """The tokenizer of a checkpoint folder (the class its ``tokenizer_config.json`` names, else
+    ``transformers.AutoTokenizer``) or of a ``.gguf`` file (its embedded tokenizer and chat template); one
+    error naming the path if unreadable."""
     if is_gguf(path):
         kw = dict(pretrained_model_name_or_path=os.path.dirname(os.path.abspath(path)),
                   gguf_file=os.path.basename(path))
@@ -23,8 +45,9 @@ def load_tokenizer(path):
             raise InputError(f"{path}: no tokenizer files ({', '.join(TOKENIZER_FILES)}); save the tokenizer "
                              "beside the checkpoint (tokenizer.save_pretrained)")
         kw = dict(pretrained_model_name_or_path=path)
+    cls = None if is_gguf(path) else _named_class(path)
     try:
-        return AutoTokenizer.from_pretrained(**kw, local_files_only=True)
+        return (cls or transformers.AutoTokenizer).from_pretrained(**kw, local_files_only=True)
     except Exception as e:
         raise InputError(f"{path}: the tokenizer cannot be loaded ({type(e).__name__}: "
                          f"{str(e).splitlines()[0] if str(e) else ''}); re-save it with tokenizer.save_pretrained") \

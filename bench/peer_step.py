@@ -146,13 +146,13 @@ def timed(cmd, env=None):
         return out.read(), wall, usage.ru_maxrss / 1024
 
 
-def run_ours(root, method, lmbda, steps, tag, cold):
+def run_ours(root, method, lmbda, steps, tag, cold, python=sys.executable):
     """One whole run of ours; ``cold``: its persistent compilation cache emptied first (a machine's first run),
     else warm from the round before (every later run of the same steps)."""
     work, cache = os.path.join(root, f"ours_{tag}"), os.path.join(root, f"xla_{method}_{lmbda}")
     subprocess.run(["rm", "-rf", work] + ([cache] if cold else []))
     os.makedirs(work)
-    _, wall, rss = timed([sys.executable, "-m", "dpkd_jax.main",
+    _, wall, rss = timed([python, "-m", "dpkd_jax.main",
                           f"--config={our_config(root, method, lmbda, steps, work, cache)}"],
                          env=dict(os.environ, JAX_PLATFORMS="cpu"))
     step_s = tb_scalars(os.path.join(work, "tb"), "perf/step_time_s")
@@ -174,12 +174,15 @@ def summary(r, steps, tokens):
             "first_loss": r["first_loss"], "peak_rss_mib": r["peak_rss_mib"]}
 
 
-def compare(root, trl_python, name, method, lmbda, steps, rounds, trainer="gkd"):
-    """Rounds A,B,A,B: ours then TRL's, each a whole process; per side the median of its per-round medians."""
+def compare(root, pythons, name, method, lmbda, steps, rounds, trainer="gkd"):
+    """Rounds A,B,A,B: ours then TRL's, each a whole process; per side the median of its per-round medians.
+    ``pythons``: (ours, TRL's) interpreters."""
+    ours_python, trl_python = pythons
     tokens = 4 * (PROMPT + RESPONSE)
     runs = {"ours": [], "trl": []}
     for k in range(rounds):
-        runs["ours"].append(summary(run_ours(root, method, lmbda, steps, f"{method}{lmbda}_{k}", k == 0), steps, tokens))
+        runs["ours"].append(summary(run_ours(root, method, lmbda, steps, f"{method}{lmbda}_{k}", k == 0, ours_python),
+                                     steps, tokens))
         runs["trl"].append(summary(run_trl(root, trl_python, lmbda, steps, trainer), steps, tokens))
         print(f"  {name} round {k}: ours {runs['ours'][-1]['step_s']:.3f} s/step, trl {runs['trl'][-1]['step_s']:.3f}",
               flush=True)
@@ -206,6 +209,9 @@ def table(results):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--trl_python", required=True, help="python of a venv with trl and torch (CPU)")
+    ap.add_argument("--ours_python", default=sys.executable,
+                    help="python of the venv our side runs in (default this one; a venv of requirements.txt alone, "
+                         "without the tests' torch, is what a user of ours has)")
     ap.add_argument("--root", default="/tmp/peer_step")
     ap.add_argument("--steps", type=int, default=12)
     ap.add_argument("--gen_steps", type=int, default=6)
@@ -221,10 +227,10 @@ def main():
           f"settings: fp32, no gradient checkpointing, AdamW lr 5e-4 constant, clip 1.0, batch 4, beta 0.5, "
           f"temperature 0.9 (sampling), torch threads {probe['torch_threads']}, {platform.machine()} "
           f"{os.cpu_count()} cores", flush=True)
-    results = [compare(a.root, a.trl_python, "gkd teacher-forced (lmbda=0)", "gkd", 0.0, a.steps, a.rounds),
-               compare(a.root, a.trl_python, "gkd with generation (lmbda=1)", "gkd", 1.0, a.gen_steps, a.rounds),
-               compare(a.root, a.trl_python, "our kd vs TRL gkd teacher-forced", "kd", 0.0, a.steps, a.rounds),
-               compare(a.root, a.trl_python, "our opd (exact reverse KL) vs TRL DistillationTrainer (beta=1)", "opd",
+    results = [compare(a.root, (a.ours_python, a.trl_python), "gkd teacher-forced (lmbda=0)", "gkd", 0.0, a.steps, a.rounds),
+               compare(a.root, (a.ours_python, a.trl_python), "gkd with generation (lmbda=1)", "gkd", 1.0, a.gen_steps, a.rounds),
+               compare(a.root, (a.ours_python, a.trl_python), "our kd vs TRL gkd teacher-forced", "kd", 0.0, a.steps, a.rounds),
+               compare(a.root, (a.ours_python, a.trl_python), "our opd (exact reverse KL) vs TRL DistillationTrainer (beta=1)", "opd",
                        1.0, a.gen_steps, a.rounds, trainer="distillation")]
     print(table(results))
     with open(a.out, "w") as f:

@@ -160,8 +160,9 @@ def run_ours(root, method, lmbda, steps, tag, cold, python=sys.executable):
     return {"side": "ours", "wall_s": wall, "step_s": step_s, "first_loss": loss[0], "peak_rss_mib": rss}
 
 
-def run_trl(root, trl_python, lmbda, steps, trainer="gkd"):
+def run_trl(root, trl_python, lmbda, steps, trainer="gkd", profile=""):
     extra = ["--trainer=distillation", "--beta=1.0"] if trainer == "distillation" else []
+    extra += [f"--profile={profile}"] if profile else []
     out, wall, rss = timed([trl_python, os.path.join(ROOT, "bench", "peer_trl.py"), f"--root={root}",
                             f"--lmbda={lmbda}", f"--steps={steps}", *extra])
     r = json.loads(out.strip().splitlines()[-1])

@@ -31,6 +31,25 @@ class Clock(TrainerCallback):
         self.times.append(time.perf_counter() - self.t)
 
 
+class Profile(TrainerCallback):
+    """torch.profiler over optimizer steps ``first``..``last`` (1-based); its op table (self CPU time) to ``out``."""
+
+    def __init__(self, first, last, out):
+        self.first, self.last, self.out, self.prof = first, last, out, None
+
+    def on_step_begin(self, args, state, control, **kw):
+        if state.global_step + 1 == self.first:
+            self.prof = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU])
+            self.prof.__enter__()
+
+    def on_step_end(self, args, state, control, **kw):
+        if self.prof is not None and state.global_step == self.last:
+            self.prof.__exit__(None, None, None)
+            with open(self.out, "w") as f:
+                f.write(self.prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25))
+            self.prof = None
+
+
 def common(a):
     """The settings both sides share, written out: fp32, no gradient checkpointing, AdamW, constant lr."""
     return dict(output_dir=os.path.join(a.root, "trl_out"), max_steps=a.steps, per_device_train_batch_size=a.batch,
@@ -73,6 +92,7 @@ def main():
     ap.add_argument("--response", type=int, default=192)
     ap.add_argument("--new", type=int, default=192)
     ap.add_argument("--lr", type=float, default=5e-4)
+    ap.add_argument("--profile", default="", help="first,last,out: torch.profiler's op table of those steps")
     a = ap.parse_args()
     torch.manual_seed(0)
     tok = AutoTokenizer.from_pretrained(os.path.join(a.root, "student"))
@@ -81,6 +101,9 @@ def main():
     rows = [json.loads(line) for line in open(os.path.join(a.root, "train.jsonl"))]
     clock = Clock()
     trainer, first = trainer_of(a, student, teacher, tok, rows, clock)
+    if a.profile:
+        lo, hi, out = a.profile.split(",", 2)
+        trainer.add_callback(Profile(int(lo), int(hi), out))
     trainer.train()
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     ids = {} if first is None else {"input_ids": first["input_ids"][0].tolist(), "prompt_ids": first["prompts"][0].tolist()}

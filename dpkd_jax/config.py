@@ -122,6 +122,10 @@ def check(c: RunSpec):
         fail("train.max_bad_steps", f"must be >= 1, got {c.train.max_bad_steps}")
     if c.train.steps < 1:
         fail("train.steps", f"must be >= 1, got {c.train.steps}")
+    p = c.log.profile_steps
+    if p and not (len(p) == 2 and 1 <= p[0] <= p[1] <= c.train.steps):
+        fail("log.profile_steps", f"must be (first, last) with 1 <= first <= last <= train.steps={c.train.steps}, "
+                                  f"got {p!r}")
     if not c.demo.enabled:
         _check_model_paths(c)
     if c.experiment.enabled:

@@ -27,6 +27,7 @@ from . import cross_tokenizer, specs, teacher_cache, teachers
 from .batch import Batch
 from .errors import InputError
 from .optim import make_optimizer
+from .profiling import ProfileWindow
 from .throughput import Throughput, step_flops
 from .train import make_step, place_state, step_shardings
 from .trainer import Trainer
@@ -273,7 +274,12 @@ def register_hooks(trainer, save, run, cfg, spec, student, history, desc, callba
         trainer.every(t.eval_every, dev_eval(run, cfg, student, writer, save), state=True, at_end=False)
     if t.save_every:
         trainer.every(t.save_every, lambda step, tr: save(step), state=True)
-    return [pbar, writer]
+    closing = [pbar, writer]
+    if cfg.log.profile_steps:
+        window = ProfileWindow(*cfg.log.profile_steps, os.path.join(cfg.workdir, "profile"), trainer.step)
+        trainer.every(1, window, state=True)
+        closing.append(window)
+    return closing
 
 
 def dev_eval(run, cfg, student, writer, save):

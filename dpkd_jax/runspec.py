@@ -315,6 +315,9 @@ class LogSpec:
     pip extra wandb) | trackio (local; pip extra trackio); each gets the scalars, the config and the final table."""
     trackers: tuple[str, ...] = ("tensorboard",)
     project: str = "dpkd_jax"
+    # (first, last): a jax.profiler trace of train steps first..last (1-based) in <workdir>/profile, for
+    # TensorBoard's profile plugin or Perfetto (profiling.py); (): none
+    profile_steps: tuple[int, ...] = ()
 
 
 def _default_compile_cache() -> str:

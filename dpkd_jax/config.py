@@ -104,16 +104,7 @@ def check(c: RunSpec):
         fail("train.batch_size", f"{c.train.batch_size} is not divisible by the data-parallel size {dp} "
                                  f"(mesh data={mesh['data']} x fsdp={mesh['fsdp']})")
     _check_context(c, mesh["context"])
-    if c.model.kv_cache not in ("compute", "int8"):
-        fail("model.kv_cache", f"must be compute or int8, got {c.model.kv_cache!r}")
-    if c.model.attention_kernel not in ATTENTION_KERNELS:
-        fail("model.attention_kernel", f"unknown kernel {c.model.attention_kernel!r}; choose one of "
-                                       f"{', '.join(ATTENTION_KERNELS)}")
-    for f, value in (("attention_block_q", c.model.attention_block_q), ("attention_block_k", c.model.attention_block_k)):
-        if value < 0:
-            fail(f"model.{f}", f"must be >= 0 (0: the backend's default), got {value}")
-    if c.model.loss_chunk_tokens < 0:
-        fail("model.loss_chunk_tokens", f"must be >= 0 (0: no chunking), got {c.model.loss_chunk_tokens}")
+    _check_model(c.model)
     _check_memory(c, dp, objective)
     trackers.check(c.log.trackers)
     if c.train.final_lm_eval_tasks and c.mode in ("train", "check"):
@@ -130,6 +121,20 @@ def check(c: RunSpec):
         _check_model_paths(c)
     if c.experiment.enabled:
         _check_experiment(c.experiment)
+
+
+def _check_model(m):
+    """``config.model``: the KV cache, the attention kernel and its blocks, the loss chunk."""
+    if m.kv_cache not in ("compute", "int8"):
+        _fail("model.kv_cache", f"must be compute or int8, got {m.kv_cache!r}")
+    if m.attention_kernel not in ATTENTION_KERNELS:
+        _fail("model.attention_kernel", f"unknown kernel {m.attention_kernel!r}; choose one of "
+                                        f"{', '.join(ATTENTION_KERNELS)}")
+    for f, value in (("attention_block_q", m.attention_block_q), ("attention_block_k", m.attention_block_k)):
+        if value < 0:
+            _fail(f"model.{f}", f"must be >= 0 (0: the backend's default), got {value}")
+    if m.loss_chunk_tokens < 0:
+        _fail("model.loss_chunk_tokens", f"must be >= 0 (0: no chunking), got {m.loss_chunk_tokens}")
 
 
 def _check_memory(c, dp, objective):

@@ -17,6 +17,7 @@ import types
 import typing
 from collections.abc import Mapping
 
+import jax
 import ml_collections
 
 from .errors import InputError
@@ -361,7 +362,6 @@ class RunSpec:
     def check_devices(self) -> int:
         """The device count the mesh is checked against: ``check.devices`` in a preflight (one host speaking for
         many), else this run's."""
-        import jax
         return self.check.devices if self.mode == "check" and self.check.devices > 0 else jax.device_count()
 
     def replace(self, changes: Mapping[str, object] = (), **top) -> "RunSpec":

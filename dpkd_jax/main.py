@@ -71,6 +71,10 @@ def compile_cache(path):
     import jax
     jax.config.update("jax_compilation_cache_dir", os.path.expanduser(path))
     jax.config.update("jax_compilation_cache_max_size", 4 << 30)  # least recently used entries go beyond 4 GiB
+    # JAX caches only programs that took 1 s or more to compile; a run's sampler chunks, its caches' and its
+    # evaluation's programs take less, and were compiled again by every run (about 2 s of a warm start-up:
+    # docs/performance.md)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 
 
 def run(cfg):

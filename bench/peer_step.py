@@ -32,6 +32,8 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PROMPT, RESPONSE, VOCAB = 64, 192, 8192
+# PEER_SCAN_LAYERS=False: our layers unrolled, each its own ops as torch runs them (run 4 in docs/performance.md)
+SCAN_LAYERS = os.environ.get("PEER_SCAN_LAYERS", "True") == "True"
 
 
 def chat_template():
@@ -104,6 +106,7 @@ def get_config():
     c.method, c.workdir, c.seed, c.compile_cache = {method!r}, {work!r}, 0, {cache!r}
     c.teacher.path, c.student.path = {os.path.join(root, 'teacher')!r}, {os.path.join(root, 'student')!r}
     c.teacher.dtype, c.student.dtype, c.student.compute_dtype = "float32", "float32", "float32"
+    c.model.scan_layers = {SCAN_LAYERS}
     c.data.train, c.data.dev_num, c.data.max_prompt_length, c.data.max_length = {os.path.join(root, 'train.jsonl')!r}, 4, {PROMPT}, {PROMPT + RESPONSE}
     c.train.steps, c.train.batch_size, c.train.lr, c.train.schedule = {steps}, 4, 5e-4, "constant"
     c.train.weight_decay, c.train.grad_clip, c.train.log_every, c.train.save_every = 0.01, 1.0, 1, 0

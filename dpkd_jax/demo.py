@@ -22,7 +22,8 @@ from . import curves, models, sharding
 from . import run as run_lib
 from .checkpoint import prepare_workdir
 from .models import gpt2
-from .pipeline import attention_options, data_options, export, fitted, load_eval_sets, publish_table
+from .model_options import attention_options
+from .pipeline import data_options, export, fitted, load_eval_sets, publish_table
 from .pruning import parse_layers, prune
 
 DEMO_DIR = os.path.join(os.path.dirname(__file__), "data", "demo")

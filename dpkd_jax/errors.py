@@ -10,6 +10,10 @@ EXIT_DIVERGED = 3     # too many NaN/Inf steps in a row
 EXIT_OOM = 4          # out of device memory at run time (memory.out_of_memory)
 EXIT_SIGTERM = 143    # a second SIGTERM (128 + 15)
 
+# How a one-line error names the type a field expects (the command line's door and the run spec's).
+TYPE_NAMES = {bool: "a bool (True or False)", int: "an int", float: "a float", str: "a string",
+              tuple: "a tuple, e.g. \"('a','b')\"", list: "a list", dict: "a section of named fields"}
+
 
 class InputError(ValueError):
     """A user error: the message names the file, field or flag and what is wrong."""

@@ -25,7 +25,6 @@ import jax
 from . import objectives, planner, sharding
 from .errors import InputError
 from .evaluate import answer_options
-from .runspec import RunSpec
 from .sampling import Sampling
 
 GiB = 2**30
@@ -219,7 +218,7 @@ class Generation:
         """``sampler``: the config section of its options, "gen" or "eval"; ``batch_field``: its batch."""
         self.cfg, self.mesh_sizes, self.dp, self.cap, self.program = cfg, mesh_sizes, dp, cap, program
         self.role, self.sampler, self.batch_field = role, sampler, batch_field
-        self.batch = cfg.eval.batch_size if batch_field == "eval.batch_size" else cfg.train.batch_size
+        self.batch = int(cfg.at(batch_field))
         self.opts = answer_options(cfg.eval, cfg.gen) if sampler == "eval" else Sampling.of(cfg.gen)
         self.run_inputs = run_inputs or {}
         self._seen = {}
@@ -332,3 +331,13 @@ def fit_rows(cfg, mesh_sizes, devices, lengths, limit_gib=0.0):
                      "largest_batch": f.largest_batch(), "auto_micro": f.auto_micro(), "cap": cap, "kind": kind,
                      "packing": bool(c.data.packing)})
     return rows
+
+
+def fit_table(rows):
+    g = lambda b: "refused" if b >= 1 << 60 else f"{b / GiB:.2f}"
+    lines = ["| total length | step at the config's batch per device | GiB per device | largest batch per device "
+             "| train.micro_batch=auto |", "|---|---|---|---|---|"]
+    for r in rows:
+        auto = "n/a (data.packing)" if r.get("packing") else r["auto_micro"] or "none fits"
+        lines.append(f"| {r['length']} | {r['batch_per_device']} | {g(r['total'])} | {r['largest_batch']} | {auto} |")
+    return "\n".join(lines) + f"\n\nCapacity {rows[0]['cap'] / GiB:.2f} GiB per device ({rows[0]['kind']})."

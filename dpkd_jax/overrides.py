@@ -18,8 +18,8 @@ import os
 
 import ml_collections
 
-TYPE_NAMES = {bool: "a bool (True or False)", int: "an int", float: "a float", str: "a string",
-              tuple: "a tuple, e.g. \"('a','b')\"", list: "a list"}
+from .errors import TYPE_NAMES
+
 
 
 def load_config_file(argv) -> ml_collections.ConfigDict | None:

@@ -17,7 +17,7 @@ from . import objectives, teachers
 from .assets import resolve
 from .checkpoint import prepare_workdir
 from .errors import InputError
-from .model_options import attention_options, model_options  # noqa: F401  (pipeline.model_options, as before)
+from .model_options import model_options
 from .runspec import RunSpec
 from .sampling import Sampling
 
@@ -47,8 +47,7 @@ def fitted(cfg: RunSpec, placement, run_inputs, generation=True) -> RunSpec:
     fits), with ``train.micro_batch`` resolved (``"auto"``: the largest that fits), a new spec.
     ``run_inputs``: the run's vocab, data (and in-process models), so the checked step is the one the
     run executes; ``generation``: check the generating programs too."""
-    sizes = cfg.mesh.as_dict()
-    micro = memory.fit(cfg, {a: sizes[a] for a in sharding.AXES}, sharding.data_parallel_size(placement.mesh),
+    micro = memory.fit(cfg, cfg.mesh.sizes(), sharding.data_parallel_size(placement.mesh),
                        run_inputs, generation)
     return cfg.replace({"train.micro_batch": micro})
 

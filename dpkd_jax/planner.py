@@ -71,7 +71,7 @@ TPU_HBM = {"TPU v5 lite": ("TPU v5e", 16), "TPU v6 lite": ("TPU v6e", 32), "TPU 
 
 def model_config(path, dtype, compute_dtype, field, scan_layers=True, **overrides):
     """A model's Config from its folder's config.json (or GGUF), else from :data:`KNOWN` by the folder's
-    name; ``overrides``: execution fields as ``pipeline.model_options`` gives them."""
+    name; ``overrides``: execution fields as ``model_options.model_options`` gives them."""
     if os.path.isfile(os.path.join(path, "config.json")) or hf.is_gguf(path):
         return hf.load_config(path, dtype=jnp.dtype(dtype), compute_dtype=jnp.dtype(compute_dtype),
                               scan_layers=scan_layers, **overrides)
@@ -86,7 +86,7 @@ def model_config(path, dtype, compute_dtype, field, scan_layers=True, **override
 
 
 def run_model_configs(cfg, vocab=0, models=None):
-    """(teacher, student) Configs exactly as the run builds them (``pipeline.model_options``), so the
+    """(teacher, student) Configs exactly as the run builds them (``model_options.model_options``), so the
     planned step is the run's own program: its compile is the one the run loads from the persistent
     compilation cache. ``vocab`` > 0: the tokenizers' shared vocabulary, else the smaller model's rows.
     ``models``: the run's own (teacher, student) decoders, for models the caller already holds (the demo's,
@@ -334,13 +334,3 @@ def table(rows):
         lines.append(f"| {devices} | {r['mesh']} | {r['batch']} | {g('teacher_params')} | {g('student_params')} | "
                      f"{g('opt_state')} | {g('kv_caches')} | {g('temp')} | **{g('total')}** | {fits} |")
     return "\n".join(lines) + "\n\nGiB per device; 'fits' leaves 10% headroom."
-
-
-def fit_table(rows):
-    g = lambda b: "refused" if b >= 1 << 60 else f"{b / GiB:.2f}"
-    lines = ["| total length | step at the config's batch per device | GiB per device | largest batch per device "
-             "| train.micro_batch=auto |", "|---|---|---|---|---|"]
-    for r in rows:
-        auto = "n/a (data.packing)" if r.get("packing") else r["auto_micro"] or "none fits"
-        lines.append(f"| {r['length']} | {r['batch_per_device']} | {g(r['total'])} | {r['largest_batch']} | {auto} |")
-    return "\n".join(lines) + f"\n\nCapacity {rows[0]['cap'] / GiB:.2f} GiB per device ({rows[0]['kind']})."

@@ -20,7 +20,8 @@ from .demo import demo_file
 from .errors import InputError
 from .experiment.runner import PROMPTS_DIR
 from .models import gpt2, hf
-from .pipeline import check_teacher_tokenizer, data_options, model_options
+from .model_options import model_options
+from .pipeline import check_teacher_tokenizer, data_options
 from .pruning import parse_layers
 from .run import resolved
 from .runspec import RunSpec
@@ -175,8 +176,7 @@ def _check_memory(cfg, paths, mesh, n, run_inputs, say):
         return
     c = cfg.replace({"teacher.path": next(iter(paths.values())), "student.path": paths["student"]})
     vocab, train = run_inputs
-    sizes = cfg.mesh.as_dict()
-    micro = memory.fit(c, {a: sizes[a] for a in sharding.AXES}, math.prod(mesh.shape[a] for a in sharding.BATCH),
+    micro = memory.fit(c, cfg.mesh.sizes(), math.prod(mesh.shape[a] for a in sharding.BATCH),
                        {"vocab": vocab, "data": train})
     say("memory: the train step fits" + (f" with train.micro_batch={micro}" if micro else ""))
 

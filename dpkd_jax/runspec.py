@@ -20,13 +20,10 @@ from collections.abc import Mapping
 import jax
 import ml_collections
 
-from .errors import InputError
+from .errors import TYPE_NAMES, InputError
 from .models.config import LoRA
 from .objectives import OBJECTIVES
-from .sharding import DEFAULT_RULES
-
-TYPE_NAMES = {bool: "a bool (True or False)", int: "an int", float: "a float", str: "a string",
-              tuple: "a tuple, e.g. \"('a','b')\"", list: "a list", dict: "a section of named fields"}
+from .sharding import AXES, DEFAULT_RULES
 
 _LORA_TARGETS = ("q", "k", "v", "o", "gate", "up", "down")
 
@@ -154,6 +151,10 @@ class MeshSpec:
     def as_dict(self) -> dict:
         """The axis sizes, ``shard_student`` and ``rules``, as ``sharding.Placement`` takes them."""
         return dataclasses.asdict(self)
+
+    def sizes(self) -> dict:
+        """``{axis: size}`` of the mesh axes (-1: the remaining devices)."""
+        return {a: self.__dict__[a] for a in AXES}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -363,6 +364,13 @@ class RunSpec:
         """The device count the mesh is checked against: ``check.devices`` in a preflight (one host speaking for
         many), else this run's."""
         return self.check.devices if self.mode == "check" and self.check.devices > 0 else jax.device_count()
+
+    def at(self, path: str):
+        """The value at a dotted path (``"eval.batch_size"``), :meth:`replace`'s counterpart."""
+        node = self
+        for key in path.split("."):
+            node = node[key] if isinstance(node, dict) else node.__dict__[key]
+        return node
 
     def replace(self, changes: Mapping[str, object] = (), **top) -> "RunSpec":
         """A new spec with ``changes`` at dotted paths (``{"train.steps": 5}``) and top-level fields (``seed=1``)."""

@@ -6,8 +6,6 @@ from __future__ import annotations
 import json
 import os
 
-import transformers
-
 from .hf import is_gguf, load_config
 from ..errors import InputError
 
@@ -19,6 +17,7 @@ def _named_class(path):
     ships no remote code; None where AutoTokenizer has more to decide (no class named, remote code, unknown).
     Loading it directly skips AutoTokenizer's model-config machinery, which imports torch when it is installed
     (2-3 s of a run's start-up; docs/performance.md)."""
+    import transformers  # third-party and 0.6 s to import: only when a tokenizer is loaded
     try:
         with open(os.path.join(path, "tokenizer_config.json")) as f:
             tc = json.load(f)
@@ -45,6 +44,7 @@ def load_tokenizer(path):
             raise InputError(f"{path}: no tokenizer files ({', '.join(TOKENIZER_FILES)}); save the tokenizer "
                              "beside the checkpoint (tokenizer.save_pretrained)")
         kw = dict(pretrained_model_name_or_path=path)
+    import transformers
     cls = None if is_gguf(path) else _named_class(path)
     try:
         return (cls or transformers.AutoTokenizer).from_pretrained(**kw, local_files_only=True)

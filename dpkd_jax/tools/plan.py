@@ -29,7 +29,7 @@ def main(argv=None):
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
     from absl import app, flags
     from ml_collections import config_flags
-    from .. import planner, sharding
+    from .. import memory, planner
     from ..runspec import RunSpec
     flags.DEFINE_string("devices", "8,32,64", "comma-separated simulated device counts")
     flags.DEFINE_string("mesh", "", "e.g. data:1,fsdp:-1,tensor:1 (default: the config's mesh)")
@@ -46,12 +46,11 @@ def main(argv=None):
         spec = RunSpec.of(FLAGS.config)  # typed; the mesh is checked per target below, not for this host
         targets = ([planner.topology_devices(t) for t in FLAGS.topology.split(",")] if FLAGS.topology
                    else [int(x) for x in FLAGS.devices.split(",")])
-        sizes = spec.mesh.as_dict()
-        mesh = planner.parse_mesh(FLAGS.mesh) if FLAGS.mesh else {a: sizes[a] for a in sharding.AXES}
+        mesh = planner.parse_mesh(FLAGS.mesh) if FLAGS.mesh else spec.mesh.sizes()
         if FLAGS.fit_lengths:
             lengths = [int(x) for x in FLAGS.fit_lengths.split(",")]
             for devices in targets:
-                print(planner.fit_table(planner.fit_rows(spec, mesh, devices, lengths, FLAGS.memory_limit_gib)))
+                print(memory.fit_table(memory.fit_rows(spec, mesh, devices, lengths, FLAGS.memory_limit_gib)))
             return
         print(planner.table(planner.plan_rows(spec, mesh, targets, FLAGS.batch_per_replica)))
     app.run(run, argv)

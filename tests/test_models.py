@@ -396,3 +396,19 @@ def test_init_draws_equal_a_per_shape_normal_draw(monkeypatch):
     assert params.keys() == per_shape.keys()
     assert all(np.array_equal(params[k], per_shape[k]) for k in params)
     assert 0.01 < float(np.std(params["embed/tokens"])) < 0.03   # normal(0, 0.02), not zeros
+
+
+@pytest.mark.parametrize("n_in", [1, 2])
+def test_flat_contraction_equals_tensordot_with_its_gradients(n_in, rng):
+    """``components.contract`` merges the leading axes into one 2-D matmul on XLA:CPU; its values and
+    gradients equal the tensordot it replaces (q ``[D] -> [H, K]`` is n_in=1, o ``[H, K] -> [D]`` is 2)."""
+    from dpkd_jax.models.components import contract
+    ins, outs = ((6,), (3, 5)) if n_in == 1 else ((3, 5), (6,))
+    x = jnp.asarray(rng.normal(size=(2, 7, *ins)), jnp.float32)
+    w = jnp.asarray(rng.normal(size=(*ins, *outs)), jnp.float32)
+    f = lambda flat: lambda x, w: jnp.sum(jnp.sin(contract(x, w, n_in, flat)))
+    flat, plain = contract(x, w, n_in, True), contract(x, w, n_in, False)
+    assert flat.shape == plain.shape == (2, 7, *outs)
+    np.testing.assert_allclose(flat, plain, rtol=1e-5, atol=1e-5)
+    for a, b in zip(jax.grad(f(True), (0, 1))(x, w), jax.grad(f(False), (0, 1))(x, w)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)

@@ -153,13 +153,29 @@ class Linear(nnx.Module):
 
     def __call__(self, x):
         dt = x.dtype
-        y = jnp.tensordot(x, self.w[...].astype(dt), axes=self.n_in)
+        y = contract(x, self.w[...].astype(dt), self.n_in)
         if self.scale is not None:
             y = y * self.scale[...].astype(dt)
         if self.lora_a is not None:
-            low = jnp.tensordot(x, self.lora_a[...].astype(dt), axes=self.n_in)
-            y = y + jnp.tensordot(low, self.lora_b[...].astype(dt), axes=1) * jnp.asarray(self.lora_scale, dt)
+            low = contract(x, self.lora_a[...].astype(dt), self.n_in)
+            y = y + contract(low, self.lora_b[...].astype(dt), 1) * jnp.asarray(self.lora_scale, dt)
         return y + self.b[...].astype(dt) if self.b is not None else y
+
+
+def contract(x, w, n_in: int, flat: bool | None = None):
+    """``x ⋅ w``: x's last ``n_in`` axes against w's first ``n_in``; ``[*lead, *in] x [*in, *out] -> [*lead, *out]``.
+
+    ``flat`` (default: on XLA:CPU) merges the leading axes and the contracted ones first, a 2-D matmul. There a
+    weight gradient that contracts the two token axes ``[B, T]`` is laid out through a transposed, strided copy of
+    its ``[B, T, F]`` operand; a 2-D one is not, and the MLP's backward runs about twice as fast
+    (``bench/flat_matmul.py``). GPU and TPU dots take either layout, and merging ``[B, T]`` would mix the
+    batch and context shardings, so there it contracts as is.
+    """
+    if not (jax.default_backend() == "cpu" if flat is None else flat):
+        return jnp.tensordot(x, w, axes=n_in)
+    lead, size = x.shape[:x.ndim - n_in], math.prod(x.shape[x.ndim - n_in:])
+    y = x.reshape(math.prod(lead), size) @ w.reshape(size, -1)
+    return y.reshape(*lead, *w.shape[n_in:])
 
 
 def quantize_int8(w, n_in: int, stacked: bool = False):

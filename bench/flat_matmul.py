@@ -1,0 +1,69 @@
+"""A scanned gated MLP's forward and backward with its matmuls as written (``tensordot`` over ``[B, T, D]``)
+against the same matmuls on merged leading axes (``[B*T, D]``, ``models.components.contract``'s XLA:CPU path), at
+bench/peer_step.py's student shapes (4 layers, D 256, F 1024, batch 4 x 256 tokens), alternated, medians.
+
+    python bench/flat_matmul.py --out bench/results/flat_matmul_cpu.json
+
+Also counts, in each compiled program, the transposed copies (``copy_bitcast_fusion``) that XLA:CPU's layout
+assignment adds for weight gradients that contract two token axes.
+"""
+
+import argparse
+import platform
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+
+from dpkd_jax.models.components import contract
+from report import report
+
+
+def step(flat):
+    def mlp(h, w):
+        g, u = contract(h, w["g"], 1, flat), contract(h, w["u"], 1, flat)
+        return h + contract(jax.nn.silu(g) * u, w["d"], 1, flat), None
+
+    def loss(w, x):
+        return jnp.mean(jax.lax.scan(mlp, x, w)[0] ** 2)
+    return jax.jit(jax.value_and_grad(loss))
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--tokens", type=int, default=256)
+    ap.add_argument("--d", type=int, default=256)
+    ap.add_argument("--f", type=int, default=1024)
+    ap.add_argument("--layers", type=int, default=4)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--calls", type=int, default=10)
+    ap.add_argument("--out", default="")
+    a = ap.parse_args()
+    k = jax.random.split(jax.random.key(0), 4)
+    L, D, F = a.layers, a.d, a.f
+    w = {"g": jax.random.normal(k[0], (L, D, F)) * 0.02, "u": jax.random.normal(k[1], (L, D, F)) * 0.02,
+         "d": jax.random.normal(k[2], (L, F, D)) * 0.02}
+    x = jax.random.normal(k[3], (a.batch, a.tokens, D))
+    steps = {"tensordot": step(False), "flat": step(True)}
+    copies = {n: sum("copy_bitcast_fusion" in ln and "fusion(" in ln for ln in
+                     f.lower(w, x).compile().as_text().splitlines()) for n, f in steps.items()}
+    for f in steps.values():
+        jax.block_until_ready(f(w, x))
+    times = {n: [] for n in steps}
+    for _ in range(a.rounds):
+        for n, f in steps.items():
+            t = time.perf_counter()
+            for _ in range(a.calls):
+                jax.block_until_ready(f(w, x))
+            times[n].append((time.perf_counter() - t) / a.calls)
+    ratios = [p / q for p, q in zip(times["tensordot"], times["flat"])]
+    report({"machine": f"{platform.node()} {jax.devices()[0].device_kind}", "jax": jax.__version__, "args": vars(a),
+            "transposed_copies": copies, "s_per_call": times, "median_s": {n: statistics.median(v) for n, v in times.items()},
+            "tensordot_over_flat": {"median": statistics.median(ratios), "min": min(ratios), "max": max(ratios)}},
+           a.out)
+
+
+if __name__ == "__main__":
+    main()

@@ -29,6 +29,7 @@ GiB = 2**30
 def measure(method, n, kernel, root):
     from dpkd_jax.config import default_config
     from dpkd_jax.planner import plan_one
+    from dpkd_jax.runspec import RunSpec
     c = default_config()
     c.method = method
     c.teacher.path, c.student.path = qwen_folder(root, "t", 4096), qwen_folder(root, "s", 4096)
@@ -37,7 +38,7 @@ def measure(method, n, kernel, root):
     c.data.pretrain = ""
     c.model.attention_kernel = kernel
     t0 = time.perf_counter()
-    row = plan_one(c, {"data": 1, "fsdp": 1, "tensor": 1}, 1)
+    row = plan_one(RunSpec.of(c), {"data": 1, "fsdp": 1, "tensor": 1}, 1)
     return {"method": method, "new_tokens": n, "kernel": kernel, "temp_gib": row["temp"] / GiB,
             "total_gib": row["total"] / GiB, "compile_s": round(time.perf_counter() - t0, 1)}
 

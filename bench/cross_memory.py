@@ -30,7 +30,8 @@ def load_config(scale):
     spec = importlib.util.spec_from_file_location("cfg", os.path.join(ROOT, "configs", "smollm2_to_gemma3.py"))
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    return mod.get_config(scale)
+    from dpkd_jax.runspec import RunSpec
+    return RunSpec.of(mod.get_config(scale))
 
 
 def abstract_inputs(cfg, spec, student, teacher, tx, sh):

@@ -25,6 +25,7 @@ from dpkd_jax.config import default_config
 from dpkd_jax.demo import demo_file, train_tokenizer
 from dpkd_jax.models import gpt2
 from dpkd_jax.optim import make_optimizer
+from dpkd_jax.runspec import RunSpec
 from dpkd_jax.train import init_state, make_step
 
 
@@ -52,8 +53,9 @@ def main():
         vocab_size=V, d_model=args.width, n_layers=args.layers, n_heads=args.heads, d_ff=4 * args.width,
         max_positions=96 + 2 * args.new + 8))
     (s_cfg, s_p), (t_same, tp_same), (t_x, tp_x) = mk(len(s_tok), 0), mk(len(s_tok), 1), mk(len(t_tok), 2)
-    spec = specs.Step.of(c)
-    tx = make_optimizer(c.train)
+    run = RunSpec.of(c)
+    spec = specs.Step.of(run)
+    tx = make_optimizer(run.train)
     same = make_step(spec, s_cfg, t_same, tx, tp_same)
     sides = cross_tokenizer.Sides(s_tok, t_tok, t_tok.eos_token_id)
     cross = cross_tokenizer.wrap_step(make_step(spec, s_cfg, t_x, tx, tp_x), spec.sampling, spec.objective.needs,

@@ -21,6 +21,7 @@ from dpkd_jax import models, sharding
 from dpkd_jax.batch import Batch
 from dpkd_jax.models import gpt2
 from dpkd_jax.optim import make_optimizer
+from dpkd_jax.runspec import RunSpec
 from dpkd_jax.specs import Step
 from dpkd_jax.train import make_step, place_state, step_shardings
 from report import report
@@ -62,8 +63,9 @@ class Case:
                   **d.teacher, **(model or {})}
         mk = lambda n, seed: models.init(gpt2.tiny_config(**dict(fields, n_layers=n)), seed)
         (t_dec, t_params), (s_dec, s_params) = mk(fields["n_layers"], 0), mk(layers, 1)  # the teacher: all layers
-        tx, spec = make_optimizer(c.train), dataclasses.replace(Step.of(c), gold_length=gold_length)
-        self.sh = sh = step_shardings(sharding.Placement(c.mesh.as_dict()), s_dec, t_dec, tx, s_params, spec.objective)
+        run = RunSpec.of(c)
+        tx, spec = make_optimizer(run.train), dataclasses.replace(Step.of(run), gold_length=gold_length)
+        self.sh = sh = step_shardings(sharding.Placement(run.mesh.as_dict()), s_dec, t_dec, tx, s_params, spec.objective)
         self.state = place_state(s_dec, s_params, tx, sh, spec.objective)
         self.step = make_step(spec, s_dec, t_dec, tx, sharding.put(t_params, sh["teacher"]), shardings=sh)
         self.batch = sharding.put(batch(c, fields["vocab_size"], np.random.default_rng(0)), sh["batch"])

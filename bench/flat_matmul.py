@@ -1,8 +1,9 @@
-"""A scanned gated MLP's forward and backward with its matmuls as written (``tensordot`` over ``[B, T, D]``)
+"""A scanned (or, with --unroll, unrolled) gated MLP's forward and backward with its matmuls as written (``tensordot`` over ``[B, T, D]``)
 against the same matmuls on merged leading axes (``[B*T, D]``, ``models.components.contract``'s XLA:CPU path), at
 bench/peer_step.py's student shapes (4 layers, D 256, F 1024, batch 4 x 256 tokens), alternated, medians.
 
     python bench/flat_matmul.py --out bench/results/flat_matmul_cpu.json
+    python bench/flat_matmul.py --unroll --out bench/results/flat_matmul_unrolled_cpu.json
 
 Also counts, in each compiled program, the transposed copies (``copy_bitcast_fusion``) that XLA:CPU's layout
 assignment adds for weight gradients that contract two token axes.
@@ -20,12 +21,16 @@ from dpkd_jax.models.components import contract
 from report import report
 
 
-def step(flat):
+def step(flat, unroll):
     def mlp(h, w):
         g, u = contract(h, w["g"], 1, flat), contract(h, w["u"], 1, flat)
         return h + contract(jax.nn.silu(g) * u, w["d"], 1, flat), None
 
     def loss(w, x):
+        if unroll:  # each layer its own ops (model.scan_layers=False)
+            for i in range(w["g"].shape[0]):
+                x = mlp(x, jax.tree.map(lambda a: a[i], w))[0]
+            return jnp.mean(x ** 2)
         return jnp.mean(jax.lax.scan(mlp, x, w)[0] ** 2)
     return jax.jit(jax.value_and_grad(loss))
 
@@ -39,6 +44,7 @@ def main():
     ap.add_argument("--layers", type=int, default=4)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--calls", type=int, default=10)
+    ap.add_argument("--unroll", action="store_true", help="layers unrolled instead of scanned")
     ap.add_argument("--out", default="")
     a = ap.parse_args()
     k = jax.random.split(jax.random.key(0), 4)
@@ -46,7 +52,7 @@ def main():
     w = {"g": jax.random.normal(k[0], (L, D, F)) * 0.02, "u": jax.random.normal(k[1], (L, D, F)) * 0.02,
          "d": jax.random.normal(k[2], (L, F, D)) * 0.02}
     x = jax.random.normal(k[3], (a.batch, a.tokens, D))
-    steps = {"tensordot": step(False), "flat": step(True)}
+    steps = {"tensordot": step(False, a.unroll), "flat": step(True, a.unroll)}
     copies = {n: sum("copy_bitcast_fusion" in ln and "fusion(" in ln for ln in
                      f.lower(w, x).compile().as_text().splitlines()) for n, f in steps.items()}
     for f in steps.values():

@@ -22,6 +22,7 @@ import numpy as np
 from dpkd_jax import demo, sharding
 from dpkd_jax.batch import Batch
 from dpkd_jax.data import Batches, Tokenized
+from dpkd_jax.runspec import RunSpec
 from demo_speed import Case, demo_config
 from report import report
 
@@ -30,7 +31,7 @@ def dolly():
     c = demo_config("kd")
     with tempfile.TemporaryDirectory() as wd, c.unlocked():
         c.workdir, c.gen.eos_token_id, c.gen.pad_token_id = wd, -1, -1
-        run = demo.demo_run(c)
+        run = demo.demo_run(RunSpec.of(c))
     return run.train, c.train.batch_size, (c.data.max_prompt_length, c.data.max_length)
 
 

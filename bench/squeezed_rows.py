@@ -16,6 +16,7 @@ import jax
 import numpy as np
 
 from dpkd_jax import demo, sharding
+from dpkd_jax.runspec import RunSpec
 from demo_speed import Case, demo_config
 from report import report
 
@@ -26,7 +27,7 @@ def demo_batches(c, n):
     from dpkd_jax.batch import Batch
     with tempfile.TemporaryDirectory() as wd, c.unlocked():
         c.workdir, c.gen.eos_token_id, c.gen.pad_token_id = wd, -1, -1
-        run = demo.demo_run(c)
+        run = demo.demo_run(RunSpec.of(c))
     batches = Batches(run.train, c.train.batch_size, 0)
     lm = run.lm_rows
     out = []

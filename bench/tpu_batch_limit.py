@@ -25,12 +25,13 @@ def fits(cfg_path, topology, mesh, bpr, limit=256):
     from ml_collections import config_flags  # noqa: F401 -- the config files import ml_collections
     import importlib.util
     from dpkd_jax import planner as plan
+    from dpkd_jax.runspec import RunSpec
     spec = importlib.util.spec_from_file_location("cfg", cfg_path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     devices = plan.topology_devices(topology)
     try:
-        row = plan.plan_one(mod.get_config(), plan.parse_mesh(mesh), devices, bpr)
+        row = plan.plan_one(RunSpec.of(mod.get_config()), plan.parse_mesh(mesh), devices, bpr)
     except Exception as e:  # noqa: BLE001 -- XLA's TPU compiler refuses a step that cannot fit its HBM
         if "RESOURCE_EXHAUSTED" not in str(e):
             raise

@@ -24,6 +24,7 @@ from report import report  # noqa: E402
 def plan_at(cfg_path, topology, mesh, length, kernel, remat, batch_per_replica):
     import importlib.util
     from dpkd_jax import planner as plan
+    from dpkd_jax.runspec import RunSpec
     spec = importlib.util.spec_from_file_location("cfg", cfg_path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
@@ -35,7 +36,7 @@ def plan_at(cfg_path, topology, mesh, length, kernel, remat, batch_per_replica):
     _, hbm = plan.TPU_HBM[devices[0].device_kind]
     t = time.perf_counter()
     try:
-        row = plan.plan_one(c, plan.parse_mesh(mesh), devices, batch_per_replica)
+        row = plan.plan_one(RunSpec.of(c), plan.parse_mesh(mesh), devices, batch_per_replica)
         total = row["total"] / plan.GiB
         why = ""
     except Exception as e:  # noqa: BLE001 -- XLA's TPU compiler refuses a step that cannot fit its HBM

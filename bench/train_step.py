@@ -28,6 +28,7 @@ from dpkd_jax.config import default_config
 from dpkd_jax.models import gpt2
 from dpkd_jax import planner as plan
 from dpkd_jax.optim import make_optimizer
+from dpkd_jax.runspec import RunSpec
 from dpkd_jax.throughput import peak_flops, step_flops
 from dpkd_jax.batch import Batch
 from dpkd_jax.specs import Step
@@ -83,7 +84,7 @@ class Ours:
             self.state = place_state(self.s_cfg, s_params, self.tx, self.sh)
         else:
             self.state = init_state(self.s_cfg, jax.tree.map(jnp.copy, s_params), self.tx)
-        spec = Step.of(self.cfg)
+        spec = Step.of(RunSpec.of(self.cfg))
         self.step = make_step(spec, self.s_cfg, self.t_cfg, self.tx, self.t_params, shardings=self.sh)
         self.flops = step_flops(spec.objective.needs, self.s_cfg, self.t_cfg, args.batch,
                                 (args.prompt, args.response, new))
@@ -225,7 +226,7 @@ def main():
     out["model_flops_per_step"] = ours.flops
     if peak:
         out["mfu_full_step"] = ours.flops / med["ours"] / peak
-        gen_flops = step_flops(Step.of(config(args, 0)).objective.needs, ours.s_cfg, ours.t_cfg, args.batch,
+        gen_flops = step_flops(Step.of(RunSpec.of(config(args, 0))).objective.needs, ours.s_cfg, ours.t_cfg, args.batch,
                                (args.prompt, args.response, 0))
         out["mfu_without_generation"] = gen_flops / med["ours_nogen"] / peak
     if args.growth:

@@ -38,6 +38,7 @@ def qwen_folder(root, name, vocab):
 def measure(method, vocab, chunk, root):
     from dpkd_jax.config import default_config
     from dpkd_jax.planner import plan_one
+    from dpkd_jax.runspec import RunSpec
     c = default_config()
     c.method = method
     c.teacher.path, c.student.path = qwen_folder(root, f"t{vocab}", vocab), qwen_folder(root, f"s{vocab}", vocab)
@@ -46,7 +47,7 @@ def measure(method, vocab, chunk, root):
     c.data.pretrain = ""
     if chunk is not None and "loss_chunk_tokens" in c.model:
         c.model.loss_chunk_tokens = chunk
-    row = plan_one(c, {"data": 1, "fsdp": 1, "tensor": 1}, 1)
+    row = plan_one(RunSpec.of(c), {"data": 1, "fsdp": 1, "tensor": 1}, 1)
     return {"method": method, "vocab": vocab, "chunk_tokens": chunk, "temp_gib": row["temp"] / GiB,
             "total_gib": row["total"] / GiB, "logits_tensor_gib": 8 * 512 * vocab * 4 / GiB}
 

@@ -412,3 +412,17 @@ def test_flat_contraction_equals_tensordot_with_its_gradients(n_in, rng):
     np.testing.assert_allclose(flat, plain, rtol=1e-5, atol=1e-5)
     for a, b in zip(jax.grad(f(True), (0, 1))(x, w), jax.grad(f(False), (0, 1))(x, w)):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_contraction_merges_axes_on_cpu_only_without_a_context_axis():
+    """By default the 2-D form is XLA:CPU's; a ``context`` axis keeps ``[B, T]`` apart (merging a data-sharded B
+    with a context-sharded T would reshard)."""
+    from jax.sharding import AbstractMesh
+    from dpkd_jax.models.components import contract
+    x, w = jnp.ones((2, 3, 4)), jnp.ones((4, 5))
+    merged = lambda: "reshape" in str(jax.make_jaxpr(lambda: contract(x, w, 1))())
+    assert merged()
+    with jax.sharding.use_abstract_mesh(AbstractMesh((2,), ("data",))):
+        assert merged()
+    with jax.sharding.use_abstract_mesh(AbstractMesh((2, 2), ("data", "context"))):
+        assert not merged()

@@ -85,18 +85,9 @@ class Options:
     windows: tuple = (0,)      # every window value this layer stack uses (splash/cudnn compile one per value)
 
 
-def target() -> tuple[str, str]:
-    """(platform, device kind) this trace compiles for: the context mesh's devices (a deviceless
-    TPU plan compiles for TPU on a CPU host), else the default backend's."""
-    device = jax.sharding.get_abstract_mesh().abstract_device
-    if device is not None and device.platform:
-        return device.platform, device.device_kind or ""
-    return jax.default_backend(), jax.devices()[0].device_kind
-
-
 def options(cfg: Config, backend: str | None = None) -> Options:
     a = cfg.attention
-    bq, bk = BLOCKS.get(backend or target()[0], BLOCKS["cpu"])
+    bq, bk = BLOCKS.get(backend or C.target()[0], BLOCKS["cpu"])
     return Options(scale=a.query_scale or cfg.head_size ** -0.5, softcap=a.softcap,
                    block_q=cfg.attention_block_q or bq, block_k=cfg.attention_block_k or bk,
                    windows=tuple(sorted(set(a.layer_windows or (0,)))))
@@ -129,7 +120,7 @@ def _kernel(cfg: Config, q, k, v, mask: Mask):
 
 def choose(cfg: Config, q_shape, S: int, mask: Mask, backend: str | None = None) -> str:
     """The kernel for one call (logged once per kernel and shape). Single-token decode is dense."""
-    backend = backend or target()[0]
+    backend = backend or C.target()[0]
     name, T = cfg.attention_kernel, q_shape[1]
     if T == 1:
         return "dense"
@@ -179,7 +170,7 @@ def unsupported(kernel: str, cfg: Config, q_shape, S: int, mask: Mask, backend: 
 
 
 def _hopper() -> bool:
-    kind = target()[1].lower()
+    kind = C.target()[1].lower()
     return any(s in kind for s in ("h100", "h200", "h800", "gh200", "b100", "b200"))
 
 

@@ -177,9 +177,9 @@ def contract(x, w, n_in: int, flat: bool | None = None):
     ``flat`` merges the leading axes and the contracted ones first, a 2-D matmul. By default it does so when the
     trace compiles for XLA:CPU (:func:`target`). There a weight gradient that contracts the two token axes
     ``[B, T]`` is laid out through a transposed, strided copy of its ``[B, T, F]`` operand; a 2-D one is not, and
-    a 4-layer MLP's forward and backward runs 2.4x (scanned) and 1.8x (unrolled) as fast (``bench/flat_matmul.py``). GPU and TPU dots take either
-    layout. Under a ``context`` axis it contracts as is: merging a data-sharded ``B`` with a context-sharded ``T``
-    would reshard the activations.
+    a 4-layer MLP's forward and backward runs 2.4x (scanned) and 1.8x (unrolled) as fast
+    (``bench/flat_matmul.py``). GPU and TPU dots take either layout. Under a ``context`` axis it contracts as is:
+    merging a data-sharded ``B`` with a context-sharded ``T`` would reshard the activations.
     """
     if flat is None:
         mesh = jax.sharding.get_abstract_mesh()

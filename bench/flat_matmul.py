@@ -14,13 +14,12 @@ assignment adds for weight gradients that contract two token axes.
 import argparse
 import platform
 import statistics
-import time
 
 import jax
 import jax.numpy as jnp
 
 from dpkd_jax.models.components import contract
-from report import report
+from report import alternated, ratio, report
 
 
 def step(flat, unroll):
@@ -73,19 +72,10 @@ def main():
         steps = {"tensordot": head_step(False, a.tied_head, 32), "flat": head_step(True, a.tied_head, 32)}
     copies = {n: sum("copy_bitcast_fusion" in ln and "fusion(" in ln for ln in
                      f.lower(w, x).compile().as_text().splitlines()) for n, f in steps.items()}
-    for f in steps.values():
-        jax.block_until_ready(f(w, x))
-    times = {n: [] for n in steps}
-    for _ in range(a.rounds):
-        for n, f in steps.items():
-            t = time.perf_counter()
-            for _ in range(a.calls):
-                jax.block_until_ready(f(w, x))
-            times[n].append((time.perf_counter() - t) / a.calls)
-    ratios = [p / q for p, q in zip(times["tensordot"], times["flat"])]
+    times = alternated(steps, (w, x), a.rounds, a.calls)
     report({"machine": f"{platform.node()} {jax.devices()[0].device_kind}", "jax": jax.__version__, "args": vars(a),
             "transposed_copies": copies, "s_per_call": times, "median_s": {n: statistics.median(v) for n, v in times.items()},
-            "tensordot_over_flat": {"median": statistics.median(ratios), "min": min(ratios), "max": max(ratios)}},
+            "tensordot_over_flat": ratio(times, "tensordot", "flat")},
            a.out)
 
 

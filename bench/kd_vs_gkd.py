@@ -9,14 +9,13 @@ width 256, teacher width 512, vocabulary 8192): forward KL (kd, temperature 1) a
 import argparse
 import platform
 import statistics
-import time
 
 import jax
 import jax.numpy as jnp
 
 from dpkd_jax import losses
 from dpkd_jax.losses import tokenwise as tw
-from report import report
+from report import alternated, ratio, report
 
 
 def loss_and_grad(per_token, hidden_t, w_t, ids, **kw):
@@ -42,19 +41,10 @@ def main():
     ids = jax.random.randint(k[4], (B, N), 0, V)
     fns = {"kd": loss_and_grad(tw.forward_kl, h_t, w_t, ids, temperature=1.0),
            "gkd": loss_and_grad(tw.generalized_jsd, h_t, w_t, ids, beta=0.5)}
-    for f in fns.values():
-        jax.block_until_ready(f(h_s, w_s))
-    times = {n: [] for n in fns}
-    for _ in range(a.rounds):
-        for n, f in fns.items():
-            t = time.perf_counter()
-            for _ in range(a.calls):
-                jax.block_until_ready(f(h_s, w_s))
-            times[n].append((time.perf_counter() - t) / a.calls)
-    ratios = [g / d for g, d in zip(times["gkd"], times["kd"])]
+    times = alternated(fns, (h_s, w_s), a.rounds, a.calls)
     report({"machine": f"{platform.node()} {jax.devices()[0].device_kind}", "jax": jax.__version__, "args": vars(a),
             "s_per_call": times, "median_s": {n: statistics.median(v) for n, v in times.items()},
-            "gkd_over_kd": {"median": statistics.median(ratios), "min": min(ratios), "max": max(ratios)}}, a.out)
+            "gkd_over_kd": ratio(times, "gkd", "kd")}, a.out)
 
 
 if __name__ == "__main__":
